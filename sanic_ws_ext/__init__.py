@@ -1,0 +1,43 @@
+"""sanic-ws-ext: real-time WebSockets for any Sanic app.
+
+::
+
+    from sanic import Sanic
+    from sanic_ext import Extend
+    from sanic_ws_ext import WSExtension
+
+    app = Sanic("chat")
+    Extend(app).register(WSExtension)
+
+serves WebSockets at ``/ws`` and puts the connection manager on ``app.ctx.ws``.
+"""
+
+from __future__ import annotations
+
+from .config import DEFAULTS, WSConfig
+from .connection import Connection, ConnectionState
+from .envelope import Envelope
+from .errors import CloseCode, ConfigError, ErrorCode, MessageError, Reject, WSError
+from .extension import WSExtension
+from .handlers import Accept, WSHandlers
+from .manager import ConnectionManager
+
+__all__ = [
+    "DEFAULTS",
+    "Accept",
+    "CloseCode",
+    "ConfigError",
+    "Connection",
+    "ConnectionManager",
+    "ConnectionState",
+    "Envelope",
+    "ErrorCode",
+    "MessageError",
+    "Reject",
+    "WSConfig",
+    "WSError",
+    "WSExtension",
+    "WSHandlers",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,123 @@
+"""``WS_*`` configuration keys: their defaults, in one place, and validation.
+
+Keys live in ``app.config`` (so ``SANIC_WS_PATH=/live`` in the environment
+works as for any Sanic key). A key the app did not set gets its default when
+the extension is registered. Every value is checked then, and again before the
+server starts; a bad one raises :class:`~sanic_ws_ext.errors.ConfigError`
+naming the key. ``None`` means "no limit" (or "off") where a key allows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULTS", "WSConfig"]
+
+#: Every key with its default. docs/reference/config.md documents each one.
+DEFAULTS: dict[str, Any] = {
+    # Where the websocket endpoint is served.
+    "WS_PATH": "/ws",
+    # Seconds of silence from a client before the server pings it (None: off).
+    "WS_PING_INTERVAL": 20.0,
+    # Seconds to wait for any frame after a ping before closing with 1011.
+    "WS_PING_TIMEOUT": 20.0,
+    # Largest incoming message in bytes; larger closes with 1009 (None: no limit).
+    "WS_MAX_MESSAGE_SIZE": 1 << 20,
+    # Unsent bytes allowed per connection; past it the client is closed with
+    # 1008 "slow consumer" and its backlog dropped (None: no limit).
+    "WS_MAX_BACKPRESSURE": 1 << 20,
+    # Browser origins allowed to connect, e.g. ["https://app.example.com"].
+    # Empty: same-origin only. "*" in the list: any origin.
+    "WS_ALLOWED_ORIGINS": (),
+    # Request headers copied into Connection.headers (lower-cased names).
+    "WS_KEEP_HEADERS": (),
+    # Seconds to wait for the client's close reply before dropping the socket.
+    "WS_CLOSE_TIMEOUT": 10.0,
+    # Incoming messages queued per connection while its handlers run; past it
+    # the server stops reading from that socket until the queue drains.
+    "WS_MAX_QUEUE": 64,
+}
+
+
+def _number(key: str, value: Any, *, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        extra = " or None" if allow_none else ""
+        raise ConfigError(key, f"must be a positive number{extra}, got {value!r}")
+    return float(value)
+
+
+def _integer(key: str, value: Any, *, allow_none: bool) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        extra = " or None" if allow_none else ""
+        raise ConfigError(key, f"must be a positive integer{extra}, got {value!r}")
+    return value
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        # Environment variables arrive as one comma-separated string.
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, f"must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True, slots=True)
+class WSConfig:
+    """The validated ``WS_*`` settings of one app."""
+
+    path: str
+    ping_interval: float | None
+    ping_timeout: float
+    max_message_size: int | None
+    max_backpressure: int | None
+    allowed_origins: tuple[str, ...]
+    keep_headers: tuple[str, ...]
+    close_timeout: float
+    max_queue: int
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
+        """Validate the ``WS_*`` keys of ``config`` (defaults for missing ones)."""
+
+        def get(key: str) -> Any:
+            return config.get(key, DEFAULTS[key])
+
+        path = get("WS_PATH")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError("WS_PATH", f"must be a path starting with '/', got {path!r}")
+        timeout = _number("WS_PING_TIMEOUT", get("WS_PING_TIMEOUT"), allow_none=False)
+        close_timeout = _number(
+            "WS_CLOSE_TIMEOUT", get("WS_CLOSE_TIMEOUT"), allow_none=False
+        )
+        max_queue = _integer("WS_MAX_QUEUE", get("WS_MAX_QUEUE"), allow_none=False)
+        assert timeout is not None and close_timeout is not None
+        assert max_queue is not None
+        origins = _strings("WS_ALLOWED_ORIGINS", get("WS_ALLOWED_ORIGINS"))
+        return cls(
+            path=path.rstrip("/") or "/",
+            ping_interval=_number(
+                "WS_PING_INTERVAL", get("WS_PING_INTERVAL"), allow_none=True
+            ),
+            ping_timeout=timeout,
+            max_message_size=_integer(
+                "WS_MAX_MESSAGE_SIZE", get("WS_MAX_MESSAGE_SIZE"), allow_none=True
+            ),
+            max_backpressure=_integer(
+                "WS_MAX_BACKPRESSURE", get("WS_MAX_BACKPRESSURE"), allow_none=True
+            ),
+            allowed_origins=tuple(o.rstrip("/").lower() for o in origins),
+            keep_headers=tuple(
+                h.lower() for h in _strings("WS_KEEP_HEADERS", get("WS_KEEP_HEADERS"))
+            ),
+            close_timeout=close_timeout,
+            max_queue=max_queue,
+        )

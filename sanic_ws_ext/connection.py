@@ -1,0 +1,374 @@
+"""One websocket connection: its identity, and the only path to its socket.
+
+After the upgrade the extension takes the socket from Sanic
+(``transport.set_protocol``) and hands it to a :class:`WireProtocol`, which
+parses frames with the websockets library's sans-I/O ``ServerProtocol``. No
+task, lock or timer exists per idle connection.
+
+Rules this module keeps:
+
+- Every byte written to a connection goes through :meth:`Connection._enqueue`:
+  data frames, pongs, pings and the close frame alike, so frames never
+  interleave and order is the order of the calls.
+- Writing never waits. Frames are appended to the connection's pending list
+  and the :class:`Flusher` writes each connection's pending frames in one
+  ``transport.write`` per event-loop pass.
+- Unsent bytes (pending plus the transport's buffer) are bounded by
+  ``WS_MAX_BACKPRESSURE``. A connection past it is aborted at once with
+  1008 "slow consumer": its backlog is dropped, nothing else waits for it.
+- Data frames are accepted only while the connection is OPEN; once a close
+  frame is queued, further sends are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from .envelope import encode_envelope
+from .errors import CloseCode
+from .frames import OP_BINARY, OP_TEXT, encode_frame
+
+if TYPE_CHECKING:
+    from .manager import ConnectionManager
+
+__all__ = ["Connection", "ConnectionState"]
+
+log = logging.getLogger("sanic_ws_ext")
+
+
+class ConnectionState(Enum):
+    OPEN = "open"
+    #: A close frame is queued; waiting for the peer's reply or the timeout.
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Flusher:
+    """Writes every connection's pending frames once per event-loop pass.
+
+    One ``call_soon`` per pass for all connections, not one per connection:
+    uWebSockets calls this corking.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn._flush()
+
+
+class Connection:
+    """A connected client, as handlers and the manager see it.
+
+    Attributes:
+        id: A random UUID4 string, unique across the cluster.
+        user: The identity returned by the verify hook, or ``None``.
+        meta: Free-form metadata; seeded by the verify hook, yours to change.
+        remote: The client's IP address as Sanic sees it.
+        headers: The request headers listed in ``WS_KEEP_HEADERS``.
+        worker: The name of the worker process that holds the socket.
+        connected_at: Unix time of the upgrade.
+        close_code, close_reason: Why it closed; ``None`` while open.
+    """
+
+    __slots__ = (
+        "_close_timer",
+        "_eof_pending",
+        "_flusher",
+        "_fragments",
+        "_pending",
+        "_pending_bytes",
+        "_ping_sent",
+        "_proto",
+        "_reading_paused",
+        "_transport",
+        "_written",
+        "close_code",
+        "close_reason",
+        "connected_at",
+        "headers",
+        "id",
+        "inbox",
+        "last_seen",
+        "manager",
+        "meta",
+        "remote",
+        "state",
+        "task",
+        "user",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        manager: ConnectionManager,
+        transport: asyncio.Transport,
+        proto: ServerProtocol,
+        flusher: Flusher,
+        user: str | None,
+        meta: dict[str, Any],
+        remote: str,
+        headers: dict[str, str],
+        worker: str,
+    ) -> None:
+        self.id = id
+        self.manager = manager
+        self.user = user
+        self.meta = meta
+        self.remote = remote
+        self.headers = headers
+        self.worker = worker
+        self.connected_at = time.time()
+        self.state = ConnectionState.OPEN
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        # Messages (and the connect/disconnect markers) waiting for handlers.
+        self.inbox: deque[object] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.last_seen = 0.0
+        self._transport = transport
+        self._proto = proto
+        self._flusher = flusher
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        # The transport's own buffer size as of the last flush.
+        self._written = 0
+        self._ping_sent = 0.0
+        self._fragments: list[bytes] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._eof_pending = False
+        self._reading_paused = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
+
+    # -- sending ---------------------------------------------------------
+
+    async def send(self, type: str, data: Any = None) -> None:
+        """Send one envelope to this connection (never waits on the socket)."""
+        self.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data)))
+
+    async def send_raw(self, payload: str | bytes) -> None:
+        """Send a raw text (``str``) or binary (``bytes``) frame."""
+        if isinstance(payload, str):
+            self.send_frame(encode_frame(OP_TEXT, payload.encode()))
+        else:
+            self.send_frame(encode_frame(OP_BINARY, bytes(payload)))
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue an already-framed message; ``False`` if it was not accepted."""
+        if self.state is not ConnectionState.OPEN:
+            return False
+        return self._enqueue(frame)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes accepted for this connection and not yet sent to the kernel."""
+        return self._pending_bytes + self._transport.get_write_buffer_size()
+
+    def _enqueue(self, frame: bytes) -> bool:
+        limit = self.manager.config.max_backpressure
+        size = self._pending_bytes + len(frame)
+        if (
+            limit is not None
+            and size + self._written > limit
+            # The cached transport size only shrinks between flushes:
+            # re-read it before calling the client slow.
+            and size + self._transport.get_write_buffer_size() > limit
+        ):
+            self.abort(CloseCode.POLICY_VIOLATION, "slow consumer")
+            return False
+        if not self._pending:
+            self._flusher.mark(self)
+        self._pending.append(frame)
+        self._pending_bytes = size
+        return True
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending or self.state is ConnectionState.CLOSED:
+            return
+        transport = self._transport
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self._pending = []
+        self._pending_bytes = 0
+        self._written = transport.get_write_buffer_size()
+        if self._eof_pending:
+            # The peer answered our close (or failed the protocol): the
+            # server closes TCP once the close frame is out.
+            transport.close()
+
+    def _send_control(self, chunks: list[bytes]) -> None:
+        """Queue what the protocol object wants sent (pong, close, EOF)."""
+        for chunk in chunks:
+            if chunk:
+                self._enqueue(chunk)
+            else:  # websockets' SEND_EOF marker
+                self._eof_pending = True
+                if not self._pending:
+                    self._flusher.mark(self)
+                    self._pending.append(b"")
+
+    # -- closing ---------------------------------------------------------
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake; frames queued before it are sent first."""
+        self.start_close(code, reason)
+
+    def start_close(self, code: int, reason: str = "") -> None:
+        if self.state is not ConnectionState.OPEN:
+            return
+        self._set_close(code, reason)
+        self._proto.send_close(code, reason)
+        self.state = ConnectionState.CLOSING
+        self._send_control(self._proto.data_to_send())
+        self._close_timer = asyncio.get_running_loop().call_later(
+            self.manager.config.close_timeout, self._transport.abort
+        )
+
+    def abort(self, code: int, reason: str) -> None:
+        """Drop the socket now, unsent frames included."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self._set_close(code, reason)
+        self.state = ConnectionState.CLOSING
+        self._pending = []
+        self._pending_bytes = 0
+        self._transport.abort()
+
+    def _set_close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = int(code)
+            self.close_reason = reason
+
+    def _lost(self) -> None:
+        """The socket is gone: record why, then let the manager clean up."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self.state = ConnectionState.CLOSED
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        proto = self._proto
+        if self.close_code is None:
+            if proto.close_rcvd is not None:
+                self.close_code = proto.close_rcvd.code
+                self.close_reason = proto.close_rcvd.reason
+            elif proto.close_sent is not None:
+                self.close_code = proto.close_sent.code
+                self.close_reason = proto.close_sent.reason
+            else:
+                self.close_code = CloseCode.ABNORMAL
+                self.close_reason = "connection lost"
+        self._pending = []
+        self._pending_bytes = 0
+        self.manager._connection_lost(self)
+
+    # -- flow control of incoming messages --------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.state is not ConnectionState.CLOSED:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+
+class WireProtocol(asyncio.Protocol):
+    """The asyncio protocol of an upgraded socket: bytes in, messages out."""
+
+    __slots__ = ("_conn", "_deliver")
+
+    def __init__(
+        self, conn: Connection, deliver: Callable[[Connection, str | bytes], None]
+    ) -> None:
+        self._conn = conn
+        self._deliver = deliver
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        conn.last_seen = conn.manager.clock()
+        conn._ping_sent = 0.0
+        proto = conn._proto
+        proto.receive_data(data)
+        self._process(proto)
+
+    def eof_received(self) -> bool | None:
+        proto = self._conn._proto
+        proto.receive_eof()
+        self._process(proto)
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn._lost()
+
+    def _process(self, proto: ServerProtocol) -> None:
+        conn = self._conn
+        for frame in proto.events_received():
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if frame.fin:
+                    self._message(opcode is Opcode.TEXT, frame.data)
+                else:
+                    # The first item marks the message kind: b"t" or b"b".
+                    kind = b"t" if opcode is Opcode.TEXT else b"b"
+                    conn._fragments = [kind, frame.data]
+            elif opcode is Opcode.CONT and conn._fragments is not None:
+                conn._fragments.append(frame.data)
+                if frame.fin:
+                    parts, conn._fragments = conn._fragments, None
+                    self._message(parts[0] == b"t", b"".join(parts[1:]))
+        if proto.parser_exc is not None and proto.close_sent is not None:
+            conn._set_close(proto.close_sent.code, proto.close_sent.reason)
+        out = proto.data_to_send()
+        if out:
+            conn._send_control(out)
+        if proto.state is State.CLOSING and conn.state is ConnectionState.OPEN:
+            # The peer started the close, or the parser failed the connection.
+            conn.state = ConnectionState.CLOSING
+
+    def _message(self, is_text: bool, data: bytes) -> None:
+        conn = self._conn
+        if conn.state is not ConnectionState.OPEN:
+            return
+        if is_text:
+            try:
+                text = data.decode()
+            except UnicodeDecodeError as exc:
+                conn._set_close(CloseCode.INVALID_DATA, "invalid UTF-8")
+                conn.state = ConnectionState.CLOSING
+                conn._proto.fail(
+                    CloseCode.INVALID_DATA, f"invalid UTF-8 at position {exc.start}"
+                )
+                return
+            self._deliver(conn, text)
+        else:
+            self._deliver(conn, data)

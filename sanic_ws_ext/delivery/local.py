@@ -1,0 +1,29 @@
+"""Delivery inside one process: an op is applied where it is published."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import Op
+
+__all__ = ["LocalDelivery"]
+
+
+class LocalDelivery:
+    """The backend for one process (``--single-process``, test clients)."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._apply: Callable[[Op], None] | None = None
+
+    async def start(self, apply: Callable[[Op], None]) -> None:
+        self._apply = apply
+
+    async def publish(self, op: Op) -> None:
+        if self._apply is None:
+            raise RuntimeError("LocalDelivery.publish() before start() or after stop()")
+        self._apply(op)
+
+    async def stop(self) -> None:
+        self._apply = None

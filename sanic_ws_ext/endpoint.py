@@ -1,0 +1,150 @@
+"""The upgrade endpoint: checks before the upgrade, then the hand-over.
+
+The route is a plain ``GET`` route, not a Sanic websocket route. Before the
+upgrade it is ordinary Sanic: request middleware runs, and a refusal is an
+HTTP response with a status (403 origin, the verify hook's status, 400 for a
+malformed handshake, 426 without ``Upgrade: websocket``). After it writes the
+``101`` response it takes the socket from Sanic with
+``transport.set_protocol`` and gives it to the manager, so none of Sanic's
+per-connection websocket machinery (tasks, locks, queues) stays alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
+
+from sanic import Request
+from sanic.response import HTTPResponse, text
+from sanic.server.protocols.http_protocol import HttpProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Request as HandshakeRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from .errors import Reject
+from .handlers import Accept
+
+if TYPE_CHECKING:
+    from .config import WSConfig
+    from .handlers import HandlerRegistry
+    from .manager import ConnectionManager
+
+__all__ = ["websocket_endpoint"]
+
+# websockets' protocol logs every close at INFO; keep that out of app logs.
+_wire_log = logging.getLogger("sanic_ws_ext.wire")
+if _wire_log.level == logging.NOTSET:
+    _wire_log.setLevel(logging.WARNING)
+
+
+def check_origin(request: Request, config: WSConfig) -> None:
+    """Refuse cross-site upgrades (cross-site WebSocket hijacking) with 403.
+
+    Requests without ``Origin`` come from non-browser clients, which a
+    malicious page cannot drive, and pass. A browser's origin passes when it
+    is the app's own (same host as ``Host``) or listed in
+    ``WS_ALLOWED_ORIGINS`` (``"*"`` allows any).
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    allowed = config.allowed_origins
+    normalized = origin.rstrip("/").lower()
+    if "*" in allowed or normalized in allowed:
+        return
+    host = request.headers.get("host", "").lower()
+    if host and urlsplit(normalized).netloc == host:
+        return
+    raise Reject(403, f"origin {origin!r} is not allowed")
+
+
+async def run_verify(registry: HandlerRegistry, request: Request) -> Accept:
+    """Run every verify hook in order and merge what they accept."""
+    user: str | None = None
+    meta: dict[str, Any] = {}
+    for hook in registry.verify:
+        result = await hook(request)
+        if result is None:
+            continue
+        if not isinstance(result, Accept):
+            raise TypeError(
+                f"verify hook {getattr(hook, '__qualname__', hook)} returned "
+                f"{result!r}: return Accept(...) or None, or raise Reject"
+            )
+        if result.user is not None:
+            user = result.user
+        meta.update(result.meta)
+    return Accept(user=user, meta=meta)
+
+
+# sanic-ext's injection reads this signature at startup: keep its names importable.
+async def websocket_endpoint(request: Request) -> HTTPResponse | None:
+    """Upgrade the request and hand the socket to ``app.ctx.ws``."""
+    manager: ConnectionManager = request.app.ctx.ws
+    config = manager.config
+    if request.headers.get("upgrade", "").lower() != "websocket":
+        return text(
+            "This is a WebSocket endpoint: connect with a WebSocket client.\n",
+            status=426,
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+    check_origin(request, config)
+    accepted = await run_verify(manager.registry, request)
+
+    # uvloop's transports do not subclass asyncio.Transport: check the
+    # protocol instead. Under ASGI there is no socket to take.
+    http = request.transport.get_protocol()
+    if not isinstance(http, HttpProtocol):
+        return text("WebSockets need Sanic's own server (not ASGI).\n", status=501)
+    transport = cast(asyncio.Transport, request.transport)
+
+    # Sanic already parsed the request: start the parser past the handshake
+    # and serialize the response ourselves.
+    proto = ServerProtocol(
+        max_size=config.max_message_size, state=State.OPEN, logger=_wire_log
+    )
+    handshake = proto.accept(
+        HandshakeRequest(path=request.path, headers=Headers(request.headers.items()))
+    )
+    if handshake.status_code != 101:
+        headers = {
+            k: v for k, v in handshake.headers.raw_items() if k.lower().startswith("sec-")
+        }
+        return HTTPResponse(
+            handshake.body,
+            status=handshake.status_code,
+            headers=headers,
+            content_type="text/plain; charset=utf-8",
+        )
+
+    # Take the socket from Sanic: whatever it buffered past the request head
+    # belongs to the websocket, and Sanic must not close it when this
+    # handler returns (its close() is a no-op once transport is None).
+    leftover = bytes(http.recv_buffer)
+    http.recv_buffer.clear()
+    http.connections.discard(http)
+    http.transport = None
+    transport.write(handshake.serialize())
+    conn = manager.accept(
+        transport,
+        proto,
+        accepted,
+        remote=request.client_ip or request.ip,
+        headers={
+            name: value
+            for name in config.keep_headers
+            if (value := request.headers.get(name)) is not None
+        },
+    )
+    transport.resume_reading()
+    if leftover:
+        transport.get_protocol().data_received(leftover)
+    manager.log_open(conn)
+    return None
+
+
+# Sanic's request handler expects no response from websocket handlers.
+websocket_endpoint.is_websocket = True  # type: ignore[attr-defined]

@@ -1,0 +1,109 @@
+"""The message envelope: ``{"type": str, "data": any, "timestamp": int}``.
+
+Pure functions, no I/O. Text frames carry one JSON envelope each; binary frames
+carry raw bytes and bypass this module. ``timestamp`` is milliseconds since the
+Unix epoch (as JavaScript's ``Date.now()``) and is added when absent.
+
+Rules this codec keeps:
+
+- An incoming message must be a JSON object with a non-empty string ``type``
+  of at most :data:`MAX_TYPE_LENGTH` characters; ``data`` may be any JSON value
+  and defaults to ``null``; ``timestamp``, when given, must be a number.
+- Unknown keys are ignored: they are reserved for later protocol features
+  (acknowledgements, recovery offsets).
+- Encoding is done once per outgoing message, never once per receiver.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ujson
+
+from .errors import ErrorCode, MessageError
+
+__all__ = [
+    "MAX_TYPE_LENGTH",
+    "Envelope",
+    "decode_envelope",
+    "encode_envelope",
+    "error_envelope",
+    "now_ms",
+]
+
+MAX_TYPE_LENGTH = 256
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One decoded text message."""
+
+    type: str
+    data: Any = None
+    timestamp: int | float | None = None
+
+
+def encode_envelope(
+    type: str, data: Any = None, timestamp: int | float | None = None
+) -> bytes:
+    """Serialize an envelope to UTF-8 JSON bytes, stamping it if needed.
+
+    Raises :class:`TypeError` when ``type`` is not a string and
+    :class:`ValueError`/:class:`OverflowError` when ``data`` is not
+    JSON-serializable, so the mistake surfaces in the sender's code.
+    """
+    if not isinstance(type, str) or not type:
+        raise TypeError(f"envelope type must be a non-empty str, got {type!r}")
+    payload = {
+        "type": type,
+        "data": data,
+        "timestamp": now_ms() if timestamp is None else timestamp,
+    }
+    return ujson.dumps(
+        payload, ensure_ascii=False, escape_forward_slashes=False
+    ).encode()
+
+
+def error_envelope(code: str, reason: str) -> bytes:
+    """The error frame body: ``{"type": "error", "data": {code, reason}}``."""
+    return encode_envelope("error", {"code": code, "reason": reason})
+
+
+def decode_envelope(text: str) -> Envelope:
+    """Parse one incoming text message.
+
+    Raises :class:`MessageError` with ``invalid_json`` or ``invalid_envelope``.
+    """
+    try:
+        obj = ujson.loads(text)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise MessageError(ErrorCode.INVALID_JSON, f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MessageError(
+            ErrorCode.INVALID_ENVELOPE, "a message must be a JSON object"
+        )
+    type_ = obj.get("type")
+    if not isinstance(type_, str) or not type_:
+        raise MessageError(
+            ErrorCode.INVALID_ENVELOPE, '"type" must be a non-empty string'
+        )
+    if len(type_) > MAX_TYPE_LENGTH:
+        raise MessageError(
+            ErrorCode.INVALID_ENVELOPE,
+            f'"type" is longer than {MAX_TYPE_LENGTH} characters',
+        )
+    timestamp = obj.get("timestamp")
+    if timestamp is None:
+        timestamp = now_ms()
+    elif isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        raise MessageError(
+            ErrorCode.INVALID_ENVELOPE, '"timestamp" must be a number'
+        )
+    return Envelope(type_, obj.get("data"), timestamp)

@@ -1,0 +1,104 @@
+"""Exceptions and close codes.
+
+One root, :class:`WSError`, drawn as a tree::
+
+    WSError
+    ├── ConfigError            a WS_* key has a bad value (raised at startup)
+    ├── Reject                 refuse a connection before the upgrade (HTTP status)
+    └── MessageError           a client's message could not be accepted
+                               (sent back as an error frame, connection stays open)
+
+Errors before the upgrade are :class:`sanic.exceptions.SanicException`
+subclasses with a ``status_code``, so Sanic renders them as HTTP responses.
+Errors after the upgrade carry a close code or an error-frame code.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from sanic.exceptions import SanicException
+
+__all__ = [
+    "CloseCode",
+    "ConfigError",
+    "ErrorCode",
+    "MessageError",
+    "Reject",
+    "WSError",
+]
+
+
+class CloseCode(IntEnum):
+    """Close codes this library sends (RFC 6455, section 7.4.1)."""
+
+    NORMAL = 1000
+    #: The server is shutting down or restarting; clients should reconnect.
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    #: A frame of a kind the application does not accept (text vs binary).
+    UNSUPPORTED_DATA = 1003
+    #: Nothing was received (not sent on the wire; reported for lost peers).
+    ABNORMAL = 1006
+    #: A text frame that is not valid UTF-8.
+    INVALID_DATA = 1007
+    #: Policy: used for slow consumers (``WS_MAX_BACKPRESSURE`` exceeded).
+    POLICY_VIOLATION = 1008
+    #: An incoming message over ``WS_MAX_MESSAGE_SIZE``.
+    MESSAGE_TOO_BIG = 1009
+    #: Server error, and peers that stopped answering pings.
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+class ErrorCode:
+    """The ``data.code`` values of error frames (``{"type": "error", ...}``)."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_ENVELOPE = "invalid_envelope"
+    UNKNOWN_TYPE = "unknown_type"
+    HANDLER_ERROR = "handler_error"
+
+
+class WSError(Exception):
+    """Root of every exception this library raises on purpose."""
+
+
+class ConfigError(WSError, ValueError):
+    """A ``WS_*`` configuration key has a value the extension cannot use."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {problem}")
+
+
+class Reject(WSError, SanicException):
+    """Refuse a connection in the verify hook; no upgrade happens.
+
+    ``raise Reject(401, "token expired")`` answers ``401`` with that reason.
+    Any other :class:`~sanic.exceptions.SanicException` (``Unauthorized``,
+    ``Forbidden``...) raised from a verify hook works the same way.
+    """
+
+    status_code = 403
+    quiet = True
+
+    def __init__(self, status: int = 403, reason: str = "connection refused") -> None:
+        super().__init__(reason, status_code=status)
+        self.status = status
+        self.reason = reason
+
+
+class MessageError(WSError):
+    """A client's message was refused; the client gets an error frame.
+
+    ``code`` is one of :class:`ErrorCode` (or an application's own string),
+    ``reason`` a short human-readable explanation. Handlers may raise it to
+    answer a bad request with an error frame without reaching the error hook
+    as an unexpected failure.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason

@@ -1,0 +1,188 @@
+"""Declaring handlers, and the registry that dispatches to them.
+
+Handlers are declared at import time on a :class:`WSHandlers` group, bound to
+a Sanic app or blueprint, in any number of modules::
+
+    bp = Blueprint("chat")
+    chat = WSHandlers(bp)
+
+    @chat.on("chat.message")
+    async def relay(conn: Connection, msg: Envelope) -> None:
+        await conn.manager.broadcast("chat.message", msg.data)
+
+When the server starts, the extension collects the groups of the app and of
+every blueprint registered on it (the app's first, then blueprints in
+registration order) into one :class:`HandlerRegistry`. The registry is pure:
+it maps events to handler lists; it does no I/O and runs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from sanic import Blueprint, Request, Sanic
+
+    from .connection import Connection
+    from .envelope import Envelope
+
+__all__ = [
+    "Accept",
+    "BinaryHandler",
+    "ConnectHandler",
+    "ErrorHandler",
+    "HandlerRegistry",
+    "MessageHandler",
+    "TypeHandler",
+    "VerifyHook",
+    "WSHandlers",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """What a verify hook returns to accept a connection.
+
+    ``user`` becomes :attr:`Connection.user` (the identity sends to users are
+    addressed by); ``meta`` seeds :attr:`Connection.meta`.
+    """
+
+    user: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+VerifyHook = Callable[["Request"], Awaitable["Accept | None"]]
+ConnectHandler = Callable[["Connection"], Awaitable[None]]
+MessageHandler = Callable[["Connection", "Envelope | bytes"], Awaitable[None]]
+TypeHandler = Callable[["Connection", "Envelope"], Awaitable[None]]
+BinaryHandler = Callable[["Connection", bytes], Awaitable[None]]
+ErrorHandler = Callable[["Connection", Exception], Awaitable[None]]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_CTX_KEY = "_sanic_ws_ext_handlers"
+
+
+class WSHandlers:
+    """A group of websocket handlers, like a blueprint for websocket events.
+
+    Pass the app or blueprint it belongs to, or call :meth:`bind` later. Every
+    handler is an ``async`` function; handlers of one connection run one at a
+    time, in the order its messages arrived.
+    """
+
+    def __init__(self, target: Sanic[Any, Any] | Blueprint | None = None) -> None:
+        self.verify_hooks: list[VerifyHook] = []
+        self.connect: list[ConnectHandler] = []
+        self.message: list[MessageHandler] = []
+        self.typed: dict[str, list[TypeHandler]] = {}
+        self.binary: list[BinaryHandler] = []
+        self.disconnect: list[ConnectHandler] = []
+        self.error: list[ErrorHandler] = []
+        if target is not None:
+            self.bind(target)
+
+    def bind(self, target: Sanic[Any, Any] | Blueprint) -> WSHandlers:
+        """Attach this group to an app or blueprint (idempotent)."""
+        groups: list[WSHandlers] = target.ctx.__dict__.setdefault(_CTX_KEY, [])
+        if self not in groups:
+            groups.append(self)
+        return self
+
+    def verify(self, hook: F) -> F:
+        """Run ``hook(request)`` before the upgrade.
+
+        Return :class:`Accept` (or ``None``) to accept; raise
+        :class:`~sanic_ws_ext.errors.Reject` or any ``SanicException`` to
+        answer with its HTTP status instead. With several hooks, all run in
+        order; the last ``user`` given wins and ``meta`` dicts are merged.
+        """
+        self.verify_hooks.append(hook)
+        return hook
+
+    def on_connect(self, handler: F) -> F:
+        """Run ``handler(conn)`` once the connection is open."""
+        self.connect.append(handler)
+        return handler
+
+    def on_message(self, handler: F) -> F:
+        """Run ``handler(conn, message)`` for every message.
+
+        ``message`` is an :class:`~sanic_ws_ext.envelope.Envelope` for text
+        frames and ``bytes`` for binary frames.
+        """
+        self.message.append(handler)
+        return handler
+
+    def on(self, type: str) -> Callable[[F], F]:
+        """Run ``handler(conn, envelope)`` for envelopes of this ``type``."""
+        if not isinstance(type, str) or not type:
+            raise TypeError(f"message type must be a non-empty str, got {type!r}")
+
+        def register(handler: F) -> F:
+            self.typed.setdefault(type, []).append(handler)
+            return handler
+
+        return register
+
+    def on_binary(self, handler: F) -> F:
+        """Run ``handler(conn, data)`` for every binary frame."""
+        self.binary.append(handler)
+        return handler
+
+    def on_disconnect(self, handler: F) -> F:
+        """Run ``handler(conn)`` after the connection closed, for any reason.
+
+        ``conn.close_code`` and ``conn.close_reason`` say why.
+        """
+        self.disconnect.append(handler)
+        return handler
+
+    def on_error(self, handler: F) -> F:
+        """Run ``handler(conn, exc)`` when a handler raised or a message was refused."""
+        self.error.append(handler)
+        return handler
+
+
+def groups_of(target: Sanic[Any, Any] | Blueprint) -> list[WSHandlers]:
+    """The groups bound to an app or blueprint."""
+    groups: list[WSHandlers] = target.ctx.__dict__.get(_CTX_KEY, [])
+    return groups
+
+
+class HandlerRegistry:
+    """Every handler of one app, merged from its groups, ready to dispatch."""
+
+    __slots__ = ("binary", "connect", "disconnect", "error", "message", "typed", "verify")
+
+    def __init__(self, groups: Iterable[WSHandlers] = ()) -> None:
+        self.verify: list[VerifyHook] = []
+        self.connect: list[ConnectHandler] = []
+        self.message: list[MessageHandler] = []
+        self.typed: dict[str, list[TypeHandler]] = {}
+        self.binary: list[BinaryHandler] = []
+        self.disconnect: list[ConnectHandler] = []
+        self.error: list[ErrorHandler] = []
+        seen: set[int] = set()
+        for group in groups:
+            if id(group) in seen:
+                continue
+            seen.add(id(group))
+            self.verify += group.verify_hooks
+            self.connect += group.connect
+            self.message += group.message
+            for type_, handlers in group.typed.items():
+                self.typed.setdefault(type_, []).extend(handlers)
+            self.binary += group.binary
+            self.disconnect += group.disconnect
+            self.error += group.error
+
+    def handles_text(self, type_: str) -> bool:
+        """Whether an envelope of ``type_`` reaches any handler."""
+        return bool(self.message) or type_ in self.typed
+
+    def handles_binary(self) -> bool:
+        """Whether a binary frame reaches any handler."""
+        return bool(self.message) or bool(self.binary)
