@@ -93,7 +93,9 @@ class WSConfig:
 
         path = get("WS_PATH")
         if not isinstance(path, str) or not path.startswith("/"):
-            raise ConfigError("WS_PATH", f"must be a path starting with '/', got {path!r}")
+            raise ConfigError(
+                "WS_PATH", f"must be a path starting with '/', got {path!r}"
+            )
         timeout = _number("WS_PING_TIMEOUT", get("WS_PING_TIMEOUT"), allow_none=False)
         close_timeout = _number(
             "WS_CLOSE_TIMEOUT", get("WS_CLOSE_TIMEOUT"), allow_none=False

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -333,16 +333,19 @@ class WireProtocol(asyncio.Protocol):
     def _process(self, proto: ServerProtocol) -> None:
         conn = self._conn
         for frame in proto.events_received():
+            if not isinstance(frame, Frame):  # handshake events; none once OPEN
+                continue
             opcode = frame.opcode
+            data = bytes(frame.data)
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 if frame.fin:
-                    self._message(opcode is Opcode.TEXT, frame.data)
+                    self._message(opcode is Opcode.TEXT, data)
                 else:
                     # The first item marks the message kind: b"t" or b"b".
                     kind = b"t" if opcode is Opcode.TEXT else b"b"
-                    conn._fragments = [kind, frame.data]
+                    conn._fragments = [kind, data]
             elif opcode is Opcode.CONT and conn._fragments is not None:
-                conn._fragments.append(frame.data)
+                conn._fragments.append(data)
                 if frame.fin:
                     parts, conn._fragments = conn._fragments, None
                     self._message(parts[0] == b"t", b"".join(parts[1:]))

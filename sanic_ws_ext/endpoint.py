@@ -111,7 +111,9 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     )
     if handshake.status_code != 101:
         headers = {
-            k: v for k, v in handshake.headers.raw_items() if k.lower().startswith("sec-")
+            k: v
+            for k, v in handshake.headers.raw_items()
+            if k.lower().startswith("sec-")
         }
         return HTTPResponse(
             handshake.body,
@@ -141,7 +143,7 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     )
     transport.resume_reading()
     if leftover:
-        transport.get_protocol().data_received(leftover)
+        cast(asyncio.Protocol, transport.get_protocol()).data_received(leftover)
     manager.log_open(conn)
     return None
 

@@ -103,7 +103,5 @@ def decode_envelope(text: str) -> Envelope:
     if timestamp is None:
         timestamp = now_ms()
     elif isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
-        raise MessageError(
-            ErrorCode.INVALID_ENVELOPE, '"timestamp" must be a number'
-        )
+        raise MessageError(ErrorCode.INVALID_ENVELOPE, '"timestamp" must be a number')
     return Envelope(type_, obj.get("data"), timestamp)

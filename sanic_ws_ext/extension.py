@@ -45,7 +45,7 @@ _INSTALLED = "_sanic_ws_ext_config"
 _PRIORITY = 1000
 
 
-class WSExtension(Extension):  # type: ignore[misc]
+class WSExtension(Extension):  # type: ignore[no-untyped-call]
     """The sanic-ext extension that serves websockets at ``WS_PATH``."""
 
     name = "ws"
@@ -124,7 +124,7 @@ class _Register:
             if any(isinstance(e, WSExtension) for e in instance.extensions):
                 return
             started = Extension.create(extension, instance.app, instance.config)
-            started._startup(instance)
+            started._startup(instance)  # type: ignore[no-untyped-call]
             instance.extensions.append(started)
 
         return register_now

@@ -155,7 +155,15 @@ def groups_of(target: Sanic[Any, Any] | Blueprint) -> list[WSHandlers]:
 class HandlerRegistry:
     """Every handler of one app, merged from its groups, ready to dispatch."""
 
-    __slots__ = ("binary", "connect", "disconnect", "error", "message", "typed", "verify")
+    __slots__ = (
+        "binary",
+        "connect",
+        "disconnect",
+        "error",
+        "message",
+        "typed",
+        "verify",
+    )
 
     def __init__(self, groups: Iterable[WSHandlers] = ()) -> None:
         self.verify: list[VerifyHook] = []

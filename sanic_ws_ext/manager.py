@@ -137,7 +137,11 @@ class ConnectionManager:
     ) -> None:
         """Send an envelope to every connection but those in ``exclude`` (ids)."""
         await self.delivery.publish(
-            Op(OpKind.BROADCAST, encode_envelope(type, data), exclude=frozenset(exclude))
+            Op(
+                OpKind.BROADCAST,
+                encode_envelope(type, data),
+                exclude=frozenset(exclude),
+            )
         )
 
     async def broadcast_raw(
@@ -283,7 +287,8 @@ class ConnectionManager:
         registry = self.registry
         if not registry.handles_binary():
             await self._refuse(
-                conn, MessageError(ErrorCode.UNKNOWN_TYPE, "no handler for binary frames")
+                conn,
+                MessageError(ErrorCode.UNKNOWN_TYPE, "no handler for binary frames"),
             )
             return
         for handler in registry.message:

@@ -1,0 +1,171 @@
+"""Helpers to test websocket handlers against a real server.
+
+Like Channels' ``WebsocketCommunicator``, but over a real socket::
+
+    async with serve(app) as server:
+        async with await WSTestClient.connect(server.ws_url()) as client:
+            await client.send("echo", {"text": "hi"})
+            reply = await client.expect("echo")
+            assert reply.data == {"text": "hi"}
+
+:func:`serve` runs the app in the current event loop on an ephemeral port,
+with its ``before_server_start``/``before_server_stop`` listeners, in the
+same shape as ``sanic --single-process``. :class:`WSTestClient` wraps the
+websockets library's asyncio client and decodes envelopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import ujson
+from sanic import Sanic
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from .envelope import Envelope
+
+__all__ = ["LiveServer", "WSTestClient", "serve", "time_unit"]
+
+
+def time_unit() -> float:
+    """Seconds in one test time unit (``SANIC_WS_TEST_TIME_UNIT``, default 1).
+
+    Every default timeout here is a multiple of it: raise it on a slow machine
+    instead of editing timeouts.
+    """
+    return float(os.environ.get("SANIC_WS_TEST_TIME_UNIT", "1"))
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A running app: where to reach it."""
+
+    app: Sanic[Any, Any]
+    host: str
+    port: int
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def ws_url(self, path: str | None = None) -> str:
+        if path is None:
+            path = self.app.config.get("WS_PATH", "/ws")
+        return f"ws://{self.host}:{self.port}{path}"
+
+
+@asynccontextmanager
+async def serve(
+    app: Sanic[Any, Any], host: str = "127.0.0.1"
+) -> AsyncIterator[LiveServer]:
+    """Serve ``app`` on a free port in this event loop until the block exits."""
+    # Several apps may start in one test process (as sanic-testing allows).
+    Sanic.test_mode = True
+    # Sanic reads port=0 as "default port": bind the ephemeral port ourselves.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    # create_server() awaits the listening socket: it is bound on return.
+    server = await app.create_server(sock=sock, return_asyncio_server=True)
+    assert server is not None and server.server is not None
+    await server.startup()
+    await server.before_start()
+    await server.after_start()
+    try:
+        yield LiveServer(app, host, port)
+    finally:
+        await server.before_stop()
+        server.server.close()
+        await server.server.wait_closed()
+        await server.after_stop()
+
+
+class WSTestClient:
+    """A websocket client that speaks envelopes, for tests."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        origin: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> WSTestClient:
+        """Open a connection; raises websockets' ``InvalidStatus`` if refused."""
+        connection = await connect(
+            url,
+            origin=origin,  # type: ignore[arg-type]
+            additional_headers=headers,
+            open_timeout=timeout or 5 * time_unit(),
+            max_size=None,
+            **kwargs,
+        )
+        return cls(connection)
+
+    async def __aenter__(self) -> WSTestClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def send(self, type: str, data: Any = None) -> None:
+        """Send an envelope."""
+        await self.connection.send(ujson.dumps({"type": type, "data": data}))
+
+    async def send_raw(self, payload: str | bytes) -> None:
+        """Send a raw text or binary frame."""
+        await self.connection.send(payload)
+
+    async def recv(self, timeout: float | None = None) -> Envelope | bytes:
+        """The next message: an :class:`Envelope`, or ``bytes`` for binary."""
+        raw = await asyncio.wait_for(self.connection.recv(), timeout or 5 * time_unit())
+        if isinstance(raw, bytes):
+            return raw
+        obj = ujson.loads(raw)
+        return Envelope(obj["type"], obj.get("data"), obj.get("timestamp"))
+
+    async def expect(self, type: str, timeout: float | None = None) -> Envelope:
+        """The next envelope of ``type``, skipping any others before it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or 5 * time_unit())
+        while True:
+            message = await self.recv(max(0.0, deadline - loop.time()))
+            if isinstance(message, Envelope) and message.type == type:
+                return message
+
+    async def wait_closed(self, timeout: float | None = None) -> tuple[int | None, str]:
+        """Wait until the server closes; returns its close code and reason."""
+        with contextlib.suppress(ConnectionClosed):
+            await asyncio.wait_for(
+                self._drain_until_closed(), timeout or 5 * time_unit()
+            )
+        rcvd = self.connection.protocol.close_rcvd
+        if rcvd is None:
+            return None, ""
+        return rcvd.code, rcvd.reason
+
+    async def _drain_until_closed(self) -> None:
+        while True:
+            await self.connection.recv()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.connection.close(code, reason)

@@ -1,0 +1,93 @@
+"""WS_* keys: defaults in one place, bad values named at startup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sanic import Sanic
+from sanic_ext import Extend
+
+from sanic_ws_ext import DEFAULTS, ConfigError, WSConfig, WSExtension
+
+AppFactory = Callable[..., Sanic[Any, Any]]
+
+
+def test_defaults() -> None:
+    config = WSConfig.from_mapping({})
+    assert config.path == "/ws"
+    assert config.ping_interval == 20.0
+    assert config.ping_timeout == 20.0
+    assert config.max_message_size == 1 << 20
+    assert config.max_backpressure == 1 << 20
+    assert config.allowed_origins == ()
+    assert config.close_timeout == 10.0
+    assert set(DEFAULTS) == {
+        "WS_PATH",
+        "WS_PING_INTERVAL",
+        "WS_PING_TIMEOUT",
+        "WS_MAX_MESSAGE_SIZE",
+        "WS_MAX_BACKPRESSURE",
+        "WS_ALLOWED_ORIGINS",
+        "WS_KEEP_HEADERS",
+        "WS_CLOSE_TIMEOUT",
+        "WS_MAX_QUEUE",
+    }
+
+
+def test_none_means_no_limit() -> None:
+    config = WSConfig.from_mapping(
+        {
+            "WS_PING_INTERVAL": None,
+            "WS_MAX_BACKPRESSURE": None,
+            "WS_MAX_MESSAGE_SIZE": None,
+        }
+    )
+    assert config.ping_interval is None
+    assert config.max_backpressure is None
+    assert config.max_message_size is None
+
+
+def test_origins_from_environment_string() -> None:
+    config = WSConfig.from_mapping(
+        {"WS_ALLOWED_ORIGINS": "https://A.example.com/, https://b.example.com"}
+    )
+    assert config.allowed_origins == ("https://a.example.com", "https://b.example.com")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("WS_PATH", "ws"),
+        ("WS_PATH", 5),
+        ("WS_PING_INTERVAL", -1),
+        ("WS_PING_INTERVAL", "often"),
+        ("WS_PING_TIMEOUT", None),
+        ("WS_PING_TIMEOUT", 0),
+        ("WS_MAX_MESSAGE_SIZE", 1.5),
+        ("WS_MAX_BACKPRESSURE", True),
+        ("WS_ALLOWED_ORIGINS", [1, 2]),
+        ("WS_KEEP_HEADERS", 7),
+        ("WS_CLOSE_TIMEOUT", None),
+        ("WS_MAX_QUEUE", 0),
+    ],
+)
+def test_bad_value_names_the_key(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        WSConfig.from_mapping({key: value})
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_bad_value_fails_registration(make_app: AppFactory) -> None:
+    app = make_app(WS_PING_INTERVAL=-5)
+    with pytest.raises(ConfigError, match="WS_PING_INTERVAL"):
+        Extend(app).register(WSExtension)
+
+
+def test_registration_fills_defaults_without_overriding(make_app: AppFactory) -> None:
+    app = make_app(WS_PATH="/live")
+    Extend(app).register(WSExtension)
+    assert app.config.WS_PATH == "/live"
+    assert app.config.WS_MAX_BACKPRESSURE == DEFAULTS["WS_MAX_BACKPRESSURE"]

@@ -1,0 +1,83 @@
+"""The envelope codec, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+import ujson
+
+from sanic_ws_ext.envelope import (
+    MAX_TYPE_LENGTH,
+    decode_envelope,
+    encode_envelope,
+    error_envelope,
+    now_ms,
+)
+from sanic_ws_ext.errors import ErrorCode, MessageError
+
+
+def test_encode_stamps_when_absent() -> None:
+    before = now_ms()
+    obj = ujson.loads(encode_envelope("chat", {"text": "héllo /"}))
+    assert obj["type"] == "chat"
+    assert obj["data"] == {"text": "héllo /"}
+    assert before <= obj["timestamp"] <= now_ms()
+
+
+def test_encode_keeps_given_timestamp_and_null_data() -> None:
+    obj = ujson.loads(encode_envelope("tick", timestamp=42))
+    assert obj == {"type": "tick", "data": None, "timestamp": 42}
+
+
+def test_encode_is_utf8_not_ascii_escaped() -> None:
+    assert "ü".encode() in encode_envelope("t", "ü")
+
+
+@pytest.mark.parametrize("bad", ["", None, 3])
+def test_encode_rejects_bad_type(bad: object) -> None:
+    with pytest.raises(TypeError):
+        encode_envelope(bad)  # type: ignore[arg-type]
+
+
+def test_encode_rejects_unserializable_data() -> None:
+    with pytest.raises((TypeError, ValueError, OverflowError)):
+        encode_envelope("t", {"x": object()})
+
+
+def test_decode_roundtrip() -> None:
+    env = decode_envelope('{"type":"chat","data":[1,2],"timestamp":7,"extra":1}')
+    assert (env.type, env.data, env.timestamp) == ("chat", [1, 2], 7)
+
+
+def test_decode_adds_timestamp_and_null_data() -> None:
+    env = decode_envelope('{"type":"ping"}')
+    assert env.data is None
+    assert isinstance(env.timestamp, int) and env.timestamp > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("not json", ErrorCode.INVALID_JSON),
+        ("{", ErrorCode.INVALID_JSON),
+        ("[1,2]", ErrorCode.INVALID_ENVELOPE),
+        ('"chat"', ErrorCode.INVALID_ENVELOPE),
+        ('{"data":1}', ErrorCode.INVALID_ENVELOPE),
+        ('{"type":""}', ErrorCode.INVALID_ENVELOPE),
+        ('{"type":5}', ErrorCode.INVALID_ENVELOPE),
+        ('{"type":null}', ErrorCode.INVALID_ENVELOPE),
+        ('{"type":"t","timestamp":"now"}', ErrorCode.INVALID_ENVELOPE),
+        ('{"type":"t","timestamp":true}', ErrorCode.INVALID_ENVELOPE),
+        ('{"type":"' + "x" * (MAX_TYPE_LENGTH + 1) + '"}', ErrorCode.INVALID_ENVELOPE),
+    ],
+)
+def test_decode_refuses_bad_input(text: str, code: str) -> None:
+    with pytest.raises(MessageError) as info:
+        decode_envelope(text)
+    assert info.value.code == code
+    assert info.value.reason
+
+
+def test_error_envelope_shape() -> None:
+    obj = ujson.loads(error_envelope("invalid_json", "not valid JSON"))
+    assert obj["type"] == "error"
+    assert obj["data"] == {"code": "invalid_json", "reason": "not valid JSON"}

@@ -1,0 +1,38 @@
+"""The public surface is small and pinned: changing it is a decision."""
+
+from __future__ import annotations
+
+import sanic_ws_ext
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(sanic_ws_ext.__all__) == sorted(
+        [
+            "DEFAULTS",
+            "Accept",
+            "CloseCode",
+            "ConfigError",
+            "Connection",
+            "ConnectionManager",
+            "ConnectionState",
+            "Envelope",
+            "ErrorCode",
+            "MessageError",
+            "Reject",
+            "WSConfig",
+            "WSError",
+            "WSExtension",
+            "WSHandlers",
+        ]
+    )
+    for name in sanic_ws_ext.__all__:
+        assert getattr(sanic_ws_ext, name) is not None
+
+
+def test_exceptions_share_one_root() -> None:
+    for exc in (
+        sanic_ws_ext.ConfigError,
+        sanic_ws_ext.Reject,
+        sanic_ws_ext.MessageError,
+    ):
+        assert issubclass(exc, sanic_ws_ext.WSError)
