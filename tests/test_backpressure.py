@@ -1,0 +1,80 @@
+"""A client that stops reading stalls nobody and costs bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from sanic import Sanic
+from sanic_ext import Extend
+
+from sanic_ws_ext import CloseCode, Connection, WSExtension, WSHandlers
+from sanic_ws_ext.frames import OP_TEXT, encode_frame
+from sanic_ws_ext.testing import WSTestClient, serve
+
+from .conftest import units
+from .rawws import RawClient
+
+AppFactory = Callable[..., Sanic[Any, Any]]
+
+LIMIT = 256 * 1024
+CLIENTS = 100
+MESSAGES = 1200
+BODY = "x" * 4000  # ~4 KB each: ~4.8 MB in all, past the kernel's own buffers
+WINDOW = 40  # messages a reader may lag behind before the sender waits
+
+
+async def test_stalled_client_is_dropped_others_get_everything(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(WS_MAX_BACKPRESSURE=LIMIT, WS_PING_INTERVAL=None)
+    Extend(app).register(WSExtension)
+    handlers = WSHandlers(app)
+    gone: asyncio.Queue[Connection] = asyncio.Queue()
+
+    @handlers.on_disconnect
+    async def on_gone(conn: Connection) -> None:
+        gone.put_nowait(conn)
+
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        stalled = await RawClient.connect(server.host, server.port, rcvbuf=4096)
+        (stalled_id,) = ws.connections
+        readers = [await WSTestClient.connect(server.ws_url()) for _ in range(CLIENTS)]
+        received = [0] * CLIENTS
+        progress = asyncio.Event()
+
+        async def read_all(i: int, client: WSTestClient) -> None:
+            for expected in range(MESSAGES):
+                message = await client.recv(units(30))
+                assert not isinstance(message, bytes)
+                assert message.data["seq"] == expected  # all of them, in order
+                received[i] += 1
+                progress.set()
+
+        reading = [asyncio.create_task(read_all(i, c)) for i, c in enumerate(readers)]
+        frame_size = len(encode_frame(OP_TEXT, b'{"seq": 0}' + BODY.encode()))
+        peak_backlog = 0
+        for seq in range(MESSAGES):
+            # Pace the sender to the readers, so only the stalled one lags.
+            while seq - min(received) > WINDOW:
+                progress.clear()
+                await progress.wait()
+            await ws.broadcast("tick", {"seq": seq, "body": BODY})
+            conn = ws.get(stalled_id)
+            if conn is not None:
+                peak_backlog = max(peak_backlog, conn.backlog)
+        await asyncio.gather(*reading)
+
+        dropped = await asyncio.wait_for(gone.get(), units(5))
+        assert dropped.id == stalled_id
+        assert dropped.close_code == CloseCode.POLICY_VIOLATION
+        assert dropped.close_reason == "slow consumer"
+        # What the server held for it never passed the bound (plus one frame).
+        assert 0 < peak_backlog <= LIMIT + frame_size
+        assert received == [MESSAGES] * CLIENTS
+        assert len(ws.connections) == CLIENTS
+        for client in readers:
+            await client.close()
+        stalled.close_socket()

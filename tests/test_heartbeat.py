@@ -1,0 +1,97 @@
+"""One heartbeat timer closes peers that stop answering, and only those."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from sanic import Sanic
+from sanic_ext import Extend
+from websockets.frames import Opcode
+
+from sanic_ws_ext import CloseCode, Connection, WSExtension, WSHandlers
+from sanic_ws_ext.testing import serve
+
+from .conftest import units
+from .rawws import RawClient
+
+AppFactory = Callable[..., Sanic[Any, Any]]
+
+
+def build(make_app: AppFactory) -> tuple[Sanic[Any, Any], asyncio.Queue[Connection]]:
+    app = make_app(WS_PING_INTERVAL=units(0.2), WS_PING_TIMEOUT=units(0.2))
+    Extend(app).register(WSExtension)
+    handlers = WSHandlers(app)
+    gone: asyncio.Queue[Connection] = asyncio.Queue()
+
+    @handlers.on_disconnect
+    async def on_gone(conn: Connection) -> None:
+        gone.put_nowait(conn)
+
+    return app, gone
+
+
+async def test_silent_peer_is_closed_within_the_bound(make_app: AppFactory) -> None:
+    app, gone = build(make_app)
+    interval = timeout = units(0.2)
+    tick = min(interval, timeout) / 5
+    async with serve(app) as server:
+        loop = asyncio.get_running_loop()
+        raw = await RawClient.connect(server.host, server.port)
+        started = loop.time()
+        ping = await raw.read_frame()
+        assert ping.opcode is Opcode.PING
+        # Never answer: the server must give up on its own.
+        conn = await asyncio.wait_for(gone.get(), units(5))
+        elapsed = loop.time() - started
+        assert conn.close_code == CloseCode.INTERNAL_ERROR
+        assert conn.close_reason == "ping timeout"
+        # interval + timeout, plus two sweeps of the shared timer, plus slack
+        # for a loaded machine.
+        assert elapsed <= interval + timeout + 2 * tick + units(0.5)
+        assert app.ctx.ws.get(conn.id) is None
+        raw.close_socket()
+
+
+async def test_answering_peer_stays(make_app: AppFactory) -> None:
+    app, gone = build(make_app)
+    async with serve(app) as server:
+        raw = await RawClient.connect(server.host, server.port)
+        (conn_id,) = app.ctx.ws.connections
+        for _ in range(4):  # four pings, i.e. well past interval + timeout
+            frame = await raw.read_frame(units(5))
+            assert frame.opcode is Opcode.PING
+            raw.send_frame(Opcode.PONG, bytes(frame.data))
+        assert app.ctx.ws.get(conn_id) is not None
+        assert gone.empty()
+        raw.close_socket()
+
+
+async def test_busy_peer_is_not_pinged(make_app: AppFactory) -> None:
+    """Any frame from the client proves it alive; pings go to silent ones only."""
+    app, _ = build(make_app)
+    interval = units(0.2)
+    async with serve(app) as server:
+        busy = await RawClient.connect(server.host, server.port)
+        silent = await RawClient.connect(server.host, server.port)
+
+        async def chatter() -> None:
+            # Pacing traffic, not synchronization: a frame every quarter interval.
+            while True:
+                busy.send_frame(Opcode.PONG, b"")
+                await asyncio.sleep(interval / 4)
+
+        talking = asyncio.create_task(chatter())
+        pings = 0
+        while pings < 3:  # past interval + timeout for `busy` several times over
+            frame = await silent.read_frame(units(5))
+            if frame.opcode is Opcode.PING:
+                pings += 1
+                silent.send_frame(Opcode.PONG, b"")
+        talking.cancel()
+        busy.send_frame(Opcode.TEXT, b'{"type": "x"}')
+        frame = await busy.read_frame()  # the unknown_type error, no ping before it
+        assert frame.opcode is Opcode.TEXT
+        busy.close_socket()
+        silent.close_socket()
