@@ -27,8 +27,13 @@ class SanicProcess:
     """``python -m sanic TARGET --port P ...`` in its own session."""
 
     def __init__(
-        self, target: str, *args: str, env: dict[str, str] | None = None
+        self,
+        target: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/health",
     ) -> None:
+        self.ready_path = ready_path
         self.port = free_port()
         self.args = [
             sys.executable, "-m", "sanic", target,
@@ -36,7 +41,7 @@ class SanicProcess:
         ]  # fmt: skip
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed on exit)
         self.serving_since = 0.0
 
     def ws_url(self, path: str = "/ws") -> str:
@@ -54,7 +59,7 @@ class SanicProcess:
             # A file, not a pipe nobody reads: a chatty server must never block.
             stderr=self.log,
         )
-        await self.wait_serving()
+        await self.wait_serving(self.ready_path)
         return self
 
     async def wait_serving(self, path: str = "/health") -> None:
@@ -104,7 +109,7 @@ class SanicProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             raise TimeoutError(
-                f"sanic did not stop on SIGTERM: poll={self.proc.poll()} {self.stderr()}"
+                f"sanic ignored SIGTERM: poll={self.proc.poll()} {self.stderr()}"
             ) from None
 
     async def __aexit__(
