@@ -40,6 +40,14 @@ DEFAULTS: dict[str, Any] = {
     # Incoming messages queued per connection while its handlers run; past it
     # the server stops reading from that socket until the queue drains.
     "WS_MAX_QUEUE": 64,
+    # Send "presence.join"/"presence.leave" envelopes to a room's members.
+    "WS_PRESENCE_EVENTS": True,
+    # Seconds between the workers' liveness beats; a worker silent for three
+    # beats is taken for dead and its connections leave every room.
+    "WS_RELAY_BEAT": 1.0,
+    # Which delivery to use between processes: "auto" (the relay between
+    # workers under `sanic --workers N`, local in a single process), "local".
+    "WS_BACKPLANE": "auto",
 }
 
 
@@ -83,6 +91,9 @@ class WSConfig:
     keep_headers: tuple[str, ...]
     close_timeout: float
     max_queue: int
+    presence_events: bool
+    relay_beat: float
+    backplane: str
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
@@ -101,7 +112,18 @@ class WSConfig:
             "WS_CLOSE_TIMEOUT", get("WS_CLOSE_TIMEOUT"), allow_none=False
         )
         max_queue = _integer("WS_MAX_QUEUE", get("WS_MAX_QUEUE"), allow_none=False)
-        assert timeout is not None and close_timeout is not None
+        beat = _number("WS_RELAY_BEAT", get("WS_RELAY_BEAT"), allow_none=False)
+        presence = get("WS_PRESENCE_EVENTS")
+        if not isinstance(presence, bool):
+            raise ConfigError(
+                "WS_PRESENCE_EVENTS", f"must be True or False, got {presence!r}"
+            )
+        backplane = get("WS_BACKPLANE")
+        if backplane not in ("auto", "local"):
+            raise ConfigError(
+                "WS_BACKPLANE", f"must be 'auto' or 'local', got {backplane!r}"
+            )
+        assert timeout is not None and close_timeout is not None and beat is not None
         assert max_queue is not None
         origins = _strings("WS_ALLOWED_ORIGINS", get("WS_ALLOWED_ORIGINS"))
         return cls(
@@ -122,4 +144,7 @@ class WSConfig:
             ),
             close_timeout=close_timeout,
             max_queue=max_queue,
+            presence_events=presence,
+            relay_beat=beat,
+            backplane=backplane,
         )

@@ -116,6 +116,7 @@ class Connection:
         "manager",
         "meta",
         "remote",
+        "rooms",
         "state",
         "task",
         "user",
@@ -143,6 +144,8 @@ class Connection:
         self.remote = remote
         self.headers = headers
         self.worker = worker
+        #: Rooms this connection is in (kept by the process that holds it).
+        self.rooms: set[str] = set()
         self.connected_at = time.time()
         self.state = ConnectionState.OPEN
         self.close_code: int | None = None
@@ -233,6 +236,14 @@ class Connection:
                 if not self._pending:
                     self._flusher.mark(self)
                     self._pending.append(b"")
+
+    async def join(self, room: str) -> None:
+        """Join a room (members of the room see a ``presence.join``)."""
+        self.manager._join_local(self, room)
+
+    async def leave(self, room: str) -> None:
+        """Leave a room."""
+        self.manager._leave_local(self, room)
 
     # -- closing ---------------------------------------------------------
 

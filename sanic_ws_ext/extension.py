@@ -22,7 +22,9 @@ processes that serve.
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from typing import Any
 
 from sanic import Blueprint, Sanic
@@ -30,13 +32,17 @@ from sanic_ext import Extend
 from sanic_ext.extensions.base import Extension
 
 from .config import DEFAULTS, WSConfig
+from .delivery import Delivery
 from .delivery.local import LocalDelivery
+from .delivery.relay import WorkerRelay, make_inboxes, slot_of
 from .endpoint import websocket_endpoint
 from .errors import ConfigError
 from .handlers import HandlerRegistry, WSHandlers, groups_of
 from .manager import ConnectionManager
 
 __all__ = ["WSExtension", "install"]
+
+log = logging.getLogger("sanic_ws_ext")
 
 _INSTALLED = "_sanic_ws_ext_config"
 # Run our listeners before the app's own: the manager exists before any
@@ -71,8 +77,52 @@ def install(app: Sanic[Any, Any]) -> None:
     bp = Blueprint("sanic_ws_ext")
     bp.add_route(websocket_endpoint, config.path, methods=["GET"], name="endpoint")
     app.blueprint(bp)
+    app.register_listener(_make_relay, "main_process_start")
     app.register_listener(_start, "before_server_start", priority=_PRIORITY)
     app.register_listener(_stop, "before_server_stop", priority=_PRIORITY)
+
+
+_RELAY_KEY = "sanic_ws_ext_relay"
+
+
+async def _make_relay(app: Sanic[Any, Any]) -> None:
+    """In the main process, before workers spawn: the relay's sockets.
+
+    Not run by ``--single-process`` or test clients: they deliver locally.
+    """
+    workers = app.state.workers
+    config: WSConfig = getattr(app.ctx, _INSTALLED)
+    if (
+        config.backplane == "local"
+        or workers < 1
+        or not hasattr(socket, "SOCK_SEQPACKET")
+    ):
+        return
+    # Flat tuples of multiprocessing objects: what Sanic's shared_ctx accepts.
+    reads, writes, current = make_inboxes(workers)
+    setattr(app.shared_ctx, _RELAY_KEY + "_reads", reads)
+    setattr(app.shared_ctx, _RELAY_KEY + "_writes", writes)
+    setattr(app.shared_ctx, _RELAY_KEY + "_current", current)
+
+
+def _delivery(app: Sanic[Any, Any], config: WSConfig, worker: str) -> Delivery:
+    reads = getattr(app.shared_ctx, _RELAY_KEY + "_reads", None)
+    if reads is None or config.backplane == "local":
+        return LocalDelivery()
+    inboxes = (
+        reads,
+        getattr(app.shared_ctx, _RELAY_KEY + "_writes"),
+        getattr(app.shared_ctx, _RELAY_KEY + "_current"),
+    )
+    slot = slot_of(worker)
+    if slot is None or slot >= len(reads) // 2:
+        log.error(
+            "worker %s has no relay slot (workers scaled after start?): "
+            "it delivers to its own connections only",
+            worker,
+        )
+        return LocalDelivery()
+    return WorkerRelay(inboxes, worker)
 
 
 async def _start(app: Sanic[Any, Any]) -> None:
@@ -87,11 +137,9 @@ async def _start(app: Sanic[Any, Any]) -> None:
     groups: list[WSHandlers] = list(groups_of(app))
     for bp in app.blueprints.values():
         groups.extend(groups_of(bp))
+    worker = os.environ.get("SANIC_WORKER_NAME", "main")
     manager = ConnectionManager(
-        config,
-        HandlerRegistry(groups),
-        LocalDelivery(),
-        worker=os.environ.get("SANIC_WORKER_NAME", "main"),
+        config, HandlerRegistry(groups), _delivery(app, config, worker), worker=worker
     )
     app.ctx.ws = manager
     await manager.start()

@@ -5,10 +5,18 @@ Rules this module keeps:
 - ``connections`` holds the OPEN and CLOSING connections of this process; a
   connection leaves it the moment its socket is gone, before its disconnect
   handlers run.
-- Cluster-wide calls (``broadcast``, ``send``, ``disconnect``) become an
+- Every call that addresses connections becomes an
   :class:`~sanic_ws_ext.delivery.Op` published through the delivery backend;
-  :meth:`ConnectionManager.apply` executes ops on local connections. A
-  message is encoded and framed once per process, whatever the receivers.
+  :meth:`ConnectionManager.apply` executes ops in each process. A message is
+  encoded once where it is sent and framed once in each receiving process.
+- This process is the only writer of its connections' cluster state: it
+  publishes their arrival, departure and room changes, in order, and every
+  process (itself included) applies them to its replica
+  (:class:`~sanic_ws_ext.presence.ClusterState`). Queries (``count``,
+  ``members``, ``users``) read the replica and never wait on other processes.
+- Peers announce themselves (HELLO, answered with SYNC), prove they are alive
+  (BEAT) and leave (BYE); a peer silent for three beats is dropped with its
+  connections, and rooms see them leave.
 - Handlers of one connection run one at a time, in arrival order, in a task
   that exists only while that connection has work queued. The queue is
   bounded by ``WS_MAX_QUEUE``: past it, reading from that socket pauses.
@@ -22,8 +30,9 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
+import ujson
 from websockets.server import ServerProtocol
 
 from .config import WSConfig
@@ -33,6 +42,7 @@ from .envelope import decode_envelope, encode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode, MessageError
 from .frames import OP_BINARY, OP_TEXT, PING_FRAME, encode_frame
 from .handlers import Accept, HandlerRegistry
+from .presence import ClusterState, Member
 
 __all__ = ["ConnectionManager"]
 
@@ -42,12 +52,15 @@ log = logging.getLogger("sanic_ws_ext")
 _OPENED = object()
 _CLOSED = object()
 
+#: Beats a peer may miss before it counts as dead.
+_MISSED_BEATS = 3
+
 
 class ConnectionManager:
-    """Connections of this process, and every way to reach them.
+    """Connections of the cluster, and every way to reach them.
 
-    Sending never waits on a client's socket: the awaitable methods return
-    once the message is accepted for delivery.
+    Sending never waits on a client's socket nor on another process: the
+    awaitable methods return once the message is accepted for delivery.
     """
 
     def __init__(
@@ -62,12 +75,17 @@ class ConnectionManager:
         self.registry = registry
         self.delivery = delivery
         self.worker = worker
+        self.cluster = ClusterState()
         self._connections: dict[str, Connection] = {}
         #: Read-only view of this process's connections by id.
         self.connections: Mapping[str, Connection] = MappingProxyType(self._connections)
+        self._local_rooms: dict[str, set[Connection]] = {}
+        self._local_users: dict[str, set[Connection]] = {}
+        self._peers: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._peer_beat: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -77,7 +95,7 @@ class ConnectionManager:
     # -- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind to the running loop and start delivery and the heartbeat."""
+        """Bind to the running loop and start delivery and the heartbeats."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.clock = loop.time
@@ -85,6 +103,9 @@ class ConnectionManager:
         await self.delivery.start(self.apply)
         if self.config.ping_interval is not None:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
+        if self.delivery.name != "local":
+            self._publish(OpKind.HELLO)
+            self._peer_beat = loop.call_later(self.config.relay_beat, self._beat_peers)
 
     async def stop(self) -> None:
         """Close every connection with 1001 after what was accepted is sent.
@@ -93,9 +114,10 @@ class ConnectionManager:
         the rest; disconnect handlers have run for all of them on return.
         """
         self._closing = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            self._heartbeat = None
+        for timer in (self._heartbeat, self._peer_beat):
+            if timer is not None:
+                timer.cancel()
+        self._heartbeat = self._peer_beat = None
         for conn in list(self._connections.values()):
             conn.start_close(CloseCode.GOING_AWAY, "server shutting down")
         try:
@@ -109,39 +131,31 @@ class ConnectionManager:
                 for task in list(self._tasks):
                     task.cancel()
                 log.warning("websocket handlers still running at shutdown: cancelled")
+        if self.delivery.name != "local":
+            self._publish(OpKind.BYE)
         await self.delivery.stop()
 
-    # -- the public API ----------------------------------------------------
+    # -- the public API: sending ------------------------------------------
 
     def get(self, conn_id: str) -> Connection | None:
         """The connection with this id, if this process holds it."""
         return self._connections.get(conn_id)
 
-    async def count(self) -> int:
-        """How many connections are open."""
-        return len(self._connections)
-
     async def send(self, conn_id: str, type: str, data: Any = None) -> None:
         """Send an envelope to one connection, wherever it is."""
-        await self.delivery.publish(
-            Op(OpKind.SEND, encode_envelope(type, data), target=conn_id)
-        )
+        self._address(OpKind.SEND, conn_id, payload=encode_envelope(type, data))
 
     async def send_raw(self, conn_id: str, payload: str | bytes) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame to one connection."""
         body, binary = _raw(payload)
-        await self.delivery.publish(Op(OpKind.SEND, body, binary, target=conn_id))
+        self._address(OpKind.SEND, conn_id, payload=body, binary=binary)
 
     async def broadcast(
         self, type: str, data: Any = None, *, exclude: Iterable[str] = ()
     ) -> None:
         """Send an envelope to every connection but those in ``exclude`` (ids)."""
-        await self.delivery.publish(
-            Op(
-                OpKind.BROADCAST,
-                encode_envelope(type, data),
-                exclude=frozenset(exclude),
-            )
+        self._publish(
+            OpKind.BROADCAST, payload=encode_envelope(type, data), exclude=exclude
         )
 
     async def broadcast_raw(
@@ -149,39 +163,278 @@ class ConnectionManager:
     ) -> None:
         """Send a raw text or binary frame to every connection but ``exclude``."""
         body, binary = _raw(payload)
-        await self.delivery.publish(
-            Op(OpKind.BROADCAST, body, binary, exclude=frozenset(exclude))
+        self._publish(OpKind.BROADCAST, payload=body, binary=binary, exclude=exclude)
+
+    async def publish(
+        self, room: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
+    ) -> None:
+        """Send an envelope to every member of ``room``, on any worker."""
+        self._publish(
+            OpKind.ROOM_SEND,
+            target=room,
+            payload=encode_envelope(type, data),
+            exclude=exclude,
+        )
+
+    async def publish_raw(
+        self, room: str, payload: str | bytes, *, exclude: Iterable[str] = ()
+    ) -> None:
+        """Send a raw text or binary frame to every member of ``room``."""
+        body, binary = _raw(payload)
+        self._publish(
+            OpKind.ROOM_SEND, target=room, payload=body, binary=binary, exclude=exclude
+        )
+
+    async def send_user(
+        self, user: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
+    ) -> None:
+        """Send an envelope to every connection of ``user`` (the verify identity)."""
+        self._publish(
+            OpKind.USER_SEND,
+            target=user,
+            payload=encode_envelope(type, data),
+            exclude=exclude,
+        )
+
+    async def send_user_raw(
+        self, user: str, payload: str | bytes, *, exclude: Iterable[str] = ()
+    ) -> None:
+        """Send a raw text or binary frame to every connection of ``user``."""
+        body, binary = _raw(payload)
+        self._publish(
+            OpKind.USER_SEND, target=user, payload=body, binary=binary, exclude=exclude
         )
 
     async def disconnect(
         self, conn_id: str, code: int = CloseCode.NORMAL, reason: str = ""
     ) -> None:
         """Close one connection, wherever it is, after what it was already sent."""
-        await self.delivery.publish(
-            Op(OpKind.DISCONNECT, target=conn_id, code=code, reason=reason)
+        self._address(OpKind.DISCONNECT, conn_id, code=code, reason=reason)
+
+    async def join(self, conn_id: str, room: str) -> None:
+        """Put a connection, wherever it is, into ``room``."""
+        self._address(OpKind.JOIN, conn_id, payload=_room(room))
+
+    async def leave(self, conn_id: str, room: str) -> None:
+        """Take a connection, wherever it is, out of ``room``."""
+        self._address(OpKind.LEAVE, conn_id, payload=_room(room))
+
+    # -- the public API: who is here ----------------------------------------
+
+    async def count(self) -> int:
+        """How many connections are open in the cluster."""
+        return len(self.cluster.members)
+
+    async def members(self, room: str) -> list[Member]:
+        """The members of ``room``, cluster-wide."""
+        return self.cluster.room_members(room)
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with at least one member, and its size."""
+        return {room: len(ids) for room, ids in self.cluster.rooms.items()}
+
+    async def users(self) -> dict[str, int]:
+        """Every connected user, and how many connections they have."""
+        return {user: len(ids) for user, ids in self.cluster.users.items()}
+
+    async def workers(self) -> dict[str, int]:
+        """Connections per worker."""
+        return {worker: len(ids) for worker, ids in self.cluster.workers.items()}
+
+    # -- publishing ------------------------------------------------------------
+
+    def _publish(
+        self,
+        kind: OpKind,
+        *,
+        target: str = "",
+        payload: bytes = b"",
+        binary: bool = False,
+        exclude: Iterable[str] = (),
+        code: int = 1000,
+        reason: str = "",
+        to: str | None = None,
+    ) -> None:
+        op = Op(
+            kind,
+            payload,
+            binary,
+            target,
+            frozenset(exclude) if exclude else frozenset(),
+            code,
+            reason,
+            self.worker,
+        )
+        self.delivery.publish(op, to)
+
+    def _address(self, kind: OpKind, conn_id: str, **fields: Any) -> None:
+        """Publish an op for one connection to the process that holds it."""
+        member = self.cluster.members.get(conn_id)
+        self._publish(
+            kind, target=conn_id, to=member.worker if member else None, **fields
         )
 
-    # -- applying ops to local connections --------------------------------
+    # -- applying ops ------------------------------------------------------------
 
     def apply(self, op: Op) -> None:
-        """Execute ``op`` on this process's connections (called by delivery)."""
-        kind = op.kind
-        if kind is OpKind.BROADCAST:
-            frame = encode_frame(OP_BINARY if op.binary else OP_TEXT, op.payload)
-            exclude = op.exclude
-            for conn in list(self._connections.values()):
-                if conn.id not in exclude:
-                    conn.send_frame(frame)
-        elif kind is OpKind.SEND:
-            target = self._connections.get(op.target or "")
-            if target is not None:
-                target.send_frame(
-                    encode_frame(OP_BINARY if op.binary else OP_TEXT, op.payload)
-                )
-        elif kind is OpKind.DISCONNECT:
-            target = self._connections.get(op.target or "")
-            if target is not None:
-                target.start_close(op.code, op.reason)
+        """Execute ``op`` in this process (called by the delivery backend)."""
+        handler = self._appliers.get(op.kind)
+        if handler is not None:
+            handler(self, op)
+
+    def _apply_broadcast(self, op: Op) -> None:
+        frame = encode_frame(OP_BINARY if op.binary else OP_TEXT, op.payload)
+        exclude = op.exclude
+        for conn in list(self._connections.values()):
+            if conn.id not in exclude:
+                conn.send_frame(frame)
+
+    def _apply_group_send(self, op: Op) -> None:
+        index = self._local_rooms if op.kind is OpKind.ROOM_SEND else self._local_users
+        conns = index.get(op.target)
+        if not conns:
+            return
+        frame = encode_frame(OP_BINARY if op.binary else OP_TEXT, op.payload)
+        for conn in list(conns):
+            if conn.id not in op.exclude:
+                conn.send_frame(frame)
+
+    def _apply_send(self, op: Op) -> None:
+        conn = self._connections.get(op.target)
+        if conn is not None:
+            conn.send_frame(
+                encode_frame(OP_BINARY if op.binary else OP_TEXT, op.payload)
+            )
+
+    def _apply_disconnect(self, op: Op) -> None:
+        conn = self._connections.get(op.target)
+        if conn is not None:
+            conn.start_close(op.code, op.reason)
+
+    def _apply_join_leave(self, op: Op) -> None:
+        conn = self._connections.get(op.target)
+        if conn is None:
+            return
+        room = op.payload.decode()
+        if op.kind is OpKind.JOIN:
+            self._join_local(conn, room)
+        else:
+            self._leave_local(conn, room)
+
+    def _apply_conn_up(self, op: Op) -> None:
+        user = ujson.loads(op.payload).get("user") if op.payload else None
+        self.cluster.up(op.target, user, op.origin)
+
+    def _apply_conn_down(self, op: Op) -> None:
+        member = self.cluster.down(op.target)
+        if member is not None:
+            for room in member.rooms:
+                self._presence("presence.leave", room, member)
+
+    def _apply_room_change(self, op: Op) -> None:
+        room = op.payload.decode()
+        if op.kind is OpKind.ROOM_JOINED:
+            member = self.cluster.join(op.target, room)
+            if member is not None:
+                self._presence("presence.join", room, member)
+        else:
+            member = self.cluster.leave(op.target, room)
+            if member is not None:
+                self._presence("presence.leave", room, member)
+
+    def _apply_peer(self, op: Op) -> None:
+        peer = op.origin
+        if peer == self.worker:
+            return
+        assert self._loop is not None
+        known = peer in self._peers
+        if op.kind is OpKind.BYE:
+            self._peers.pop(peer, None)
+            self._drop_peer(peer)
+            return
+        self._peers[peer] = self._loop.time()
+        if op.kind is OpKind.HELLO:
+            # A (re)started process: what we hold for it is from its past life.
+            self._drop_peer(peer)
+            self._send_sync(peer)
+        elif op.kind is OpKind.SYNC:
+            if op.reason == "request":
+                self._send_sync(peer)
+            else:
+                self.cluster.load(peer, ujson.loads(op.payload))
+        elif not known:
+            # A beat from a peer we had dropped (or never heard): catch up.
+            self._publish(OpKind.SYNC, reason="request", to=peer)
+
+    _appliers: ClassVar[dict[OpKind, Callable[[ConnectionManager, Op], None]]] = {
+        OpKind.BROADCAST: _apply_broadcast,
+        OpKind.SEND: _apply_send,
+        OpKind.ROOM_SEND: _apply_group_send,
+        OpKind.USER_SEND: _apply_group_send,
+        OpKind.DISCONNECT: _apply_disconnect,
+        OpKind.JOIN: _apply_join_leave,
+        OpKind.LEAVE: _apply_join_leave,
+        OpKind.CONN_UP: _apply_conn_up,
+        OpKind.CONN_DOWN: _apply_conn_down,
+        OpKind.ROOM_JOINED: _apply_room_change,
+        OpKind.ROOM_LEFT: _apply_room_change,
+        OpKind.HELLO: _apply_peer,
+        OpKind.SYNC: _apply_peer,
+        OpKind.BEAT: _apply_peer,
+        OpKind.BYE: _apply_peer,
+    }
+
+    def _send_sync(self, peer: str) -> None:
+        snapshot = ujson.dumps(self.cluster.snapshot(self.worker)).encode()
+        self._publish(OpKind.SYNC, payload=snapshot, to=peer)
+
+    def _drop_peer(self, peer: str) -> None:
+        for member in self.cluster.drop_worker(peer):
+            for room in member.rooms:
+                self._presence("presence.leave", room, member)
+
+    def _beat_peers(self) -> None:
+        assert self._loop is not None
+        self._publish(OpKind.BEAT)
+        horizon = self._loop.time() - _MISSED_BEATS * self.config.relay_beat
+        for peer, seen in list(self._peers.items()):
+            if seen < horizon:
+                log.warning("worker %s went silent: dropping its connections", peer)
+                del self._peers[peer]
+                self._drop_peer(peer)
+        self._peer_beat = self._loop.call_later(
+            self.config.relay_beat, self._beat_peers
+        )
+
+    # -- rooms and presence, for connections of this process -----------------
+
+    def _join_local(self, conn: Connection, room: str) -> None:
+        if room in conn.rooms or conn.state is ConnectionState.CLOSED:
+            return
+        conn.rooms.add(room)
+        self._local_rooms.setdefault(room, set()).add(conn)
+        self._publish(OpKind.ROOM_JOINED, target=conn.id, payload=_room(room))
+
+    def _leave_local(self, conn: Connection, room: str) -> None:
+        if room not in conn.rooms:
+            return
+        conn.rooms.discard(room)
+        _discard(self._local_rooms, room, conn)
+        self._publish(OpKind.ROOM_LEFT, target=conn.id, payload=_room(room))
+
+    def _presence(self, type_: str, room: str, member: Member) -> None:
+        """Tell this process's members of ``room`` that ``member`` came or went."""
+        if not self.config.presence_events:
+            return
+        conns = self._local_rooms.get(room)
+        if not conns:
+            return
+        frame = encode_frame(
+            OP_TEXT,
+            encode_envelope(type_, {"room": room, **member.as_dict()}),
+        )
+        for conn in list(conns):
+            conn.send_frame(frame)
 
     # -- connections coming and going --------------------------------------
 
@@ -210,8 +463,15 @@ class ConnectionManager:
         )
         conn.last_seen = self.clock()
         self._connections[conn.id] = conn
+        if conn.user is not None:
+            self._local_users.setdefault(conn.user, set()).add(conn)
         self._idle.clear()
         transport.set_protocol(WireProtocol(conn, self._queue))
+        self._publish(
+            OpKind.CONN_UP,
+            target=conn.id,
+            payload=ujson.dumps({"user": conn.user}).encode(),
+        )
         if self._closing:
             conn.start_close(CloseCode.GOING_AWAY, "server shutting down")
         self._queue(conn, _OPENED)
@@ -223,9 +483,14 @@ class ConnectionManager:
     def _connection_lost(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
             return
+        for room in conn.rooms:
+            _discard(self._local_rooms, room, conn)
+        if conn.user is not None:
+            _discard(self._local_users, conn.user, conn)
         log.debug(
             "websocket %s closed %s %s", conn.id, conn.close_code, conn.close_reason
         )
+        self._publish(OpKind.CONN_DOWN, target=conn.id)
         self._queue(conn, _CLOSED)
 
     # -- running handlers --------------------------------------------------
@@ -348,6 +613,20 @@ class ConnectionManager:
             elif now - conn.last_seen >= interval and conn.send_frame(PING_FRAME):
                 conn._ping_sent = now
         self._heartbeat = self._loop.call_later(self._tick(), self._beat)
+
+
+def _room(room: str) -> bytes:
+    if not isinstance(room, str) or not room:
+        raise TypeError(f"room must be a non-empty str, got {room!r}")
+    return room.encode()
+
+
+def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> None:
+    conns = index.get(key)
+    if conns is not None:
+        conns.discard(conn)
+        if not conns:
+            del index[key]
 
 
 def _raw(payload: str | bytes) -> tuple[bytes, bool]:

@@ -94,6 +94,8 @@ class WSTestClient:
 
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
+        # Messages expect() passed over, kept for later recv()/expect() calls.
+        self._skipped: list[Envelope | bytes] = []
 
     @classmethod
     async def connect(
@@ -137,6 +139,11 @@ class WSTestClient:
 
     async def recv(self, timeout: float | None = None) -> Envelope | bytes:
         """The next message: an :class:`Envelope`, or ``bytes`` for binary."""
+        if self._skipped:
+            return self._skipped.pop(0)
+        return await self._receive(timeout)
+
+    async def _receive(self, timeout: float | None) -> Envelope | bytes:
         raw = await asyncio.wait_for(self.connection.recv(), timeout or 5 * time_unit())
         if isinstance(raw, bytes):
             return raw
@@ -144,13 +151,21 @@ class WSTestClient:
         return Envelope(obj["type"], obj.get("data"), obj.get("timestamp"))
 
     async def expect(self, type: str, timeout: float | None = None) -> Envelope:
-        """The next envelope of ``type``, skipping any others before it."""
+        """The next envelope of ``type``.
+
+        Messages of other types that arrive first are kept, in order, for
+        later :meth:`recv` and :meth:`expect` calls.
+        """
+        for i, message in enumerate(self._skipped):
+            if isinstance(message, Envelope) and message.type == type:
+                return self._skipped.pop(i)  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout or 5 * time_unit())
         while True:
-            message = await self.recv(max(0.0, deadline - loop.time()))
+            message = await self._receive(max(0.0, deadline - loop.time()))
             if isinstance(message, Envelope) and message.type == type:
                 return message
+            self._skipped.append(message)
 
     async def wait_closed(self, timeout: float | None = None) -> tuple[int | None, str]:
         """Wait until the server closes; returns its close code and reason."""

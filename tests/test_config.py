@@ -33,6 +33,9 @@ def test_defaults() -> None:
         "WS_KEEP_HEADERS",
         "WS_CLOSE_TIMEOUT",
         "WS_MAX_QUEUE",
+        "WS_PRESENCE_EVENTS",
+        "WS_RELAY_BEAT",
+        "WS_BACKPLANE",
     }
 
 
@@ -71,6 +74,9 @@ def test_origins_from_environment_string() -> None:
         ("WS_KEEP_HEADERS", 7),
         ("WS_CLOSE_TIMEOUT", None),
         ("WS_MAX_QUEUE", 0),
+        ("WS_PRESENCE_EVENTS", "yes"),
+        ("WS_RELAY_BEAT", 0),
+        ("WS_BACKPLANE", "carrier-pigeon://"),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: Any) -> None:

@@ -1,59 +1,84 @@
-"""Delivery: how a manager's operation reaches the process holding the socket.
+"""Delivery: how a manager's operation reaches the processes that need it.
 
-The manager turns every cluster-wide call (broadcast, send to an id,
-disconnect) into an :class:`Op` and publishes it; the delivery backend brings
-it to every process that may hold a target connection, where the manager
-applies it to its local connections. The manager never knows which backend is
-in use.
+The manager turns every cluster-wide call (broadcast, send to an id, a room or
+a user, disconnect, join, leave) and every change of its own connections into
+an :class:`Op` and publishes it; the delivery backend brings it to every
+process of the cluster (or to the one named in ``to``), where the manager
+applies it. The manager never knows which backend is in use.
 
-- :class:`~sanic_ws_ext.delivery.local.LocalDelivery`: one process; an op is
-  applied where it was published, at once.
+- :class:`~sanic_ws_ext.delivery.local.LocalDelivery`: one process.
+- :class:`~sanic_ws_ext.delivery.relay.WorkerRelay`: the workers of one
+  machine, over Unix sockets made by the main process (the default under
+  ``sanic --workers N``).
 
-Backends for the workers of one machine and for many machines plug in here
-behind the same :class:`Delivery` interface.
+Rules every backend keeps:
+
+- ``publish`` applies the op in this process first, synchronously, then
+  carries it to the others; it never waits on another process.
+- Ops from one process reach each other process in the order published, once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import IntEnum
 from typing import Protocol
 
 __all__ = ["Delivery", "Op", "OpKind"]
 
 
-class OpKind(Enum):
-    BROADCAST = "broadcast"
-    SEND = "send"
-    DISCONNECT = "disconnect"
+class OpKind(IntEnum):
+    # Messages to connections.
+    BROADCAST = 1
+    SEND = 2  # target: connection id
+    ROOM_SEND = 3  # target: room
+    USER_SEND = 4  # target: user
+    DISCONNECT = 5  # target: connection id
+    # Requests to the process that holds the connection (target: id; payload: room).
+    JOIN = 6
+    LEAVE = 7
+    # State published by the process that holds the connection.
+    CONN_UP = 8  # target: id; payload: JSON {"user": ...}
+    CONN_DOWN = 9  # target: id
+    ROOM_JOINED = 10  # target: id; payload: room
+    ROOM_LEFT = 11  # target: id; payload: room
+    # Membership of the cluster (payload: JSON).
+    HELLO = 12  # a process started: peers purge its old entries and SYNC
+    SYNC = 13  # the sender's whole state: replaces what peers hold for it
+    BEAT = 14  # the sender is alive
+    BYE = 15  # the sender stops: peers purge its entries
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One operation on connections, in a form any backend can carry.
+    """One operation, in a form any backend can carry.
 
     ``payload`` is the message body (UTF-8 JSON for envelopes), not a frame:
-    framing happens once in each receiving process.
+    framing happens once in each receiving process. ``origin`` is the name of
+    the process that published it.
     """
 
     kind: OpKind
     payload: bytes = b""
     binary: bool = False
-    target: str | None = None
+    target: str = ""
     exclude: frozenset[str] = frozenset()
     code: int = 1000
     reason: str = ""
+    origin: str = ""
 
 
 class Delivery(Protocol):
     """What a delivery backend provides to the manager."""
 
+    name: str
+
     async def start(self, apply: Callable[[Op], None]) -> None:
         """Begin delivering ops published anywhere in the cluster to ``apply``."""
 
-    async def publish(self, op: Op) -> None:
-        """Carry ``op`` to every process (this one included) that may need it."""
+    def publish(self, op: Op, to: str | None = None) -> None:
+        """Apply ``op`` here, then carry it to every process (or only ``to``)."""
 
     async def stop(self) -> None:
         """Stop delivering; publishing after this is an error."""

@@ -20,9 +20,9 @@ class LocalDelivery:
     async def start(self, apply: Callable[[Op], None]) -> None:
         self._apply = apply
 
-    async def publish(self, op: Op) -> None:
+    def publish(self, op: Op, to: str | None = None) -> None:
         if self._apply is None:
-            raise RuntimeError("LocalDelivery.publish() before start() or after stop()")
+            raise RuntimeError("publish() before start() or after stop()")
         self._apply(op)
 
     async def stop(self) -> None:

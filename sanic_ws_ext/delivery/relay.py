@@ -1,0 +1,271 @@
+"""Delivery between the workers of one machine, with no external service.
+
+The main process (``main_process_start``) makes two inboxes per worker slot:
+``socketpair(AF_UNIX, SOCK_SEQPACKET)``, handed to every worker on
+``app.shared_ctx`` (Sanic pickles it into each process it spawns, restarted
+ones included, so all of them hold the same kernel sockets). A worker reads
+its slot's current inbox with ``loop.add_reader``; every worker writes to it.
+
+Why this design (docs/architecture.md has the measurements): per-worker
+multiprocessing queues deadlock forever after a worker is killed while
+holding a queue's lock; a hub process is a single point of failure that Sanic
+does not restart. Kernel datagram sockets have no lock a dying process can
+hold, keep their buffer while a worker restarts, and preserve each sender's
+order. Writes are coalesced: all ops for one slot in an event-loop pass go
+out in datagrams of at most 32 KiB.
+
+Rules this module keeps:
+
+- Two inboxes per slot, and ``current[slot]`` (shared memory) says which one
+  the live worker reads. A starting worker takes the other one and empties it
+  of stale ops first, so the process it replaces (still shutting down) never
+  takes ops meant for the new one.
+- Sending never blocks: a full inbox (a dead or stuck worker) keeps ops in a
+  bounded per-slot backlog retried when writable; past the bound they are
+  dropped and counted.
+- Datagrams from one sender arrive in order; ops larger than a datagram are
+  cut into fragments that the receiver joins per sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection as MPConnection
+from typing import Any
+
+from . import Op
+from .wire import decode_op, encode_op, iter_records, pack_records
+
+__all__ = ["RelayInboxes", "WorkerRelay", "make_inboxes", "slot_of"]
+
+log = logging.getLogger("sanic_ws_ext.relay")
+
+DATAGRAM = 32 * 1024
+_HEAD = struct.Struct("!BH")  # kind, sender slot
+_WHOLE, _MORE, _LAST = 0, 1, 2
+_READS_PER_WAKEUP = 256
+
+_WORKER_NAME = re.compile(r"^Sanic-Server-(\d+)-\d+$")
+
+
+def slot_of(worker_name: str) -> int | None:
+    """The slot of a Sanic server worker (``Sanic-Server-<slot>-<n>``)."""
+    match = _WORKER_NAME.match(worker_name)
+    return int(match.group(1)) if match else None
+
+
+RelayInboxes = tuple[tuple[MPConnection, ...], tuple[MPConnection, ...], Any]
+
+
+def make_inboxes(slots: int) -> RelayInboxes:
+    """Create the sockets and the ``current`` array (in the main process).
+
+    Returns ``(read_ends, write_ends, current)``, indexed ``slot * 2 + half``
+    for the ends, picklable into spawned workers.
+    """
+    from multiprocessing import get_context
+
+    reads: list[MPConnection] = []
+    writes: list[MPConnection] = []
+    for _ in range(slots * 2):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for sock in (a, b):
+            # Room for a burst while a worker is busy or restarting.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        reads.append(MPConnection(os.dup(a.fileno())))
+        writes.append(MPConnection(os.dup(b.fileno())))
+        a.close()
+        b.close()
+    current = get_context("spawn").RawArray("b", slots)
+    return tuple(reads), tuple(writes), current
+
+
+class WorkerRelay:
+    """The delivery backend between ``sanic --workers N`` workers."""
+
+    name = "relay"
+
+    def __init__(
+        self,
+        inboxes: RelayInboxes,
+        worker: str,
+        *,
+        max_backlog: int = 64 << 20,
+    ) -> None:
+        reads, writes, current = inboxes
+        slot = slot_of(worker)
+        if slot is None or slot * 2 + 1 >= len(reads):
+            raise ValueError(f"worker {worker!r} has no relay slot")
+        self.slot = slot
+        self.slots = len(reads) // 2
+        self._reads = reads
+        self._writes = writes
+        self._current = current
+        self._max_backlog = max_backlog
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._apply: Callable[[Op], None] | None = None
+        self._inbox: socket.socket | None = None
+        self._out: list[list[bytes]] = [[] for _ in range(self.slots)]
+        self._backlog: list[deque[bytes]] = [deque() for _ in range(self.slots)]
+        self._backlog_bytes = [0] * self.slots
+        self._writers: dict[int, socket.socket] = {}
+        self._partial: dict[int, bytearray] = {}
+        self._scheduled = False
+        #: Ops dropped because a peer's inbox and backlog were full.
+        self.dropped = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self, apply: Callable[[Op], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._apply = apply
+        half = 1 - self._current[self.slot]
+        inbox = socket.socket(fileno=os.dup(self._reads[self.slot * 2 + half].fileno()))
+        inbox.setblocking(False)
+        stale = 0
+        while True:  # what sits in this half was meant for a dead process
+            try:
+                inbox.recv(DATAGRAM + _HEAD.size)
+                stale += 1
+            except BlockingIOError:
+                break
+        self._current[self.slot] = half
+        self._inbox = inbox
+        self._loop.add_reader(inbox.fileno(), self._on_readable)
+        log.debug("relay slot %d reads inbox %d (%d stale)", self.slot, half, stale)
+
+    async def stop(self) -> None:
+        self._flush()
+        if self._loop is not None and self._inbox is not None:
+            self._loop.remove_reader(self._inbox.fileno())
+            self._inbox.close()
+            self._inbox = None
+        for slot, sock in self._writers.items():
+            if self._loop is not None:
+                self._loop.remove_writer(sock.fileno())
+            sock.close()
+            self._backlog[slot].clear()
+        self._writers.clear()
+        self._apply = None
+
+    # -- sending ---------------------------------------------------------------
+
+    def publish(self, op: Op, to: str | None = None) -> None:
+        if self._apply is None:
+            raise RuntimeError("publish() before start() or after stop()")
+        if to is None:
+            self._apply(op)
+            targets: Sequence[int] = range(self.slots)
+        else:
+            slot = slot_of(to)
+            if slot is None or slot == self.slot:
+                self._apply(op)
+                return
+            targets = (slot,)
+        record = encode_op(op)
+        for slot in targets:
+            if slot != self.slot:
+                self._out[slot].append(record)
+        if not self._scheduled and self.slots > 1:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        for slot, records in enumerate(self._out):
+            if not records:
+                continue
+            self._out[slot] = []
+            for chunk in pack_records(records, DATAGRAM - _HEAD.size):
+                self._send_chunk(slot, chunk)
+
+    def _send_chunk(self, slot: int, chunk: bytes) -> None:
+        if len(chunk) <= DATAGRAM - _HEAD.size:
+            self._send(slot, _HEAD.pack(_WHOLE, self.slot) + chunk)
+            return
+        step = DATAGRAM - _HEAD.size
+        for start in range(0, len(chunk), step):
+            kind = _LAST if start + step >= len(chunk) else _MORE
+            self._send(slot, _HEAD.pack(kind, self.slot) + chunk[start : start + step])
+
+    def _send(self, slot: int, datagram: bytes) -> None:
+        backlog = self._backlog[slot]
+        if not backlog:
+            try:
+                self._writer(slot).send(datagram)
+                return
+            except BlockingIOError:
+                pass
+        if self._backlog_bytes[slot] + len(datagram) > self._max_backlog:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning(
+                    "relay: worker slot %d is not reading; %d datagrams dropped",
+                    slot,
+                    self.dropped,
+                )
+            return
+        backlog.append(datagram)
+        self._backlog_bytes[slot] += len(datagram)
+        if len(backlog) == 1:
+            assert self._loop is not None
+            self._loop.add_writer(self._writer(slot).fileno(), self._drain, slot)
+
+    def _drain(self, slot: int) -> None:
+        backlog = self._backlog[slot]
+        sock = self._writer(slot)
+        while backlog:
+            try:
+                sock.send(backlog[0])
+            except BlockingIOError:
+                return
+            self._backlog_bytes[slot] -= len(backlog.popleft())
+        assert self._loop is not None
+        self._loop.remove_writer(sock.fileno())
+
+    def _writer(self, slot: int) -> socket.socket:
+        """A socket to the inbox the worker of ``slot`` reads now."""
+        index = slot * 2 + self._current[slot]
+        sock = self._writers.get(index)
+        if sock is None:
+            sock = socket.socket(fileno=os.dup(self._writes[index].fileno()))
+            sock.setblocking(False)
+            self._writers[index] = sock
+        return sock
+
+    # -- receiving -------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        inbox = self._inbox
+        apply = self._apply
+        if inbox is None or apply is None:
+            return
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                datagram = inbox.recv(DATAGRAM + _HEAD.size)
+            except BlockingIOError:
+                return
+            kind, sender = _HEAD.unpack_from(datagram, 0)
+            body = memoryview(datagram)[_HEAD.size :]
+            if kind == _WHOLE:
+                chunk: bytes | memoryview = body
+            else:
+                partial = self._partial.setdefault(sender, bytearray())
+                partial += body
+                if kind == _MORE:
+                    continue
+                chunk = bytes(self._partial.pop(sender))
+            for record in iter_records(chunk):
+                try:
+                    apply(decode_op(record))
+                except Exception:
+                    log.exception("relay: applying an op failed")

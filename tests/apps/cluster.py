@@ -1,0 +1,82 @@
+"""An app for multi-worker tests: `sanic tests.apps.cluster:app --workers 4`.
+
+Clients drive the manager through messages; every reply names the worker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sanic import Request, Sanic, json
+from sanic.response import JSONResponse
+from sanic_ext import Extend
+
+from sanic_ws_ext import Accept, Connection, Envelope, WSExtension, WSHandlers
+
+app = Sanic("cluster")
+app.config.WS_RELAY_BEAT = float(os.environ.get("TEST_RELAY_BEAT", "0.25"))
+Extend(app).register(WSExtension)
+handlers = WSHandlers(app)
+
+
+@handlers.verify
+async def identify(request: Request) -> Accept:
+    return Accept(user=request.args.get("user"))
+
+
+@handlers.on_connect
+async def welcome(conn: Connection) -> None:
+    await conn.send(
+        "welcome", {"id": conn.id, "worker": conn.worker, "pid": os.getpid()}
+    )
+
+
+@handlers.on("do")
+async def do(conn: Connection, msg: Envelope) -> None:
+    """``{"op": name, ...args}``: one manager call, answered with "done"."""
+    ws = conn.manager
+    args: dict[str, Any] = msg.data
+    op = args["op"]
+    result: Any = None
+    if op == "broadcast":
+        await ws.broadcast("b", args["data"], exclude=args.get("exclude", ()))
+    elif op == "burst":
+        for i in range(args["n"]):
+            await ws.broadcast("burst", {"from": conn.id, "i": i})
+    elif op == "send":
+        await ws.send(args["to"], "direct", args["data"])
+    elif op == "send_user":
+        await ws.send_user(args["user"], "for_user", args["data"])
+    elif op == "join":
+        await ws.join(args.get("id", conn.id), args["room"])
+    elif op == "leave":
+        await ws.leave(args.get("id", conn.id), args["room"])
+    elif op == "publish":
+        await ws.publish(args["room"], "room", args["data"])
+    elif op == "disconnect":
+        await ws.disconnect(args["to"], 4000, "kicked")
+    elif op == "members":
+        result = sorted(m.id for m in await ws.members(args["room"]))
+    elif op == "count":
+        result = await ws.count()
+    elif op == "users":
+        result = await ws.users()
+    await conn.send("done", {"op": op, "result": result, "worker": conn.worker})
+
+
+@app.get("/health")
+async def health(request: Request) -> JSONResponse:
+    return json({"worker": os.environ.get("SANIC_WORKER_NAME")})
+
+
+@app.post("/broadcast")
+async def broadcast(request: Request) -> JSONResponse:
+    await request.app.ctx.ws.broadcast("b", request.json)
+    return json({"worker": os.environ.get("SANIC_WORKER_NAME")})
+
+
+@app.post("/restart")
+async def restart(request: Request) -> JSONResponse:
+    request.app.m.restart(request.json["worker"])
+    return json({"ok": True})

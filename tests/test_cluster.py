@@ -1,0 +1,223 @@
+"""Four workers behave as one server: a real `sanic --workers 4` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from sanic_ws_ext.testing import WSTestClient
+
+from .conftest import units
+from .procs import SanicProcess
+
+WORKERS = 4
+
+
+@dataclass
+class Client:
+    ws: WSTestClient
+    id: str
+    worker: str
+    pid: int
+
+    async def do(self, op: str, **args: Any) -> Any:
+        await self.ws.send("do", {"op": op, **args})
+        return (await self.ws.expect("done")).data["result"]
+
+
+@dataclass
+class Cluster:
+    server: SanicProcess
+    clients: list[Client] = field(default_factory=list)
+
+    def on(self, worker: str) -> list[Client]:
+        return [c for c in self.clients if c.worker == worker]
+
+    @property
+    def workers(self) -> list[str]:
+        return sorted({c.worker for c in self.clients})
+
+    async def connect(self, user: str | None = None) -> Client:
+        query = f"?user={user}" if user else ""
+        ws = await WSTestClient.connect(self.server.ws_url() + query)
+        welcome = (await ws.expect("welcome")).data
+        client = Client(ws, welcome["id"], welcome["worker"], welcome["pid"])
+        self.clients.append(client)
+        return client
+
+    async def cover(self, per_worker: int = 1) -> None:
+        """Connect until every worker holds ``per_worker`` clients (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + units(30)
+        while any(len(self.on(w)) < per_worker for w in worker_names()):
+            assert loop.time() < deadline, f"workers not covered: {self.workers}"
+            client = await self.connect()
+            if len(self.on(client.worker)) > per_worker:
+                await client.ws.close()
+                self.clients.remove(client)
+
+    async def until(
+        self, client: Client, op: str, want: Callable[[Any], bool], **args: Any
+    ) -> Any:
+        """Ask again until the (asynchronously replicated) answer is as wanted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + units(10)
+        while True:
+            result = await client.do(op, **args)
+            if want(result) or loop.time() > deadline:
+                return result
+
+
+def worker_names() -> list[str]:
+    return [f"Sanic-Server-{i}-0" for i in range(WORKERS)]
+
+
+@asynccontextmanager
+async def cluster(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Cluster]:
+    server = SanicProcess(
+        "tests.apps.cluster:app", "--workers", str(WORKERS), *args, env=env
+    )
+    async with server:
+        c = Cluster(server)
+        try:
+            yield c
+        finally:
+            for client in c.clients:
+                await client.ws.close()
+
+
+async def drain(client: Client, type_: str, n: int) -> list[Any]:
+    return [(await client.ws.expect(type_, units(10))).data for _ in range(n)]
+
+
+async def test_broadcast_send_disconnect_count_across_workers() -> None:
+    async with cluster() as c:
+        await c.cover(per_worker=2)
+        total = len(c.clients)
+        a = c.on(worker_names()[0])[0]
+        assert await c.until(a, "count", lambda n: n == total) == total
+        # Broadcast from a handler reaches every connection on every worker.
+        await a.do("broadcast", data="hello", exclude=[a.id])
+        for client in c.clients:
+            if client is not a:
+                assert (await client.ws.expect("b")).data == "hello"
+        # ...and from an HTTP route on whichever worker takes the request.
+        async with httpx.AsyncClient() as http:
+            await http.post(c.server.url("/broadcast"), json={"from": "http"})
+        for client in c.clients:
+            assert (await client.ws.expect("b")).data == {"from": "http"}
+        # Send to an id on another worker.
+        far = next(x for x in c.clients if x.worker != a.worker)
+        await a.do("send", to=far.id, data=42)
+        assert (await far.ws.expect("direct")).data == 42
+        # Disconnect an id on another worker.
+        await a.do("disconnect", to=far.id)
+        assert await far.ws.wait_closed() == (4000, "kicked")
+        c.clients.remove(far)
+        assert await c.until(a, "count", lambda n: n == total - 1) == total - 1
+
+
+async def test_exactly_once_in_order_from_each_sender() -> None:
+    n = 500
+    async with cluster() as c:
+        await c.cover(per_worker=1)
+        senders = [c.on(w)[0] for w in worker_names()]
+        for sender in senders:
+            await c.until(sender, "count", lambda k: k == len(c.clients))
+        for sender in senders:
+            await sender.ws.send("do", {"op": "burst", "n": n})
+        for client in c.clients:
+            got: dict[str, list[int]] = {}
+            for data in await drain(client, "burst", n * len(senders)):
+                got.setdefault(data["from"], []).append(data["i"])
+            # Every sender's messages, each once, in the order sent.
+            assert got == {s.id: list(range(n)) for s in senders}
+
+
+async def test_rooms_users_and_presence_across_workers() -> None:
+    async with cluster() as c:
+        await c.cover(per_worker=1)
+        members = [c.on(w)[0] for w in worker_names()]
+        outsider = await c.connect()
+        first = members[0]
+        # Each joiner is announced to everyone in the room, itself included;
+        # all but the first are joined by `first`, from another worker.
+        for i, member in enumerate(members):
+            if member is first:
+                await first.do("join", room="lobby")
+            else:
+                await first.do("join", id=member.id, room="lobby")
+            for present in members[: i + 1]:
+                event = await present.ws.expect("presence.join", units(10))
+                assert event.data["room"] == "lobby"
+                assert event.data["id"] == member.id
+                assert event.data["worker"] == member.worker
+        listed = await c.until(
+            outsider, "members", lambda m: len(m) == len(members), room="lobby"
+        )
+        assert listed == sorted(m.id for m in members)
+        # A room publish reaches members on every worker, not the outsider.
+        await outsider.do("publish", room="lobby", data="to the lobby")
+        for member in members:
+            assert (await member.ws.expect("room")).data == "to the lobby"
+        await outsider.do("broadcast", data="marker")
+        assert (await outsider.ws.expect("b")).data == "marker"  # no "room" came first
+        # Leaving on disconnect: the others see presence.leave.
+        gone = members.pop()
+        await gone.ws.close()
+        c.clients.remove(gone)
+        for member in members:
+            event = await member.ws.expect("presence.leave", units(10))
+            assert (event.data["id"], event.data["room"]) == (gone.id, "lobby")
+        # Users: one identity, connections on two workers.
+        alice = [await c.connect(user="alice") for _ in range(6)]
+        alice = [a for a in alice if a.worker != alice[0].worker][:1] + alice[:1]
+        await c.until(outsider, "users", lambda u: u.get("alice") == 6)
+        await outsider.do("send_user", user="alice", data="hi alice")
+        for a in alice:
+            assert (await a.ws.expect("for_user")).data == "hi alice"
+
+
+async def test_worker_killed_during_broadcast() -> None:
+    n = 3000
+    async with cluster() as c:
+        await c.cover(per_worker=2)
+        victim_worker = worker_names()[1]
+        victims = c.on(victim_worker)
+        survivors = [x for x in c.clients if x.worker != victim_worker]
+        sender = next(x for x in survivors if x.worker == worker_names()[0])
+        await c.until(sender, "count", lambda k: k == len(c.clients))
+        for member in survivors:
+            await member.do("join", room="watch")
+        victim_pid = victims[0].pid
+        await sender.ws.send("do", {"op": "burst", "n": n})
+        os.kill(victim_pid, signal.SIGKILL)
+        for member in survivors:  # every survivor gets all n, in order
+            got = [d["i"] for d in await drain(member, "burst", n)]
+            assert got == list(range(n))
+        # The dead worker's connections leave: nobody sees ghosts.
+        assert await c.until(sender, "count", lambda k: k == len(survivors)) == len(
+            survivors
+        )
+        for victim in victims:
+            c.clients.remove(victim)
+        # Restarted, the slot serves again and is part of the cluster.
+        async with httpx.AsyncClient() as http:
+            await http.post(c.server.url("/restart"), json={"worker": victim_worker})
+        await c.cover(per_worker=1)
+        fresh = c.on(victim_worker)[0]
+        await c.until(sender, "count", lambda k: k == len(c.clients))
+        await sender.do("send", to=fresh.id, data="welcome back")
+        assert (await fresh.ws.expect("direct")).data == "welcome back"
+        await fresh.do("broadcast", data="from the new worker")
+        for member in survivors:
+            assert (await member.ws.expect("b")).data == "from the new worker"
