@@ -77,7 +77,12 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            conn._flush()
+            try:
+                conn._flush()
+            except Exception:
+                # One broken socket must not stall the others in this batch.
+                log.exception("websocket %s: write failed", conn.id)
+                conn.abort(CloseCode.ABNORMAL, "write failed")
 
 
 class Connection:
@@ -254,13 +259,27 @@ class Connection:
     def start_close(self, code: int, reason: str = "") -> None:
         if self.state is not ConnectionState.OPEN:
             return
-        self._set_close(code, reason)
+        if self._proto.state is not State.OPEN:
+            # The peer is already gone (EOF) or closing: nothing to handshake.
+            self.abort(code, reason)
+            return
         self._proto.send_close(code, reason)
-        self.state = ConnectionState.CLOSING
+        self._set_close(code, reason)
         self._send_control(self._proto.data_to_send())
-        self._close_timer = asyncio.get_running_loop().call_later(
-            self.manager.config.close_timeout, self._transport.abort
-        )
+        self._enter_closing()
+
+    def _enter_closing(self) -> None:
+        """Stop accepting data frames; give the peer ``WS_CLOSE_TIMEOUT`` to finish.
+
+        Every way into CLOSING comes here, so no connection can stay half
+        closed: a peer that stops reading is dropped when the timer fires.
+        """
+        if self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.CLOSING
+        if self._close_timer is None and self.state is ConnectionState.CLOSING:
+            self._close_timer = asyncio.get_running_loop().call_later(
+                self.manager.config.close_timeout, self._transport.abort
+            )
 
     def abort(self, code: int, reason: str) -> None:
         """Drop the socket now, unsent frames included."""
@@ -310,6 +329,10 @@ class Connection:
     def _resume_reading(self) -> None:
         if self._reading_paused and self.state is not ConnectionState.CLOSED:
             self._reading_paused = False
+            # Pongs may sit unread in the kernel while we paused: that
+            # silence was ours, not the peer's.
+            self.last_seen = self.manager.clock()
+            self._ping_sent = 0.0
             self._transport.resume_reading()
 
 
@@ -365,9 +388,9 @@ class WireProtocol(asyncio.Protocol):
         out = proto.data_to_send()
         if out:
             conn._send_control(out)
-        if proto.state is State.CLOSING and conn.state is ConnectionState.OPEN:
-            # The peer started the close, or the parser failed the connection.
-            conn.state = ConnectionState.CLOSING
+        if proto.state is not State.OPEN and conn.state is ConnectionState.OPEN:
+            # The peer started the close or sent EOF, or the parser failed.
+            conn._enter_closing()
 
     def _message(self, is_text: bool, data: bytes) -> None:
         conn = self._conn
@@ -378,7 +401,7 @@ class WireProtocol(asyncio.Protocol):
                 text = data.decode()
             except UnicodeDecodeError as exc:
                 conn._set_close(CloseCode.INVALID_DATA, "invalid UTF-8")
-                conn.state = ConnectionState.CLOSING
+                conn._enter_closing()
                 conn._proto.fail(
                     CloseCode.INVALID_DATA, f"invalid UTF-8 at position {exc.start}"
                 )

@@ -91,6 +91,12 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
             status=426,
             headers={"Upgrade": "websocket", "Connection": "Upgrade"},
         )
+    if request.version != "1.1":
+        return text("WebSockets need HTTP/1.1.\n", status=505)
+    if manager.closing:
+        return text(
+            "The server is shutting down.\n", status=503, headers={"Retry-After": "1"}
+        )
     check_origin(request, config)
     accepted = await run_verify(manager.registry, request)
 

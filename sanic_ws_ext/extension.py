@@ -47,7 +47,8 @@ log = logging.getLogger("sanic_ws_ext")
 _INSTALLED = "_sanic_ws_ext_config"
 # Run our listeners before the app's own: the manager exists before any
 # listener of the app needs it, and clients are closed before the app tears
-# down what handlers use.
+# down what handlers use. Sanic runs startup listeners by priority, highest
+# first, and shutdown listeners in the reverse order: so +N, then -N.
 _PRIORITY = 1000
 
 
@@ -79,7 +80,7 @@ def install(app: Sanic[Any, Any]) -> None:
     app.blueprint(bp)
     app.register_listener(_make_relay, "main_process_start")
     app.register_listener(_start, "before_server_start", priority=_PRIORITY)
-    app.register_listener(_stop, "before_server_stop", priority=_PRIORITY)
+    app.register_listener(_stop, "before_server_stop", priority=-_PRIORITY)
 
 
 _RELAY_KEY = "sanic_ws_ext_relay"

@@ -135,6 +135,11 @@ class ConnectionManager:
             self._publish(OpKind.BYE)
         await self.delivery.stop()
 
+    @property
+    def closing(self) -> bool:
+        """True once shutdown began: new upgrades are refused with 503."""
+        return self._closing
+
     # -- the public API: sending ------------------------------------------
 
     def get(self, conn_id: str) -> Connection | None:
@@ -568,18 +573,33 @@ class ConnectionManager:
             await handler(conn, *args)
         except MessageError as exc:
             await self._refuse(conn, exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled (shutdown): stop here
+            # The handler's own business (a cancelled future it awaited):
+            # a handler failure like any other, not the end of this queue.
+            failure = RuntimeError("handler was cancelled")
+            failure.__cause__ = exc
+            await self._handler_failed(conn, handler, failure)
         except Exception as exc:
-            log.exception(
-                "websocket handler %s failed on connection %s",
-                getattr(handler, "__qualname__", handler),
-                conn.id,
+            await self._handler_failed(conn, handler, exc)
+
+    async def _handler_failed(
+        self, conn: Connection, handler: Callable[..., Awaitable[None]], exc: Exception
+    ) -> None:
+        log.error(
+            "websocket handler %s failed on connection %s",
+            getattr(handler, "__qualname__", handler),
+            conn.id,
+            exc_info=exc,
+        )
+        conn.send_frame(
+            encode_frame(
+                OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
             )
-            conn.send_frame(
-                encode_frame(
-                    OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
-                )
-            )
-            await self._run_error_hooks(conn, exc)
+        )
+        await self._run_error_hooks(conn, exc)
 
     async def _refuse(self, conn: Connection, exc: MessageError) -> None:
         conn.send_frame(encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason)))
@@ -601,18 +621,26 @@ class ConnectionManager:
 
     def _beat(self) -> None:
         assert self._loop is not None and self.config.ping_interval is not None
+        try:
+            self._sweep()
+        except Exception:
+            log.exception("websocket heartbeat sweep failed")
+        self._heartbeat = self._loop.call_later(self._tick(), self._beat)
+
+    def _sweep(self) -> None:
+        assert self.config.ping_interval is not None
         now = self.clock()
         interval = self.config.ping_interval
         timeout = self.config.ping_timeout
         for conn in list(self._connections.values()):
-            if conn.state is not ConnectionState.OPEN:
+            if conn.state is not ConnectionState.OPEN or conn._reading_paused:
+                # Paused: we stopped reading, so its pongs cannot reach us.
                 continue
             if conn._ping_sent:
                 if now - conn._ping_sent > timeout:
                     conn.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
             elif now - conn.last_seen >= interval and conn.send_frame(PING_FRAME):
                 conn._ping_sent = now
-        self._heartbeat = self._loop.call_later(self._tick(), self._beat)
 
 
 def _room(room: str) -> bytes:
