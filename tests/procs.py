@@ -32,8 +32,10 @@ class SanicProcess:
         *args: str,
         env: dict[str, str] | None = None,
         ready_path: str = "/health",
+        cwd: str | None = None,
     ) -> None:
         self.ready_path = ready_path
+        self.cwd = cwd
         self.port = free_port()
         self.args = [
             sys.executable, "-m", "sanic", target,
@@ -54,6 +56,7 @@ class SanicProcess:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
             self.args,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
             stdout=self.log,
             # A file, not a pipe nobody reads: a chatty server must never block.

@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -221,3 +222,45 @@ async def test_worker_killed_during_broadcast() -> None:
         await fresh.do("broadcast", data="from the new worker")
         for member in survivors:
             assert (await member.ws.expect("b")).data == "from the new worker"
+
+
+async def test_dev_reload_keeps_the_cluster_working(tmp_path: Path) -> None:
+    """`sanic --dev --workers 2`: after a code change, workers reload and relay."""
+    source = Path(__file__).with_name("apps") / "cluster.py"
+    module = tmp_path / "devapp.py"
+    module.write_text(source.read_text().replace('Sanic("cluster")', 'Sanic("devapp")'))
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    server = SanicProcess(
+        "devapp:app", "--dev", "--workers", "2", env=env, cwd=str(tmp_path)
+    )
+    async with server:
+        c = Cluster(server)
+        before = [await c.connect() for _ in range(2)]
+        # A code change: the reloader restarts every worker with the new code.
+        module.write_text(
+            module.read_text().replace('"welcome", {', '"welcome", {"version": 2, ')
+        )
+        for client in before:
+            assert (await client.ws.wait_closed(units(30)))[0] == 1001
+        # New workers: connect until both slots answer with the new code.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + units(30)
+        fresh: dict[str, tuple[WSTestClient, str]] = {}
+        while len(fresh) < 2:
+            assert loop.time() < deadline, f"reload not served: {server.stderr()}"
+            try:
+                ws = await WSTestClient.connect(server.ws_url())
+            except OSError:
+                continue  # the reloader is between processes
+            welcome = (await ws.expect("welcome")).data
+            if welcome.get("version") == 2 and welcome["worker"] not in fresh:
+                fresh[welcome["worker"]] = (ws, welcome["id"])
+            else:
+                await ws.close()
+        (a, _), (b, b_id) = fresh.values()
+        # Cross-worker delivery works after the reload (replica caught up).
+        await a.send("do", {"op": "send", "to": b_id, "data": "after reload"})
+        got = await b.expect("direct", units(10))
+        assert got.data == "after reload"
+        for ws, _ in fresh.values():
+            await ws.close()
