@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.exceptions import InvalidHandshake
 
 from sanic_ws_ext.testing import WSTestClient
 
@@ -250,8 +251,8 @@ async def test_dev_reload_keeps_the_cluster_working(tmp_path: Path) -> None:
             assert loop.time() < deadline, f"reload not served: {server.stderr()}"
             try:
                 ws = await WSTestClient.connect(server.ws_url())
-            except OSError:
-                continue  # the reloader is between processes
+            except (OSError, InvalidHandshake, TimeoutError):
+                continue  # between processes, or an old worker answering 503
             welcome = (await ws.expect("welcome")).data
             if welcome.get("version") == 2 and welcome["worker"] not in fresh:
                 fresh[welcome["worker"]] = (ws, welcome["id"])

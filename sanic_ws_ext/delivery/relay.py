@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection as MPConnection
 from typing import Any
 
 from . import Op
-from .wire import decode_op, encode_op, iter_records, pack_records
+from .wire import decode_op, encode_op, frame_record, iter_records, pack_records
 
 __all__ = ["RelayInboxes", "WorkerRelay", "make_inboxes", "slot_of"]
 
@@ -113,7 +113,9 @@ class WorkerRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._apply: Callable[[Op], None] | None = None
         self._inbox: socket.socket | None = None
-        self._out: list[list[bytes]] = [[] for _ in range(self.slots)]
+        # Framed records in publish order, each with its slot (-1: all).
+        self._out: list[tuple[bytes, int]] = []
+        self._directed = False
         self._backlog: list[deque[bytes]] = [deque() for _ in range(self.slots)]
         self._backlog_bytes = [0] * self.slots
         self._writers: dict[int, socket.socket] = {}
@@ -163,28 +165,42 @@ class WorkerRelay:
             raise RuntimeError("publish() before start() or after stop()")
         if to is None:
             self._apply(op)
-            targets: Sequence[int] = range(self.slots)
+            targets: Sequence[int] = ()
         else:
             slot = slot_of(to)
             if slot is None or slot == self.slot:
                 self._apply(op)
                 return
             targets = (slot,)
-        record = encode_op(op)
-        for slot in targets:
-            if slot != self.slot:
-                self._out[slot].append(record)
-        if not self._scheduled and self.slots > 1:
+        if self.slots == 1:
+            return
+        record = frame_record(encode_op(op))
+        if to is None:
+            self._out.append((record, -1))
+        else:
+            self._out.append((record, targets[0]))
+            self._directed = True
+        if not self._scheduled:
             self._scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
-        for slot, records in enumerate(self._out):
-            if not records:
-                continue
-            self._out[slot] = []
+        out, self._out = self._out, []
+        if not out:
+            return
+        peers = [slot for slot in range(self.slots) if slot != self.slot]
+        if not self._directed:
+            # Only ops for everyone: the same chunks for every peer, built once.
+            chunks = list(pack_records([r for r, _ in out], DATAGRAM - _HEAD.size))
+            for slot in peers:
+                for chunk in chunks:
+                    self._send_chunk(slot, chunk)
+            return
+        self._directed = False
+        for slot in peers:
+            records = [r for r, to in out if to == -1 or to == slot]
             for chunk in pack_records(records, DATAGRAM - _HEAD.size):
                 self._send_chunk(slot, chunk)
 
@@ -255,9 +271,9 @@ class WorkerRelay:
             except BlockingIOError:
                 return
             kind, sender = _HEAD.unpack_from(datagram, 0)
-            body = memoryview(datagram)[_HEAD.size :]
+            body = datagram[_HEAD.size :]
             if kind == _WHOLE:
-                chunk: bytes | memoryview = body
+                chunk = body
             else:
                 partial = self._partial.setdefault(sender, bytearray())
                 partial += body

@@ -2,9 +2,9 @@
 
 An encoded op::
 
-    u8 kind | u8 binary | u16 code | u16 len + target | u16 len + reason
-    | u16 len + origin | u16 count, then (u16 len + id) per excluded id
-    | payload (the rest)
+    head: u8 kind | u8 binary | u16 code | u16 target length
+          | u16 reason length | u16 origin length | u16 excluded ids
+    target | reason | origin | (u16 length + id) per excluded id | payload
 
 A datagram carries many ops as ``u32 length + op`` records, so one write
 moves a whole event-loop pass worth of ops. An op larger than a datagram is
@@ -19,89 +19,92 @@ from collections.abc import Iterator
 
 from . import Op, OpKind
 
-__all__ = ["decode_op", "encode_op", "iter_records", "pack_records"]
+__all__ = ["decode_op", "encode_op", "frame_record", "iter_records", "pack_records"]
 
-_HEAD = struct.Struct("!BBH")
+_HEAD = struct.Struct("!BBHHHHH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-
-
-def _str16(value: str) -> bytes:
-    raw = value.encode()
-    if len(raw) > 0xFFFF:
-        raise ValueError(f"string too long for an op field ({len(raw)} bytes)")
-    return _U16.pack(len(raw)) + raw
+_KINDS = {int(kind): kind for kind in OpKind}
 
 
 def encode_op(op: Op) -> bytes:
-    parts = [
-        _HEAD.pack(op.kind, op.binary, op.code),
-        _str16(op.target),
-        _str16(op.reason),
-        _str16(op.origin),
-        _U16.pack(len(op.exclude)),
-    ]
-    parts.extend(_str16(conn_id) for conn_id in op.exclude)
-    parts.append(op.payload)
-    return b"".join(parts)
+    target = op.target.encode()
+    reason = op.reason.encode()
+    origin = op.origin.encode()
+    if max(len(target), len(reason), len(origin), len(op.exclude)) > 0xFFFF:
+        raise ValueError("op field too long")
+    head = _HEAD.pack(
+        op.kind,
+        op.binary,
+        op.code,
+        len(target),
+        len(reason),
+        len(origin),
+        len(op.exclude),
+    )
+    if not op.exclude:
+        return b"".join((head, target, reason, origin, op.payload))
+    ids = b"".join(
+        _U16.pack(len(raw)) + raw for raw in (i.encode() for i in op.exclude)
+    )
+    return b"".join((head, target, reason, origin, ids, op.payload))
 
 
-def decode_op(data: bytes | memoryview) -> Op:
-    view = memoryview(data)
-    kind, binary, code = _HEAD.unpack_from(view, 0)
+def decode_op(data: bytes) -> Op:
+    kind, binary, code, n_target, n_reason, n_origin, n_exclude = _HEAD.unpack_from(
+        data
+    )
     pos = _HEAD.size
-    fields: list[str] = []
-    for _ in range(3):
-        (n,) = _U16.unpack_from(view, pos)
-        pos += 2
-        fields.append(bytes(view[pos : pos + n]).decode())
-        pos += n
-    (count,) = _U16.unpack_from(view, pos)
-    pos += 2
-    exclude: list[str] = []
-    for _ in range(count):
-        (n,) = _U16.unpack_from(view, pos)
-        pos += 2
-        exclude.append(bytes(view[pos : pos + n]).decode())
-        pos += n
+    target = data[pos : pos + n_target].decode()
+    pos += n_target
+    reason = data[pos : pos + n_reason].decode()
+    pos += n_reason
+    origin = data[pos : pos + n_origin].decode()
+    pos += n_origin
+    exclude: frozenset[str] = frozenset()
+    if n_exclude:
+        ids = []
+        for _ in range(n_exclude):
+            (n,) = _U16.unpack_from(data, pos)
+            pos += 2
+            ids.append(data[pos : pos + n].decode())
+            pos += n
+        exclude = frozenset(ids)
     return Op(
-        OpKind(kind),
-        bytes(view[pos:]),
-        bool(binary),
-        fields[0],
-        frozenset(exclude),
-        code,
-        fields[1],
-        fields[2],
+        _KINDS[kind], data[pos:], bool(binary), target, exclude, code, reason, origin
     )
 
 
-def pack_records(records: list[bytes], limit: int) -> Iterator[bytes]:
-    """Group length-prefixed records into chunks of at most ``limit`` bytes.
+def frame_record(record: bytes) -> bytes:
+    """A record with its length prefix, ready for :func:`pack_records`."""
+    return _U32.pack(len(record)) + record
+
+
+def pack_records(framed: list[bytes], limit: int) -> Iterator[bytes]:
+    """Group framed records into chunks of at most ``limit`` bytes.
 
     A record that alone exceeds the limit is yielded in a chunk of its own
     (the caller fragments it).
     """
     chunk: list[bytes] = []
     size = 0
-    for record in records:
-        framed = _U32.pack(len(record)) + record
-        if chunk and size + len(framed) > limit:
+    for record in framed:
+        if chunk and size + len(record) > limit:
             yield b"".join(chunk)
             chunk, size = [], 0
-        chunk.append(framed)
-        size += len(framed)
+        chunk.append(record)
+        size += len(record)
     if chunk:
         yield b"".join(chunk)
 
 
-def iter_records(chunk: bytes | memoryview) -> Iterator[memoryview]:
+def iter_records(chunk: bytes) -> Iterator[bytes]:
     """The records of a chunk made by :func:`pack_records`."""
-    view = memoryview(chunk)
     pos = 0
-    end = len(view)
+    end = len(chunk)
+    unpack = _U32.unpack_from
     while pos < end:
-        (n,) = _U32.unpack_from(view, pos)
+        (n,) = unpack(chunk, pos)
         pos += 4
-        yield view[pos : pos + n]
+        yield chunk[pos : pos + n]
         pos += n

@@ -1,0 +1,188 @@
+"""Relay between workers: throughput in bursts and latency when paced.
+
+    python bench/relay.py [--workers 4] [--rounds 5] [--burst 200000] [--rate 10000]
+
+Runs the real :class:`~sanic_ws_ext.delivery.relay.WorkerRelay` in N spawned
+processes (as Sanic spawns workers) over inboxes made by ``make_inboxes``.
+Worker 0 publishes broadcast ops with a ~100-byte envelope; every other
+worker decodes and applies each op (counting it, and reading the send time
+stamped in its payload). Bounded in count and time; loopback only (Unix
+sockets). Figures: per receiving worker, median and range over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import statistics
+import struct
+import time
+from typing import Any
+
+import uvloop
+
+from sanic_ws_ext.delivery import Op, OpKind
+from sanic_ws_ext.delivery.relay import RelayInboxes, WorkerRelay, make_inboxes
+
+BODY = b'{"type":"tick","data":{"text":"' + b"x" * 60 + b'"},"timestamp":0}'
+STAMP = struct.Struct("!d")
+
+
+def worker(
+    slot: int,
+    inboxes: RelayInboxes,
+    mode: str,
+    count: int,
+    rate: int,
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
+    uvloop.run(_worker(slot, inboxes, mode, count, rate, ready, go, results))
+
+
+async def _worker(
+    slot: int,
+    inboxes: RelayInboxes,
+    mode: str,
+    count: int,
+    rate: int,
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    received = 0
+    first = last = 0.0
+    latencies: list[float] = []
+
+    def apply(op: Op) -> None:
+        nonlocal received, first, last
+        if op.origin == f"Sanic-Server-{slot}-0":
+            return
+        now = time.perf_counter()
+        if received == 0:
+            first = now
+        received += 1
+        last = now
+        if mode == "paced":
+            latencies.append(now - STAMP.unpack_from(op.payload)[0])
+        if received == count:
+            done.set()
+
+    relay = WorkerRelay(inboxes, f"Sanic-Server-{slot}-0")
+    await relay.start(apply)
+    ready.release()
+    await loop.run_in_executor(None, go.wait)
+    start = time.perf_counter()
+    if slot == 0:
+        if mode == "burst":
+            for i in range(count):
+                relay.publish(Op(OpKind.BROADCAST, BODY, origin="Sanic-Server-0-0"))
+                if i % 2000 == 1999:
+                    await asyncio.sleep(0)  # let the flusher write a batch
+        else:
+            per_tick, tick = max(1, rate // 1000), 0.001
+            sent = 0
+            next_at = loop.time()
+            while sent < count:
+                for _ in range(min(per_tick, count - sent)):
+                    payload = STAMP.pack(time.perf_counter()) + BODY
+                    relay.publish(
+                        Op(OpKind.BROADCAST, payload, origin="Sanic-Server-0-0")
+                    )
+                    sent += 1
+                next_at += tick
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+        results.put((slot, "sent", time.perf_counter() - start))
+    else:
+        with contextlib.suppress(TimeoutError):  # counted as lost below
+            await asyncio.wait_for(done.wait(), 60)
+        if mode == "burst":
+            results.put(
+                (slot, "burst", received, last - start, received / (last - start))
+            )
+        else:
+            latencies.sort()
+            results.put(
+                (
+                    slot,
+                    "paced",
+                    received,
+                    latencies[len(latencies) // 2] * 1000,
+                    latencies[int(len(latencies) * 0.99)] * 1000,
+                )
+            )
+    await relay.stop()
+
+
+def run_round(workers: int, mode: str, count: int, rate: int) -> list[tuple[Any, ...]]:
+    ctx = mp.get_context("spawn")
+    inboxes = make_inboxes(workers)
+    ready = ctx.Semaphore(0)
+    go = ctx.Event()
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=worker, args=(i, inboxes, mode, count, rate, ready, go, results)
+        )
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire(timeout=30)
+    go.set()
+    out = [results.get(timeout=90) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    return sorted(r for r in out if r[1] != "sent")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=200_000)
+    parser.add_argument("--rate", type=int, default=10_000)
+    parser.add_argument("--paced-seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    burst_rates: list[float] = []
+    p50s: list[float] = []
+    p99s: list[float] = []
+    for r in range(args.rounds):
+        # Interleave the two scenarios round by round.
+        for res in run_round(args.workers, "burst", args.burst, args.rate):
+            assert res[2] == args.burst, f"lost messages: {res}"
+            burst_rates.append(res[4])
+        paced_count = int(args.rate * args.paced_seconds)
+        for res in run_round(args.workers, "paced", paced_count, args.rate):
+            assert res[2] == paced_count, f"lost messages: {res}"
+            p50s.append(res[3])
+            p99s.append(res[4])
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    def fmt(values: list[float], unit: str, digits: int = 0) -> str:
+        med = statistics.median(values)
+        low, high = min(values), max(values)
+        return (
+            f"{med:,.{digits}f} {unit} (range {low:,.{digits}f} - {high:,.{digits}f})"
+        )
+
+    print(
+        f"relay, {args.workers} workers on {mp.cpu_count()} cores, {args.rounds} rounds"
+    )
+    print(
+        f"  burst of {args.burst:,}, per receiving worker: {fmt(burst_rates, 'msg/s')}"
+    )
+    print(f"  paced {args.rate:,} msg/s latency p50: {fmt(p50s, 'ms', 3)}")
+    print(f"  paced {args.rate:,} msg/s latency p99: {fmt(p99s, 'ms', 3)}")
+
+
+if __name__ == "__main__":
+    main()
