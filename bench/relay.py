@@ -97,7 +97,9 @@ async def _worker(
                     sent += 1
                 next_at += tick
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
+        await relay.stop(drain_timeout=60)  # let slow receivers take it all
         results.put((slot, "sent", time.perf_counter() - start))
+        return
     else:
         with contextlib.suppress(TimeoutError):  # counted as lost below
             await asyncio.wait_for(done.wait(), 60)

@@ -124,6 +124,10 @@ class SanicProcess:
         try:
             if exc is None:
                 await self.stop()
+                # An exception in a worker (a listener, a handler) is a bug
+                # even when every client got what it expected.
+                log = self.stderr()
+                assert "Traceback" not in log, log
             else:  # the test already failed: do not mask it with a slow stop
                 assert self.proc is not None
                 os.killpg(self.proc.pid, signal.SIGKILL)

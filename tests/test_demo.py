@@ -10,7 +10,9 @@ from .procs import SanicProcess
 
 
 async def test_demo_chat() -> None:
-    async with SanicProcess("demo.server:app", ready_path="/") as server:
+    async with SanicProcess(
+        "demo.server:app", "--workers", "2", ready_path="/"
+    ) as server:
         async with httpx.AsyncClient() as http:
             page = await http.get(server.url("/"))
         assert "sanic-ws-ext chat" in page.text

@@ -30,6 +30,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -121,6 +122,7 @@ class WorkerRelay:
         self._writers: dict[int, socket.socket] = {}
         self._partial: dict[int, bytearray] = {}
         self._scheduled = False
+        self._drained: asyncio.Event | None = None
         #: Ops dropped because a peer's inbox and backlog were full.
         self.dropped = 0
 
@@ -144,18 +146,28 @@ class WorkerRelay:
         self._loop.add_reader(inbox.fileno(), self._on_readable)
         log.debug("relay slot %d reads inbox %d (%d stale)", self.slot, half, stale)
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout: float = 1.0) -> None:
+        """Send what is pending (waiting at most ``drain_timeout``), then close."""
         self._flush()
+        if any(self._backlog):
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), drain_timeout)
+            if any(self._backlog):
+                log.warning("relay: stopping with unsent ops for a peer not reading")
         if self._loop is not None and self._inbox is not None:
             self._loop.remove_reader(self._inbox.fileno())
             self._inbox.close()
             self._inbox = None
-        for slot, sock in self._writers.items():
+        # Writers are keyed by inbox (slot * 2 + half), backlogs by slot.
+        for sock in self._writers.values():
             if self._loop is not None:
                 self._loop.remove_writer(sock.fileno())
             sock.close()
-            self._backlog[slot].clear()
         self._writers.clear()
+        for backlog in self._backlog:
+            backlog.clear()
+        self._backlog_bytes = [0] * self.slots
         self._apply = None
 
     # -- sending ---------------------------------------------------------------
@@ -247,6 +259,8 @@ class WorkerRelay:
             self._backlog_bytes[slot] -= len(backlog.popleft())
         assert self._loop is not None
         self._loop.remove_writer(sock.fileno())
+        if self._drained is not None and not any(self._backlog):
+            self._drained.set()
 
     def _writer(self, slot: int) -> socket.socket:
         """A socket to the inbox the worker of ``slot`` reads now."""
