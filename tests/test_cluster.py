@@ -241,7 +241,17 @@ async def test_dev_reload_keeps_the_cluster_working(tmp_path: Path) -> None:
         module.write_text(
             module.read_text().replace('"welcome", {', '"welcome", {"version": 2, ')
         )
-        for client in before:
+        # The reloader takes its baseline of mtimes when it starts, which may
+        # be after our write: bump the mtime until it notices (bounded).
+        closing = asyncio.ensure_future(before[0].ws.wait_closed(units(30)))
+        for bump in range(1, 16):
+            done, _ = await asyncio.wait({closing}, timeout=units(2))
+            if done:
+                break
+            stamp = module.stat().st_mtime + bump
+            os.utime(module, (stamp, stamp))
+        assert (await closing)[0] == 1001
+        for client in before[1:]:
             assert (await client.ws.wait_closed(units(30)))[0] == 1001
         # New workers: connect until both slots answer with the new code.
         loop = asyncio.get_running_loop()
