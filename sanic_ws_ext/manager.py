@@ -82,6 +82,9 @@ class ConnectionManager:
         self._local_rooms: dict[str, set[Connection]] = {}
         self._local_users: dict[str, set[Connection]] = {}
         self._peers: dict[str, float] = {}
+        #: This process's life: random, new at each start of a worker name.
+        self.life = uuid.uuid4().hex
+        self._lives: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -104,7 +107,10 @@ class ConnectionManager:
         if self.config.ping_interval is not None:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
         if self.delivery.name != "local":
-            self._publish(OpKind.HELLO)
+            self._publish(OpKind.HELLO, payload=self.life.encode())
+            if hasattr(self.delivery, "on_gap"):
+                # After the relay had to drop ops for a peer, re-sync it.
+                self.delivery.on_gap = self._send_sync
             self._peer_beat = loop.call_later(self.config.relay_beat, self._beat_peers)
 
     async def stop(self) -> None:
@@ -114,10 +120,9 @@ class ConnectionManager:
         the rest; disconnect handlers have run for all of them on return.
         """
         self._closing = True
-        for timer in (self._heartbeat, self._peer_beat):
-            if timer is not None:
-                timer.cancel()
-        self._heartbeat = self._peer_beat = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
         for conn in list(self._connections.values()):
             conn.start_close(CloseCode.GOING_AWAY, "server shutting down")
         try:
@@ -131,8 +136,12 @@ class ConnectionManager:
                 for task in list(self._tasks):
                     task.cancel()
                 log.warning("websocket handlers still running at shutdown: cancelled")
+        # Peers keep hearing our beat while clients close, then our BYE.
+        if self._peer_beat is not None:
+            self._peer_beat.cancel()
+            self._peer_beat = None
         if self.delivery.name != "local":
-            self._publish(OpKind.BYE)
+            self._publish(OpKind.BYE, payload=self.life.encode())
         await self.delivery.stop()
 
     @property
@@ -283,6 +292,9 @@ class ConnectionManager:
 
     def apply(self, op: Op) -> None:
         """Execute ``op`` in this process (called by the delivery backend)."""
+        if op.origin != self.worker and self._loop is not None:
+            # Any op is a sign of life: a peer busy sending is not silent.
+            self._peers[op.origin] = self._loop.time()
         handler = self._appliers.get(op.kind)
         if handler is not None:
             handler(self, op)
@@ -348,28 +360,36 @@ class ConnectionManager:
                 self._presence("presence.leave", room, member)
 
     def _apply_peer(self, op: Op) -> None:
+        """HELLO, SYNC, BEAT, BYE: who is in the cluster, and since when.
+
+        Each process has a random ``life``; a worker name restarted is a new
+        life. A BYE or SYNC from a life other than the one we know for that
+        name comes from a process being replaced, and is ignored.
+        """
         peer = op.origin
         if peer == self.worker:
             return
-        assert self._loop is not None
-        known = peer in self._peers
-        if op.kind is OpKind.BYE:
-            self._peers.pop(peer, None)
-            self._drop_peer(peer)
-            return
-        self._peers[peer] = self._loop.time()
         if op.kind is OpKind.HELLO:
             # A (re)started process: what we hold for it is from its past life.
+            self._lives[peer] = op.payload.decode()
             self._drop_peer(peer)
             self._send_sync(peer)
+        elif op.kind is OpKind.BEAT:
+            if self._lives.get(peer) != op.payload.decode():
+                # A peer we dropped (or whose HELLO we missed): catch up.
+                self._lives[peer] = op.payload.decode()
+                self._publish(OpKind.SYNC, reason="request", to=peer)
         elif op.kind is OpKind.SYNC:
             if op.reason == "request":
                 self._send_sync(peer)
-            else:
-                self.cluster.load(peer, ujson.loads(op.payload))
-        elif not known:
-            # A beat from a peer we had dropped (or never heard): catch up.
-            self._publish(OpKind.SYNC, reason="request", to=peer)
+                return
+            sync = ujson.loads(op.payload)
+            if sync["life"] == self._lives.get(peer):
+                self._load_peer(peer, sync["members"])
+        elif op.kind is OpKind.BYE and op.payload.decode() == self._lives.get(peer):
+            del self._lives[peer]
+            self._peers.pop(peer, None)
+            self._drop_peer(peer)
 
     _appliers: ClassVar[dict[OpKind, Callable[[ConnectionManager, Op], None]]] = {
         OpKind.BROADCAST: _apply_broadcast,
@@ -390,8 +410,30 @@ class ConnectionManager:
     }
 
     def _send_sync(self, peer: str) -> None:
-        snapshot = ujson.dumps(self.cluster.snapshot(self.worker)).encode()
-        self._publish(OpKind.SYNC, payload=snapshot, to=peer)
+        snapshot = {"life": self.life, "members": self.cluster.snapshot(self.worker)}
+        self._publish(OpKind.SYNC, payload=ujson.dumps(snapshot).encode(), to=peer)
+
+    def _load_peer(self, peer: str, entries: list[dict[str, Any]]) -> None:
+        """Replace a peer's members, telling rooms about the differences."""
+        before = {
+            (m.id, room): m
+            for m in (
+                self.cluster.members[i] for i in self.cluster.workers.get(peer, ())
+            )
+            for room in m.rooms
+        }
+        self.cluster.load(peer, entries)
+        after = {
+            (m.id, room): m
+            for m in (
+                self.cluster.members[i] for i in self.cluster.workers.get(peer, ())
+            )
+            for room in m.rooms
+        }
+        for key in before.keys() - after.keys():
+            self._presence("presence.leave", key[1], before[key])
+        for key in after.keys() - before.keys():
+            self._presence("presence.join", key[1], after[key])
 
     def _drop_peer(self, peer: str) -> None:
         for member in self.cluster.drop_worker(peer):
@@ -400,16 +442,21 @@ class ConnectionManager:
 
     def _beat_peers(self) -> None:
         assert self._loop is not None
-        self._publish(OpKind.BEAT)
-        horizon = self._loop.time() - _MISSED_BEATS * self.config.relay_beat
-        for peer, seen in list(self._peers.items()):
-            if seen < horizon:
-                log.warning("worker %s went silent: dropping its connections", peer)
-                del self._peers[peer]
-                self._drop_peer(peer)
-        self._peer_beat = self._loop.call_later(
-            self.config.relay_beat, self._beat_peers
-        )
+        try:
+            self._publish(OpKind.BEAT, payload=self.life.encode())
+            horizon = self._loop.time() - _MISSED_BEATS * self.config.relay_beat
+            for peer, seen in list(self._peers.items()):
+                if seen < horizon:
+                    log.warning("worker %s went silent: dropping its connections", peer)
+                    del self._peers[peer]
+                    self._lives.pop(peer, None)
+                    self._drop_peer(peer)
+        except Exception:
+            log.exception("websocket relay beat failed")
+        finally:
+            self._peer_beat = self._loop.call_later(
+                self.config.relay_beat, self._beat_peers
+            )
 
     # -- rooms and presence, for connections of this process -----------------
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from websockets.exceptions import InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from sanic_ws_ext import Envelope
 from sanic_ws_ext.testing import WSTestClient
 
 from .conftest import units
@@ -48,8 +49,18 @@ class Cluster:
 
     async def connect(self, user: str | None = None) -> Client:
         query = f"?user={user}" if user else ""
-        ws = await WSTestClient.connect(self.server.ws_url() + query)
-        welcome = (await ws.expect("welcome")).data
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + units(10)
+        while True:
+            try:
+                ws = await WSTestClient.connect(self.server.ws_url() + query)
+                welcome = (await ws.expect("welcome")).data
+                break
+            except (OSError, InvalidHandshake, ConnectionClosed):
+                # A worker restarting: its old process may refuse (503) or
+                # drop a connection it accepted as it exits. Clients retry.
+                if loop.time() > deadline:
+                    raise
         client = Client(ws, welcome["id"], welcome["worker"], welcome["pid"])
         self.clients.append(client)
         return client
@@ -212,6 +223,7 @@ async def test_worker_killed_during_broadcast() -> None:
         )
         for victim in victims:
             c.clients.remove(victim)
+            await victim.ws.close()  # its server side died; release the socket
         # Restarted, the slot serves again and is part of the cluster.
         async with httpx.AsyncClient() as http:
             await http.post(c.server.url("/restart"), json={"worker": victim_worker})
@@ -261,9 +273,11 @@ async def test_dev_reload_keeps_the_cluster_working(tmp_path: Path) -> None:
             assert loop.time() < deadline, f"reload not served: {server.stderr()}"
             try:
                 ws = await WSTestClient.connect(server.ws_url())
-            except (OSError, InvalidHandshake, TimeoutError):
-                continue  # between processes, or an old worker answering 503
-            welcome = (await ws.expect("welcome")).data
+                welcome = (await ws.expect("welcome")).data
+            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):
+                # Between processes, an old worker answering 503, or one
+                # exiting with a connection it had just accepted.
+                continue
             if welcome.get("version") == 2 and welcome["worker"] not in fresh:
                 fresh[welcome["worker"]] = (ws, welcome["id"])
             else:
@@ -275,3 +289,65 @@ async def test_dev_reload_keeps_the_cluster_working(tmp_path: Path) -> None:
         assert got.data == "after reload"
         for ws, _ in fresh.values():
             await ws.close()
+
+
+async def test_graceful_restart_of_one_worker() -> None:
+    async with cluster() as c:
+        await c.cover(per_worker=1)
+        restarted = worker_names()[2]
+        leaving = c.on(restarted)[0]
+        witness = c.on(worker_names()[0])[0]
+        await c.until(witness, "count", lambda k: k == len(c.clients))
+        async with httpx.AsyncClient() as http:
+            await http.post(c.server.url("/restart"), json={"worker": restarted})
+        assert (await leaving.ws.wait_closed(units(10)))[0] == 1001
+        c.clients.remove(leaving)
+        await leaving.ws.close()
+        assert await c.until(witness, "count", lambda k: k == len(c.clients)) == len(
+            c.clients
+        )
+        await c.cover(per_worker=1)  # the new process serves the slot
+        fresh = c.on(restarted)[0]
+        await witness.do("send", to=fresh.id, data="hello new worker")
+        assert (await fresh.ws.expect("direct")).data == "hello new worker"
+
+
+async def test_one_and_eight_workers() -> None:
+    for workers in (1, 8):
+        server = SanicProcess("tests.apps.cluster:app", "--workers", str(workers))
+        async with server:
+            c = Cluster(server)
+            for _ in range(16):
+                await c.connect()
+            first = c.clients[0]
+            assert await c.until(first, "count", lambda k: k == 16) == 16
+            await first.do("broadcast", data=workers)
+            for client in c.clients:
+                assert (await client.ws.expect("b")).data == workers
+            for client in c.clients:
+                await client.ws.close()
+
+
+async def test_shutdown_under_load_does_not_hang() -> None:
+    server = SanicProcess("tests.apps.cluster:app", "--workers", str(WORKERS))
+    async with server:
+        c = Cluster(server)
+        await c.cover(per_worker=1)
+        sender = c.clients[0]
+        # Small enough that no reader can fall WS_MAX_BACKPRESSURE behind.
+        await sender.ws.send("do", {"op": "burst", "n": 3000})
+        await sender.ws.expect("burst")  # the burst is under way
+        await server.stop()  # bounded: fails if shutdown hangs
+        for client in c.clients:
+            seen: list[int] = []
+            while True:
+                try:
+                    message = await client.ws.recv(units(10))
+                except ConnectionClosed:
+                    break
+                if isinstance(message, Envelope) and message.type == "burst":
+                    seen.append(message.data["i"])
+            # What arrived is the start of the burst, in order, without gaps.
+            assert seen == list(range(seen[0], seen[0] + len(seen))) if seen else True
+            rcvd = client.ws.connection.protocol.close_rcvd
+            assert rcvd is not None and rcvd.code == 1001

@@ -49,8 +49,8 @@ __all__ = ["RelayInboxes", "WorkerRelay", "make_inboxes", "slot_of"]
 log = logging.getLogger("sanic_ws_ext.relay")
 
 DATAGRAM = 32 * 1024
-_HEAD = struct.Struct("!BH")  # kind, sender slot
-_WHOLE, _MORE, _LAST = 0, 1, 2
+_HEAD = struct.Struct("!BHI")  # kind, sender slot, sender's life (random per process)
+_WHOLE, _FIRST, _MORE, _LAST = 0, 1, 2, 3
 _READS_PER_WAKEUP = 256
 
 _WORKER_NAME = re.compile(r"^Sanic-Server-(\d+)-\d+$")
@@ -119,8 +119,16 @@ class WorkerRelay:
         self._directed = False
         self._backlog: list[deque[bytes]] = [deque() for _ in range(self.slots)]
         self._backlog_bytes = [0] * self.slots
+        # Which inbox each slot's backlog was queued for (-1: none yet).
+        self._backlog_index = [-1] * self.slots
+        self._overflowed = [False] * self.slots
         self._writers: dict[int, socket.socket] = {}
-        self._partial: dict[int, bytearray] = {}
+        # Per sender slot: (its life, the fragments so far).
+        self._partial: dict[int, tuple[int, bytearray]] = {}
+        life = int.from_bytes(os.urandom(4), "big")
+        self._head = [_HEAD.pack(kind, slot, life) for kind in range(4)]
+        #: Called with a peer's worker name after ops for it had to be dropped.
+        self.on_gap: Callable[[str], None] | None = None
         self._scheduled = False
         self._drained: asyncio.Event | None = None
         #: Ops dropped because a peer's inbox and backlog were full.
@@ -217,54 +225,100 @@ class WorkerRelay:
                 self._send_chunk(slot, chunk)
 
     def _send_chunk(self, slot: int, chunk: bytes) -> None:
+        head = self._head
         if len(chunk) <= DATAGRAM - _HEAD.size:
-            self._send(slot, _HEAD.pack(_WHOLE, self.slot) + chunk)
+            self._send(slot, head[_WHOLE] + chunk)
             return
         step = DATAGRAM - _HEAD.size
         for start in range(0, len(chunk), step):
-            kind = _LAST if start + step >= len(chunk) else _MORE
-            self._send(slot, _HEAD.pack(kind, self.slot) + chunk[start : start + step])
+            if start == 0:
+                kind = _FIRST
+            elif start + step >= len(chunk):
+                kind = _LAST
+            else:
+                kind = _MORE
+            self._send(slot, head[kind] + chunk[start : start + step])
 
     def _send(self, slot: int, datagram: bytes) -> None:
+        index = slot * 2 + self._current[slot]
+        if self._backlog_index[slot] != index:
+            # The peer restarted onto its other inbox: what we held for the
+            # old one is for a dead process. Forget it; write to the new one.
+            self._forget_backlog(slot)
+            self._backlog_index[slot] = index
         backlog = self._backlog[slot]
+        if self._overflowed[slot]:
+            self.dropped += 1  # keep dropping until the backlog drains: no holes
+            return
         if not backlog:
             try:
-                self._writer(slot).send(datagram)
+                self._writer(index).send(datagram)
                 return
             except BlockingIOError:
                 pass
+            except OSError:
+                log.exception("relay: writing to worker slot %d failed", slot)
+                self.dropped += 1
+                return
         if self._backlog_bytes[slot] + len(datagram) > self._max_backlog:
+            # Dropping one datagram and sending the next would leave a hole
+            # in this peer's stream: drop everything until it catches up,
+            # then the manager re-syncs it (on_gap).
+            self._overflowed[slot] = True
             self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning(
-                    "relay: worker slot %d is not reading; %d datagrams dropped",
-                    slot,
-                    self.dropped,
-                )
+            log.warning(
+                "relay: worker slot %d is not reading; dropping its ops until it"
+                " catches up (%d dropped so far)",
+                slot,
+                self.dropped,
+            )
             return
         backlog.append(datagram)
         self._backlog_bytes[slot] += len(datagram)
         if len(backlog) == 1:
             assert self._loop is not None
-            self._loop.add_writer(self._writer(slot).fileno(), self._drain, slot)
+            self._loop.add_writer(self._writer(index).fileno(), self._drain, slot)
 
     def _drain(self, slot: int) -> None:
+        index = self._backlog_index[slot]
+        if index != slot * 2 + self._current[slot]:
+            self._forget_backlog(slot)
+            return
         backlog = self._backlog[slot]
-        sock = self._writer(slot)
+        sock = self._writer(index)
         while backlog:
             try:
                 sock.send(backlog[0])
             except BlockingIOError:
                 return
+            except OSError:
+                log.exception("relay: writing to worker slot %d failed", slot)
+                self._forget_backlog(slot)
+                return
             self._backlog_bytes[slot] -= len(backlog.popleft())
         assert self._loop is not None
         self._loop.remove_writer(sock.fileno())
+        self._caught_up(slot)
+
+    def _forget_backlog(self, slot: int) -> None:
+        index = self._backlog_index[slot]
+        if self._backlog[slot] and index >= 0 and self._loop is not None:
+            self._loop.remove_writer(self._writer(index).fileno())
+        self.dropped += len(self._backlog[slot])
+        self._backlog[slot].clear()
+        self._backlog_bytes[slot] = 0
+        self._caught_up(slot)
+
+    def _caught_up(self, slot: int) -> None:
+        if self._overflowed[slot]:
+            self._overflowed[slot] = False
+            if self.on_gap is not None:
+                self.on_gap(f"Sanic-Server-{slot}-0")
         if self._drained is not None and not any(self._backlog):
             self._drained.set()
 
-    def _writer(self, slot: int) -> socket.socket:
-        """A socket to the inbox the worker of ``slot`` reads now."""
-        index = slot * 2 + self._current[slot]
+    def _writer(self, index: int) -> socket.socket:
+        """A socket to inbox ``index`` (``slot * 2 + half``)."""
         sock = self._writers.get(index)
         if sock is None:
             sock = socket.socket(fileno=os.dup(self._writes[index].fileno()))
@@ -276,26 +330,43 @@ class WorkerRelay:
 
     def _on_readable(self) -> None:
         inbox = self._inbox
-        apply = self._apply
-        if inbox is None or apply is None:
+        if inbox is None or self._apply is None:
             return
         for _ in range(_READS_PER_WAKEUP):
             try:
                 datagram = inbox.recv(DATAGRAM + _HEAD.size)
             except BlockingIOError:
                 return
-            kind, sender = _HEAD.unpack_from(datagram, 0)
-            body = datagram[_HEAD.size :]
-            if kind == _WHOLE:
-                chunk = body
-            else:
-                partial = self._partial.setdefault(sender, bytearray())
-                partial += body
-                if kind == _MORE:
-                    continue
-                chunk = bytes(self._partial.pop(sender))
-            for record in iter_records(chunk):
-                try:
-                    apply(decode_op(record))
-                except Exception:
-                    log.exception("relay: applying an op failed")
+            try:
+                self._receive(datagram)
+            except Exception:
+                # Never let a bad datagram escape into the event loop.
+                log.exception("relay: a datagram could not be read; dropped")
+
+    def _receive(self, datagram: bytes) -> None:
+        kind, sender, life = _HEAD.unpack_from(datagram, 0)
+        body = datagram[_HEAD.size :]
+        if kind == _WHOLE:
+            chunk = body
+        elif kind == _FIRST:
+            # A new message from this sender: any older partial one is from
+            # a sender that died mid-message.
+            self._partial[sender] = (life, bytearray(body))
+            return
+        else:
+            partial = self._partial.get(sender)
+            if partial is None or partial[0] != life:
+                self._partial.pop(sender, None)
+                log.warning("relay: fragment without its start from slot %d", sender)
+                return
+            partial[1].extend(body)
+            if kind == _MORE:
+                return
+            chunk = bytes(self._partial.pop(sender)[1])
+        apply = self._apply
+        assert apply is not None
+        for record in iter_records(chunk):
+            try:
+                apply(decode_op(record))
+            except Exception:
+                log.exception("relay: applying an op failed")

@@ -5,6 +5,7 @@ Clients drive the manager through messages; every reply names the worker.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -15,7 +16,7 @@ from sanic_ext import Extend
 from sanic_ws_ext import Accept, Connection, Envelope, WSExtension, WSHandlers
 
 app = Sanic("cluster")
-app.config.WS_RELAY_BEAT = float(os.environ.get("TEST_RELAY_BEAT", "0.25"))
+app.config.WS_RELAY_BEAT = float(os.environ.get("TEST_RELAY_BEAT", "0.5"))
 Extend(app).register(WSExtension)
 handlers = WSHandlers(app)
 
@@ -44,6 +45,10 @@ async def do(conn: Connection, msg: Envelope) -> None:
     elif op == "burst":
         for i in range(args["n"]):
             await ws.broadcast("burst", {"from": conn.id, "i": i})
+            if i % 100 == 99:
+                # Let writes go out: a handler that sends megabytes in one
+                # loop pass overflows WS_MAX_BACKPRESSURE for everyone.
+                await asyncio.sleep(0)
     elif op == "send":
         await ws.send(args["to"], "direct", args["data"])
     elif op == "send_user":
