@@ -7,13 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 from sanic import Sanic
-from sanic_ext import Extend
 
-from sanic_ws_ext import CloseCode, Connection, WSExtension, WSHandlers
+from sanic_ws_ext import CloseCode
 from sanic_ws_ext.frames import OP_TEXT, encode_frame
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .conftest import units
+from .helpers import ws_app
 from .rawws import RawClient
 
 AppFactory = Callable[..., Sanic[Any, Any]]
@@ -28,14 +28,7 @@ WINDOW = 40  # messages a reader may lag behind before the sender waits
 async def test_stalled_client_is_dropped_others_get_everything(
     make_app: AppFactory,
 ) -> None:
-    app = make_app(WS_MAX_BACKPRESSURE=LIMIT, WS_PING_INTERVAL=None)
-    Extend(app).register(WSExtension)
-    handlers = WSHandlers(app)
-    gone: asyncio.Queue[Connection] = asyncio.Queue()
-
-    @handlers.on_disconnect
-    async def on_gone(conn: Connection) -> None:
-        gone.put_nowait(conn)
+    app, _, gone = ws_app(make_app, WS_MAX_BACKPRESSURE=LIMIT, WS_PING_INTERVAL=None)
 
     async with serve(app) as server:
         ws = app.ctx.ws

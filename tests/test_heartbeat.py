@@ -7,28 +7,22 @@ from collections.abc import Callable
 from typing import Any
 
 from sanic import Sanic
-from sanic_ext import Extend
 from websockets.frames import Opcode
 
-from sanic_ws_ext import CloseCode, Connection, WSExtension, WSHandlers
+from sanic_ws_ext import CloseCode, Connection
 from sanic_ws_ext.testing import serve
 
 from .conftest import units
+from .helpers import ws_app
 from .rawws import RawClient
 
 AppFactory = Callable[..., Sanic[Any, Any]]
 
 
 def build(make_app: AppFactory) -> tuple[Sanic[Any, Any], asyncio.Queue[Connection]]:
-    app = make_app(WS_PING_INTERVAL=units(0.2), WS_PING_TIMEOUT=units(0.2))
-    Extend(app).register(WSExtension)
-    handlers = WSHandlers(app)
-    gone: asyncio.Queue[Connection] = asyncio.Queue()
-
-    @handlers.on_disconnect
-    async def on_gone(conn: Connection) -> None:
-        gone.put_nowait(conn)
-
+    app, _, gone = ws_app(
+        make_app, WS_PING_INTERVAL=units(0.2), WS_PING_TIMEOUT=units(0.2)
+    )
     return app, gone
 
 

@@ -7,31 +7,19 @@ from collections.abc import Callable
 from typing import Any
 
 from sanic import Sanic
-from sanic_ext import Extend
 from websockets.frames import Close, Opcode
 
-from sanic_ws_ext import Connection, Envelope, ErrorCode, WSExtension, WSHandlers
+from sanic_ws_ext import Connection, Envelope, ErrorCode
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .conftest import units
+from .helpers import ws_app
 from .rawws import RawClient
 
 AppFactory = Callable[..., Sanic[Any, Any]]
 
 
-def build(
-    make_app: AppFactory, **config: Any
-) -> tuple[Sanic[Any, Any], WSHandlers, asyncio.Queue[Connection]]:
-    app = make_app(**config)
-    Extend(app).register(WSExtension)
-    handlers = WSHandlers(app)
-    gone: asyncio.Queue[Connection] = asyncio.Queue()
-
-    @handlers.on_disconnect
-    async def on_gone(conn: Connection) -> None:
-        gone.put_nowait(conn)
-
-    return app, handlers, gone
+build = ws_app
 
 
 async def _backlogged_raw(
