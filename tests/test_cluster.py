@@ -128,6 +128,11 @@ async def test_broadcast_send_disconnect_count_across_workers() -> None:
             await http.post(c.server.url("/broadcast"), json={"from": "http"})
         for client in c.clients:
             assert (await client.ws.expect("b")).data == {"from": "http"}
+        # ...and from a background task.
+        async with httpx.AsyncClient() as http:
+            await http.post(c.server.url("/later"), json={"from": "task"})
+        for client in c.clients:
+            assert (await client.ws.expect("b")).data == {"from": "task"}
         # Send to an id on another worker.
         far = next(x for x in c.clients if x.worker != a.worker)
         await a.do("send", to=far.id, data=42)

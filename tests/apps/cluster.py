@@ -81,6 +81,17 @@ async def broadcast(request: Request) -> JSONResponse:
     return json({"worker": os.environ.get("SANIC_WORKER_NAME")})
 
 
+@app.post("/later")
+async def later(request: Request) -> JSONResponse:
+    """Broadcast from a background task, after this response."""
+
+    async def announce() -> None:
+        await request.app.ctx.ws.broadcast("b", request.json)
+
+    request.app.add_task(announce())
+    return json({"worker": os.environ.get("SANIC_WORKER_NAME")})
+
+
 @app.post("/restart")
 async def restart(request: Request) -> JSONResponse:
     request.app.m.restart(request.json["worker"])
