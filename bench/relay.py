@@ -30,17 +30,9 @@ BODY = b'{"type":"tick","data":{"text":"' + b"x" * 60 + b'"},"timestamp":0}'
 STAMP = struct.Struct("!d")
 
 
-def worker(
-    slot: int,
-    inboxes: RelayInboxes,
-    mode: str,
-    count: int,
-    rate: int,
-    ready: Any,
-    go: Any,
-    results: Any,
-) -> None:
-    uvloop.run(_worker(slot, inboxes, mode, count, rate, ready, go, results))
+def worker(*args: Any) -> None:
+    """A spawned process's entry point: one relay on its own uvloop."""
+    uvloop.run(_worker(*args))
 
 
 async def _worker(
@@ -56,16 +48,14 @@ async def _worker(
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     received = 0
-    first = last = 0.0
+    last = 0.0
     latencies: list[float] = []
 
     def apply(op: Op) -> None:
-        nonlocal received, first, last
+        nonlocal received, last
         if op.origin == f"Sanic-Server-{slot}-0":
             return
         now = time.perf_counter()
-        if received == 0:
-            first = now
         received += 1
         last = now
         if mode == "paced":

@@ -36,7 +36,7 @@ from websockets.server import ServerProtocol
 
 from .envelope import encode_envelope
 from .errors import CloseCode
-from .frames import OP_BINARY, OP_TEXT, encode_frame
+from .frames import OP_TEXT, data_frame, encode_frame, raw_body
 
 if TYPE_CHECKING:
     from .manager import ConnectionManager
@@ -183,10 +183,7 @@ class Connection:
 
     async def send_raw(self, payload: str | bytes) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame."""
-        if isinstance(payload, str):
-            self.send_frame(encode_frame(OP_TEXT, payload.encode()))
-        else:
-            self.send_frame(encode_frame(OP_BINARY, bytes(payload)))
+        self.send_frame(data_frame(*raw_body(payload)))
 
     def send_frame(self, frame: bytes) -> bool:
         """Queue an already-framed message; ``False`` if it was not accepted."""

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["OP_BINARY", "OP_PING", "OP_TEXT", "PING_FRAME", "encode_frame"]
+__all__ = [
+    "OP_BINARY",
+    "OP_PING",
+    "OP_TEXT",
+    "PING_FRAME",
+    "data_frame",
+    "encode_frame",
+    "raw_body",
+]
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -32,3 +40,17 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
 
 #: The heartbeat ping: empty payload, shared by every connection.
 PING_FRAME = encode_frame(OP_PING, b"")
+
+
+def data_frame(payload: bytes, binary: bool) -> bytes:
+    """A binary frame for ``binary`` payloads, a text frame otherwise."""
+    return encode_frame(OP_BINARY if binary else OP_TEXT, payload)
+
+
+def raw_body(payload: str | bytes) -> tuple[bytes, bool]:
+    """What a raw send carries: ``str`` goes as text, bytes-like as binary."""
+    if isinstance(payload, str):
+        return payload.encode(), False
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload), True
+    raise TypeError(f"payload must be str or bytes, got {type(payload).__name__}")

@@ -40,9 +40,9 @@ from .connection import Connection, ConnectionState, Flusher, WireProtocol
 from .delivery import Delivery, Op, OpKind
 from .envelope import decode_envelope, encode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode, MessageError
-from .frames import OP_BINARY, OP_TEXT, PING_FRAME, encode_frame
+from .frames import OP_TEXT, PING_FRAME, data_frame, encode_frame, raw_body
 from .handlers import Accept, HandlerRegistry
-from .presence import ClusterState, Member
+from .presence import ClusterState, Member, discard_from
 
 __all__ = ["ConnectionManager"]
 
@@ -161,7 +161,7 @@ class ConnectionManager:
 
     async def send_raw(self, conn_id: str, payload: str | bytes) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame to one connection."""
-        body, binary = _raw(payload)
+        body, binary = raw_body(payload)
         self._address(OpKind.SEND, conn_id, payload=body, binary=binary)
 
     async def broadcast(
@@ -176,7 +176,7 @@ class ConnectionManager:
         self, payload: str | bytes, *, exclude: Iterable[str] = ()
     ) -> None:
         """Send a raw text or binary frame to every connection but ``exclude``."""
-        body, binary = _raw(payload)
+        body, binary = raw_body(payload)
         self._publish(OpKind.BROADCAST, payload=body, binary=binary, exclude=exclude)
 
     async def publish(
@@ -194,7 +194,7 @@ class ConnectionManager:
         self, room: str, payload: str | bytes, *, exclude: Iterable[str] = ()
     ) -> None:
         """Send a raw text or binary frame to every member of ``room``."""
-        body, binary = _raw(payload)
+        body, binary = raw_body(payload)
         self._publish(
             OpKind.ROOM_SEND, target=room, payload=body, binary=binary, exclude=exclude
         )
@@ -214,7 +214,7 @@ class ConnectionManager:
         self, user: str, payload: str | bytes, *, exclude: Iterable[str] = ()
     ) -> None:
         """Send a raw text or binary frame to every connection of ``user``."""
-        body, binary = _raw(payload)
+        body, binary = raw_body(payload)
         self._publish(
             OpKind.USER_SEND, target=user, payload=body, binary=binary, exclude=exclude
         )
@@ -300,7 +300,7 @@ class ConnectionManager:
             handler(self, op)
 
     def _apply_broadcast(self, op: Op) -> None:
-        frame = encode_frame(OP_BINARY if op.binary else OP_TEXT, op.payload)
+        frame = data_frame(op.payload, op.binary)
         exclude = op.exclude
         for conn in list(self._connections.values()):
             if conn.id not in exclude:
@@ -311,7 +311,7 @@ class ConnectionManager:
         conns = index.get(op.target)
         if not conns:
             return
-        frame = encode_frame(OP_BINARY if op.binary else OP_TEXT, op.payload)
+        frame = data_frame(op.payload, op.binary)
         for conn in list(conns):
             if conn.id not in op.exclude:
                 conn.send_frame(frame)
@@ -319,9 +319,7 @@ class ConnectionManager:
     def _apply_send(self, op: Op) -> None:
         conn = self._connections.get(op.target)
         if conn is not None:
-            conn.send_frame(
-                encode_frame(OP_BINARY if op.binary else OP_TEXT, op.payload)
-            )
+            conn.send_frame(data_frame(op.payload, op.binary))
 
     def _apply_disconnect(self, op: Op) -> None:
         conn = self._connections.get(op.target)
@@ -471,7 +469,7 @@ class ConnectionManager:
         if room not in conn.rooms:
             return
         conn.rooms.discard(room)
-        _discard(self._local_rooms, room, conn)
+        discard_from(self._local_rooms, room, conn)
         self._publish(OpKind.ROOM_LEFT, target=conn.id, payload=_room(room))
 
     def _presence(self, type_: str, room: str, member: Member) -> None:
@@ -536,9 +534,9 @@ class ConnectionManager:
         if self._connections.pop(conn.id, None) is None:
             return
         for room in conn.rooms:
-            _discard(self._local_rooms, room, conn)
+            discard_from(self._local_rooms, room, conn)
         if conn.user is not None:
-            _discard(self._local_users, conn.user, conn)
+            discard_from(self._local_users, conn.user, conn)
         log.debug(
             "websocket %s closed %s %s", conn.id, conn.close_code, conn.close_reason
         )
@@ -694,19 +692,3 @@ def _room(room: str) -> bytes:
     if not isinstance(room, str) or not room:
         raise TypeError(f"room must be a non-empty str, got {room!r}")
     return room.encode()
-
-
-def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> None:
-    conns = index.get(key)
-    if conns is not None:
-        conns.discard(conn)
-        if not conns:
-            del index[key]
-
-
-def _raw(payload: str | bytes) -> tuple[bytes, bool]:
-    if isinstance(payload, str):
-        return payload.encode(), False
-    if isinstance(payload, bytes | bytearray | memoryview):
-        return bytes(payload), True
-    raise TypeError(f"payload must be str or bytes, got {type(payload).__name__}")

@@ -11,9 +11,12 @@ so a dead worker leaves no ghosts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["ClusterState", "Member"]
+__all__ = ["ClusterState", "Member", "discard_from"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -54,10 +57,10 @@ class ClusterState:
         if member is None:
             return None
         for room in member.rooms:
-            _discard(self.rooms, room, conn_id)
+            discard_from(self.rooms, room, conn_id)
         if member.user is not None:
-            _discard(self.users, member.user, conn_id)
-        _discard(self.workers, member.worker, conn_id)
+            discard_from(self.users, member.user, conn_id)
+        discard_from(self.workers, member.worker, conn_id)
         return member
 
     def join(self, conn_id: str, room: str) -> Member | None:
@@ -75,7 +78,7 @@ class ClusterState:
         if member is None or room not in member.rooms:
             return None
         member.rooms.discard(room)
-        _discard(self.rooms, room, conn_id)
+        discard_from(self.rooms, room, conn_id)
         return member
 
     def drop_worker(self, worker: str) -> list[Member]:
@@ -103,9 +106,10 @@ class ClusterState:
         return [self.members[i] for i in self.rooms.get(room, ())]
 
 
-def _discard(index: dict[str, set[str]], key: str, conn_id: str) -> None:
-    ids = index.get(key)
-    if ids is not None:
-        ids.discard(conn_id)
-        if not ids:
+def discard_from(index: dict[K, set[V]], key: K, value: V) -> None:
+    """Remove ``value`` from ``index[key]``, and the key once its set is empty."""
+    values = index.get(key)
+    if values is not None:
+        values.discard(value)
+        if not values:
             del index[key]

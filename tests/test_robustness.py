@@ -22,6 +22,15 @@ AppFactory = Callable[..., Sanic[Any, Any]]
 build = ws_app
 
 
+def stalled_reader_config() -> dict[str, Any]:
+    """No pings and no backlog limit: only the close timer can free the socket."""
+    return {
+        "WS_PING_INTERVAL": None,
+        "WS_CLOSE_TIMEOUT": units(0.5),
+        "WS_MAX_BACKPRESSURE": None,
+    }
+
+
 async def _backlogged_raw(
     app: Sanic[Any, Any], host: str, port: int
 ) -> tuple[RawClient, Connection]:
@@ -35,12 +44,7 @@ async def _backlogged_raw(
 
 
 async def test_eof_from_a_client_that_stopped_reading(make_app: AppFactory) -> None:
-    app, _, gone = build(
-        make_app,
-        WS_PING_INTERVAL=None,
-        WS_CLOSE_TIMEOUT=units(0.5),
-        WS_MAX_BACKPRESSURE=None,
-    )
+    app, _, gone = build(make_app, **stalled_reader_config())
     async with serve(app) as server:
         raw, conn = await _backlogged_raw(app, server.host, server.port)
         raw.writer.write_eof()  # half-close, no close frame
@@ -52,12 +56,7 @@ async def test_eof_from_a_client_that_stopped_reading(make_app: AppFactory) -> N
 
 
 async def test_client_close_while_not_reading(make_app: AppFactory) -> None:
-    app, _, gone = build(
-        make_app,
-        WS_PING_INTERVAL=None,
-        WS_CLOSE_TIMEOUT=units(0.5),
-        WS_MAX_BACKPRESSURE=None,
-    )
+    app, _, gone = build(make_app, **stalled_reader_config())
     async with serve(app) as server:
         raw, conn = await _backlogged_raw(app, server.host, server.port)
         raw.send_frame(Opcode.CLOSE, Close(4100, "bye").serialize())
