@@ -17,7 +17,15 @@ from __future__ import annotations
 from .config import DEFAULTS, WSConfig
 from .connection import Connection, ConnectionState
 from .envelope import Envelope
-from .errors import CloseCode, ConfigError, ErrorCode, MessageError, Reject, WSError
+from .errors import (
+    CloseCode,
+    ConfigError,
+    ErrorCode,
+    MessageError,
+    PublishTooLarge,
+    Reject,
+    WSError,
+)
 from .extension import WSExtension
 from .handlers import Accept, WSHandlers
 from .manager import ConnectionManager
@@ -33,6 +41,7 @@ __all__ = [
     "Envelope",
     "ErrorCode",
     "MessageError",
+    "PublishTooLarge",
     "Reject",
     "WSConfig",
     "WSError",

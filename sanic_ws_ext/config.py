@@ -46,9 +46,21 @@ DEFAULTS: dict[str, Any] = {
     # beats is taken for dead and its connections leave every room.
     "WS_RELAY_BEAT": 1.0,
     # Which delivery to use between processes: "auto" (the relay between
-    # workers under `sanic --workers N`, local in a single process), "local".
+    # workers under `sanic --workers N`, local in a single process), "local",
+    # or a Redis URL ("redis://host:6379/0", "rediss://...", "unix://...")
+    # to join every machine using the same URL and channel into one cluster.
     "WS_BACKPLANE": "auto",
+    # Prefix of the Redis channels; apps sharing one Redis need distinct ones.
+    "WS_REDIS_CHANNEL": "sanic-ws-ext",
+    # Largest message (bytes) sent through Redis; bigger sends raise
+    # PublishTooLarge before anything is delivered.
+    "WS_MAX_PUBLISH": 1 << 20,
+    # Bytes of outgoing ops held per process while Redis is unreachable;
+    # past it ops are dropped (counted, logged) and the state is "down".
+    "WS_BACKPLANE_BUFFER": 16 << 20,
 }
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _number(key: str, value: Any, *, allow_none: bool) -> float | None:
@@ -94,6 +106,9 @@ class WSConfig:
     presence_events: bool
     relay_beat: float
     backplane: str
+    redis_channel: str
+    max_publish: int
+    backplane_buffer: int
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
@@ -119,12 +134,29 @@ class WSConfig:
                 "WS_PRESENCE_EVENTS", f"must be True or False, got {presence!r}"
             )
         backplane = get("WS_BACKPLANE")
-        if backplane not in ("auto", "local"):
+        if backplane not in ("auto", "local") and not (
+            isinstance(backplane, str) and backplane.startswith(_REDIS_SCHEMES)
+        ):
             raise ConfigError(
-                "WS_BACKPLANE", f"must be 'auto' or 'local', got {backplane!r}"
+                "WS_BACKPLANE",
+                "must be 'auto', 'local' or a redis://, rediss:// or unix:// URL,"
+                f" got {backplane!r}",
             )
+        channel = get("WS_REDIS_CHANNEL")
+        if not isinstance(channel, str) or not channel or ":" in channel:
+            raise ConfigError(
+                "WS_REDIS_CHANNEL",
+                f"must be a non-empty string without ':', got {channel!r}",
+            )
+        max_publish = _integer(
+            "WS_MAX_PUBLISH", get("WS_MAX_PUBLISH"), allow_none=False
+        )
+        buffer = _integer(
+            "WS_BACKPLANE_BUFFER", get("WS_BACKPLANE_BUFFER"), allow_none=False
+        )
         assert timeout is not None and close_timeout is not None and beat is not None
-        assert max_queue is not None
+        assert max_queue is not None and max_publish is not None
+        assert buffer is not None
         origins = _strings("WS_ALLOWED_ORIGINS", get("WS_ALLOWED_ORIGINS"))
         return cls(
             path=path.rstrip("/") or "/",
@@ -147,4 +179,12 @@ class WSConfig:
             presence_events=presence,
             relay_beat=beat,
             backplane=backplane,
+            redis_channel=channel,
+            max_publish=max_publish,
+            backplane_buffer=buffer,
         )
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis URL when the backplane is Redis, else ``None``."""
+        return None if self.backplane in ("auto", "local") else self.backplane

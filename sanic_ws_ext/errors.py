@@ -5,8 +5,10 @@ One root, :class:`WSError`, drawn as a tree::
     WSError
     ├── ConfigError            a WS_* key has a bad value (raised at startup)
     ├── Reject                 refuse a connection before the upgrade (HTTP status)
-    └── MessageError           a client's message could not be accepted
-                               (sent back as an error frame, connection stays open)
+    ├── MessageError           a client's message could not be accepted
+    │                          (sent back as an error frame, connection stays open)
+    └── PublishTooLarge        a message bigger than WS_MAX_PUBLISH was sent
+                               through the Redis backplane (raised to the caller)
 
 Errors before the upgrade are :class:`sanic.exceptions.SanicException`
 subclasses with a ``status_code``, so Sanic renders them as HTTP responses.
@@ -24,6 +26,7 @@ __all__ = [
     "ConfigError",
     "ErrorCode",
     "MessageError",
+    "PublishTooLarge",
     "Reject",
     "WSError",
 ]
@@ -102,3 +105,19 @@ class MessageError(WSError):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+
+
+class PublishTooLarge(WSError, ValueError):
+    """A message too big to cross the Redis backplane (``WS_MAX_PUBLISH``).
+
+    Raised by the sending call itself, before anything is delivered anywhere:
+    one oversized publish can push Redis past its output-buffer limit for
+    pub/sub clients, and Redis then disconnects every subscriber.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"message of {size} bytes exceeds WS_MAX_PUBLISH ({limit} bytes)"
+        )
+        self.size = size
+        self.limit = limit

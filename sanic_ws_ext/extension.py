@@ -33,6 +33,7 @@ from sanic_ext.extensions.base import Extension
 
 from .config import DEFAULTS, WSConfig
 from .delivery import Delivery
+from .delivery.backplane import RedisBackplane
 from .delivery.local import LocalDelivery
 from .delivery.relay import WorkerRelay, make_inboxes, slot_of
 from .endpoint import websocket_endpoint
@@ -84,15 +85,27 @@ def install(app: Sanic[Any, Any]) -> None:
 
 
 _RELAY_KEY = "sanic_ws_ext_relay"
+_NODE_KEY = "sanic_ws_ext_node"
+
+
+def _new_node_id() -> str:
+    """A name for this machine in a Redis cluster: readable, never reused."""
+    return f"{socket.gethostname().replace('/', '_')}-{os.urandom(3).hex()}"
 
 
 async def _make_relay(app: Sanic[Any, Any]) -> None:
     """In the main process, before workers spawn: the relay's sockets.
 
     Not run by ``--single-process`` or test clients: they deliver locally.
+    With Redis, also the node id every worker of this machine shares.
     """
     workers = app.state.workers
     config: WSConfig = getattr(app.ctx, _INSTALLED)
+    if config.redis_url is not None:
+        from multiprocessing.sharedctypes import RawArray
+
+        # ctypes: what Sanic's shared_ctx takes without a warning.
+        setattr(app.shared_ctx, _NODE_KEY, RawArray("c", _new_node_id().encode()))
     if (
         config.backplane == "local"
         or workers < 1
@@ -139,11 +152,37 @@ async def _start(app: Sanic[Any, Any]) -> None:
     for bp in app.blueprints.values():
         groups.extend(groups_of(bp))
     worker = os.environ.get("SANIC_WORKER_NAME", "main")
+    delivery = _delivery(app, config, worker)
+    if config.redis_url is not None:
+        shared = getattr(app.shared_ctx, _NODE_KEY, None)
+        node = shared.raw.decode() if shared is not None else _new_node_id()
+        worker = f"{node}/{worker}"  # unique in the whole cluster
+        delivery = RedisBackplane(
+            _require_redis(config.redis_url),
+            delivery,
+            node=node,
+            process=worker,
+            channel=config.redis_channel,
+            max_publish=config.max_publish,
+            buffer=config.backplane_buffer,
+            beat=config.relay_beat,
+        )
     manager = ConnectionManager(
-        config, HandlerRegistry(groups), _delivery(app, config, worker), worker=worker
+        config, HandlerRegistry(groups), delivery, worker=worker
     )
     app.ctx.ws = manager
     await manager.start()
+
+
+def _require_redis(url: str) -> str:
+    try:
+        import redis.asyncio  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "WS_BACKPLANE",
+            "a Redis URL needs redis-py: pip install 'sanic-ws-ext[redis]'",
+        ) from None
+    return url
 
 
 async def _stop(app: Sanic[Any, Any]) -> None:

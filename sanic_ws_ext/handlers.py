@@ -27,9 +27,11 @@ if TYPE_CHECKING:
 
     from .connection import Connection
     from .envelope import Envelope
+    from .manager import ConnectionManager
 
 __all__ = [
     "Accept",
+    "BackplaneHook",
     "BinaryHandler",
     "ConnectHandler",
     "ErrorHandler",
@@ -59,6 +61,7 @@ MessageHandler = Callable[["Connection", "Envelope | bytes"], Awaitable[None]]
 TypeHandler = Callable[["Connection", "Envelope"], Awaitable[None]]
 BinaryHandler = Callable[["Connection", bytes], Awaitable[None]]
 ErrorHandler = Callable[["Connection", Exception], Awaitable[None]]
+BackplaneHook = Callable[["ConnectionManager", str], Awaitable[None]]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -81,6 +84,7 @@ class WSHandlers:
         self.binary: list[BinaryHandler] = []
         self.disconnect: list[ConnectHandler] = []
         self.error: list[ErrorHandler] = []
+        self.backplane: list[BackplaneHook] = []
         if target is not None:
             self.bind(target)
 
@@ -145,6 +149,16 @@ class WSHandlers:
         self.error.append(handler)
         return handler
 
+    def on_backplane(self, hook: F) -> F:
+        """Run ``hook(manager, state)`` when the Redis link changes state.
+
+        ``state`` is ``"connected"``, ``"reconnecting"`` (ops are buffered)
+        or ``"down"`` (the buffer overflowed; ops are being dropped). Runs in
+        every worker, for that worker's own link.
+        """
+        self.backplane.append(hook)
+        return hook
+
 
 def groups_of(target: Sanic[Any, Any] | Blueprint) -> list[WSHandlers]:
     """The groups bound to an app or blueprint."""
@@ -156,6 +170,7 @@ class HandlerRegistry:
     """Every handler of one app, merged from its groups, ready to dispatch."""
 
     __slots__ = (
+        "backplane",
         "binary",
         "connect",
         "disconnect",
@@ -173,6 +188,7 @@ class HandlerRegistry:
         self.binary: list[BinaryHandler] = []
         self.disconnect: list[ConnectHandler] = []
         self.error: list[ErrorHandler] = []
+        self.backplane: list[BackplaneHook] = []
         seen: set[int] = set()
         for group in groups:
             if id(group) in seen:
@@ -186,6 +202,7 @@ class HandlerRegistry:
             self.binary += group.binary
             self.disconnect += group.disconnect
             self.error += group.error
+            self.backplane += group.backplane
 
     def handles_text(self, type_: str) -> bool:
         """Whether an envelope of ``type_`` reaches any handler."""

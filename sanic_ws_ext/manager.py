@@ -90,6 +90,7 @@ class ConnectionManager:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._peer_beat: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._hook_tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -103,14 +104,19 @@ class ConnectionManager:
         self._loop = loop
         self.clock = loop.time
         self._flusher = Flusher(loop)
+        if hasattr(self.delivery, "on_gap"):
+            # After the relay had to drop ops for a peer, re-sync it.
+            self.delivery.on_gap = self._send_sync
+        if hasattr(self.delivery, "on_missed"):
+            # After we missed a peer's ops (Redis), ask it to re-sync us.
+            self.delivery.on_missed = self._request_sync
+        if hasattr(self.delivery, "on_state"):
+            self.delivery.on_state = self._backplane_changed
         await self.delivery.start(self.apply)
         if self.config.ping_interval is not None:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
         if self.delivery.name != "local":
             self._publish(OpKind.HELLO, payload=self.life.encode())
-            if hasattr(self.delivery, "on_gap"):
-                # After the relay had to drop ops for a peer, re-sync it.
-                self.delivery.on_gap = self._send_sync
             self._peer_beat = loop.call_later(self.config.relay_beat, self._beat_peers)
 
     async def stop(self) -> None:
@@ -232,6 +238,24 @@ class ConnectionManager:
     async def leave(self, conn_id: str, room: str) -> None:
         """Take a connection, wherever it is, out of ``room``."""
         self._address(OpKind.LEAVE, conn_id, payload=_room(room))
+
+    # -- the public API: health ---------------------------------------------
+
+    @property
+    def backplane_state(self) -> str | None:
+        """``"connected"``, ``"reconnecting"`` or ``"down"`` with Redis, else None."""
+        state = getattr(self.delivery, "state", None)
+        return None if state is None else str(state.value)
+
+    def status(self) -> dict[str, Any]:
+        """This process's view, JSON-able: for health checks and stats."""
+        return {
+            "worker": self.worker,
+            "closing": self._closing,
+            "connections": len(self._connections),
+            "cluster_connections": len(self.cluster.members),
+            "delivery": self.delivery.status(),
+        }
 
     # -- the public API: who is here ----------------------------------------
 
@@ -376,7 +400,7 @@ class ConnectionManager:
             if self._lives.get(peer) != op.payload.decode():
                 # A peer we dropped (or whose HELLO we missed): catch up.
                 self._lives[peer] = op.payload.decode()
-                self._publish(OpKind.SYNC, reason="request", to=peer)
+                self._request_sync(peer)
         elif op.kind is OpKind.SYNC:
             if op.reason == "request":
                 self._send_sync(peer)
@@ -406,6 +430,23 @@ class ConnectionManager:
         OpKind.BEAT: _apply_peer,
         OpKind.BYE: _apply_peer,
     }
+
+    def _request_sync(self, peer: str) -> None:
+        self._publish(OpKind.SYNC, reason="request", to=peer)
+
+    def _backplane_changed(self, state: Any) -> None:
+        if not self.registry.backplane or self._loop is None:
+            return
+        task = self._loop.create_task(self._run_backplane_hooks(str(state.value)))
+        self._hook_tasks.add(task)
+        task.add_done_callback(self._hook_tasks.discard)
+
+    async def _run_backplane_hooks(self, state: str) -> None:
+        for hook in self.registry.backplane:
+            try:
+                await hook(self, state)
+            except Exception:
+                log.exception("websocket backplane hook failed")
 
     def _send_sync(self, peer: str) -> None:
         snapshot = {"life": self.life, "members": self.cluster.snapshot(self.worker)}
@@ -442,9 +483,14 @@ class ConnectionManager:
         assert self._loop is not None
         try:
             self._publish(OpKind.BEAT, payload=self.life.encode())
-            horizon = self._loop.time() - _MISSED_BEATS * self.config.relay_beat
+            now = self._loop.time()
+            horizon = now - _MISSED_BEATS * self.config.relay_beat
             for peer, seen in list(self._peers.items()):
-                if seen < horizon:
+                if not self.delivery.hears(peer):
+                    # Unreachable is not dead: its silence counts from when
+                    # the link is back.
+                    self._peers[peer] = now
+                elif seen < horizon:
                     log.warning("worker %s went silent: dropping its connections", peer)
                     del self._peers[peer]
                     self._lives.pop(peer, None)

@@ -36,7 +36,11 @@ def test_defaults() -> None:
         "WS_PRESENCE_EVENTS",
         "WS_RELAY_BEAT",
         "WS_BACKPLANE",
+        "WS_REDIS_CHANNEL",
+        "WS_MAX_PUBLISH",
+        "WS_BACKPLANE_BUFFER",
     }
+    assert config.redis_url is None
 
 
 def test_none_means_no_limit() -> None:
@@ -77,6 +81,11 @@ def test_origins_from_environment_string() -> None:
         ("WS_PRESENCE_EVENTS", "yes"),
         ("WS_RELAY_BEAT", 0),
         ("WS_BACKPLANE", "carrier-pigeon://"),
+        ("WS_BACKPLANE", None),
+        ("WS_REDIS_CHANNEL", ""),
+        ("WS_REDIS_CHANNEL", "a:b"),
+        ("WS_MAX_PUBLISH", 0),
+        ("WS_BACKPLANE_BUFFER", None),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: Any) -> None:
@@ -84,6 +93,13 @@ def test_bad_value_names_the_key(key: str, value: Any) -> None:
         WSConfig.from_mapping({key: value})
     assert info.value.key == key
     assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///run/redis.sock"]
+)
+def test_a_redis_url_selects_the_backplane(url: str) -> None:
+    assert WSConfig.from_mapping({"WS_BACKPLANE": url}).redis_url == url
 
 
 def test_bad_value_fails_registration(make_app: AppFactory) -> None:

@@ -18,6 +18,7 @@ def test_all_is_pinned() -> None:
             "Envelope",
             "ErrorCode",
             "MessageError",
+            "PublishTooLarge",
             "Reject",
             "WSConfig",
             "WSError",
@@ -34,5 +35,6 @@ def test_exceptions_share_one_root() -> None:
         sanic_ws_ext.ConfigError,
         sanic_ws_ext.Reject,
         sanic_ws_ext.MessageError,
+        sanic_ws_ext.PublishTooLarge,
     ):
         assert issubclass(exc, sanic_ws_ext.WSError)

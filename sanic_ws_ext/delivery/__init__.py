@@ -10,6 +10,8 @@ applies it. The manager never knows which backend is in use.
 - :class:`~sanic_ws_ext.delivery.relay.WorkerRelay`: the workers of one
   machine, over Unix sockets made by the main process (the default under
   ``sanic --workers N``).
+- :class:`~sanic_ws_ext.delivery.backplane.RedisBackplane`: many machines,
+  through Redis pub/sub; wraps one of the above for the machine's own workers.
 
 Rules every backend keeps:
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Delivery", "Op", "OpKind"]
 
@@ -81,3 +83,13 @@ class Delivery(Protocol):
 
     async def stop(self) -> None:
         """Stop delivering; publishing after this is an error."""
+
+    def hears(self, peer: str) -> bool:
+        """Whether ops from ``peer`` can reach us now (False while a link is down).
+
+        The manager does not take a peer's silence for death while it cannot
+        hear that peer.
+        """
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary for health checks and stats."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from . import Op
 
@@ -27,3 +28,9 @@ class LocalDelivery:
 
     async def stop(self) -> None:
         self._apply = None
+
+    def hears(self, peer: str) -> bool:
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name}

@@ -53,11 +53,12 @@ _HEAD = struct.Struct("!BHI")  # kind, sender slot, sender's life (random per pr
 _WHOLE, _FIRST, _MORE, _LAST = 0, 1, 2, 3
 _READS_PER_WAKEUP = 256
 
-_WORKER_NAME = re.compile(r"^Sanic-Server-(\d+)-\d+$")
+# With the Redis backplane, process names carry their node: "<node>/<worker>".
+_WORKER_NAME = re.compile(r"^(?:[^/]*/)?Sanic-Server-(\d+)-\d+$")
 
 
 def slot_of(worker_name: str) -> int | None:
-    """The slot of a Sanic server worker (``Sanic-Server-<slot>-<n>``)."""
+    """The slot of a Sanic server worker (``[<node>/]Sanic-Server-<slot>-<n>``)."""
     match = _WORKER_NAME.match(worker_name)
     return int(match.group(1)) if match else None
 
@@ -177,6 +178,18 @@ class WorkerRelay:
             backlog.clear()
         self._backlog_bytes = [0] * self.slots
         self._apply = None
+
+    def hears(self, peer: str) -> bool:
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "slot": self.slot,
+            "slots": self.slots,
+            "dropped": self.dropped,
+            "backlog_bytes": sum(self._backlog_bytes),
+        }
 
     # -- sending ---------------------------------------------------------------
 

@@ -10,6 +10,12 @@ A datagram carries many ops as ``u32 length + op`` records, so one write
 moves a whole event-loop pass worth of ops. An op larger than a datagram is
 cut into fragments that the receiver joins per sender (datagrams from one
 sender arrive in order).
+
+A Redis message carries a chunk of records behind a header that lets
+receivers drop duplicates and notice gaps::
+
+    u8 version | u64 sender's life | u64 sequence | u16 origin length
+    | origin | records
 """
 
 from __future__ import annotations
@@ -19,12 +25,22 @@ from collections.abc import Iterator
 
 from . import Op, OpKind
 
-__all__ = ["decode_op", "encode_op", "frame_record", "iter_records", "pack_records"]
+__all__ = [
+    "decode_op",
+    "encode_op",
+    "frame_record",
+    "iter_records",
+    "pack_message",
+    "pack_records",
+    "unpack_message",
+]
 
 _HEAD = struct.Struct("!BBHHHHH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _KINDS = {int(kind): kind for kind in OpKind}
+_MESSAGE = struct.Struct("!BQQH")
+_VERSION = 1
 
 
 def encode_op(op: Op) -> bytes:
@@ -108,3 +124,18 @@ def iter_records(chunk: bytes) -> Iterator[bytes]:
         pos += 4
         yield chunk[pos : pos + n]
         pos += n
+
+
+def pack_message(origin: bytes, life: int, seq: int, chunk: bytes) -> bytes:
+    """A Redis message: header, then a chunk made by :func:`pack_records`."""
+    return _MESSAGE.pack(_VERSION, life, seq, len(origin)) + origin + chunk
+
+
+def unpack_message(data: bytes) -> tuple[str, int, int, bytes]:
+    """``(origin, life, seq, chunk)`` of a message made by :func:`pack_message`."""
+    version, life, seq, n_origin = _MESSAGE.unpack_from(data)
+    if version != _VERSION:
+        raise ValueError(f"unknown backplane message version {version}")
+    start = _MESSAGE.size
+    origin = data[start : start + n_origin].decode()
+    return origin, life, seq, data[start + n_origin :]

@@ -1,0 +1,577 @@
+"""Delivery across machines, through Redis pub/sub.
+
+``WS_BACKPLANE = "redis://host:6379/0"`` makes every machine using the same
+URL and ``WS_REDIS_CHANNEL`` one cluster. Each machine keeps its own delivery
+between its workers (the relay, or local in one process); the backplane wraps
+it and carries ops to the other machines only:
+
+- an op for everyone is applied here and relayed to this machine's workers at
+  once (no Redis round trip), and published once to ``<channel>:all``;
+- an op for one process goes to that process's channel
+  ``<channel>:to:<node>/<worker>``, or over the relay if it lives here.
+
+Process names are ``<node>/<worker>``; the node id is made once per machine
+(per ``sanic`` main process) and shared by its workers.
+
+Subscriptions: every worker process holds one subscriber connection with two
+channels (``:all`` and its own), so a machine with N workers holds N. A
+single subscriber per machine re-relaying to its workers would send each op
+over the network once instead of N times, but pub/sub keeps nothing for a
+subscriber that is away: every restart of that one process (each deploy,
+each crash) would make the whole machine deaf, while per-worker subscribers
+only miss ops meant for connections that are restarting with them. Ops from
+this machine's own workers come back from ``:all`` and are dropped unread
+(they were delivered over the relay).
+
+Delivery guarantees, per sender and receiving process:
+
+- Each Redis message (a batch of one event-loop pass of ops) carries the
+  sender's life and a sequence number per channel. Receivers drop what they
+  have seen (a batch resent after a link failure) and notice gaps: a gap is
+  counted, logged and answered by asking the sender to re-sync its state.
+- While Redis is unreachable, outgoing batches wait in a buffer bounded by
+  ``WS_BACKPLANE_BUFFER`` bytes (state "reconnecting"); past it new batches
+  are dropped and counted (state "down"). After reconnecting, the buffer is
+  sent once the processes heard before the outage have resubscribed (Redis
+  ``PUBSUB NUMSUB``, bounded wait), so a restart shorter than the buffer
+  loses nothing.
+- The link is never silently deaf: every process hears its own beat through
+  Redis; a subscriber that hears nothing for several beats is torn down and
+  reconnected, and so is one on any error. Reconnects back off exponentially
+  with jitter, capped at :data:`RETRY_CAP` seconds. redis-py's own retries
+  and the subscriber's socket timeout are switched off (a read timeout on an
+  idle subscriber is not a fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from ..errors import PublishTooLarge
+from . import Delivery, Op, OpKind
+from .wire import (
+    decode_op,
+    encode_op,
+    frame_record,
+    iter_records,
+    pack_message,
+    pack_records,
+    unpack_message,
+)
+
+__all__ = ["RETRY_CAP", "BackplaneState", "RedisBackplane"]
+
+log = logging.getLogger("sanic_ws_ext.backplane")
+
+#: First and largest delay between reconnect attempts, in seconds.
+RETRY_FIRST = 0.05
+RETRY_CAP = 2.0
+#: Longest wait, after reconnecting, for peers to resubscribe before the
+#: buffer is sent anyway.
+RESUBSCRIBE_WAIT = 3 * RETRY_CAP
+#: After reconnecting, peers get this long to come back before their
+#: silence counts again (their reconnect delay plus their resubscribe wait).
+HEARING_GRACE = RETRY_CAP + RESUBSCRIBE_WAIT
+#: Silence, in beats, after which a subscriber is taken for deaf.
+DEAF_BEATS = 5
+_CHUNK = 64 * 1024  # records packed per Redis message (a bigger op goes alone)
+_BATCH = 256  # messages per pipeline round trip
+_IO_TIMEOUT = 5.0  # seconds for connecting and for a publish round trip
+_START_WAIT = 2.0  # seconds start() waits for the first connection
+
+
+class BackplaneState(StrEnum):
+    """The link to Redis, as health checks and ``on_backplane`` hooks see it."""
+
+    #: Publishing and subscribed.
+    CONNECTED = "connected"
+    #: Not connected (also before the first connection); ops are buffered.
+    RECONNECTING = "reconnecting"
+    #: Not connected and the buffer overflowed: ops are being dropped.
+    DOWN = "down"
+
+
+class _Deaf(Exception):
+    """The subscriber heard nothing, not even this process's own beat."""
+
+
+class RedisBackplane:
+    """The delivery backend between machines; wraps the machine's own."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        local: Delivery,
+        *,
+        node: str,
+        process: str,
+        channel: str,
+        max_publish: int,
+        buffer: int,
+        beat: float,
+    ) -> None:
+        self.url = url
+        self.local = local
+        self.node = node
+        self.process = process
+        self.max_publish = max_publish
+        self.buffer = buffer
+        self.beat = beat
+        self._node_prefix = node + "/"
+        self._all = f"{channel}:all"
+        self._direct = f"{channel}:to:"
+        self._mine = (self._direct + process).encode()
+        self._origin = process.encode()
+        self._life = int.from_bytes(os.urandom(8), "big")
+        self.state = BackplaneState.RECONNECTING
+        #: Called with the new state on every change.
+        self.on_state: Callable[[BackplaneState], None] | None = None
+        #: Called with a process name after messages from it were missed.
+        self.on_missed: Callable[[str], None] | None = None
+        # Counters, reported by status().
+        self.reconnects = 0
+        self.lost = 0  # ops of ours dropped: the buffer was full
+        self.missed = 0  # messages of others we never got (sequence gaps)
+        self.duplicates = 0  # messages received twice (resent after a fault)
+        self.published = 0
+        self.received = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._apply: Callable[[Op], None] | None = None
+        self._pending: dict[str, list[bytes]] = {}
+        self._sealing = False
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox_bytes = 0
+        self._seq: dict[str, int] = {}
+        # (direct channel?, origin) -> (its life, last sequence seen)
+        self._seen: dict[tuple[bool, str], tuple[int, int]] = {}
+        self._heard: dict[str, float] = {}
+        self._expected: set[str] = set()
+        self._recovering = False
+        self._hearing_since = 0.0
+        self._down_since: float | None = None
+        self._last_heard = 0.0
+        self._ever_up = False
+        self._dropping = False
+        self._wake: asyncio.Event | None = None
+        self._drained: asyncio.Event | None = None
+        self._connected_once: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pub: Any = None
+        self._sub: Any = None
+
+    # -- the relay's hook, passed through -----------------------------------
+
+    @property
+    def on_gap(self) -> Callable[[str], None] | None:
+        """The machine delivery's ``on_gap`` (a local peer missed our ops)."""
+        hook: Callable[[str], None] | None = getattr(self.local, "on_gap", None)
+        return hook
+
+    @on_gap.setter
+    def on_gap(self, hook: Callable[[str], None] | None) -> None:
+        if hasattr(self.local, "on_gap"):
+            self.local.on_gap = hook
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self, apply: Callable[[Op], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._apply = apply
+        self._wake = asyncio.Event()
+        self._connected_once = asyncio.Event()
+        self._pub = _client(self.url, socket_timeout=_IO_TIMEOUT, max_connections=2)
+        # No read timeout on the subscriber: silence is not a fault here;
+        # deafness is caught by not hearing our own beat.
+        self._sub = _client(self.url, socket_timeout=None, max_connections=1)
+        await self.local.start(apply)
+        self._task = loop.create_task(self._run())
+        try:
+            await asyncio.wait_for(self._connected_once.wait(), _START_WAIT)
+        except TimeoutError:
+            log.error(
+                "redis backplane: no connection to %s yet; serving this machine"
+                " and retrying in the background",
+                _redact(self.url),
+            )
+
+    async def stop(self) -> None:
+        """Send what is buffered (briefly, if connected), then close."""
+        if self._apply is None:
+            return
+        self._seal()
+        if self._outbox and self.state is BackplaneState.CONNECTED:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), 1.0)
+        if self._outbox:
+            log.warning(
+                "redis backplane: stopping with %d unsent message(s)", len(self._outbox)
+            )
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=2 * _IO_TIMEOUT)
+            self._task = None
+        for client in (self._pub, self._sub):
+            with contextlib.suppress(Exception):
+                await client.aclose(close_connection_pool=True)
+        await self.local.stop()
+        self._apply = None
+
+    # -- what the manager asks -------------------------------------------------
+
+    def hears(self, peer: str) -> bool:
+        if self._is_local(peer):
+            return self.local.hears(peer)
+        if self.state is not BackplaneState.CONNECTED or self._loop is None:
+            return False
+        return self._loop.time() - self._hearing_since > HEARING_GRACE
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "node": self.node,
+            "reconnects": self.reconnects,
+            "buffered_bytes": self._outbox_bytes,
+            "lost": self.lost,
+            "missed": self.missed,
+            "duplicates": self.duplicates,
+            "published": self.published,
+            "received": self.received,
+            "machine": self.local.status(),
+        }
+
+    # -- sending ---------------------------------------------------------------
+
+    def _is_local(self, process: str) -> bool:
+        return process.startswith(self._node_prefix) or "/" not in process
+
+    def publish(self, op: Op, to: str | None = None) -> None:
+        if self._apply is None:
+            raise RuntimeError("publish() before start() or after stop()")
+        if to is not None and self._is_local(to):
+            self.local.publish(op, to)
+            return
+        if len(op.payload) > self.max_publish:
+            raise PublishTooLarge(len(op.payload), self.max_publish)
+        if to is None:
+            self.local.publish(op)
+            if op.kind is OpKind.BEAT and self.state is not BackplaneState.CONNECTED:
+                return  # a beat is only worth sending now; never buffer one
+            channel = self._all
+        else:
+            channel = self._direct + to
+        self._pending.setdefault(channel, []).append(frame_record(encode_op(op)))
+        if not self._sealing:
+            self._sealing = True
+            assert self._loop is not None
+            self._loop.call_soon(self._seal)
+
+    def _seal(self) -> None:
+        """Pack this loop pass's ops into numbered messages in the outbox."""
+        self._sealing = False
+        pending, self._pending = self._pending, {}
+        for channel, records in pending.items():
+            for chunk in pack_records(records, _CHUNK):
+                seq = self._seq.get(channel, 0) + 1
+                self._seq[channel] = seq
+                message = pack_message(self._origin, self._life, seq, chunk)
+                if self._outbox_bytes + len(message) > self.buffer:
+                    # Dropped with its sequence number spent: receivers see
+                    # the gap and ask for a re-sync.
+                    self._drop(chunk)
+                    continue
+                self._outbox.append((channel, message))
+                self._outbox_bytes += len(message)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _drop(self, chunk: bytes) -> None:
+        ops = sum(1 for _ in iter_records(chunk))
+        self.lost += ops
+        if not self._dropping:
+            self._dropping = True
+            log.error(
+                "redis backplane: buffer full (%d bytes, WS_BACKPLANE_BUFFER);"
+                " dropping ops until Redis takes them again",
+                self.buffer,
+            )
+        if self.state is not BackplaneState.CONNECTED:
+            self._set_state(BackplaneState.DOWN)
+
+    # -- the link ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Connect, serve until the link fails, back off, and again; forever."""
+        assert self._loop is not None
+        attempt = 0
+        while True:
+            pubsub: Any = None
+            cause: BaseException | None = None
+            try:
+                pubsub = await self._connect()
+                self._link_up(attempt)
+                attempt = 0
+                await self._serve(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any fault means: reconnect
+                cause = exc
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+            self._link_down(cause, attempt)
+            delay = min(RETRY_CAP, RETRY_FIRST * 2**attempt) * random.uniform(0.5, 1)
+            attempt += 1
+            await asyncio.sleep(delay)  # the backoff itself
+
+    async def _connect(self) -> Any:
+        await asyncio.wait_for(self._pub.ping(), _IO_TIMEOUT)
+        pubsub = self._sub.pubsub()
+        try:
+            await asyncio.wait_for(pubsub.subscribe(self._all, self._mine), _IO_TIMEOUT)
+            # Subscribed once both confirmations are back.
+            confirmed = 0
+            while confirmed < 2:
+                reply = await asyncio.wait_for(
+                    pubsub.get_message(timeout=None), _IO_TIMEOUT
+                )
+                if reply is not None and reply["type"] == "subscribe":
+                    confirmed += 1
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
+        return pubsub
+
+    def _link_up(self, attempts: int) -> None:
+        assert self._loop is not None and self._connected_once is not None
+        now = self._loop.time()
+        if self._down_since is not None and self._ever_up:
+            self.reconnects += 1
+            log.warning(
+                "redis backplane: reconnected after %.1f s (%d attempt(s));"
+                " %d buffered message(s) to send, %d op(s) lost",
+                now - self._down_since,
+                attempts,
+                len(self._outbox),
+                self.lost,
+            )
+        self._down_since = None
+        self._ever_up = True
+        self._dropping = False
+        self._hearing_since = now
+        self._connected_once.set()
+        self._set_state(BackplaneState.CONNECTED)
+
+    def _link_down(self, cause: BaseException | None, attempt: int) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "redis backplane: %s %s (%r); retrying",
+                "link lost to" if self._ever_up else "cannot connect to",
+                _redact(self.url),
+                cause,
+            )
+            if not self._recovering:
+                # Who must be listening again before our buffer goes out.
+                horizon = now - 3 * self.beat
+                self._expected = {p for p, t in self._heard.items() if t >= horizon}
+                self._recovering = True
+        elif attempt % 10 == 0:
+            log.warning(
+                "redis backplane: still reconnecting to %s (%d attempts, %r)",
+                _redact(self.url),
+                attempt,
+                cause,
+            )
+        if self.state is BackplaneState.CONNECTED:
+            self._set_state(
+                BackplaneState.DOWN if self._dropping else BackplaneState.RECONNECTING
+            )
+
+    async def _serve(self, pubsub: Any) -> None:
+        """Read, send and watch until any of them fails (raises)."""
+        assert self._loop is not None
+        self._last_heard = self._loop.time()
+        tasks = {
+            asyncio.ensure_future(self._read(pubsub)),
+            asyncio.ensure_future(self._send()),
+            asyncio.ensure_future(self._watch()),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise ConnectionError("backplane link task ended")
+        finally:
+            # Close the socket first: a read blocked inside redis-py ends
+            # with an error even where it would not end on cancel alone.
+            with contextlib.suppress(Exception):
+                await pubsub.connection.disconnect(nowait=True)
+            for task in tasks:
+                task.cancel()
+            _, stuck = await asyncio.wait(tasks, timeout=_IO_TIMEOUT)
+            if stuck:
+                log.error("redis backplane: %d link task(s) did not stop", len(stuck))
+
+    async def _read(self, pubsub: Any) -> None:
+        assert self._loop is not None
+        while True:
+            message = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=None
+            )
+            self._last_heard = self._loop.time()
+            if message is not None and message["type"] == "message":
+                try:
+                    self._receive(message["channel"], message["data"])
+                except Exception:
+                    log.exception("redis backplane: a message could not be read")
+
+    async def _watch(self) -> None:
+        """Fail the link when the subscriber hears nothing, not even our beat."""
+        assert self._loop is not None
+        deaf_after = max(DEAF_BEATS * self.beat, 2.0)
+        while True:
+            await asyncio.sleep(self.beat)  # a periodic check, not a sync point
+            silent = self._loop.time() - self._last_heard
+            if silent > deaf_after:
+                raise _Deaf(f"nothing heard for {silent:.1f} s")
+
+    async def _send(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._outbox:
+                if self._drained is not None:
+                    self._drained.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._recovering:
+                await self._await_subscribers()
+                self._recovering = False
+            batch = list(itertools.islice(self._outbox, _BATCH))
+            pipe = self._pub.pipeline(transaction=False)
+            for channel, message in batch:
+                pipe.publish(channel, message)
+            # On failure the batch stays queued and goes again after the
+            # reconnect; receivers drop what they already got.
+            await pipe.execute()
+            for _ in batch:
+                self._outbox_bytes -= len(self._outbox.popleft()[1])
+            self.published += len(batch)
+
+    async def _await_subscribers(self) -> None:
+        """Wait (bounded) until the processes heard before the outage listen."""
+        assert self._loop is not None
+        want = len(self._expected)
+        direct = {ch for ch, _ in self._outbox if ch != self._all}
+        channels = [self._all, *direct]
+        deadline = self._loop.time() + RESUBSCRIBE_WAIT
+        while True:
+            counts = {
+                (ch.decode() if isinstance(ch, bytes) else ch): n
+                for ch, n in await self._pub.pubsub_numsub(*channels)
+            }
+            if counts.get(self._all, 0) >= want and all(
+                counts.get(ch, 0) for ch in direct
+            ):
+                return
+            if self._loop.time() > deadline:
+                log.warning(
+                    "redis backplane: %d of %d processes resubscribed after %.0f s;"
+                    " sending the buffer anyway",
+                    counts.get(self._all, 0),
+                    want,
+                    RESUBSCRIBE_WAIT,
+                )
+                return
+            await asyncio.sleep(0.05)  # polling Redis: there is no event to await
+
+    # -- receiving ---------------------------------------------------------------
+
+    def _receive(self, channel: bytes, data: bytes) -> None:
+        origin, life, seq, chunk = unpack_message(data)
+        assert self._loop is not None
+        self._heard[origin] = self._loop.time()
+        if origin.startswith(self._node_prefix):
+            return  # ours, or this machine's: already delivered over the relay
+        key = (channel == self._mine, origin)
+        last = self._seen.get(key)
+        if last is not None and last[0] == life:
+            if seq <= last[1]:
+                self.duplicates += 1
+                return
+            if seq > last[1] + 1:
+                gap = seq - last[1] - 1
+                self.missed += gap
+                log.warning(
+                    "redis backplane: missed %d message(s) from %s; asking it to"
+                    " re-sync",
+                    gap,
+                    origin,
+                )
+                if self.on_missed is not None:
+                    self.on_missed(origin)
+        self._seen[key] = (life, seq)
+        self.received += 1
+        apply = self._apply
+        assert apply is not None
+        for record in iter_records(chunk):
+            try:
+                apply(decode_op(record))
+            except Exception:
+                log.exception("redis backplane: applying an op from %s failed", origin)
+
+    def _set_state(self, state: BackplaneState) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        log.info("redis backplane: %s", state.value)
+        if self.on_state is not None:
+            try:
+                self.on_state(state)
+            except Exception:
+                log.exception("redis backplane: a state hook failed")
+
+
+def _client(url: str, **options: Any) -> Any:
+    """A redis-py asyncio client whose faults we see, not retried silently."""
+    from redis.asyncio import ConnectionPool, Redis
+    from redis.asyncio.connection import parse_url
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    kwargs: dict[str, Any] = dict(parse_url(url))
+    # Ours win over the URL's query string: these are what make faults visible.
+    kwargs.update(
+        options,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=_IO_TIMEOUT,
+        socket_keepalive=True,
+        health_check_interval=0,
+    )
+    return Redis(connection_pool=ConnectionPool(**kwargs))
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

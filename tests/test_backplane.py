@@ -1,0 +1,309 @@
+"""The Redis backplane with two nodes in this process, against real Redis.
+
+Each node is an app served on its own port with its own manager, as two
+machines would be; they meet only through Redis. Faults use a private
+`redis-server` that the test kills and restarts by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from sanic import Request, Sanic
+
+from sanic_ws_ext import (
+    Accept,
+    Connection,
+    ConnectionManager,
+    Envelope,
+    PublishTooLarge,
+)
+from sanic_ws_ext.delivery.backplane import RedisBackplane
+from sanic_ws_ext.testing import WSTestClient, serve
+
+from .conftest import units
+from .helpers import AppFactory, ws_app
+from .redisproc import SHARED_URL, RedisServer
+
+BEAT = 0.2
+
+
+def node_app(
+    make_app: AppFactory, url: str, channel: str, **config: Any
+) -> tuple[Sanic[Any, Any], asyncio.Queue[str], asyncio.Queue[Exception]]:
+    """A node: welcome message, a few commands, and queues of hook calls."""
+    config = {"WS_RELAY_BEAT": BEAT, **config}
+    app, handlers, _ = ws_app(
+        make_app, WS_BACKPLANE=url, WS_REDIS_CHANNEL=channel, **config
+    )
+    states: asyncio.Queue[str] = asyncio.Queue()
+    errors: asyncio.Queue[Exception] = asyncio.Queue()
+
+    @handlers.verify
+    async def identify(request: Request) -> Accept:
+        return Accept(user=request.args.get("user"))
+
+    @handlers.on_connect
+    async def welcome(conn: Connection) -> None:
+        await conn.send("welcome", {"id": conn.id, "worker": conn.worker})
+
+    @handlers.on("broadcast")
+    async def broadcast(conn: Connection, msg: Envelope) -> None:
+        await conn.manager.broadcast("b", msg.data)
+
+    @handlers.on("say")
+    async def say(conn: Connection, msg: Envelope) -> None:
+        await conn.manager.publish(msg.data["room"], "said", msg.data["text"])
+
+    @handlers.on_error
+    async def failed(conn: Connection, exc: Exception) -> None:
+        errors.put_nowait(exc)
+
+    @handlers.on_backplane
+    async def changed(manager: ConnectionManager, state: str) -> None:
+        states.put_nowait(state)
+
+    return app, states, errors
+
+
+class Node:
+    def __init__(self, app: Sanic[Any, Any], ws_url: str) -> None:
+        self.app = app
+        self.ws_url = ws_url
+
+    @property
+    def ws(self) -> ConnectionManager:
+        manager: ConnectionManager = self.app.ctx.ws
+        return manager
+
+    @property
+    def backplane(self) -> RedisBackplane:
+        delivery = self.ws.delivery
+        assert isinstance(delivery, RedisBackplane)
+        return delivery
+
+    async def connect(self, user: str | None = None) -> tuple[WSTestClient, str]:
+        query = f"?user={user}" if user else ""
+        client = await WSTestClient.connect(self.ws_url + query)
+        return client, (await client.expect("welcome")).data["id"]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll replicated state (it has no event to await), bounded in time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + units(10)
+    while not await check():
+        assert loop.time() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def nodes(
+    make_app: AppFactory, url: str = SHARED_URL, n: int = 2, **config: Any
+) -> AsyncIterator[list[tuple[Node, asyncio.Queue[str], asyncio.Queue[Exception]]]]:
+    channel = f"test-{uuid.uuid4().hex[:12]}"
+    async with AsyncExitStack() as stack:
+        made = []
+        for _ in range(n):
+            app, states, errors = node_app(make_app, url, channel, **config)
+            server = await stack.enter_async_context(serve(app))
+            made.append((Node(app, server.ws_url()), states, errors))
+        yield made
+
+
+async def test_two_nodes_are_one_cluster(make_app: AppFactory) -> None:
+    async with nodes(make_app) as [(a, *_), (b, *_)]:
+        assert a.backplane.node != b.backplane.node
+        assert a.ws.backplane_state == "connected"
+        ca, ida = await a.connect(user="ann")
+        cb, idb = await b.connect(user="bob")
+        await eventually(lambda: _count(a, 2), "A sees both")
+        await eventually(lambda: _count(b, 2), "B sees both")
+        # Broadcast from either side: both clients, each message once.
+        await ca.send("broadcast", "from a")
+        await cb.send("broadcast", "from b")
+        for client in (ca, cb):
+            got = [(await client.expect("b")).data for _ in range(2)]
+            assert sorted(got) == ["from a", "from b"]
+        # Send to an id held by the other node; send to a user there.
+        await a.ws.send(idb, "direct", 1)
+        assert (await cb.expect("direct")).data == 1
+        await a.ws.send_user("bob", "for_user", 2)
+        assert (await cb.expect("for_user")).data == 2
+        # Rooms: A puts B's connection in a room; presence reaches both.
+        await a.ws.join(ida, "lobby")
+        assert (await ca.expect("presence.join")).data["id"] == ida
+        await a.ws.join(idb, "lobby")
+        for client in (ca, cb):
+            event = (await client.expect("presence.join")).data
+            assert (event["id"], event["worker"]) == (idb, b.ws.worker)
+        await cb.send("say", {"room": "lobby", "text": "hi"})
+        for client in (ca, cb):
+            assert (await client.expect("said")).data == "hi"
+        members = sorted(m.id for m in await a.ws.members("lobby"))
+        assert members == sorted([ida, idb])
+        # Disconnect across nodes; A's view drops the member, rooms see it leave.
+        await a.ws.disconnect(idb, 4000, "bye")
+        assert await cb.wait_closed() == (4000, "bye")
+        assert (await ca.expect("presence.leave")).data["id"] == idb
+        await eventually(lambda: _count(a, 1), "A sees the disconnect")
+        await ca.close()
+        # No op came over Redis twice, none was missed.
+        for node in (a, b):
+            assert node.backplane.duplicates == 0
+            assert node.backplane.missed == 0
+
+
+async def test_publish_over_the_limit_is_refused_before_delivery(
+    make_app: AppFactory,
+) -> None:
+    async with nodes(make_app, WS_MAX_PUBLISH=1000) as [(a, _, errors), (b, *_)]:
+        ca, ida = await a.connect()
+        cb, _ = await b.connect()
+        await eventually(lambda: _count(a, 2), "A sees both")
+        big = "x" * 2000
+        with pytest.raises(PublishTooLarge) as refused:
+            await a.ws.broadcast("b", big)
+        assert refused.value.limit == 1000
+        # From a handler: the sender gets an error frame, the hook the error.
+        await ca.send("broadcast", big)
+        assert (await ca.expect("error")).data["code"] == "handler_error"
+        assert isinstance(await errors.get(), PublishTooLarge)
+        # Nothing of it reached anyone: the next broadcast is the first "b".
+        await a.ws.broadcast("b", "small")
+        for client in (ca, cb):
+            assert (await client.expect("b")).data == "small"
+        # A send to a connection on this node does not cross Redis: no limit.
+        await a.ws.send(ida, "direct", big)
+        assert (await ca.expect("direct")).data == big
+        assert a.backplane.status()["state"] == "connected"
+
+
+async def test_redis_restart_loses_nothing_within_the_buffer(
+    make_app: AppFactory,
+) -> None:
+    n = 300
+    async with (
+        RedisServer() as redis_server,
+        nodes(make_app, redis_server.url) as [(a, sa, _), (b, sb, _)],
+    ):
+        ca, _ = await a.connect()
+        cb, _ = await b.connect()
+        await eventually(lambda: _count(b, 2), "B sees both")
+        for states in (sa, sb):
+            assert await states.get() == "connected"
+        redis_server.kill()
+        for node, states in ((a, sa), (b, sb)):
+            assert await asyncio.wait_for(states.get(), units(10)) == "reconnecting"
+            assert node.ws.backplane_state == "reconnecting"
+        for i in range(n):  # published while Redis is down: buffered
+            await a.ws.broadcast("b", i)
+        await eventually(
+            lambda: _true(a.backplane.status()["buffered_bytes"] > 0), "buffered"
+        )
+        await redis_server.start()
+        for states in (sa, sb):
+            assert await asyncio.wait_for(states.get(), units(10)) == "connected"
+        await a.ws.broadcast("b", "after")
+        for client in (ca, cb):  # every one, once, in order, then "after"
+            got = [(await client.expect("b", units(10))).data for _ in range(n + 1)]
+            assert got == [*range(n), "after"]
+        for node in (a, b):
+            assert node.backplane.reconnects == 1
+            assert (node.backplane.lost, node.backplane.missed) == (0, 0)
+        # The outage was not taken for the death of the other node.
+        assert await a.ws.count() == await b.ws.count() == 2
+
+
+async def test_overflow_is_counted_and_the_view_heals(make_app: AppFactory) -> None:
+    async with (
+        RedisServer() as redis_server,
+        nodes(make_app, redis_server.url, WS_BACKPLANE_BUFFER=4096) as [
+            (a, sa, _),
+            (b, sb, _),
+        ],
+    ):
+        cb, _ = await b.connect()
+        await eventually(lambda: _count(a, 1), "A sees B's client")
+        await a.ws.broadcast("b", "before")
+        assert (await cb.expect("b")).data == "before"
+        for states in (sa, sb):
+            assert await states.get() == "connected"
+        redis_server.kill()
+        assert await asyncio.wait_for(sa.get(), units(10)) == "reconnecting"
+        for i in range(100):
+            await a.ws.broadcast("b", {"i": i, "pad": "x" * 200})
+        assert await asyncio.wait_for(sa.get(), units(5)) == "down"
+        assert a.ws.backplane_state == "down"
+        lost = a.backplane.lost
+        assert lost > 0
+        # A connection opened on A while its ops are being dropped.
+        ca, ida = await a.connect()
+        await redis_server.start()
+        assert await asyncio.wait_for(sa.get(), units(10)) == "connected"
+        # B notices the gap, asks A to re-sync, and then knows A's connection.
+        await eventually(lambda: _count(b, 2), "B learns of A's connection")
+        assert b.backplane.missed > 0
+        assert ida in b.ws.cluster.members
+        await a.ws.broadcast("b", "after")
+        # What A could not buffer is lost (counted, not delivered half-way):
+        # B's client gets some prefix of the messages, then "after".
+        got = []
+        while (data := (await cb.expect("b", units(10))).data) != "after":
+            got.append(data["i"])
+        assert got == list(range(len(got))) and len(got) < 100
+        await ca.close()
+        await cb.close()
+
+
+async def test_socket_timeout_in_the_url_does_not_make_a_reconnect_loop(
+    make_app: AppFactory,
+) -> None:
+    # redis-py reads URL query options; a read timeout shorter than the gap
+    # between messages must not tear the subscriber down.
+    url = SHARED_URL + "?socket_timeout=0.05"
+    async with nodes(make_app, url, n=1, WS_RELAY_BEAT=1.0) as [(a, sa, _)]:
+        assert await sa.get() == "connected"
+        with pytest.raises(TimeoutError):  # three quiet beats: no state change
+            await asyncio.wait_for(sa.get(), units(3))
+        assert a.backplane.reconnects == 0
+        ca, _ = await a.connect()
+        await a.ws.broadcast("b", "still here")
+        assert (await ca.expect("b")).data == "still here"
+
+
+async def test_a_killed_subscriber_resubscribes(make_app: AppFactory) -> None:
+    async with (
+        RedisServer() as redis_server,
+        nodes(make_app, redis_server.url) as [(a, sa, _), (b, sb, _)],
+    ):
+        cb, _ = await b.connect()
+        await eventually(lambda: _count(a, 1), "A sees B's client")
+        for states in (sa, sb):
+            assert await states.get() == "connected"
+        admin = aioredis.Redis(port=redis_server.port)
+        try:
+            killed = await admin.client_kill_filter(_type="pubsub")
+        finally:
+            await admin.aclose()
+        assert killed == 2
+        for states in (sa, sb):
+            assert await asyncio.wait_for(states.get(), units(10)) == "reconnecting"
+            assert await asyncio.wait_for(states.get(), units(10)) == "connected"
+        await a.ws.broadcast("b", "heard again")
+        assert (await cb.expect("b", units(10))).data == "heard again"
+        assert a.backplane.reconnects == b.backplane.reconnects == 1
+
+
+async def _count(node: Node, n: int) -> bool:
+    return await node.ws.count() == n
+
+
+async def _true(value: bool) -> bool:
+    return value
