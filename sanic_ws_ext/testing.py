@@ -183,4 +183,16 @@ class WSTestClient:
             await self.connection.recv()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self.connection.close(code, reason)
+        """Close, discarding unread messages.
+
+        Reading goes on while closing: with many unread messages queued, the
+        server's close reply would otherwise wait behind them (and the client
+        stops reading once its queue is full) until the close timeout.
+        """
+        drain = asyncio.ensure_future(self._drain_until_closed())
+        try:
+            await self.connection.close(code, reason)
+        finally:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await drain

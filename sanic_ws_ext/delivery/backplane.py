@@ -158,7 +158,7 @@ class RedisBackplane:
         self._heard: dict[str, float] = {}
         self._expected: set[str] = set()
         self._recovering = False
-        self._hearing_since = 0.0
+        self._hearing_since = -HEARING_GRACE
         self._down_since: float | None = None
         self._last_heard = 0.0
         self._ever_up = False
@@ -370,10 +370,13 @@ class RedisBackplane:
                 len(self._outbox),
                 self.lost,
             )
+        if self._ever_up:
+            # Peers reconnect on their own schedule: give them time to be
+            # heard before their silence counts (not at the first connect).
+            self._hearing_since = now
         self._down_since = None
         self._ever_up = True
         self._dropping = False
-        self._hearing_since = now
         self._connected_once.set()
         self._set_state(BackplaneState.CONNECTED)
 
@@ -426,7 +429,10 @@ class RedisBackplane:
                 await pubsub.connection.disconnect(nowait=True)
             for task in tasks:
                 task.cancel()
-            _, stuck = await asyncio.wait(tasks, timeout=_IO_TIMEOUT)
+            ended, stuck = await asyncio.wait(tasks, timeout=_IO_TIMEOUT)
+            for task in ended:  # several may fail at once: collect them all
+                if not task.cancelled():
+                    task.exception()
             if stuck:
                 log.error("redis backplane: %d link task(s) did not stop", len(stuck))
 

@@ -49,6 +49,12 @@ async def do(conn: Connection, msg: Envelope) -> None:
                 # Let writes go out: a handler that sends megabytes in one
                 # loop pass overflows WS_MAX_BACKPRESSURE for everyone.
                 await asyncio.sleep(0)
+    elif op == "paced":
+        # Spread over time, so a fault can land in the middle of it.
+        for i in range(args["n"]):
+            await ws.broadcast("burst", {"from": conn.id, "i": i})
+            if i % 10 == 9:
+                await asyncio.sleep(args["pause"])
     elif op == "send":
         await ws.send(args["to"], "direct", args["data"])
     elif op == "send_user":
@@ -67,12 +73,19 @@ async def do(conn: Connection, msg: Envelope) -> None:
         result = await ws.count()
     elif op == "users":
         result = await ws.users()
+    elif op == "status":
+        result = ws.status()
     await conn.send("done", {"op": op, "result": result, "worker": conn.worker})
 
 
 @app.get("/health")
 async def health(request: Request) -> JSONResponse:
-    return json({"worker": os.environ.get("SANIC_WORKER_NAME")})
+    return json(
+        {
+            "worker": os.environ.get("SANIC_WORKER_NAME"),
+            "backplane": request.app.ctx.ws.backplane_state,
+        }
+    )
 
 
 @app.post("/broadcast")
