@@ -121,9 +121,7 @@ async def _worker(
                 next_at += tick
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
         if isinstance(delivery, RedisBackplane):
-            deadline = loop.time() + 60
-            while delivery.status()["buffered_bytes"] and loop.time() < deadline:
-                await asyncio.sleep(0.01)  # the outbox drains into Redis
+            await delivery.drain(60)
             results.put((slot, "sent", delivery.status()["lost"]))
         else:
             results.put((slot, "sent", 0))
@@ -159,14 +157,10 @@ def run_round(
     ready = ctx.Semaphore(0)
     go = ctx.Event()
     results = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=worker,
-            args=(backend, i, inboxes, url, channel, mode, count, rate, ready, go,
-                  results),
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    procs = []
+    for i in range(2):
+        args = (backend, i, inboxes, url, channel, mode, count, rate, ready, go)
+        procs.append(ctx.Process(target=worker, args=(*args, results)))
     for p in procs:
         p.start()
     for _ in procs:

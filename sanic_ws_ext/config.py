@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# Room for a Redis message's headers next to its largest body.
+_MESSAGE_OVERHEAD = 64 * 1024
 
 
 def _number(key: str, value: Any, *, allow_none: bool) -> float | None:
@@ -157,6 +159,12 @@ class WSConfig:
         assert timeout is not None and close_timeout is not None and beat is not None
         assert max_queue is not None and max_publish is not None
         assert buffer is not None
+        if buffer < max_publish + _MESSAGE_OVERHEAD:
+            raise ConfigError(
+                "WS_BACKPLANE_BUFFER",
+                f"must hold at least one message of WS_MAX_PUBLISH ({max_publish})"
+                f" bytes plus {_MESSAGE_OVERHEAD}, got {buffer}",
+            )
         origins = _strings("WS_ALLOWED_ORIGINS", get("WS_ALLOWED_ORIGINS"))
         return cls(
             path=path.rstrip("/") or "/",

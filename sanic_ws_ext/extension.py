@@ -148,6 +148,14 @@ async def _start(app: Sanic[Any, Any]) -> None:
             f"changed to {config.path!r} after the extension was registered at "
             f"{registered.path!r}; set it before registering",
         )
+    if config.backplane != registered.backplane:
+        # The main process prepared delivery (relay, node id) from the value
+        # at registration; a later change would split this machine's workers.
+        raise ConfigError(
+            "WS_BACKPLANE",
+            f"changed to {config.backplane!r} after the extension was registered"
+            f" with {registered.backplane!r}; set it before registering",
+        )
     groups: list[WSHandlers] = list(groups_of(app))
     for bp in app.blueprints.values():
         groups.extend(groups_of(bp))

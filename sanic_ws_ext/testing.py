@@ -77,9 +77,15 @@ async def serve(
     # create_server() awaits the listening socket: it is bound on return.
     server = await app.create_server(sock=sock, return_asyncio_server=True)
     assert server is not None and server.server is not None
-    await server.startup()
-    await server.before_start()
-    await server.after_start()
+    try:
+        await server.startup()
+        await server.before_start()
+        await server.after_start()
+    except BaseException:
+        # A listener failed (a bad config, say): release the port, re-raise.
+        server.server.close()
+        await server.server.wait_closed()
+        raise
     try:
         yield LiveServer(app, host, port)
     finally:

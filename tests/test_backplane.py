@@ -224,7 +224,12 @@ async def test_redis_restart_loses_nothing_within_the_buffer(
 async def test_overflow_is_counted_and_the_view_heals(make_app: AppFactory) -> None:
     async with (
         RedisServer() as redis_server,
-        nodes(make_app, redis_server.url, WS_BACKPLANE_BUFFER=4096) as [
+        nodes(
+            make_app,
+            redis_server.url,
+            WS_MAX_PUBLISH=1024,
+            WS_BACKPLANE_BUFFER=1024 + 64 * 1024,
+        ) as [
             (a, sa, _),
             (b, sb, _),
         ],
@@ -237,8 +242,11 @@ async def test_overflow_is_counted_and_the_view_heals(make_app: AppFactory) -> N
             assert await states.get() == "connected"
         redis_server.kill()
         assert await asyncio.wait_for(sa.get(), units(10)) == "reconnecting"
-        for i in range(100):
-            await a.ws.broadcast("b", {"i": i, "pad": "x" * 200})
+        for i in range(300):
+            # One message per loop pass, big and small in turn: once one does
+            # not fit, smaller ones that would must not jump the hole.
+            await a.ws.broadcast("b", {"i": i, "pad": "x" * (900 if i % 2 else 10)})
+            await asyncio.sleep(0)
         assert await asyncio.wait_for(sa.get(), units(5)) == "down"
         assert a.ws.backplane_state == "down"
         lost = a.backplane.lost
@@ -257,9 +265,52 @@ async def test_overflow_is_counted_and_the_view_heals(make_app: AppFactory) -> N
         got = []
         while (data := (await cb.expect("b", units(10))).data) != "after":
             got.append(data["i"])
-        assert got == list(range(len(got))) and len(got) < 100
+        assert got == list(range(len(got))) and len(got) < 300
         await ca.close()
         await cb.close()
+
+
+async def test_order_is_kept_across_channels(make_app: AppFactory) -> None:
+    async with nodes(make_app) as [(a, *_), (b, *_)]:
+        cb, idb = await b.connect()
+        await eventually(lambda: _count(a, 1), "A sees B's client")
+        # One loop pass: to B's connection alone, to everyone, to B alone.
+        await a.ws.send(idb, "m", 1)
+        await a.ws.broadcast("m", 2)
+        await a.ws.send(idb, "m", 3)
+        assert [(await cb.expect("m")).data for _ in range(3)] == [1, 2, 3]
+
+
+async def test_a_peer_gone_during_the_outage_does_not_stall_recovery(
+    make_app: AppFactory,
+) -> None:
+    async with (
+        RedisServer() as redis_server,
+        nodes(make_app, redis_server.url, n=1) as [(a, sa, _)],
+    ):
+        # B: a second node that will not come back after the outage.
+        channel = a.app.config.WS_REDIS_CHANNEL
+        b_app, _, _ = node_app(make_app, redis_server.url, channel)
+        async with serve(b_app) as b_server:
+            b = Node(b_app, b_server.ws_url())
+            cb, _ = await b.connect()
+            await eventually(lambda: _count(a, 1), "A sees B's client")
+            assert await sa.get() == "connected"
+            redis_server.kill()
+            assert await asyncio.wait_for(sa.get(), units(10)) == "reconnecting"
+            await a.ws.broadcast("b", "while down")
+            await cb.close()
+        # B is gone for good; A waits for it at most RESUBSCRIBE_WAIT,
+        # once, then sends its buffer, and its link stays up.
+        await redis_server.start()
+        assert await asyncio.wait_for(sa.get(), units(10)) == "connected"
+        await eventually(
+            lambda: _true(a.backplane.status()["buffered_bytes"] == 0),
+            "A's buffer sent",
+        )
+        assert a.backplane.reconnects == 1
+        assert sa.empty()
+        await eventually(lambda: _count(a, 0), "B's client is dropped")
 
 
 async def test_socket_timeout_in_the_url_does_not_make_a_reconnect_loop(

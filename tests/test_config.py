@@ -10,6 +10,7 @@ from sanic import Sanic
 from sanic_ext import Extend
 
 from sanic_ws_ext import DEFAULTS, ConfigError, WSConfig, WSExtension
+from sanic_ws_ext.testing import serve
 
 AppFactory = Callable[..., Sanic[Any, Any]]
 
@@ -86,6 +87,7 @@ def test_origins_from_environment_string() -> None:
         ("WS_REDIS_CHANNEL", "a:b"),
         ("WS_MAX_PUBLISH", 0),
         ("WS_BACKPLANE_BUFFER", None),
+        ("WS_BACKPLANE_BUFFER", 1 << 20),  # smaller than one WS_MAX_PUBLISH
     ],
 )
 def test_bad_value_names_the_key(key: str, value: Any) -> None:
@@ -113,3 +115,16 @@ def test_registration_fills_defaults_without_overriding(make_app: AppFactory) ->
     Extend(app).register(WSExtension)
     assert app.config.WS_PATH == "/live"
     assert app.config.WS_MAX_BACKPRESSURE == DEFAULTS["WS_MAX_BACKPRESSURE"]
+
+
+async def test_backplane_changed_after_registration_fails_start(
+    make_app: AppFactory,
+) -> None:
+    # The main process prepares the relay and node id from the registered
+    # value; a later change would split one machine's workers.
+    app = make_app()
+    Extend(app).register(WSExtension)
+    app.config.WS_BACKPLANE = "redis://127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match="WS_BACKPLANE"):
+        async with serve(app):
+            pass

@@ -87,6 +87,8 @@ _CHUNK = 64 * 1024  # records packed per Redis message (a bigger op goes alone)
 _BATCH = 256  # messages per pipeline round trip
 _IO_TIMEOUT = 5.0  # seconds for connecting and for a publish round trip
 _START_WAIT = 2.0  # seconds start() waits for the first connection
+_PRUNE_EVERY = 60.0  # seconds between sweeps of what we keep per process
+_FORGET_AFTER = 600.0  # a process silent this long (while connected) is gone
 
 
 class BackplaneState(StrEnum):
@@ -148,7 +150,8 @@ class RedisBackplane:
         self.received = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._apply: Callable[[Op], None] | None = None
-        self._pending: dict[str, list[bytes]] = {}
+        # (channel, framed record) in publish order.
+        self._pending: list[tuple[str, bytes]] = []
         self._sealing = False
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._outbox_bytes = 0
@@ -158,6 +161,9 @@ class RedisBackplane:
         self._heard: dict[str, float] = {}
         self._expected: set[str] = set()
         self._recovering = False
+        # Set at the first reconnect of an outage; kept across later ones, so
+        # flapping links cannot restart the wait forever.
+        self._resubscribe_deadline: float | None = None
         self._hearing_since = -HEARING_GRACE
         self._down_since: float | None = None
         self._last_heard = 0.0
@@ -210,11 +216,8 @@ class RedisBackplane:
         """Send what is buffered (briefly, if connected), then close."""
         if self._apply is None:
             return
-        self._seal()
-        if self._outbox and self.state is BackplaneState.CONNECTED:
-            self._drained = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), 1.0)
+        if self.state is BackplaneState.CONNECTED:
+            await self.drain(1.0)
         if self._outbox:
             log.warning(
                 "redis backplane: stopping with %d unsent message(s)", len(self._outbox)
@@ -228,6 +231,16 @@ class RedisBackplane:
                 await client.aclose(close_connection_pool=True)
         await self.local.stop()
         self._apply = None
+        self.state = BackplaneState.DOWN  # no hooks: the manager is stopping
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until Redis took everything published so far; False on timeout."""
+        self._seal()
+        if self._outbox:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout)
+        return not self._outbox
 
     # -- what the manager asks -------------------------------------------------
 
@@ -273,22 +286,26 @@ class RedisBackplane:
             channel = self._all
         else:
             channel = self._direct + to
-        self._pending.setdefault(channel, []).append(frame_record(encode_op(op)))
+        self._pending.append((channel, frame_record(encode_op(op))))
         if not self._sealing:
             self._sealing = True
             assert self._loop is not None
             self._loop.call_soon(self._seal)
 
     def _seal(self) -> None:
-        """Pack this loop pass's ops into numbered messages in the outbox."""
+        """Pack this loop pass's ops into numbered messages in the outbox.
+
+        Consecutive ops for one channel share a message; a change of channel
+        starts a new one, so the outbox keeps the order ops were published.
+        """
         self._sealing = False
-        pending, self._pending = self._pending, {}
-        for channel, records in pending.items():
-            for chunk in pack_records(records, _CHUNK):
+        pending, self._pending = self._pending, []
+        for channel, run in itertools.groupby(pending, key=lambda item: item[0]):
+            for chunk in pack_records([record for _, record in run], _CHUNK):
                 seq = self._seq.get(channel, 0) + 1
                 self._seq[channel] = seq
                 message = pack_message(self._origin, self._life, seq, chunk)
-                if self._outbox_bytes + len(message) > self.buffer:
+                if self._dropping or self._outbox_bytes + len(message) > self.buffer:
                     # Dropped with its sequence number spent: receivers see
                     # the gap and ask for a re-sync.
                     self._drop(chunk)
@@ -299,17 +316,21 @@ class RedisBackplane:
             self._wake.set()
 
     def _drop(self, chunk: bytes) -> None:
-        ops = sum(1 for _ in iter_records(chunk))
-        self.lost += ops
+        """Count a message we cannot hold; drop all until the outbox drains.
+
+        Dropping one message and keeping a later, smaller one would leave a
+        hole in the middle of the stream: once full, everything goes until
+        Redis has taken the whole backlog.
+        """
+        self.lost += sum(1 for _ in iter_records(chunk))
         if not self._dropping:
             self._dropping = True
             log.error(
                 "redis backplane: buffer full (%d bytes, WS_BACKPLANE_BUFFER);"
-                " dropping ops until Redis takes them again",
+                " dropping ops until Redis has taken the backlog",
                 self.buffer,
             )
-        if self.state is not BackplaneState.CONNECTED:
-            self._set_state(BackplaneState.DOWN)
+        self._set_state(BackplaneState.DOWN)
 
     # -- the link ----------------------------------------------------------------
 
@@ -376,9 +397,10 @@ class RedisBackplane:
             self._hearing_since = now
         self._down_since = None
         self._ever_up = True
-        self._dropping = False
         self._connected_once.set()
-        self._set_state(BackplaneState.CONNECTED)
+        self._set_state(
+            BackplaneState.DOWN if self._dropping else BackplaneState.CONNECTED
+        )
 
     def _link_down(self, cause: BaseException | None, attempt: int) -> None:
         assert self._loop is not None
@@ -396,6 +418,7 @@ class RedisBackplane:
                 horizon = now - 3 * self.beat
                 self._expected = {p for p, t in self._heard.items() if t >= horizon}
                 self._recovering = True
+                self._resubscribe_deadline = None
         elif attempt % 10 == 0:
             log.warning(
                 "redis backplane: still reconnecting to %s (%d attempts, %r)",
@@ -453,16 +476,44 @@ class RedisBackplane:
         """Fail the link when the subscriber hears nothing, not even our beat."""
         assert self._loop is not None
         deaf_after = max(DEAF_BEATS * self.beat, 2.0)
+        pruned = self._loop.time()
         while True:
             await asyncio.sleep(self.beat)  # a periodic check, not a sync point
-            silent = self._loop.time() - self._last_heard
+            now = self._loop.time()
+            if self._recovering:
+                # Our beat waits behind the buffer while peers resubscribe:
+                # silence now says nothing about the subscriber.
+                self._last_heard = now
+            silent = now - self._last_heard
             if silent > deaf_after:
                 raise _Deaf(f"nothing heard for {silent:.1f} s")
+            if now - pruned > _PRUNE_EVERY:
+                pruned = now
+                self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Forget processes not heard for ``_FORGET_AFTER`` (long dead)."""
+        gone = {p for p, t in self._heard.items() if now - t > _FORGET_AFTER}
+        if not gone:
+            return
+        for process in gone:
+            del self._heard[process]
+            # A sequence restarting at 1 would look like a resend to a
+            # receiver that still remembers us: forget only the dead's.
+            self._seq.pop(self._direct + process, None)
+        for key in [k for k in self._seen if k[1] in gone]:
+            del self._seen[key]
 
     async def _send(self) -> None:
         assert self._wake is not None
         while True:
             if not self._outbox:
+                if self._dropping:  # the backlog is through: hold ops again
+                    self._dropping = False
+                    log.warning(
+                        "redis backplane: backlog sent; %d op(s) lost", self.lost
+                    )
+                    self._set_state(BackplaneState.CONNECTED)
                 if self._drained is not None:
                     self._drained.set()
                 self._wake.clear()
@@ -471,6 +522,7 @@ class RedisBackplane:
             if self._recovering:
                 await self._await_subscribers()
                 self._recovering = False
+                self._resubscribe_deadline = None
             batch = list(itertools.islice(self._outbox, _BATCH))
             pipe = self._pub.pipeline(transaction=False)
             for channel, message in batch:
@@ -488,7 +540,9 @@ class RedisBackplane:
         want = len(self._expected)
         direct = {ch for ch, _ in self._outbox if ch != self._all}
         channels = [self._all, *direct]
-        deadline = self._loop.time() + RESUBSCRIBE_WAIT
+        if self._resubscribe_deadline is None:
+            self._resubscribe_deadline = self._loop.time() + RESUBSCRIBE_WAIT
+        deadline = self._resubscribe_deadline
         while True:
             counts = {
                 (ch.decode() if isinstance(ch, bytes) else ch): n
