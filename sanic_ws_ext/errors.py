@@ -61,6 +61,7 @@ class ErrorCode:
     INVALID_ENVELOPE = "invalid_envelope"
     UNKNOWN_TYPE = "unknown_type"
     HANDLER_ERROR = "handler_error"
+    ROOM_REFUSED = "room_refused"
 
 
 class WSError(Exception):

@@ -25,9 +25,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
-from sanic import Blueprint, Sanic
+from sanic import Blueprint, HTTPResponse, Request, Sanic
+from sanic.response import raw
 from sanic_ext import Extend
 from sanic_ext.extensions.base import Extension
 
@@ -78,10 +80,38 @@ def install(app: Sanic[Any, Any]) -> None:
 
     bp = Blueprint("sanic_ws_ext")
     bp.add_route(websocket_endpoint, config.path, methods=["GET"], name="endpoint")
+    # The browser client, next to the endpoint: <WS_PATH>/client.js (.d.ts).
+    base = config.path.rstrip("/")
+    for name, content_type in _STATIC.items():
+        bp.add_route(
+            _static_file(name, content_type),
+            f"{base}/{name}",
+            methods=["GET"],
+            name=name.replace(".", "_"),
+        )
     app.blueprint(bp)
     app.register_listener(_make_relay, "main_process_start")
     app.register_listener(_start, "before_server_start", priority=_PRIORITY)
     app.register_listener(_stop, "before_server_stop", priority=-_PRIORITY)
+
+
+_STATIC = {
+    "client.js": "text/javascript; charset=utf-8",
+    "client.d.ts": "application/typescript; charset=utf-8",
+}
+
+
+def _static_file(name: str, content_type: str) -> Any:
+    body = (Path(__file__).parent / "static" / name).read_bytes()
+
+    async def serve_file(request: Request) -> HTTPResponse:
+        # Served with the extension's version: revalidate, never stale.
+        return raw(
+            body, content_type=content_type, headers={"cache-control": "no-cache"}
+        )
+
+    serve_file.__name__ = f"serve_{name.replace('.', '_')}"
+    return serve_file
 
 
 _RELAY_KEY = "sanic_ws_ext_relay"

@@ -37,6 +37,7 @@ __all__ = [
     "ErrorHandler",
     "HandlerRegistry",
     "MessageHandler",
+    "RoomGuard",
     "TypeHandler",
     "VerifyHook",
     "WSHandlers",
@@ -62,10 +63,14 @@ TypeHandler = Callable[["Connection", "Envelope"], Awaitable[None]]
 BinaryHandler = Callable[["Connection", bytes], Awaitable[None]]
 ErrorHandler = Callable[["Connection", Exception], Awaitable[None]]
 BackplaneHook = Callable[["ConnectionManager", str], Awaitable[None]]
+RoomGuard = Callable[["Connection", str], Awaitable[bool]]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _CTX_KEY = "_sanic_ws_ext_handlers"
+
+#: Envelope types the extension answers itself (unless the app handles them).
+ROOM_TYPES = frozenset({"room.join", "room.leave"})
 
 
 class WSHandlers:
@@ -85,6 +90,7 @@ class WSHandlers:
         self.disconnect: list[ConnectHandler] = []
         self.error: list[ErrorHandler] = []
         self.backplane: list[BackplaneHook] = []
+        self.room_guards: list[RoomGuard] = []
         if target is not None:
             self.bind(target)
 
@@ -149,6 +155,19 @@ class WSHandlers:
         self.error.append(handler)
         return handler
 
+    def on_join(self, guard: F) -> F:
+        """Let clients join rooms themselves: ``guard(conn, room)`` decides.
+
+        A client (``client.join(room)`` in the browser client) sends
+        ``{"type": "room.join", "data": {"room": ...}}``; it is put in the
+        room and answered with ``room.joined`` when every guard returns True,
+        else refused with an error frame (code ``room_refused``). Without any
+        guard, clients cannot join rooms by themselves (the server decides,
+        with ``conn.join``). ``room.leave`` is always allowed.
+        """
+        self.room_guards.append(guard)
+        return guard
+
     def on_backplane(self, hook: F) -> F:
         """Run ``hook(manager, state)`` when the Redis link changes state.
 
@@ -176,6 +195,7 @@ class HandlerRegistry:
         "disconnect",
         "error",
         "message",
+        "room_guards",
         "typed",
         "verify",
     )
@@ -189,6 +209,7 @@ class HandlerRegistry:
         self.disconnect: list[ConnectHandler] = []
         self.error: list[ErrorHandler] = []
         self.backplane: list[BackplaneHook] = []
+        self.room_guards: list[RoomGuard] = []
         seen: set[int] = set()
         for group in groups:
             if id(group) in seen:
@@ -203,10 +224,11 @@ class HandlerRegistry:
             self.disconnect += group.disconnect
             self.error += group.error
             self.backplane += group.backplane
+            self.room_guards += group.room_guards
 
     def handles_text(self, type_: str) -> bool:
         """Whether an envelope of ``type_`` reaches any handler."""
-        return bool(self.message) or type_ in self.typed
+        return bool(self.message) or type_ in self.typed or type_ in ROOM_TYPES
 
     def handles_binary(self) -> bool:
         """Whether a binary frame reaches any handler."""

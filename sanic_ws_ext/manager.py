@@ -38,10 +38,10 @@ from websockets.server import ServerProtocol
 from .config import WSConfig
 from .connection import Connection, ConnectionState, Flusher, WireProtocol
 from .delivery import Delivery, Op, OpKind
-from .envelope import decode_envelope, encode_envelope, error_envelope
+from .envelope import Envelope, decode_envelope, encode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode, MessageError
 from .frames import OP_TEXT, PING_FRAME, data_frame, encode_frame, raw_body
-from .handlers import Accept, HandlerRegistry
+from .handlers import ROOM_TYPES, Accept, HandlerRegistry
 from .presence import ClusterState, Member, discard_from
 
 __all__ = ["ConnectionManager"]
@@ -54,6 +54,8 @@ _CLOSED = object()
 
 #: Beats a peer may miss before it counts as dead.
 _MISSED_BEATS = 3
+#: Longest room name a client may ask for.
+_MAX_ROOM = 200
 
 
 class ConnectionManager:
@@ -639,10 +641,37 @@ class ConnectionManager:
         except MessageError as exc:
             await self._refuse(conn, exc)
             return
+        if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
+            await self._call(conn, self._client_room, envelope)
+            return
         for handler in registry.message:
             await self._call(conn, handler, envelope)
         for typed in registry.typed.get(envelope.type, ()):
             await self._call(conn, typed, envelope)
+
+    async def _client_room(self, conn: Connection, envelope: Envelope) -> None:
+        """``room.join`` / ``room.leave`` from the client itself."""
+        data = envelope.data
+        room = data.get("room") if isinstance(data, dict) else None
+        if not isinstance(room, str) or not room or len(room) > _MAX_ROOM:
+            raise MessageError(
+                ErrorCode.INVALID_ENVELOPE,
+                f"data.room must be a string of 1 to {_MAX_ROOM} characters",
+            )
+        if envelope.type == "room.leave":
+            self._leave_local(conn, room)
+            await conn.send("room.left", {"room": room})
+            return
+        guards = self.registry.room_guards
+        if not guards:
+            raise MessageError(
+                ErrorCode.ROOM_REFUSED, "this server does not let clients join rooms"
+            )
+        for guard in guards:
+            if not await guard(conn, room):
+                raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
+        self._join_local(conn, room)
+        await conn.send("room.joined", {"room": room})
 
     async def _on_binary(self, conn: Connection, data: bytes) -> None:
         registry = self.registry

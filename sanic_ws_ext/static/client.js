@@ -1,0 +1,214 @@
+// sanic-ws-ext browser client: an ES module with no dependencies.
+//
+//   import { WSClient } from "/ws/client.js";
+//   const ws = new WSClient();                 // ws(s)://<this host>/ws
+//   ws.on("chat.message", (data, msg) => ...);
+//   ws.send("chat.send", { text: "hi" });      // queued while offline
+//   ws.join("lobby");                          // re-joined after reconnects
+//   ws.subscribe((status) => ...);             // a Svelte store: $ws.state
+//
+// Reconnects with exponential backoff, jitter and a cap, so a restarted
+// server is not hit by every client at once. Sends made while offline are
+// queued (bounded) and flushed, in order, once connected again.
+
+/** Default reconnect timing, in milliseconds. */
+export const DEFAULT_BACKOFF = Object.freeze({ base: 500, factor: 2, max: 30000, jitter: 0.5 });
+
+/**
+ * Delay before reconnect attempt `attempt` (0 for the first): exponential,
+ * capped at `max`, then scaled by a random factor in [1 - jitter, 1].
+ */
+export function backoffDelay(attempt, backoff = DEFAULT_BACKOFF, random = Math.random) {
+  const { base, factor, max, jitter } = { ...DEFAULT_BACKOFF, ...backoff };
+  const raw = Math.min(max, base * factor ** attempt);
+  return raw * (1 - jitter * random());
+}
+
+/** A FIFO of outgoing frames with a bound; past it the oldest are dropped. */
+export class SendQueue {
+  constructor(limit = 1000) {
+    this.limit = limit;
+    this.items = [];
+    this.dropped = 0;
+  }
+  push(frame) {
+    this.items.push(frame);
+    while (this.items.length > this.limit) {
+      this.items.shift();
+      this.dropped += 1;
+    }
+  }
+  /** Hand every queued frame to `send`, in order; stops (keeping the rest) if it throws. */
+  flush(send) {
+    while (this.items.length) {
+      send(this.items[0]);
+      this.items.shift();
+    }
+  }
+  get length() {
+    return this.items.length;
+  }
+}
+
+/** The websocket URL of this page's host: ws(s)://host/<path>. */
+export function defaultUrl(path = "/ws") {
+  const url = new URL(path, globalThis.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}
+
+export class WSClient {
+  /**
+   * @param {string} [url] ws:// or wss:// URL (default: this host's /ws)
+   * @param {object} [options] { backoff, queueLimit, connect (default true),
+   *   WebSocket (an implementation, for tests), random, setTimeout, clearTimeout }
+   */
+  constructor(url, options = {}) {
+    this.url = url ?? defaultUrl();
+    this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff ?? {}) };
+    this.queue = new SendQueue(options.queueLimit ?? 1000);
+    this.rooms = new Set();
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this._random = options.random ?? Math.random;
+    this._setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
+    this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
+    this._handlers = new Map();
+    this._subscribers = new Set();
+    this._socket = null;
+    this._timer = null;
+    this._stopped = false;
+    this.status = { state: "idle", attempt: 0, closeCode: null, nextRetryMs: null };
+    if (options.connect !== false) this.connect();
+  }
+
+  /** "idle" | "connecting" | "open" | "reconnecting" | "closed" */
+  get state() {
+    return this.status.state;
+  }
+
+  // -- the Svelte store contract -------------------------------------------
+
+  /** Call `run(status)` now and on every change; returns the unsubscriber. */
+  subscribe(run) {
+    this._subscribers.add(run);
+    run(this.status);
+    return () => this._subscribers.delete(run);
+  }
+
+  _set(changes) {
+    this.status = { ...this.status, ...changes };
+    for (const run of [...this._subscribers]) run(this.status);
+  }
+
+  // -- messages ---------------------------------------------------------------
+
+  /**
+   * Call `handler(data, envelope)` for envelopes of `type`; "*" for every
+   * envelope, "binary" for binary frames (`handler(arrayBuffer)`). Returns a
+   * function that removes the handler.
+   */
+  on(type, handler) {
+    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
+    this._handlers.get(type).add(handler);
+    return () => this._handlers.get(type)?.delete(handler);
+  }
+
+  /** Send an envelope; queued while not connected. */
+  send(type, data = null) {
+    this._send(JSON.stringify({ type, data }));
+  }
+
+  /** Send a binary frame (ArrayBuffer, typed array or Blob); queued while offline. */
+  sendBinary(data) {
+    this._send(data);
+  }
+
+  /** Join a room (the server's `on_join` guard decides); kept across reconnects. */
+  join(room) {
+    this.rooms.add(room);
+    this.send("room.join", { room });
+  }
+
+  leave(room) {
+    this.rooms.delete(room);
+    this.send("room.leave", { room });
+  }
+
+  _send(frame) {
+    const socket = this._socket;
+    if (socket && socket.readyState === 1 && this.queue.length === 0) {
+      socket.send(frame);
+    } else {
+      this.queue.push(frame);
+    }
+  }
+
+  _dispatch(event) {
+    if (typeof event.data !== "string") {
+      for (const h of this._handlers.get("binary") ?? []) h(event.data);
+      return;
+    }
+    let envelope;
+    try {
+      envelope = JSON.parse(event.data);
+    } catch {
+      return; // not an envelope: raw text frames go to "*" handlers only
+    }
+    for (const h of this._handlers.get(envelope.type) ?? []) h(envelope.data, envelope);
+    for (const h of this._handlers.get("*") ?? []) h(envelope.data, envelope);
+  }
+
+  // -- the connection ------------------------------------------------------------
+
+  /** Open the connection (done by the constructor unless `connect: false`). */
+  connect() {
+    this._stopped = false;
+    if (this._socket) return;
+    const reconnecting = this.status.attempt > 0;
+    this._set({ state: reconnecting ? "reconnecting" : "connecting", nextRetryMs: null });
+    const socket = new this._WebSocket(this.url);
+    socket.binaryType = "arraybuffer";
+    this._socket = socket;
+    socket.onopen = () => {
+      // Rooms first (the server forgot them with the old connection), then
+      // what was sent while offline, in order.
+      const joins = [...this.rooms].map((room) => JSON.stringify({ type: "room.join", data: { room } }));
+      const pending = this.queue.items.filter((f) => !joins.includes(f));
+      this.queue.items = pending;
+      for (const frame of joins) socket.send(frame);
+      this.queue.flush((frame) => socket.send(frame));
+      this._set({ state: "open", attempt: 0, closeCode: null });
+    };
+    socket.onmessage = (event) => this._dispatch(event);
+    socket.onclose = (event) => {
+      if (this._socket !== socket) return;
+      this._socket = null;
+      if (this._stopped) {
+        this._set({ state: "closed", closeCode: event.code });
+        return;
+      }
+      const delay = backoffDelay(this.status.attempt, this.backoff, this._random);
+      this._set({
+        state: "reconnecting",
+        attempt: this.status.attempt + 1,
+        closeCode: event.code,
+        nextRetryMs: Math.round(delay),
+      });
+      this._timer = this._setTimeout(() => {
+        this._timer = null;
+        this.connect();
+      }, delay);
+    };
+  }
+
+  /** Close for good (no reconnect). */
+  close(code = 1000, reason = "") {
+    this._stopped = true;
+    if (this._timer !== null) {
+      this._clearTimeout(this._timer);
+      this._timer = null;
+    }
+    if (this._socket) this._socket.close(code, reason);
+    else this._set({ state: "closed" });
+  }
+}

@@ -1,0 +1,163 @@
+// Unit tests for the browser client's backoff and queueing: node --test tests/js/
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  DEFAULT_BACKOFF,
+  SendQueue,
+  WSClient,
+  backoffDelay,
+} from "../../sanic_ws_ext/static/client.js";
+
+/** A WebSocket stand-in the test drives by hand (the server side is not under test). */
+class FakeSocket {
+  static made = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    FakeSocket.made.push(this);
+  }
+  send(frame) {
+    assert.equal(this.readyState, 1, "send on a socket that is not open");
+    this.sent.push(frame);
+  }
+  close(code = 1000) {
+    this.readyState = 3;
+    this.onclose?.({ code });
+  }
+  // The test's side:
+  open() {
+    this.readyState = 1;
+    this.onopen?.();
+  }
+  drop(code = 1006) {
+    this.readyState = 3;
+    this.onclose?.({ code });
+  }
+  receive(data) {
+    this.onmessage?.({ data });
+  }
+}
+
+function client(options = {}) {
+  FakeSocket.made = [];
+  const timers = [];
+  const delays = [];
+  const ws = new WSClient("ws://test/ws", {
+    WebSocket: FakeSocket,
+    random: () => 0.5,
+    setTimeout: (fn, ms) => delays.push(ms) && timers.push({ fn, ms }) - 1,
+    clearTimeout: (i) => (timers[i] = null),
+    ...options,
+  });
+  const fire = () => {
+    const timer = timers.findLast((t) => t !== null);
+    assert.ok(timer, "no reconnect scheduled");
+    timers[timers.indexOf(timer)] = null;
+    timer.fn();
+  };
+  return { ws, timers, delays, fire, socket: () => FakeSocket.made.at(-1) };
+}
+
+test("backoff grows exponentially, is capped, and jitter only shortens it", () => {
+  const never = () => 0;
+  const always = () => 1;
+  assert.equal(backoffDelay(0, {}, never), DEFAULT_BACKOFF.base);
+  assert.equal(backoffDelay(3, {}, never), DEFAULT_BACKOFF.base * 8);
+  assert.equal(backoffDelay(50, {}, never), DEFAULT_BACKOFF.max);
+  assert.equal(backoffDelay(50, {}, always), DEFAULT_BACKOFF.max * (1 - DEFAULT_BACKOFF.jitter));
+  const spread = new Set(Array.from({ length: 50 }, () => backoffDelay(4)));
+  assert.ok(spread.size > 40, "jitter spreads clients apart");
+  for (const d of spread) assert.ok(d >= 4000 && d <= 8000);
+});
+
+test("the send queue is bounded and drops the oldest", () => {
+  const q = new SendQueue(3);
+  for (const f of ["a", "b", "c", "d", "e"]) q.push(f);
+  assert.deepEqual(q.items, ["c", "d", "e"]);
+  assert.equal(q.dropped, 2);
+  const out = [];
+  q.flush((f) => out.push(f));
+  assert.deepEqual(out, ["c", "d", "e"]);
+  assert.equal(q.length, 0);
+});
+
+test("sends while offline are queued and flushed in order after rooms", () => {
+  const { ws, fire, socket } = client();
+  ws.send("early", 1); // before the first open
+  socket().open();
+  assert.deepEqual(socket().sent.map((f) => JSON.parse(f).type), ["early"]);
+  ws.join("lobby");
+  socket().drop();
+  assert.equal(ws.state, "reconnecting");
+  ws.send("chat", "a");
+  ws.send("chat", "b");
+  ws.sendBinary(new Uint8Array([1, 2]));
+  assert.equal(ws.queue.length, 3);
+  fire();
+  socket().open();
+  const sent = socket().sent;
+  assert.deepEqual(JSON.parse(sent[0]), { type: "room.join", data: { room: "lobby" } });
+  assert.deepEqual(sent.slice(1, 3).map((f) => JSON.parse(f).data), ["a", "b"]);
+  assert.deepEqual([...sent[3]], [1, 2]);
+  assert.equal(ws.queue.length, 0);
+  assert.equal(ws.state, "open");
+});
+
+test("reconnect delays back off and reset after a successful open", () => {
+  const { ws, delays, fire, socket } = client();
+  const half = () => 0.5;
+  socket().drop(); // the first attempt fails before opening
+  fire();
+  socket().drop();
+  fire();
+  socket().drop();
+  assert.deepEqual(delays, [0, 1, 2].map((n) => backoffDelay(n, {}, half)));
+  assert.equal(ws.status.attempt, 3);
+  fire();
+  socket().open();
+  assert.equal(ws.status.attempt, 0);
+  socket().drop();
+  assert.equal(delays.at(-1), backoffDelay(0, {}, half));
+});
+
+test("the status is a Svelte store: current value at once, then each change", () => {
+  const { ws, socket } = client();
+  const seen = [];
+  const unsubscribe = ws.subscribe((s) => seen.push(s.state));
+  assert.deepEqual(seen, ["connecting"]);
+  socket().open();
+  socket().drop();
+  unsubscribe();
+  ws.close();
+  assert.deepEqual(seen, ["connecting", "open", "reconnecting"]);
+});
+
+test("close() stops reconnecting", () => {
+  const { ws, timers, socket } = client();
+  socket().open();
+  ws.close();
+  assert.equal(ws.state, "closed");
+  assert.equal(timers.filter((t) => t !== null).length, 0);
+  assert.equal(FakeSocket.made.length, 1);
+});
+
+test("handlers by type, for every envelope, and for binary frames", () => {
+  const { ws, socket } = client();
+  socket().open();
+  const got = [];
+  const off = ws.on("chat.message", (data, env) => got.push(["typed", data, env.type]));
+  ws.on("*", (data, env) => got.push(["any", env.type]));
+  ws.on("binary", (buf) => got.push(["binary", buf.byteLength]));
+  socket().receive(JSON.stringify({ type: "chat.message", data: "hi" }));
+  socket().receive(new ArrayBuffer(3));
+  off();
+  socket().receive(JSON.stringify({ type: "chat.message", data: "again" }));
+  assert.deepEqual(got, [
+    ["typed", "hi", "chat.message"],
+    ["any", "chat.message"],
+    ["binary", 3],
+    ["any", "chat.message"],
+  ]);
+});
