@@ -1,44 +1,86 @@
-"""A minimal chat on sanic-ws-ext: `sanic demo.server:app`, then open http://127.0.0.1:8000/.
+"""The chat demo: `sanic demo.server:app --workers 4`, then open http://127.0.0.1:8000/.
 
-Every browser tab that opens the page joins one chat; messages go to all.
+Rooms, a live cluster-wide presence list per room, the message stream and the
+connection state, on the embedded relay (no Redis needed). Set
+``SANIC_WS_BACKPLANE=redis://...`` to run it on several machines.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from pathlib import Path
 
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, html
 from sanic_ext import Extend
 
-from sanic_ws_ext import Connection, Envelope, MessageError, WSExtension, WSHandlers
+from sanic_ws_ext import (
+    Accept,
+    Connection,
+    Envelope,
+    MessageError,
+    WSExtension,
+    WSHandlers,
+)
 
 app = Sanic("demo")
 Extend(app).register(WSExtension)
 chat = WSHandlers(app)
 
+ROOMS = ("lobby", "random", "dev")
 MAX_TEXT = 500
+_NAME = re.compile(r"[\w .-]{1,24}")
+
+
+@chat.verify
+async def identify(request: Request) -> Accept:
+    """The name typed on the page (no accounts in a demo); else a guest name."""
+    name = request.args.get("name", "").strip()
+    if not _NAME.fullmatch(name):
+        name = f"guest-{secrets.token_hex(2)}"
+    return Accept(user=name)
 
 
 @chat.on_connect
-async def joined(conn: Connection) -> None:
+async def welcome(conn: Connection) -> None:
     await conn.send(
-        "chat.welcome", {"id": conn.id, "online": await conn.manager.count()}
+        "chat.welcome",
+        {"id": conn.id, "name": conn.user, "rooms": ROOMS, "worker": conn.worker},
     )
-    await conn.manager.broadcast("chat.joined", {"id": conn.id}, exclude=[conn.id])
+
+
+@chat.on_join
+async def known_room(conn: Connection, room: str) -> bool:
+    return room in ROOMS
+
+
+@chat.on("presence.list")
+async def presence_list(conn: Connection, msg: Envelope) -> None:
+    room = _room_of(conn, msg)
+    members = await conn.manager.members(room)
+    await conn.send(
+        "presence.list", {"room": room, "members": [m.as_dict() for m in members]}
+    )
 
 
 @chat.on("chat.send")
-async def relay(conn: Connection, msg: Envelope) -> None:
-    text = msg.data.get("text") if isinstance(msg.data, dict) else None
+async def say(conn: Connection, msg: Envelope) -> None:
+    room = _room_of(conn, msg)
+    text = msg.data.get("text")
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
         raise MessageError("bad_text", f"text must be 1 to {MAX_TEXT} characters")
-    await conn.manager.broadcast("chat.message", {"from": conn.id[:8], "text": text})
+    await conn.manager.publish(
+        room, "chat.message", {"room": room, "from": conn.user, "text": text}
+    )
 
 
-@chat.on_disconnect
-async def left(conn: Connection) -> None:
-    await conn.manager.broadcast("chat.left", {"id": conn.id})
+def _room_of(conn: Connection, msg: Envelope) -> str:
+    room = msg.data.get("room") if isinstance(msg.data, dict) else None
+    if room not in conn.rooms:
+        raise MessageError("not_in_room", "join the room first")
+    assert isinstance(room, str)
+    return room
 
 
 PAGE = Path(__file__).with_name("index.html").read_text()

@@ -33,10 +33,11 @@ class SanicProcess:
         env: dict[str, str] | None = None,
         ready_path: str = "/health",
         cwd: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.ready_path = ready_path
         self.cwd = cwd
-        self.port = free_port()
+        self.port = port or free_port()
         self.args = [
             sys.executable, "-m", "sanic", target,
             "--host", "127.0.0.1", "--port", str(self.port), "--no-motd", *args,

@@ -1,4 +1,4 @@
-"""The demo runs as the README says, and its chat works."""
+"""The demo runs as the README says, and its chat works (protocol level)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,34 @@ async def test_demo_chat() -> None:
     ) as server:
         async with httpx.AsyncClient() as http:
             page = await http.get(server.url("/"))
+            client_js = await http.get(server.url("/ws/client.js"))
         assert "sanic-ws-ext chat" in page.text
-        alice = await WSTestClient.connect(server.ws_url())
-        await alice.expect("chat.welcome")
-        bob = await WSTestClient.connect(server.ws_url())
-        bob_id = (await bob.expect("chat.welcome")).data["id"]
-        assert (await alice.expect("chat.joined")).data["id"] == bob_id
-        await alice.send("chat.send", {"text": "hi bob"})
+        assert client_js.headers["content-type"].startswith("text/javascript")
+        assert "export class WSClient" in client_js.text
+        alice = await WSTestClient.connect(server.ws_url() + "?name=alice")
+        assert (await alice.expect("chat.welcome")).data["name"] == "alice"
+        await alice.send("room.join", {"room": "lobby"})
+        assert (await alice.expect("room.joined")).data == {"room": "lobby"}
+        assert (await alice.expect("presence.join")).data["user"] == "alice"
+        bob = await WSTestClient.connect(server.ws_url() + "?name=bob")
+        await bob.expect("chat.welcome")
+        await bob.send("room.join", {"room": "lobby"})
+        await bob.expect("room.joined")
+        assert (await alice.expect("presence.join")).data["user"] == "bob"
+        await bob.send("presence.list", {"room": "lobby"})
+        listed = (await bob.expect("presence.list")).data["members"]
+        assert sorted(m["user"] for m in listed) == ["alice", "bob"]
+        await alice.send("chat.send", {"room": "lobby", "text": "hi bob"})
         for client in (alice, bob):
-            assert (await client.expect("chat.message")).data["text"] == "hi bob"
-        await bob.send("chat.send", {"text": ""})
+            message = (await client.expect("chat.message")).data
+            assert (message["from"], message["text"]) == ("alice", "hi bob")
+        # Refusals: an empty text, a room not joined, a room that does not exist.
+        await bob.send("chat.send", {"room": "lobby", "text": ""})
         assert (await bob.expect("error")).data["code"] == "bad_text"
+        await bob.send("chat.send", {"room": "dev", "text": "x"})
+        assert (await bob.expect("error")).data["code"] == "not_in_room"
+        await bob.send("room.join", {"room": "secret"})
+        assert (await bob.expect("error")).data["code"] == "room_refused"
         await bob.close()
-        assert (await alice.expect("chat.left")).data["id"] == bob_id
+        assert (await alice.expect("presence.leave")).data["user"] == "bob"
         await alice.close()

@@ -96,3 +96,39 @@ async def test_presence_events_can_be_turned_off(make_app: AppFactory) -> None:
         await a.send("say", {"room": "r", "text": "x"})
         assert (await a.recv()).type == "said"  # type: ignore[union-attr]
         await a.close()
+
+
+async def test_clients_join_rooms_only_where_a_guard_allows(
+    make_app: AppFactory,
+) -> None:
+    closed = build(make_app)  # no on_join guard: the server decides alone
+    async with serve(closed) as server:
+        a, _ = await connect(server.ws_url())
+        await a.send("room.join", {"room": "r"})
+        assert (await a.expect("error")).data["code"] == "room_refused"
+        assert await closed.ctx.ws.rooms() == {}
+        await a.close()
+
+    guarded = build(make_app)
+    asked: list[tuple[str, str]] = []
+
+    @WSHandlers(guarded).on_join
+    async def only_public(conn: Connection, room: str) -> bool:
+        asked.append((conn.id, room))
+        return room.startswith("public.")
+
+    async with serve(guarded) as server:
+        a, a_id = await connect(server.ws_url())
+        await a.send("room.join", {"room": "public.news"})
+        assert (await a.expect("room.joined")).data == {"room": "public.news"}
+        assert (await a.expect("presence.join")).data["id"] == a_id
+        await a.send("room.join", {"room": "private"})
+        assert (await a.expect("error")).data["code"] == "room_refused"
+        await a.send("room.join", {"room": ""})
+        assert (await a.expect("error")).data["code"] == "invalid_envelope"
+        assert asked == [(a_id, "public.news"), (a_id, "private")]
+        assert await guarded.ctx.ws.rooms() == {"public.news": 1}
+        await a.send("room.leave", {"room": "public.news"})
+        assert (await a.expect("room.left")).data == {"room": "public.news"}
+        assert await guarded.ctx.ws.rooms() == {}
+        await a.close()
