@@ -17,6 +17,9 @@ export function backoffDelay(attempt: number, backoff?: Partial<Backoff>, random
 
 export function defaultUrl(path?: string): string;
 
+/** False after 1000 and 4000-4999 (closes the server meant), true otherwise. */
+export function shouldReconnect(code: number): boolean;
+
 export type Frame = string | ArrayBuffer | ArrayBufferView | Blob;
 
 export class SendQueue {
@@ -54,6 +57,8 @@ export interface WSClientOptions {
   queueLimit?: number;
   /** Connect in the constructor (default true). */
   connect?: boolean;
+  /** Whether to reconnect after a close with this code (default: shouldReconnect). */
+  shouldReconnect?: (code: number) => boolean;
   WebSocket?: typeof WebSocket;
   random?: () => number;
   setTimeout?: (fn: () => void, ms: number) => unknown;

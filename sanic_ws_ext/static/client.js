@@ -7,9 +7,21 @@
 //   ws.join("lobby");                          // re-joined after reconnects
 //   ws.subscribe((status) => ...);             // a Svelte store: $ws.state
 //
+// It does not reconnect after a close the server meant (1000, or an app code
+// 4000-4999, such as a kick); pass `shouldReconnect(code)` to decide otherwise.
+//
 // Reconnects with exponential backoff, jitter and a cap, so a restarted
 // server is not hit by every client at once. Sends made while offline are
 // queued (bounded) and flushed, in order, once connected again.
+
+/**
+ * Whether to reconnect after the server closed with `code`: yes, except after
+ * 1000 (a normal close the server chose) and application codes 4000-4999 (the
+ * app closed this client on purpose, e.g. `disconnect(id, 4000, "kicked")`).
+ */
+export function shouldReconnect(code) {
+  return code !== 1000 && !(code >= 4000 && code <= 4999);
+}
 
 /** Default reconnect timing, in milliseconds. */
 export const DEFAULT_BACKOFF = Object.freeze({ base: 500, factor: 2, max: 30000, jitter: 0.5 });
@@ -61,7 +73,8 @@ export class WSClient {
   /**
    * @param {string} [url] ws:// or wss:// URL (default: this host's /ws)
    * @param {object} [options] { backoff, queueLimit, connect (default true),
-   *   WebSocket (an implementation, for tests), random, setTimeout, clearTimeout }
+   *   shouldReconnect(code), WebSocket (an implementation, for tests), random,
+   *   setTimeout, clearTimeout }
    */
   constructor(url, options = {}) {
     this.url = url ?? defaultUrl();
@@ -70,6 +83,7 @@ export class WSClient {
     this.rooms = new Set();
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._random = options.random ?? Math.random;
+    this._shouldReconnect = options.shouldReconnect ?? shouldReconnect;
     this._setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
     this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
     this._handlers = new Map();
@@ -136,7 +150,8 @@ export class WSClient {
 
   _send(frame) {
     const socket = this._socket;
-    if (socket && socket.readyState === 1 && this.queue.length === 0) {
+    if (socket && socket.readyState === 1) {
+      this.queue.flush((f) => socket.send(f)); // anything left from a failed flush first
       socket.send(frame);
     } else {
       this.queue.push(frame);
@@ -183,7 +198,8 @@ export class WSClient {
     socket.onclose = (event) => {
       if (this._socket !== socket) return;
       this._socket = null;
-      if (this._stopped) {
+      if (this._stopped || !this._shouldReconnect(event.code)) {
+        this._stopped = true;
         this._set({ state: "closed", closeCode: event.code });
         return;
       }

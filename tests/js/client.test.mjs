@@ -7,6 +7,7 @@ import {
   SendQueue,
   WSClient,
   backoffDelay,
+  shouldReconnect,
 } from "../../sanic_ws_ext/static/client.js";
 
 /** A WebSocket stand-in the test drives by hand (the server side is not under test). */
@@ -160,4 +161,18 @@ test("handlers by type, for every envelope, and for binary frames", () => {
     ["binary", 3],
     ["any", "chat.message"],
   ]);
+});
+
+test("a close the server meant is final; others reconnect", () => {
+  assert.equal(shouldReconnect(1001), true); // server restarting
+  assert.equal(shouldReconnect(1006), true); // connection lost
+  assert.equal(shouldReconnect(1011), true);
+  assert.equal(shouldReconnect(1000), false);
+  assert.equal(shouldReconnect(4000), false); // kicked by the app
+  const { ws, timers, socket } = client();
+  socket().open();
+  socket().drop(4000);
+  assert.equal(ws.state, "closed");
+  assert.equal(ws.status.closeCode, 4000);
+  assert.equal(timers.length, 0);
 });
