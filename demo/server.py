@@ -67,7 +67,7 @@ async def presence_list(conn: Connection, msg: Envelope) -> None:
 @chat.on("chat.send")
 async def say(conn: Connection, msg: Envelope) -> None:
     room = _room_of(conn, msg)
-    text = msg.data.get("text")
+    text = msg.data.get("text")  # data is a dict: _room_of checked
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
         raise MessageError("bad_text", f"text must be 1 to {MAX_TEXT} characters")
     await conn.manager.publish(
@@ -77,9 +77,8 @@ async def say(conn: Connection, msg: Envelope) -> None:
 
 def _room_of(conn: Connection, msg: Envelope) -> str:
     room = msg.data.get("room") if isinstance(msg.data, dict) else None
-    if room not in conn.rooms:
+    if not isinstance(room, str) or room not in conn.rooms:
         raise MessageError("not_in_room", "join the room first")
-    assert isinstance(room, str)
     return room
 
 

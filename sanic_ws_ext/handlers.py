@@ -163,7 +163,8 @@ class WSHandlers:
         room and answered with ``room.joined`` when every guard returns True,
         else refused with an error frame (code ``room_refused``). Without any
         guard, clients cannot join rooms by themselves (the server decides,
-        with ``conn.join``). ``room.leave`` is always allowed.
+        with ``conn.join``). ``room.leave`` takes a client out of rooms it
+        joined itself, never out of one the server put it in.
         """
         self.room_guards.append(guard)
         return guard

@@ -93,6 +93,8 @@ class ConnectionManager:
         self._peer_beat: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._hook_tasks: set[asyncio.Task[None]] = set()
+        # Rooms each connection joined by its own room.join (it may leave them).
+        self._client_rooms: dict[Connection, set[str]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -585,6 +587,7 @@ class ConnectionManager:
             discard_from(self._local_rooms, room, conn)
         if conn.user is not None:
             discard_from(self._local_users, conn.user, conn)
+        self._client_rooms.pop(conn, None)
         log.debug(
             "websocket %s closed %s %s", conn.id, conn.close_code, conn.close_reason
         )
@@ -658,8 +661,13 @@ class ConnectionManager:
                 ErrorCode.INVALID_ENVELOPE,
                 f"data.room must be a string of 1 to {_MAX_ROOM} characters",
             )
+        joined = self._client_rooms.get(conn)
         if envelope.type == "room.leave":
-            self._leave_local(conn, room)
+            # Only rooms the client joined itself: a room the server put it
+            # in (a tenant, a permission scope) is the server's to take away.
+            if joined is not None and room in joined:
+                joined.discard(room)
+                self._leave_local(conn, room)
             await conn.send("room.left", {"room": room})
             return
         guards = self.registry.room_guards
@@ -670,6 +678,8 @@ class ConnectionManager:
         for guard in guards:
             if not await guard(conn, room):
                 raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
+        if room not in conn.rooms:
+            self._client_rooms.setdefault(conn, set()).add(room)
         self._join_local(conn, room)
         await conn.send("room.joined", {"room": room})
 

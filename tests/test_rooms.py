@@ -132,3 +132,22 @@ async def test_clients_join_rooms_only_where_a_guard_allows(
         assert (await a.expect("room.left")).data == {"room": "public.news"}
         assert await guarded.ctx.ws.rooms() == {}
         await a.close()
+
+
+async def test_a_client_cannot_leave_a_room_the_server_chose(
+    make_app: AppFactory,
+) -> None:
+    app = build(make_app)
+
+    @WSHandlers(app).on_join
+    async def anything(conn: Connection, room: str) -> bool:
+        return True
+
+    async with serve(app) as server:
+        a, _ = await connect(server.ws_url())
+        await a.send("join", "tenant.42")  # the app's own handler: conn.join
+        await a.expect("presence.join")
+        await a.send("room.leave", {"room": "tenant.42"})
+        assert (await a.expect("room.left")).data == {"room": "tenant.42"}
+        assert await app.ctx.ws.rooms() == {"tenant.42": 1}
+        await a.close()

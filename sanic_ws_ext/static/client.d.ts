@@ -59,6 +59,9 @@ export interface WSClientOptions {
   connect?: boolean;
   /** Whether to reconnect after a close with this code (default: shouldReconnect). */
   shouldReconnect?: (code: number) => boolean;
+  /** A connection open this long (ms) resets the backoff (default 5000). */
+  stableMs?: number;
+  now?: () => number;
   WebSocket?: typeof WebSocket;
   random?: () => number;
   setTimeout?: (fn: () => void, ms: number) => unknown;
@@ -72,10 +75,13 @@ export class WSClient {
   readonly status: Status;
   readonly queue: SendQueue;
   readonly rooms: Set<string>;
+  stableMs: number;
   /** The Svelte store contract: `$client` is the current Status. */
   subscribe(run: (status: Status) => void): () => void;
-  on<T = unknown>(type: string, handler: (data: T, envelope: Envelope<T>) => void): () => void;
   on(type: "binary", handler: (data: ArrayBuffer) => void): () => void;
+  /** Text frames that are not envelopes. */
+  on(type: "text", handler: (text: string) => void): () => void;
+  on<T = unknown>(type: string, handler: (data: T, envelope: Envelope<T>) => void): () => void;
   send(type: string, data?: unknown): void;
   sendBinary(data: ArrayBuffer | ArrayBufferView | Blob): void;
   join(room: string): void;

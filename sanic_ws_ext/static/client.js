@@ -73,8 +73,8 @@ export class WSClient {
   /**
    * @param {string} [url] ws:// or wss:// URL (default: this host's /ws)
    * @param {object} [options] { backoff, queueLimit, connect (default true),
-   *   shouldReconnect(code), WebSocket (an implementation, for tests), random,
-   *   setTimeout, clearTimeout }
+   *   shouldReconnect(code), stableMs (default 5000), WebSocket (an
+   *   implementation, for tests), random, now, setTimeout, clearTimeout }
    */
   constructor(url, options = {}) {
     this.url = url ?? defaultUrl();
@@ -84,6 +84,10 @@ export class WSClient {
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._random = options.random ?? Math.random;
     this._shouldReconnect = options.shouldReconnect ?? shouldReconnect;
+    this._now = options.now ?? (() => Date.now());
+    /** A connection open this long (ms) resets the backoff. */
+    this.stableMs = options.stableMs ?? 5000;
+    this._openedAt = null;
     this._setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
     this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
     this._handlers = new Map();
@@ -104,22 +108,25 @@ export class WSClient {
 
   /** Call `run(status)` now and on every change; returns the unsubscriber. */
   subscribe(run) {
-    this._subscribers.add(run);
+    const subscription = { run }; // one entry per call, as Svelte's stores
+    this._subscribers.add(subscription);
     run(this.status);
-    return () => this._subscribers.delete(run);
+    return () => this._subscribers.delete(subscription);
   }
 
   _set(changes) {
     this.status = { ...this.status, ...changes };
-    for (const run of [...this._subscribers]) run(this.status);
+    for (const { run } of [...this._subscribers]) safely(run, this.status);
   }
 
   // -- messages ---------------------------------------------------------------
 
   /**
    * Call `handler(data, envelope)` for envelopes of `type`; "*" for every
-   * envelope, "binary" for binary frames (`handler(arrayBuffer)`). Returns a
-   * function that removes the handler.
+   * envelope, "binary" for binary frames (`handler(arrayBuffer)`), "text" for
+   * text frames that are not envelopes (`handler(string)`). Returns a function
+   * that removes the handler. A handler that throws is reported
+   * (`reportError`) and does not stop the others.
    */
   on(type, handler) {
     if (!this._handlers.has(type)) this._handlers.set(type, new Set());
@@ -137,15 +144,24 @@ export class WSClient {
     this._send(data);
   }
 
-  /** Join a room (the server's `on_join` guard decides); kept across reconnects. */
+  /**
+   * Join a room (the server's `on_join` guard decides); kept across
+   * reconnects. Rooms are state, not messages: while offline only the wanted
+   * set changes, and on each connect the client joins exactly that set, before
+   * anything queued is sent.
+   */
   join(room) {
     this.rooms.add(room);
-    this.send("room.join", { room });
+    if (this._isOpen()) this._socket.send(roomFrame("room.join", room));
   }
 
   leave(room) {
     this.rooms.delete(room);
-    this.send("room.leave", { room });
+    if (this._isOpen()) this._socket.send(roomFrame("room.leave", room));
+  }
+
+  _isOpen() {
+    return this._socket !== null && this._socket.readyState === 1;
   }
 
   _send(frame) {
@@ -159,18 +175,23 @@ export class WSClient {
   }
 
   _dispatch(event) {
+    const handlers = (type) => [...(this._handlers.get(type) ?? [])];
     if (typeof event.data !== "string") {
-      for (const h of this._handlers.get("binary") ?? []) h(event.data);
+      for (const h of handlers("binary")) safely(h, event.data);
       return;
     }
-    let envelope;
+    let envelope = null;
     try {
       envelope = JSON.parse(event.data);
     } catch {
-      return; // not an envelope: raw text frames go to "*" handlers only
+      // not JSON: a raw text frame
     }
-    for (const h of this._handlers.get(envelope.type) ?? []) h(envelope.data, envelope);
-    for (const h of this._handlers.get("*") ?? []) h(envelope.data, envelope);
+    if (envelope === null || typeof envelope !== "object" || typeof envelope.type !== "string") {
+      for (const h of handlers("text")) safely(h, event.data);
+      return;
+    }
+    for (const h of handlers(envelope.type)) safely(h, envelope.data, envelope);
+    for (const h of handlers("*")) safely(h, envelope.data, envelope);
   }
 
   // -- the connection ------------------------------------------------------------
@@ -178,6 +199,7 @@ export class WSClient {
   /** Open the connection (done by the constructor unless `connect: false`). */
   connect() {
     this._stopped = false;
+    this._cancelTimer();
     if (this._socket) return;
     const reconnecting = this.status.attempt > 0;
     this._set({ state: reconnecting ? "reconnecting" : "connecting", nextRetryMs: null });
@@ -187,12 +209,10 @@ export class WSClient {
     socket.onopen = () => {
       // Rooms first (the server forgot them with the old connection), then
       // what was sent while offline, in order.
-      const joins = [...this.rooms].map((room) => JSON.stringify({ type: "room.join", data: { room } }));
-      const pending = this.queue.items.filter((f) => !joins.includes(f));
-      this.queue.items = pending;
-      for (const frame of joins) socket.send(frame);
+      this._openedAt = this._now();
+      for (const room of this.rooms) socket.send(roomFrame("room.join", room));
       this.queue.flush((frame) => socket.send(frame));
-      this._set({ state: "open", attempt: 0, closeCode: null });
+      this._set({ state: "open", closeCode: null });
     };
     socket.onmessage = (event) => this._dispatch(event);
     socket.onclose = (event) => {
@@ -203,28 +223,58 @@ export class WSClient {
         this._set({ state: "closed", closeCode: event.code });
         return;
       }
-      const delay = backoffDelay(this.status.attempt, this.backoff, this._random);
+      // Attempts start over only after a connection that lasted: a server
+      // that accepts and closes at once must still see the backoff grow.
+      const stable = this._openedAt !== null && this._now() - this._openedAt >= this.stableMs;
+      this._openedAt = null;
+      const attempt = stable ? 0 : this.status.attempt;
+      const delay = backoffDelay(attempt, this.backoff, this._random);
+      this._schedule(delay);
       this._set({
         state: "reconnecting",
-        attempt: this.status.attempt + 1,
+        attempt: attempt + 1,
         closeCode: event.code,
         nextRetryMs: Math.round(delay),
       });
-      this._timer = this._setTimeout(() => {
-        this._timer = null;
-        this.connect();
-      }, delay);
     };
   }
 
-  /** Close for good (no reconnect). */
+  /** Close for good (no reconnect until `connect()` is called again). */
   close(code = 1000, reason = "") {
     this._stopped = true;
+    this._cancelTimer();
+    const socket = this._socket;
+    this._socket = null; // its late onclose is ignored; connect() may start anew
+    if (socket) socket.close(code, reason);
+    this._set({ state: "closed", closeCode: code, nextRetryMs: null });
+  }
+
+  _schedule(delay) {
+    this._cancelTimer();
+    this._timer = this._setTimeout(() => {
+      this._timer = null;
+      this.connect();
+    }, delay);
+  }
+
+  _cancelTimer() {
     if (this._timer !== null) {
       this._clearTimeout(this._timer);
       this._timer = null;
     }
-    if (this._socket) this._socket.close(code, reason);
-    else this._set({ state: "closed" });
+  }
+}
+
+function roomFrame(type, room) {
+  return JSON.stringify({ type, data: { room } });
+}
+
+/** Call `fn`; report what it throws without letting it stop the caller. */
+function safely(fn, ...args) {
+  try {
+    fn(...args);
+  } catch (error) {
+    if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+    else console.error(error);
   }
 }

@@ -45,9 +45,11 @@ function client(options = {}) {
   FakeSocket.made = [];
   const timers = [];
   const delays = [];
+  const clock = { now: 0 };
   const ws = new WSClient("ws://test/ws", {
     WebSocket: FakeSocket,
     random: () => 0.5,
+    now: () => clock.now,
     setTimeout: (fn, ms) => delays.push(ms) && timers.push({ fn, ms }) - 1,
     clearTimeout: (i) => (timers[i] = null),
     ...options,
@@ -58,7 +60,7 @@ function client(options = {}) {
     timers[timers.indexOf(timer)] = null;
     timer.fn();
   };
-  return { ws, timers, delays, fire, socket: () => FakeSocket.made.at(-1) };
+  return { ws, timers, delays, clock, fire, socket: () => FakeSocket.made.at(-1) };
 }
 
 test("backoff grows exponentially, is capped, and jitter only shortens it", () => {
@@ -106,8 +108,8 @@ test("sends while offline are queued and flushed in order after rooms", () => {
   assert.equal(ws.state, "open");
 });
 
-test("reconnect delays back off and reset after a successful open", () => {
-  const { ws, delays, fire, socket } = client();
+test("reconnect delays back off, and reset only after a stable connection", () => {
+  const { ws, delays, clock, fire, socket } = client();
   const half = () => 0.5;
   socket().drop(); // the first attempt fails before opening
   fire();
@@ -116,23 +118,99 @@ test("reconnect delays back off and reset after a successful open", () => {
   socket().drop();
   assert.deepEqual(delays, [0, 1, 2].map((n) => backoffDelay(n, {}, half)));
   assert.equal(ws.status.attempt, 3);
+  // A server that accepts and closes at once: the backoff keeps growing.
   fire();
   socket().open();
-  assert.equal(ws.status.attempt, 0);
+  socket().drop(1011);
+  assert.equal(delays.at(-1), backoffDelay(3, {}, half));
+  // A connection that lasted: the next delay starts over.
+  fire();
+  socket().open();
+  clock.now += ws.stableMs;
   socket().drop();
   assert.equal(delays.at(-1), backoffDelay(0, {}, half));
+  assert.equal(ws.status.attempt, 1);
+});
+
+test("rooms are state: offline changes replay as the wanted set, in order", () => {
+  const { ws, fire, socket } = client();
+  socket().open();
+  ws.join("A");
+  socket().drop();
+  ws.join("B");
+  ws.leave("A");
+  ws.send("chat", "to B");
+  ws.leave("B");
+  ws.join("A");
+  fire();
+  socket().open();
+  assert.deepEqual(
+    socket().sent.map((f) => JSON.parse(f)),
+    [
+      { type: "room.join", data: { room: "A" } },
+      { type: "chat", data: "to B" },
+    ],
+  );
+});
+
+test("close() wins over a pending reconnect, and connect() after it starts anew", () => {
+  const { ws, timers, fire, socket } = client();
+  socket().drop();
+  ws.connect(); // "retry now" during the backoff
+  assert.equal(timers.filter((t) => t !== null).length, 0, "the backoff timer is cancelled");
+  socket().drop();
+  ws.close();
+  assert.equal(timers.filter((t) => t !== null).length, 0);
+  assert.equal(ws.state, "closed");
+  const made = FakeSocket.made.length;
+  ws.connect();
+  assert.equal(FakeSocket.made.length, made + 1);
+  socket().open();
+  assert.equal(ws.state, "open");
+  void fire;
+});
+
+test("a throwing subscriber or handler stops nothing", () => {
+  const errors = [];
+  const reportError = globalThis.reportError;
+  globalThis.reportError = (e) => errors.push(e.message);
+  try {
+    const { ws, timers, socket } = client();
+    ws.subscribe((s) => {
+      if (s.state === "reconnecting") throw new Error("subscriber");
+    });
+    const got = [];
+    ws.on("m", () => {
+      throw new Error("handler");
+    });
+    ws.on("*", (_, env) => got.push(env.type));
+    ws.on("text", (t) => got.push(`text:${t}`));
+    socket().open();
+    socket().receive(JSON.stringify({ type: "m", data: 1 }));
+    socket().receive("null");
+    socket().receive("plain words");
+    socket().drop();
+    assert.equal(timers.filter((t) => t !== null).length, 1, "the reconnect is still scheduled");
+    assert.deepEqual(got, ["m", "text:null", "text:plain words"]);
+    assert.deepEqual(errors, ["handler", "subscriber"]);
+  } finally {
+    globalThis.reportError = reportError;
+  }
 });
 
 test("the status is a Svelte store: current value at once, then each change", () => {
   const { ws, socket } = client();
   const seen = [];
-  const unsubscribe = ws.subscribe((s) => seen.push(s.state));
-  assert.deepEqual(seen, ["connecting"]);
+  const record = (s) => seen.push(s.state);
+  const unsubscribe = ws.subscribe(record);
+  const second = ws.subscribe(record); // the same function twice: two subscriptions
+  assert.deepEqual(seen, ["connecting", "connecting"]);
+  second();
   socket().open();
   socket().drop();
   unsubscribe();
   ws.close();
-  assert.deepEqual(seen, ["connecting", "open", "reconnecting"]);
+  assert.deepEqual(seen, ["connecting", "connecting", "open", "reconnecting"]);
 });
 
 test("close() stops reconnecting", () => {

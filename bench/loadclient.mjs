@@ -1,0 +1,145 @@
+// The fan-out load client: many websocket connections on raw `net` sockets,
+// frames parsed in place (no per-message objects), so the client is not what
+// a benchmark measures.
+//
+//   node bench/loadclient.mjs --url ws://127.0.0.1:8000/ws --clients 1000 --k 200
+//
+// Opens C connections, then sends {"type":"go","data":{"k":K}} on the first;
+// the server broadcasts K messages of ~100 bytes, each carrying its send time
+// as "t" (epoch milliseconds). Prints one JSON line: delivered messages/s
+// (C*K over the time from the trigger to the last frame) and latency p50/p99
+// (receive time minus "t", sampled on every message). Exits non-zero if not
+// every frame arrived within --timeout seconds.
+
+import crypto from "node:crypto";
+import net from "node:net";
+import { performance } from "node:perf_hooks";
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((pairs, arg, i, all) => {
+    if (arg.startsWith("--")) pairs.push([arg.slice(2), all[i + 1]]);
+    return pairs;
+  }, []),
+);
+const url = new URL(args.url ?? "ws://127.0.0.1:8000/ws");
+const clients = Number(args.clients ?? 100);
+const k = Number(args.k ?? 100);
+const timeout = Number(args.timeout ?? 60) * 1000;
+const now = () => performance.timeOrigin + performance.now();
+
+const T_KEY = Buffer.from('"t":');
+let received = 0;
+let lastAt = 0;
+const latencies = new Float64Array(clients * k);
+let sampled = 0;
+
+function maskedText(text) {
+  const payload = Buffer.from(text);
+  const mask = crypto.randomBytes(4);
+  const head = payload.length < 126 ? Buffer.from([0x81, 0x80 | payload.length])
+    : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 255]);
+  for (let i = 0; i < payload.length; i++) payload[i] ^= mask[i & 3];
+  return Buffer.concat([head, mask, payload]);
+}
+
+function onMessage(buf, start, end, opcode) {
+  if (opcode !== 1) return; // pings, pongs, binary: not counted
+  received += 1;
+  const at = now();
+  lastAt = at;
+  const i = buf.indexOf(T_KEY, start);
+  if (i !== -1 && i < end) {
+    let j = i + 4;
+    while (j < end && buf[j] !== 44 && buf[j] !== 125) j++; // up to , or }
+    const t = Number(buf.toString("latin1", i + 4, j));
+    if (Number.isFinite(t) && sampled < latencies.length) latencies[sampled++] = at - t;
+  }
+}
+
+function connect(index) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: url.hostname, port: Number(url.port), noDelay: true });
+    const key = crypto.randomBytes(16).toString("base64");
+    let pending = null; // unparsed bytes
+    let open = false;
+    socket.on("connect", () => {
+      socket.write(
+        `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
+          `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
+          `Sec-WebSocket-Version: 13\r\nOrigin: http://${url.host}\r\n\r\n`,
+      );
+    });
+    socket.on("data", (chunk) => {
+      let buf = pending ? Buffer.concat([pending, chunk]) : chunk;
+      pending = null;
+      let pos = 0;
+      if (!open) {
+        const end = buf.indexOf("\r\n\r\n");
+        if (end === -1) { pending = buf; return; }
+        if (!buf.toString("latin1", 0, 12).includes("101")) {
+          reject(new Error(`client ${index}: ${buf.toString("latin1", 0, end)}`));
+          socket.destroy();
+          return;
+        }
+        open = true;
+        pos = end + 4;
+        resolve(socket);
+      }
+      while (buf.length - pos >= 2) {
+        const opcode = buf[pos] & 0x0f;
+        let len = buf[pos + 1] & 0x7f;
+        let head = 2;
+        if (len === 126) {
+          if (buf.length - pos < 4) break;
+          len = buf.readUInt16BE(pos + 2);
+          head = 4;
+        } else if (len === 127) {
+          if (buf.length - pos < 10) break;
+          len = Number(buf.readBigUInt64BE(pos + 2));
+          head = 10;
+        }
+        if (buf.length - pos < head + len) break;
+        onMessage(buf, pos + head, pos + head + len, opcode);
+        pos += head + len;
+      }
+      if (pos < buf.length) pending = buf.subarray(pos);
+    });
+    socket.on("error", reject);
+  });
+}
+
+const sockets = [];
+for (let i = 0; i < clients; i += 100) {
+  // Connect in batches: a listen backlog of 100 is common.
+  const batch = [];
+  for (let j = i; j < Math.min(clients, i + 100); j++) batch.push(connect(j));
+  sockets.push(...(await Promise.all(batch)));
+}
+// Let the servers finish their on-connect work before the clock starts.
+await new Promise((r) => setTimeout(r, 200));
+received = 0;
+sampled = 0;
+const expected = clients * k;
+const startedAt = now();
+sockets[0].write(maskedText(JSON.stringify({ type: "go", data: { k } })));
+const deadline = startedAt + timeout;
+while (received < expected && now() < deadline) {
+  await new Promise((r) => setTimeout(r, 2));
+}
+const seconds = (lastAt - startedAt) / 1000;
+const sorted = latencies.subarray(0, sampled).sort();
+const pct = (p) => (sampled ? sorted[Math.min(sampled - 1, Math.floor(sampled * p))] : null);
+console.log(
+  JSON.stringify({
+    clients,
+    k,
+    received,
+    expected,
+    seconds,
+    rate: received / seconds,
+    p50_ms: pct(0.5),
+    p99_ms: pct(0.99),
+  }),
+);
+for (const s of sockets) s.destroy();
+process.exit(received === expected ? 0 : 1);

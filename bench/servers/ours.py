@@ -1,0 +1,23 @@
+"""sanic-ws-ext, every feature on: `sanic bench.servers.ours:app`."""
+
+from __future__ import annotations
+
+import time
+
+from sanic import Sanic
+from sanic_ext import Extend
+
+from sanic_ws_ext import Connection, Envelope, WSExtension, WSHandlers
+
+app = Sanic("bench_ours")
+app.config.MOTD = False
+Extend(app).register(WSExtension)
+handlers = WSHandlers(app)
+PAD = "x" * 40
+
+
+@handlers.on("go")
+async def go(conn: Connection, msg: Envelope) -> None:
+    broadcast = conn.manager.broadcast
+    for i in range(msg.data["k"]):
+        await broadcast("tick", {"t": time.time() * 1000, "i": i, "pad": PAD})
