@@ -44,6 +44,7 @@ def command(server: str, port: int) -> list[str]:
         "websockets": [PY, str(BENCH / "servers" / "wslib.py"), str(port)],
         "node-ws": ["node", str(BENCH / "servers" / "node_ws.mjs"), str(port)],
         "socketify": [PY, str(BENCH / "servers" / "socketify_server.py"), str(port)],
+        "client-ceiling": ["node", str(BENCH / "servers" / "ceiling.mjs"), str(port)],
     }[server]
 
 
@@ -115,7 +116,14 @@ def main() -> None:
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=["naive", "ours", "websockets", "node-ws", "socketify"],
+        default=[
+            "naive",
+            "ours",
+            "websockets",
+            "node-ws",
+            "socketify",
+            "client-ceiling",
+        ],
     )
     args = parser.parse_args()
     results: dict[tuple[int, str], list[dict[str, float]]] = {}

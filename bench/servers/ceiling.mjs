@@ -1,0 +1,47 @@
+// Not a peer: the load client's ceiling. A raw `net` server that answers the
+// handshake and, on any frame, writes K pre-framed ~100-byte messages to every
+// client in one write each: the cheapest server possible, so the figure is the
+// client's limit. node bench/servers/ceiling.mjs PORT
+import crypto from "node:crypto";
+import net from "node:net";
+import { performance } from "node:perf_hooks";
+
+const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const sockets = new Set();
+
+function frame(text) {
+  const payload = Buffer.from(text);
+  return Buffer.concat([Buffer.from([0x81, payload.length]), payload]);
+}
+
+net.createServer({ noDelay: true }, (socket) => {
+  let open = false;
+  let head = Buffer.alloc(0);
+  socket.on("data", (chunk) => {
+    if (!open) {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf("\r\n\r\n");
+      if (end === -1) return;
+      const key = /Sec-WebSocket-Key: (.+)\r\n/i.exec(head.toString("latin1"))[1].trim();
+      const accept = crypto.createHash("sha1").update(key + GUID).digest("base64");
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+      open = true;
+      sockets.add(socket);
+      return;
+    }
+    // The trigger: {"type":"go","data":{"k":K}} (masked; unmask to read K).
+    const len = chunk[1] & 0x7f;
+    const mask = chunk.subarray(2, 6);
+    const body = Buffer.from(chunk.subarray(6, 6 + len)).map((b, i) => b ^ mask[i & 3]);
+    const k = JSON.parse(body.toString()).data.k;
+    const t = performance.timeOrigin + performance.now();
+    const frames = [];
+    for (let i = 0; i < k; i++) {
+      frames.push(frame(JSON.stringify({ type: "tick", data: { t, i, pad: "x".repeat(40) } })));
+    }
+    const all = Buffer.concat(frames);
+    for (const s of sockets) s.write(all);
+  });
+  socket.on("close", () => sockets.delete(socket));
+  socket.on("error", () => sockets.delete(socket));
+}).listen(Number(process.argv[2]), "127.0.0.1");
