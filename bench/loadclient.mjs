@@ -4,7 +4,9 @@
 //
 //   node bench/loadclient.mjs --url ws://127.0.0.1:8000/ws --clients 1000 --k 200
 //
-// Opens C connections, then sends {"type":"go","data":{"k":K}} on the first;
+// With --hold 1 it only opens C connections, prints {"ready": C} and keeps them
+// until its stdin closes (the idle-memory scenario). Otherwise it opens C
+// connections, then sends {"type":"go","data":{"k":K}} on the first;
 // the server broadcasts K messages of ~100 bytes, each carrying its send time
 // as "t" (epoch milliseconds). Prints one JSON line: delivered messages/s
 // (C*K over the time from the trigger to the last frame) and latency p50/p99
@@ -114,6 +116,14 @@ for (let i = 0; i < clients; i += 100) {
   const batch = [];
   for (let j = i; j < Math.min(clients, i + 100); j++) batch.push(connect(j));
   sockets.push(...(await Promise.all(batch)));
+}
+if (args.hold !== undefined) {
+  // Idle-memory mode: report the connections open, keep them until stdin ends.
+  console.log(JSON.stringify({ ready: sockets.length }));
+  process.stdin.resume();
+  await new Promise((r) => process.stdin.on("end", r));
+  for (const s of sockets) s.destroy();
+  process.exit(0);
 }
 // Let the servers finish their on-connect work before the clock starts.
 await new Promise((r) => setTimeout(r, 200));
