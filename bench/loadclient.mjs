@@ -4,6 +4,8 @@
 //
 //   node bench/loadclient.mjs --url ws://127.0.0.1:8000/ws --clients 1000 --k 200
 //
+// With --rate R [--duration S] it runs the chat scenario: every client sends R
+// messages/s, the server broadcasts each to all; prints latency over all.
 // With --hold 1 it only opens C connections, prints {"ready": C} and keeps them
 // until its stdin closes (the idle-memory scenario). Otherwise it opens C
 // connections, then sends {"type":"go","data":{"k":K}} on the first;
@@ -32,7 +34,8 @@ const now = () => performance.timeOrigin + performance.now();
 const T_KEY = Buffer.from('"t":');
 let received = 0;
 let lastAt = 0;
-const latencies = new Float64Array(clients * k);
+// Latency samples kept (chat mode: pass --samples for C*C*rate*duration).
+const latencies = new Float64Array(Number(args.samples ?? clients * k));
 let sampled = 0;
 
 function maskedText(text) {
@@ -122,6 +125,43 @@ if (args.hold !== undefined) {
   console.log(JSON.stringify({ ready: sockets.length }));
   process.stdin.resume();
   await new Promise((r) => process.stdin.on("end", r));
+  for (const s of sockets) s.destroy();
+  process.exit(0);
+}
+if (args.rate !== undefined) {
+  // Chat mode: every client sends `rate` messages/s for `duration` seconds;
+  // the server broadcasts each to every client. Latency over all deliveries.
+  const rate = Number(args.rate);
+  const duration = Number(args.duration ?? 3);
+  const tick = 10; // ms
+  await new Promise((r) => setTimeout(r, 200));
+  received = 0;
+  sampled = 0;
+  const startedAt = now();
+  let sent = 0;
+  const target = rate * clients * duration;
+  while (sent < target) {
+    // Catch up with the clock: timers fire late under load, the rate must not.
+    const due = Math.min(target, Math.floor((rate * clients * (now() - startedAt)) / 1000));
+    while (sent < due) {
+      const frame = maskedText(`{"type":"chat","data":{"t":${now()}}}`);
+      sockets[sent % clients].write(frame);
+      sent += 1;
+    }
+    await new Promise((r) => setTimeout(r, tick));
+  }
+  const sendSeconds = (now() - startedAt) / 1000;
+  const expectedChat = sent * clients;
+  const drainUntil = now() + 5000;
+  while (received < expectedChat && now() < drainUntil) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const sorted = latencies.subarray(0, sampled).sort();
+  const pct = (p) => (sampled ? sorted[Math.min(sampled - 1, Math.floor(sampled * p))] : null);
+  console.log(JSON.stringify({
+    clients, rate, sent, sendSeconds, received, expected: expectedChat,
+    p50_ms: pct(0.5), p99_ms: pct(0.99),
+  }));
   for (const s of sockets) s.destroy();
   process.exit(0);
 }

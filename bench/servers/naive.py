@@ -19,7 +19,12 @@ async def endpoint(request: Request, ws: Any) -> None:
     clients.add(ws)
     try:
         async for raw in ws:
-            k = ujson.loads(raw)["data"]["k"]
+            message = ujson.loads(raw)
+            if message["type"] == "chat":
+                for client in list(clients):
+                    await client.send(raw)
+                continue
+            k = message["data"]["k"]
             for i in range(k):
                 data = {"t": time.time() * 1000, "i": i, "pad": PAD}
                 text = ujson.dumps({"type": "tick", "data": data})

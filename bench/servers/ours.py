@@ -21,3 +21,8 @@ async def go(conn: Connection, msg: Envelope) -> None:
     broadcast = conn.manager.broadcast
     for i in range(msg.data["k"]):
         await broadcast("tick", {"t": time.time() * 1000, "i": i, "pad": PAD})
+
+
+@handlers.on("chat")
+async def chat(conn: Connection, msg: Envelope) -> None:
+    await conn.manager.broadcast("chat", msg.data)

@@ -19,7 +19,11 @@ def run(port: int) -> None:
         ws.subscribe("all")
 
     def on_message(ws: Any, message: Any, opcode: Any) -> None:
-        k = ujson.loads(message)["data"]["k"]
+        parsed = ujson.loads(message)
+        if parsed["type"] == "chat":
+            app.publish("all", message, OpCode.TEXT)
+            return
+        k = parsed["data"]["k"]
         for i in range(k):
             text = ujson.dumps(
                 {"type": "tick", "data": {"t": time.time() * 1000, "i": i, "pad": PAD}}

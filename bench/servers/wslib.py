@@ -18,7 +18,11 @@ async def handler(ws: ServerConnection) -> None:
     clients.add(ws)
     try:
         async for raw in ws:
-            k = ujson.loads(raw)["data"]["k"]
+            message = ujson.loads(raw)
+            if message["type"] == "chat":
+                broadcast(clients, raw)
+                continue
+            k = message["data"]["k"]
             for i in range(k):
                 data = {"t": time.time() * 1000, "i": i, "pad": PAD}
                 text = ujson.dumps({"type": "tick", "data": data})
