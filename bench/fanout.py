@@ -40,6 +40,8 @@ def command(server: str, port: int) -> list[str]:
     sanic = [PY, "-m", "sanic", "--host", "127.0.0.1", "--port", str(port), "--no-motd"]
     return {
         "ours": [*sanic, "bench.servers.ours:app", "--single-process"],
+        # The same app on 4 workers, the relay between them (same core set).
+        "ours-4w": [*sanic, "bench.servers.ours:app", "--workers", "4"],
         "naive": [*sanic, "bench.servers.naive:app", "--single-process"],
         "websockets": [PY, str(BENCH / "servers" / "wslib.py"), str(port)],
         "node-ws": ["node", str(BENCH / "servers" / "node_ws.mjs"), str(port)],
