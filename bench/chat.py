@@ -81,9 +81,7 @@ def highest_rate(server: str, clients: int, rates: list[int], duration: float) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument(
-        "--rates", type=int, nargs="+", default=RATES
-    )
+    parser.add_argument("--rates", type=int, nargs="+", default=RATES)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
