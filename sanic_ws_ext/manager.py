@@ -473,9 +473,19 @@ class ConnectionManager:
             )
             for room in m.rooms
         }
-        for key in before.keys() - after.keys():
+        left = before.keys() - after.keys()
+        joined = after.keys() - before.keys()
+        if left or joined:
+            # A re-sync that changes the view: ops of that peer were missed.
+            log.warning(
+                "resync with %s: %d room membership(s) appeared, %d vanished",
+                peer,
+                len(joined),
+                len(left),
+            )
+        for key in left:
             self._presence("presence.leave", key[1], before[key])
-        for key in after.keys() - before.keys():
+        for key in joined:
             self._presence("presence.join", key[1], after[key])
 
     def _drop_peer(self, peer: str) -> None:

@@ -133,5 +133,7 @@ class SanicProcess:
                 assert self.proc is not None
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+                # Shown with the failure (pytest prints captured output).
+                print(f"--- {' '.join(self.args[3:5])} log ---\n{self.stderr()}")
         finally:
             self.log.close()

@@ -89,8 +89,15 @@ async def test_two_nodes_of_two_workers_act_as_one() -> None:
         for i, member in enumerate(members):
             await a.do("join", id=member.id, room="lobby")
             for present in members[: i + 1]:
-                event = (await present.ws.expect("presence.join", units(10))).data
-                assert (event["id"], event["worker"]) == (member.id, member.worker)
+                # A re-sync may repeat the join of someone already in the room
+                # (seen once in CI, logged as "resync with ..."); anything
+                # else before this member's join is a bug.
+                while True:
+                    event = (await present.ws.expect("presence.join", units(10))).data
+                    if event["id"] == member.id:
+                        break
+                    assert event["id"] in {m.id for m in members[:i]}, event
+                assert event["worker"] == member.worker
         listed = await one.until(
             a, "members", lambda m: len(m) == len(members), room="lobby"
         )
