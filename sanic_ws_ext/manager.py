@@ -400,6 +400,9 @@ class ConnectionManager:
             self._lives[peer] = op.payload.decode()
             self._drop_peer(peer)
             self._send_sync(peer)
+            # A HELLO can arrive after the new process's first ops (resent by
+            # the backplane after a fault, say): ask for its state, too.
+            self._request_sync(peer)
         elif op.kind is OpKind.BEAT:
             if self._lives.get(peer) != op.payload.decode():
                 # A peer we dropped (or whose HELLO we missed): catch up.

@@ -88,6 +88,11 @@ _BATCH = 256  # messages per pipeline round trip
 _IO_TIMEOUT = 5.0  # seconds for connecting and for a publish round trip
 _START_WAIT = 2.0  # seconds start() waits for the first connection
 _PRUNE_EVERY = 60.0  # seconds between sweeps of what we keep per process
+# Redis acknowledges a PUBLISH before its subscribers have the bytes: a crash
+# in between loses it. Messages acknowledged this recently before a failure
+# are sent again after the reconnect (receivers drop what they already got).
+_RESEND_WINDOW = 1.0
+_RESEND_BYTES = 1 << 20
 _FORGET_AFTER = 600.0  # a process silent this long (while connected) is gone
 
 
@@ -154,6 +159,9 @@ class RedisBackplane:
         self._pending: list[tuple[str, bytes]] = []
         self._sealing = False
         self._outbox: deque[tuple[str, bytes]] = deque()
+        # (acknowledged at, channel, message), newest last, for _RESEND_WINDOW.
+        self._recent: deque[tuple[float, str, bytes]] = deque()
+        self._recent_bytes = 0
         self._outbox_bytes = 0
         self._seq: dict[str, int] = {}
         # (direct channel?, origin) -> (its life, last sequence seen)
@@ -407,6 +415,7 @@ class RedisBackplane:
         now = self._loop.time()
         if self._down_since is None:
             self._down_since = now
+            self._requeue_recent(now)
             log.warning(
                 "redis backplane: %s %s (%r); retrying",
                 "link lost to" if self._ever_up else "cannot connect to",
@@ -530,9 +539,30 @@ class RedisBackplane:
             # On failure the batch stays queued and goes again after the
             # reconnect; receivers drop what they already got.
             await pipe.execute()
+            now = self._loop.time() if self._loop is not None else 0.0
             for _ in batch:
-                self._outbox_bytes -= len(self._outbox.popleft()[1])
+                channel, message = self._outbox.popleft()
+                self._outbox_bytes -= len(message)
+                self._recent.append((now, channel, message))
+                self._recent_bytes += len(message)
+            self._trim_recent(now)
             self.published += len(batch)
+
+    def _trim_recent(self, now: float) -> None:
+        recent = self._recent
+        while recent and (
+            now - recent[0][0] > _RESEND_WINDOW or self._recent_bytes > _RESEND_BYTES
+        ):
+            self._recent_bytes -= len(recent.popleft()[2])
+
+    def _requeue_recent(self, now: float) -> None:
+        """Put what Redis acknowledged just before a failure back in front."""
+        self._trim_recent(now)
+        for _, channel, message in reversed(self._recent):
+            self._outbox.appendleft((channel, message))
+            self._outbox_bytes += len(message)
+        self._recent.clear()
+        self._recent_bytes = 0
 
     async def _await_subscribers(self) -> None:
         """Wait (bounded) until the processes heard before the outage listen."""
