@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from fanout import BENCH, ROOT, command, free_port, wait_listening
+from fanout import BENCH, PEERS, ROOT, command, free_port, wait_listening
 
 P99_LIMIT_MS = 100.0
 RATES = [10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480]
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=["naive", "ours", "websockets", "node-ws", "socketify"],
+        default=PEERS,
     )
     args = parser.parse_args()
     best: dict[str, list[int]] = {s: [] for s in args.servers}

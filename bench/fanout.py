@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PY = sys.executable
+#: The peers every scenario compares, ours included.
+PEERS = ["naive", "ours", "websockets", "node-ws", "socketify"]
 
 
 def command(server: str, port: int) -> list[str]:
@@ -118,14 +120,7 @@ def main() -> None:
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=[
-            "naive",
-            "ours",
-            "websockets",
-            "node-ws",
-            "socketify",
-            "client-ceiling",
-        ],
+        default=[*PEERS, "client-ceiling"],
     )
     args = parser.parse_args()
     results: dict[tuple[int, str], list[dict[str, float]]] = {}

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fanout import BENCH, ROOT, command, free_port, wait_listening
+from fanout import BENCH, PEERS, ROOT, command, free_port, wait_listening
 
 
 def rss_kb(pid: int) -> int:
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=["naive", "ours", "websockets", "node-ws", "socketify"],
+        default=PEERS,
     )
     args = parser.parse_args()
     per: dict[str, list[float]] = {s: [] for s in args.servers}

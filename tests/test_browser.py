@@ -62,6 +62,15 @@ async def say(page: Page, text: str) -> None:
     await page.click("#send")
 
 
+async def both_online(alice: Page, bob: Page, wait: float) -> None:
+    """Both pages are connected and list both users in the room."""
+    for page in (alice, bob):
+        await expect(page.locator("#state")).to_have_text("open", timeout=wait)
+        for user in ("alice", "bob"):
+            listed = page.locator(f'#members li[data-user="{user}"]')
+            await expect(listed).to_have_count(1, timeout=wait)
+
+
 async def test_two_pages_chat_and_survive_a_server_restart(tmp_path: Path) -> None:
     port = free_port()
     wait = units(20) * 1000  # Playwright counts milliseconds
@@ -69,13 +78,8 @@ async def test_two_pages_chat_and_survive_a_server_restart(tmp_path: Path) -> No
         async with demo(port):
             alice = await open_chat(browser, port, "alice")
             bob = await open_chat(browser, port, "bob")
-            for page in (alice, bob):
-                await expect(page.locator("#state")).to_have_text("open", timeout=wait)
-                # Each sees both in the lobby's presence list.
-                for user in ("alice", "bob"):
-                    await expect(
-                        page.locator(f'#members li[data-user="{user}"]')
-                    ).to_have_count(1, timeout=wait)
+            # Each sees both in the lobby's presence list.
+            await both_online(alice, bob, wait)
             await say(alice, "hello bob")
             await expect(bob.locator("#log .msg").last).to_have_text(
                 "alicehello bob", timeout=wait
@@ -86,12 +90,7 @@ async def test_two_pages_chat_and_survive_a_server_restart(tmp_path: Path) -> No
                 "reconnecting", timeout=wait
             )
         async with demo(port):  # a new server on the same address
-            for page in (alice, bob):
-                await expect(page.locator("#state")).to_have_text("open", timeout=wait)
-                for user in ("alice", "bob"):  # rooms were re-joined
-                    await expect(
-                        page.locator(f'#members li[data-user="{user}"]')
-                    ).to_have_count(1, timeout=wait)
+            await both_online(alice, bob, wait)  # rooms were re-joined
             await say(bob, "still here?")
             await expect(alice.locator("#log .msg").last).to_have_text(
                 "bobstill here?", timeout=wait
