@@ -15,57 +15,25 @@ Rates rise until one fails. Loopback only; bounded.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import time
 
-from fanout import BENCH, PEERS, ROOT, command, free_port, wait_listening
+from fanout import PEERS, load_client, run_load, serving
 
 P99_LIMIT_MS = 100.0
 RATES = [10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480]
 
 
-def run_rate(port: int, clients: int, rate: int, duration: float) -> dict[str, float]:
-    samples = int(clients * clients * rate * duration * 1.2) + 1000
-    load = [
-        "taskset", "-c", "1", "node", str(BENCH / "loadclient.mjs"),
-        "--url", f"ws://127.0.0.1:{port}/ws", "--clients", str(clients),
-        "--rate", str(rate), "--duration", str(duration), "--samples", str(samples),
-    ]  # fmt: skip
-    out = subprocess.run(load, capture_output=True, text=True, timeout=120)
-    if not out.stdout.strip():
-        raise RuntimeError(f"load client failed: {out.stderr[-2000:]}")
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def highest_rate(server: str, clients: int, rates: list[int], duration: float) -> int:
     best = 0
     for rate in rates:
-        port = free_port()
-        proc = subprocess.Popen(
-            ["taskset", "-c", "0", *command(server, port)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_listening(port, proc)
-            time.sleep(0.3)  # let it finish starting
-            res = run_rate(port, clients, rate, duration)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        ok = (
-            res["received"] == res["expected"]
-            and (res["p99_ms"] or 1e9) <= P99_LIMIT_MS
-        )
+        samples = int(clients * clients * rate * duration * 1.2) + 1000
+        options = ["--rate", str(rate), "--duration", str(duration)]
+        with serving(server) as (port, _):
+            load = load_client(port, clients, *options, "--samples", str(samples))
+            res = run_load(server, load)
+        p99 = res["p99_ms"] if res["p99_ms"] is not None else float("inf")
+        ok = res["received"] == res["expected"] and p99 <= P99_LIMIT_MS
         print(
             f"  {server} R={rate}: {res['received']}/{res['expected']}"
             f" p99 {res['p99_ms']:.1f} ms {'ok' if ok else 'FAIL'}",

@@ -29,6 +29,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,40 +73,51 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], limit: float = 20) 
     raise TimeoutError(f"nothing listening on {port}")
 
 
-def run_one(server: str, clients: int, k: int) -> dict[str, float]:
+@contextmanager
+def serving(server: str, settle: float = 0.3) -> Iterator[tuple[int, int]]:
+    """Run ``server`` alone on core 0 until the block exits: ``(port, pid)``."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         ["taskset", "-c", "0", *command(server, port)],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # never a pipe nobody reads
         start_new_session=True,
     )
     try:
         wait_listening(port, proc)
-        time.sleep(0.3)  # let it finish starting (workers, listeners)
-        load = [
-            "taskset", "-c", "1", "node", str(BENCH / "loadclient.mjs"),
-            "--url", f"ws://127.0.0.1:{port}/ws", "--clients", str(clients),
-            "--k", str(k), "--timeout", "60",
-        ]  # fmt: skip
-        out = subprocess.run(
-            load,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if not out.stdout.strip():
-            raise RuntimeError(f"{server}: load client failed: {out.stderr[-2000:]}")
-        result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-        if result["received"] != result["expected"]:
-            print(f"  {server}: only {result['received']}/{result['expected']}")
-        return result
+        time.sleep(settle)  # let it finish starting (workers, listeners)
+        yield port, proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def load_client(port: int, clients: int, *options: str) -> list[str]:
+    """The Node load client's command, pinned to core 1."""
+    return [
+        "taskset", "-c", "1", "node", str(BENCH / "loadclient.mjs"),
+        "--url", f"ws://127.0.0.1:{port}/ws", "--clients", str(clients), *options,
+    ]  # fmt: skip
+
+
+def run_load(server: str, command: list[str]) -> dict[str, float]:
+    """Run the load client to the end; its JSON result line."""
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if not out.stdout.strip():
+        raise RuntimeError(f"{server}: load client failed: {out.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_one(server: str, clients: int, k: int) -> dict[str, float]:
+    with serving(server) as (port, _):
+        load = load_client(port, clients, "--k", str(k), "--timeout", "60")
+        result = run_load(server, load)
+    if result["received"] != result["expected"]:
+        print(f"  {server}: only {result['received']}/{result['expected']}")
+    return result
 
 
 def fmt(values: list[float], digits: int = 0) -> str:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from fanout import BENCH, PEERS, ROOT, command, free_port, wait_listening
+from fanout import PEERS, load_client, serving
 
 
 def rss_kb(pid: int) -> int:
@@ -32,44 +30,27 @@ def rss_kb(pid: int) -> int:
 
 
 def run_one(server: str, clients: int) -> float:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", *command(server, port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    load = None
-    try:
-        wait_listening(port, proc)
-        time.sleep(1.0)  # settle: imports done, listeners run
-        before = rss_kb(proc.pid)
-        hold = [
-            "taskset", "-c", "1", "node", str(BENCH / "loadclient.mjs"),
-            "--url", f"ws://127.0.0.1:{port}/ws", "--clients", str(clients),
-            "--hold", "1",
-        ]  # fmt: skip
+    # Settle 1 s: imports done, listeners run, memory at rest.
+    with serving(server, settle=1.0) as (port, pid):
+        before = rss_kb(pid)
         load = subprocess.Popen(
-            hold,
+            load_client(port, clients, "--hold", "1"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert load.stdout is not None and load.stdin is not None
-        ready = json.loads(load.stdout.readline())
-        assert ready["ready"] == clients, ready
-        time.sleep(1.0)  # settle: every handshake handled, buffers released
-        after = rss_kb(proc.pid)
-        load.stdin.close()
-        load.wait(timeout=30)
-        return (after - before) / clients
-    finally:
-        if load is not None and load.poll() is None:
-            load.kill()
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        try:
+            assert load.stdout is not None and load.stdin is not None
+            ready = json.loads(load.stdout.readline())
+            assert ready["ready"] == clients, ready
+            time.sleep(1.0)  # settle: every handshake handled, buffers released
+            after = rss_kb(pid)
+            load.stdin.close()
+            load.wait(timeout=30)
+        finally:
+            if load.poll() is None:
+                load.kill()
+    return (after - before) / clients
 
 
 def main() -> None:

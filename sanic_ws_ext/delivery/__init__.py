@@ -78,8 +78,14 @@ class Delivery(Protocol):
     async def start(self, apply: Callable[[Op], None]) -> None:
         """Begin delivering ops published anywhere in the cluster to ``apply``."""
 
-    def publish(self, op: Op, to: str | None = None) -> None:
-        """Apply ``op`` here, then carry it to every process (or only ``to``)."""
+    def publish(
+        self, op: Op, to: str | None = None, record: bytes | None = None
+    ) -> None:
+        """Apply ``op`` here, then carry it to every process (or only ``to``).
+
+        ``record`` is ``frame_record(encode_op(op))`` when the caller already
+        made it (a wrapping backend), so the op is encoded once per process.
+        """
 
     async def stop(self) -> None:
         """Stop delivering; publishing after this is an error."""

@@ -59,7 +59,7 @@ from typing import Any
 from ..errors import PublishTooLarge
 from . import Delivery, Op, OpKind
 from .wire import (
-    decode_op,
+    apply_records,
     encode_op,
     frame_record,
     iter_records,
@@ -279,22 +279,29 @@ class RedisBackplane:
     def _is_local(self, process: str) -> bool:
         return process.startswith(self._node_prefix) or "/" not in process
 
-    def publish(self, op: Op, to: str | None = None) -> None:
+    def publish(
+        self, op: Op, to: str | None = None, record: bytes | None = None
+    ) -> None:
         if self._apply is None:
             raise RuntimeError("publish() before start() or after stop()")
         if to is not None and self._is_local(to):
-            self.local.publish(op, to)
+            self.local.publish(op, to, record)
             return
         if len(op.payload) > self.max_publish:
             raise PublishTooLarge(len(op.payload), self.max_publish)
+        if to is None and (
+            op.kind is OpKind.BEAT and self.state is not BackplaneState.CONNECTED
+        ):
+            self.local.publish(op, None, record)
+            return  # a beat is only worth sending now; never buffer one
+        if record is None:
+            record = frame_record(encode_op(op))  # once, for the relay and Redis
         if to is None:
-            self.local.publish(op)
-            if op.kind is OpKind.BEAT and self.state is not BackplaneState.CONNECTED:
-                return  # a beat is only worth sending now; never buffer one
+            self.local.publish(op, None, record)
             channel = self._all
         else:
             channel = self._direct + to
-        self._pending.append((channel, frame_record(encode_op(op))))
+        self._pending.append((channel, record))
         if not self._sealing:
             self._sealing = True
             assert self._loop is not None
@@ -620,13 +627,8 @@ class RedisBackplane:
                     self.on_missed(origin)
         self._seen[key] = (life, seq)
         self.received += 1
-        apply = self._apply
-        assert apply is not None
-        for record in iter_records(chunk):
-            try:
-                apply(decode_op(record))
-            except Exception:
-                log.exception("redis backplane: applying an op from %s failed", origin)
+        assert self._apply is not None
+        apply_records(self._apply, chunk, log, origin)
 
     def _set_state(self, state: BackplaneState) -> None:
         if state is self.state:

@@ -21,7 +21,9 @@ class LocalDelivery:
     async def start(self, apply: Callable[[Op], None]) -> None:
         self._apply = apply
 
-    def publish(self, op: Op, to: str | None = None) -> None:
+    def publish(
+        self, op: Op, to: str | None = None, record: bytes | None = None
+    ) -> None:
         if self._apply is None:
             raise RuntimeError("publish() before start() or after stop()")
         self._apply(op)

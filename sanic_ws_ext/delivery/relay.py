@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection as MPConnection
 from typing import Any
 
 from . import Op
-from .wire import decode_op, encode_op, frame_record, iter_records, pack_records
+from .wire import apply_records, encode_op, frame_record, pack_records
 
 __all__ = ["RelayInboxes", "WorkerRelay", "make_inboxes", "slot_of"]
 
@@ -193,7 +193,9 @@ class WorkerRelay:
 
     # -- sending ---------------------------------------------------------------
 
-    def publish(self, op: Op, to: str | None = None) -> None:
+    def publish(
+        self, op: Op, to: str | None = None, record: bytes | None = None
+    ) -> None:
         if self._apply is None:
             raise RuntimeError("publish() before start() or after stop()")
         if to is None:
@@ -207,7 +209,8 @@ class WorkerRelay:
             targets = (slot,)
         if self.slots == 1:
             return
-        record = frame_record(encode_op(op))
+        if record is None:
+            record = frame_record(encode_op(op))
         if to is None:
             self._out.append((record, -1))
         else:
@@ -376,10 +379,5 @@ class WorkerRelay:
             if kind == _MORE:
                 return
             chunk = bytes(self._partial.pop(sender)[1])
-        apply = self._apply
-        assert apply is not None
-        for record in iter_records(chunk):
-            try:
-                apply(decode_op(record))
-            except Exception:
-                log.exception("relay: applying an op failed")
+        assert self._apply is not None
+        apply_records(self._apply, chunk, log, f"relay slot {sender}")

@@ -1,4 +1,6 @@
-"""Bytes for ops between processes. Pure functions.
+"""Bytes for ops between processes.
+
+Pure functions, but for :func:`apply_records`, which calls back.
 
 An encoded op::
 
@@ -20,12 +22,14 @@ receivers drop duplicates and notice gaps::
 
 from __future__ import annotations
 
+import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import Op, OpKind
 
 __all__ = [
+    "apply_records",
     "decode_op",
     "encode_op",
     "frame_record",
@@ -139,3 +143,18 @@ def unpack_message(data: bytes) -> tuple[str, int, int, bytes]:
     start = _MESSAGE.size
     origin = data[start : start + n_origin].decode()
     return origin, life, seq, data[start + n_origin :]
+
+
+def apply_records(
+    apply: Callable[[Op], None], chunk: bytes, log: logging.Logger, source: str
+) -> None:
+    """Decode and apply each op of ``chunk``; one that fails is logged, not raised.
+
+    The receivers' loop (relay and backplane): a bad op must never escape
+    into the event loop nor stop the ops after it.
+    """
+    for record in iter_records(chunk):
+        try:
+            apply(decode_op(record))
+        except Exception:
+            log.exception("applying an op from %s failed", source)
