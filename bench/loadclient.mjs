@@ -10,7 +10,13 @@
 // until its stdin closes (the idle-memory scenario). Otherwise it opens C
 // connections, then sends {"type":"go","data":{"k":K}} on the first;
 // the server broadcasts K messages of ~100 bytes, each carrying its send time
-// as "t" (epoch milliseconds). Prints one JSON line: delivered messages/s
+// as "t" (epoch milliseconds).
+//
+// --url may list several URLs, comma-separated (the nodes of one cluster):
+// client i connects to URL i mod n; the trigger goes to the first. With
+// --proto socketio it speaks Engine.IO 4 / Socket.IO 5 over the websocket:
+// it joins the default namespace ("40"), answers pings, sends events as
+// 42["type",data] and counts only event frames. Prints one JSON line: delivered messages/s
 // (C*K over the time from the trigger to the last frame) and latency p50/p99
 // (receive time minus "t", sampled on every message). Exits non-zero if not
 // every frame arrived within --timeout seconds.
@@ -25,7 +31,8 @@ const args = Object.fromEntries(
     return pairs;
   }, []),
 );
-const url = new URL(args.url ?? "ws://127.0.0.1:8000/ws");
+const urls = (args.url ?? "ws://127.0.0.1:8000/ws").split(",").map((u) => new URL(u));
+const socketio = args.proto === "socketio";
 const clients = Number(args.clients ?? 100);
 const k = Number(args.k ?? 100);
 const timeout = Number(args.timeout ?? 60) * 1000;
@@ -47,8 +54,15 @@ function maskedText(text) {
   return Buffer.concat([head, mask, payload]);
 }
 
+// One event, in the server's framing.
+function event(type, data) {
+  return socketio ? `42${JSON.stringify([type, data])}` : JSON.stringify({ type, data });
+}
+
 function onMessage(buf, start, end, opcode) {
   if (opcode !== 1) return; // pings, pongs, binary: not counted
+  // Socket.IO: only events count ("42[..."); "2" pings are answered elsewhere.
+  if (socketio && (buf[start] !== 52 || buf[start + 1] !== 50)) return;
   received += 1;
   const at = now();
   lastAt = at;
@@ -62,6 +76,7 @@ function onMessage(buf, start, end, opcode) {
 }
 
 function connect(index) {
+  const url = urls[index % urls.length];
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: url.hostname, port: Number(url.port), noDelay: true });
     const key = crypto.randomBytes(16).toString("base64");
@@ -88,7 +103,7 @@ function connect(index) {
         }
         open = true;
         pos = end + 4;
-        resolve(socket);
+        if (!socketio) resolve(socket);
       }
       while (buf.length - pos >= 2) {
         const opcode = buf[pos] & 0x0f;
@@ -104,7 +119,17 @@ function connect(index) {
           head = 10;
         }
         if (buf.length - pos < head + len) break;
-        onMessage(buf, pos + head, pos + head + len, opcode);
+        if (socketio && opcode === 1 && buf[pos + head] !== 52) {
+          // Engine.IO control: "0{...}" open, then we join the namespace;
+          // "40{...}" joined: connected; "2" ping: answer "3".
+          const text = buf.toString("latin1", pos + head, pos + head + len);
+          if (text[0] === "0") socket.write(maskedText("40"));
+          else if (text[0] === "2") socket.write(maskedText("3"));
+        } else if (socketio && opcode === 1 && buf[pos + head + 1] === 48) {
+          resolve(socket); // "40": in the namespace, events will reach us
+        } else {
+          onMessage(buf, pos + head, pos + head + len, opcode);
+        }
         pos += head + len;
       }
       if (pos < buf.length) pending = buf.subarray(pos);
@@ -144,7 +169,7 @@ if (args.rate !== undefined) {
     // Catch up with the clock: timers fire late under load, the rate must not.
     const due = Math.min(target, Math.floor((rate * clients * (now() - startedAt)) / 1000));
     while (sent < due) {
-      const frame = maskedText(`{"type":"chat","data":{"t":${now()}}}`);
+      const frame = maskedText(event("chat", { t: now() }));
       sockets[sent % clients].write(frame);
       sent += 1;
     }
@@ -171,7 +196,7 @@ received = 0;
 sampled = 0;
 const expected = clients * k;
 const startedAt = now();
-sockets[0].write(maskedText(JSON.stringify({ type: "go", data: { k } })));
+sockets[0].write(maskedText(event("go", { k })));
 const deadline = startedAt + timeout;
 while (received < expected && now() < deadline) {
   await new Promise((r) => setTimeout(r, 2));

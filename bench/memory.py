@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from fanout import PEERS, load_client, serving
+from peers import PEERS, fmt, load_client, serving
 
 
 def rss_kb(pid: int) -> int:
@@ -31,10 +30,11 @@ def rss_kb(pid: int) -> int:
 
 def run_one(server: str, clients: int) -> float:
     # Settle 1 s: imports done, listeners run, memory at rest.
-    with serving(server, settle=1.0) as (port, pid):
+    with serving(server, settle=1.0) as served:
+        (pid,) = served.pids  # one process: its RSS is the server's
         before = rss_kb(pid)
         load = subprocess.Popen(
-            load_client(port, clients, "--hold", "1"),
+            load_client(served, clients, "--hold", "1"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -53,27 +53,30 @@ def run_one(server: str, clients: int) -> float:
     return (after - before) / clients
 
 
+def run(clients: int, rounds: int, servers: list[str]) -> list[str]:
+    per: dict[str, list[float]] = {s: [] for s in servers}
+    for r in range(rounds):
+        for server in servers:
+            per[server].append(run_one(server, clients))
+        print(f"memory: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    out = [
+        f"Idle memory, {clients:,} connections, {rounds} rounds; medians (range).",
+        "",
+        "| server | KB per idle connection |",
+        "| --- | --- |",
+    ]
+    for server, values in per.items():
+        out.append(f"| {server} | {fmt(values, 1)} |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--servers",
-        nargs="+",
-        default=PEERS,
-    )
+    parser.add_argument("--servers", nargs="+", default=PEERS)
     args = parser.parse_args()
-    per: dict[str, list[float]] = {s: [] for s in args.servers}
-    for r in range(args.rounds):
-        for server in args.servers:
-            per[server].append(run_one(server, args.clients))
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    print(f"idle memory, {args.clients:,} connections, {args.rounds} rounds")
-    print("| server | KB per idle connection |")
-    print("| --- | --- |")
-    for server, values in per.items():
-        med = statistics.median(values)
-        print(f"| {server} | {med:.1f} ({min(values):.1f} - {max(values):.1f}) |")
+    print("\n".join(run(args.clients, args.rounds, args.servers)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""python-socketio on uvicorn (ASGI, uvloop, httptools): the same two events.
+
+    uvicorn bench.servers.socketio_server:app --port P [--workers 4]
+
+With ``BENCH_REDIS`` set (a redis:// URL) the server uses python-socketio's
+``AsyncRedisManager``, so an emit reaches the clients of every worker and
+machine: its documented way to scale out. Websocket transport only, so no
+sticky sessions are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import socketio
+
+PAD = "x" * 40
+redis_url = os.environ.get("BENCH_REDIS")
+manager = (
+    socketio.AsyncRedisManager(
+        redis_url, channel=os.environ.get("BENCH_CHANNEL", "socketio")
+    )
+    if redis_url
+    else None
+)
+sio = socketio.AsyncServer(
+    async_mode="asgi",
+    client_manager=manager,
+    transports=["websocket"],
+    cors_allowed_origins="*",
+    max_http_buffer_size=1 << 20,
+)
+app = socketio.ASGIApp(sio)
+
+
+@sio.on("go")  # type: ignore[untyped-decorator]
+async def go(sid: str, data: dict[str, Any]) -> None:
+    for i in range(data["k"]):
+        await sio.emit("tick", {"t": time.time() * 1000, "i": i, "pad": PAD})
+
+
+@sio.on("chat")  # type: ignore[untyped-decorator]
+async def chat(sid: str, data: Any) -> None:
+    await sio.emit("chat", data)

@@ -1,0 +1,129 @@
+"""The whole benchmark suite, one command; a markdown report on stdout.
+
+    python bench/suite.py [--rounds 3] [--out report.md]
+    python bench/suite.py --smoke        # seconds: every scenario, tiny
+
+Scenarios, each against the peers of ``bench/peers.py`` with the same Node
+load client: fan-out (C = 100 and 1000, K = 200, single-process peers, then
+four workers on one core: ours over the relay, ours as two machines over
+Redis, python-socketio with its Redis manager; and the load client's
+ceiling), chat (100 clients; highest rate with p99 <= 100 ms), idle memory
+(5,000 connections), the relay between workers, and the Redis backplane
+between machines. Needs ``npm install --prefix bench`` (Node ``ws``), and
+``pip install socketify python-socketio uvicorn`` for those peers.
+
+``--smoke`` runs every scenario tiny, only ours and the naive loop (nothing to
+install but Node), and exits non-zero if any run of ours lost a message: CI
+runs it to keep the suite working, not to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chat
+import fanout
+import memory
+from peers import BENCH, PEERS, PY, SCALED
+
+SMOKE_SERVERS = ["naive", "ours", "ours-4w", "ours-2x2-redis"]
+
+
+def machine() -> list[str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    versions = []
+    for dist in ["sanic", "websockets", "uvloop", "python-socketio", "socketify",
+                 "uvicorn", "redis"]:  # fmt: skip
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+    now = time.gmtime()
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True)
+    return [
+        f"Machine: {os.cpu_count()} cores ({cpu}),"
+        f" Python {platform.python_version()}, Node {node.stdout.strip()};"
+        f" {', '.join(versions)}. {time.strftime('%Y-%m-%d %H:%M UTC', now)}.",
+    ]
+
+
+def script(name: str, *args: str) -> list[str]:
+    """Run one of the scripts that measure in their own processes."""
+    out = subprocess.run(
+        [PY, str(BENCH / name), *args], capture_output=True, text=True, check=True
+    )
+    return [line for line in out.stdout.splitlines() if not line.startswith("round ")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rounds = 1 if args.smoke else args.rounds
+    report = ["# Benchmark report", "", *machine()]
+
+    def section(title: str, lines: list[str]) -> None:
+        report.extend(["", f"## {title}", "", *lines])
+        print(f"{title}: done", file=sys.stderr, flush=True)
+
+    if args.smoke:
+        results: dict[tuple[int, str], list[dict[str, float]]] = {}
+        for server in SMOKE_SERVERS:
+            results[(20, server)] = [fanout.run_one(server, 20, 10)]
+        section("Fan-out (smoke)", fanout.table(results, 20, SMOKE_SERVERS))
+        section("Chat (smoke)", chat.run(10, [5], 0, 0.5, 1, ["ours"]))
+        per = memory.run(200, 1, ["ours"])
+        section("Idle memory (smoke)", per)
+        tiny = ["--rounds", "1", "--burst", "2000", "--rate", "1000",
+                "--paced-seconds", "0.2"]  # fmt: skip
+        section("Relay (smoke)", script("relay.py", "--workers", "2", *tiny))
+        section("Backplane (smoke)", script("backplane.py", *tiny))
+        lost = [
+            (server, run)
+            for (_, server), runs in results.items()
+            for run in runs
+            if server != "naive" and run["received"] != run["expected"]
+        ]
+        text = "\n".join(report)
+        print(text)
+        if lost:
+            sys.exit(f"lost messages: {lost}")
+        return
+
+    section(
+        "Fan-out",
+        fanout.run([100, 1000], 200, rounds, [*PEERS, *SCALED, "client-ceiling"]),
+    )
+    section(
+        "Chat",
+        chat.run(100, chat.RATES, 3, 2.0, rounds, [*PEERS, "client-ceiling"]),
+    )
+    section("Idle memory", memory.run(5000, rounds, PEERS))
+    relay = []
+    for workers in ("4", "2"):
+        relay += script("relay.py", "--workers", workers, "--rounds", str(rounds))
+    section("Relay between workers", relay)
+    section("Redis backplane", script("backplane.py", "--rounds", str(rounds)))
+    text = "\n".join(report)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
