@@ -45,8 +45,9 @@ def table(
     for server in servers:
         runs = results[(clients, server)]
         rates = [x["rate"] for x in runs]
-        ratios = [a / b for a, b in zip(rates, base, strict=True)]
-        ratio = fmt(ratios, 2) if base else "-"
+        ratio = "-"
+        if base:
+            ratio = fmt([a / b for a, b in zip(rates, base, strict=True)], 2)
         complete = sum(x["received"] == x["expected"] for x in runs)
         lines.append(
             f"| {server} | {fmt(rates)} | {ratio} |"

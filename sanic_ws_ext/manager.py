@@ -330,9 +330,12 @@ class ConnectionManager:
     def _apply_broadcast(self, op: Op) -> None:
         frame = data_frame(op.payload, op.binary)
         exclude = op.exclude
-        for conn in list(self._connections.values()):
+        conns = list(self._connections.values())
+        for conn in conns:
             if conn.id not in exclude:
                 conn.send_frame(frame)
+        assert self._flusher is not None
+        self._flusher.account(len(frame) * len(conns))
 
     def _apply_group_send(self, op: Op) -> None:
         index = self._local_rooms if op.kind is OpKind.ROOM_SEND else self._local_users
@@ -343,6 +346,8 @@ class ConnectionManager:
         for conn in list(conns):
             if conn.id not in op.exclude:
                 conn.send_frame(frame)
+        assert self._flusher is not None
+        self._flusher.account(len(frame) * len(conns))
 
     def _apply_send(self, op: Op) -> None:
         conn = self._connections.get(op.target)
