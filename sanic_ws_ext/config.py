@@ -27,6 +27,9 @@ DEFAULTS: dict[str, Any] = {
     "WS_PING_TIMEOUT": 20.0,
     # Largest incoming message in bytes; larger closes with 1009 (None: no limit).
     "WS_MAX_MESSAGE_SIZE": 1 << 20,
+    # Frame kinds clients may send: "text" (envelopes) and/or "binary". A
+    # message of another kind closes the connection with 1003.
+    "WS_ACCEPT": ("text", "binary"),
     # Unsent bytes allowed per connection; past it the client is closed with
     # 1008 "slow consumer" and its backlog dropped (None: no limit).
     "WS_MAX_BACKPRESSURE": 1 << 20,
@@ -40,6 +43,22 @@ DEFAULTS: dict[str, Any] = {
     # Incoming messages queued per connection while its handlers run; past it
     # the server stops reading from that socket until the queue drains.
     "WS_MAX_QUEUE": 64,
+    # Abuse limits, all per worker process, all off by default: the right
+    # numbers depend on the deployment (see docs/howto/security.md).
+    # Open connections; past it upgrades get 503 (None: no limit).
+    "WS_MAX_CONNECTIONS": None,
+    # Open connections per client IP (IPv6: per /64); past it 429.
+    "WS_MAX_CONNECTIONS_PER_IP": None,
+    # New connections per second per client IP, a token bucket of
+    # WS_CONNECT_BURST_PER_IP; past it 429 with Retry-After (None: no limit).
+    "WS_CONNECT_RATE_PER_IP": None,
+    "WS_CONNECT_BURST_PER_IP": 10,
+    # Messages per second per connection, a token bucket of WS_MESSAGE_BURST.
+    # Past it each message is dropped with a "rate_limited" error frame; a
+    # client still sending after WS_MESSAGE_BURST such drops is closed with
+    # 1008 (None: no limit).
+    "WS_MESSAGE_RATE": None,
+    "WS_MESSAGE_BURST": 20,
     # Send "presence.join"/"presence.leave" envelopes to a room's members.
     "WS_PRESENCE_EVENTS": True,
     # Seconds between the workers' liveness beats; a worker silent for three
@@ -92,6 +111,19 @@ def _strings(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_FRAME_KINDS = ("text", "binary")
+
+
+def _frame_kinds(key: str, value: Any) -> frozenset[str]:
+    kinds = _strings(key, value)
+    unknown = [kind for kind in kinds if kind not in _FRAME_KINDS]
+    if unknown:
+        raise ConfigError(
+            key, f"may list only 'text' and 'binary', got {', '.join(unknown)}"
+        )
+    return frozenset(kinds)
+
+
 @dataclass(frozen=True, slots=True)
 class WSConfig:
     """The validated ``WS_*`` settings of one app."""
@@ -101,10 +133,17 @@ class WSConfig:
     ping_timeout: float
     max_message_size: int | None
     max_backpressure: int | None
+    accept: frozenset[str]
     allowed_origins: tuple[str, ...]
     keep_headers: tuple[str, ...]
     close_timeout: float
     max_queue: int
+    max_connections: int | None
+    max_connections_per_ip: int | None
+    connect_rate_per_ip: float | None
+    connect_burst_per_ip: int
+    message_rate: float | None
+    message_burst: int
     presence_events: bool
     relay_beat: float
     backplane: str
@@ -166,6 +205,13 @@ class WSConfig:
                 f" bytes plus {_MESSAGE_OVERHEAD}, got {buffer}",
             )
         origins = _strings("WS_ALLOWED_ORIGINS", get("WS_ALLOWED_ORIGINS"))
+        connect_burst = _integer(
+            "WS_CONNECT_BURST_PER_IP", get("WS_CONNECT_BURST_PER_IP"), allow_none=False
+        )
+        message_burst = _integer(
+            "WS_MESSAGE_BURST", get("WS_MESSAGE_BURST"), allow_none=False
+        )
+        assert connect_burst is not None and message_burst is not None
         return cls(
             path=path.rstrip("/") or "/",
             ping_interval=_number(
@@ -178,12 +224,29 @@ class WSConfig:
             max_backpressure=_integer(
                 "WS_MAX_BACKPRESSURE", get("WS_MAX_BACKPRESSURE"), allow_none=True
             ),
+            accept=_frame_kinds("WS_ACCEPT", get("WS_ACCEPT")),
             allowed_origins=tuple(o.rstrip("/").lower() for o in origins),
             keep_headers=tuple(
                 h.lower() for h in _strings("WS_KEEP_HEADERS", get("WS_KEEP_HEADERS"))
             ),
             close_timeout=close_timeout,
             max_queue=max_queue,
+            max_connections=_integer(
+                "WS_MAX_CONNECTIONS", get("WS_MAX_CONNECTIONS"), allow_none=True
+            ),
+            max_connections_per_ip=_integer(
+                "WS_MAX_CONNECTIONS_PER_IP",
+                get("WS_MAX_CONNECTIONS_PER_IP"),
+                allow_none=True,
+            ),
+            connect_rate_per_ip=_number(
+                "WS_CONNECT_RATE_PER_IP", get("WS_CONNECT_RATE_PER_IP"), allow_none=True
+            ),
+            connect_burst_per_ip=connect_burst,
+            message_rate=_number(
+                "WS_MESSAGE_RATE", get("WS_MESSAGE_RATE"), allow_none=True
+            ),
+            message_burst=message_burst,
             presence_events=presence,
             relay_beat=beat,
             backplane=backplane,

@@ -23,6 +23,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import time
 from collections import deque
@@ -34,9 +35,10 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from .envelope import encode_envelope
-from .errors import CloseCode
+from .envelope import encode_envelope, error_envelope
+from .errors import CloseCode, ErrorCode
 from .frames import OP_TEXT, data_frame, encode_frame, raw_body
+from .limits import take
 
 if TYPE_CHECKING:
     from .manager import ConnectionManager
@@ -44,6 +46,45 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "ConnectionState"]
 
 log = logging.getLogger("sanic_ws_ext")
+
+#: A fragmented message may come in one fragment per this many bytes of
+#: ``WS_MAX_MESSAGE_SIZE`` (and at least :data:`_MIN_FRAGMENTS`): the size
+#: limit alone does not bound empty continuation frames, and every frame
+#: costs parse time.
+_BYTES_PER_FRAGMENT = 64
+_MIN_FRAGMENTS = 16
+
+
+def fragment_limit(max_size: int | None) -> int | None:
+    """Most fragments one message may have (``None``: no limit)."""
+    if max_size is None:
+        return None
+    return max(_MIN_FRAGMENTS, max_size // _BYTES_PER_FRAGMENT)
+
+
+class PartialMessage:
+    """A fragmented message being reassembled.
+
+    Fragments are appended to one buffer: memory is the message's size (which
+    the parser bounds by ``WS_MAX_MESSAGE_SIZE``), with no cost per fragment.
+    Text is checked for UTF-8 fragment by fragment, so a bad byte fails the
+    connection when it arrives rather than at the end of the message.
+    """
+
+    __slots__ = ("_utf8", "buffer", "count", "text")
+
+    def __init__(self, text: bool) -> None:
+        self.text = text
+        self.buffer = bytearray()
+        self.count = 0
+        self._utf8 = codecs.getincrementaldecoder("utf-8")() if text else None
+
+    def add(self, data: bytes | bytearray | memoryview, final: bool) -> None:
+        """Append a fragment; raises :class:`UnicodeDecodeError` on bad text."""
+        self.count += 1
+        if self._utf8 is not None:
+            self._utf8.decode(data, final)
+        self.buffer += data
 
 
 class ConnectionState(Enum):
@@ -127,6 +168,8 @@ class Connection:
         "_ping_sent",
         "_proto",
         "_reading_paused",
+        "_tokens",
+        "_tokens_at",
         "_transport",
         "_written",
         "close_code",
@@ -185,10 +228,16 @@ class Connection:
         # The transport's own buffer size as of the last flush.
         self._written = 0
         self._ping_sent = 0.0
-        self._fragments: list[bytes] | None = None
+        self._fragments: PartialMessage | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._eof_pending = False
         self._reading_paused = False
+        # WS_MESSAGE_RATE's token bucket: its level (negative: the client is
+        # over the limit and owes) as of _tokens_at, refilled lazily. Without
+        # a rate both hold the shared constant 0.0: no float per connection.
+        limited = manager.config.message_rate is not None
+        self._tokens = float(manager.config.message_burst) if limited else 0.0
+        self._tokens_at = manager.clock() if limited else 0.0
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
@@ -249,6 +298,10 @@ class Connection:
     def _send_control(self, chunks: list[bytes]) -> None:
         """Queue what the protocol object wants sent (pong, close, EOF)."""
         for chunk in chunks:
+            if self._transport.is_closing():
+                # Aborted (a ping flood past WS_MAX_BACKPRESSURE, say) or
+                # closed: the rest has nowhere to go.
+                return
             if chunk:
                 self._enqueue(chunk)
             else:  # websockets' SEND_EOF marker
@@ -295,6 +348,17 @@ class Connection:
             self._close_timer = asyncio.get_running_loop().call_later(
                 self.manager.config.close_timeout, self._transport.abort
             )
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection for what the peer sent (RFC 6455, 7.1.7).
+
+        The close frame follows what is already queued, then the server
+        closes TCP; nothing more the peer sends is read.
+        """
+        self._fragments = None
+        self._set_close(code, reason)
+        self._enter_closing()
+        self._proto.fail(code, reason)
 
     def abort(self, code: int, reason: str) -> None:
         """Drop the socket now, unsent frames included."""
@@ -350,6 +414,37 @@ class Connection:
             self._ping_sent = 0.0
             self._transport.resume_reading()
 
+    # -- the message rate ---------------------------------------------------
+
+    def _over_rate(self) -> bool:
+        """Charge one message to ``WS_MESSAGE_RATE``; True if it must be dropped.
+
+        A dropped message is answered with a ``rate_limited`` error frame and
+        still charged: the level goes negative, a debt that the refill repays
+        before anything passes again, so a client that slows down recovers by
+        itself. One that goes on until it owes ``WS_MESSAGE_BURST`` messages
+        is closed with 1008 "rate limit".
+        """
+        config = self.manager.config
+        rate = config.message_rate
+        if rate is None:
+            return False
+        now = self.manager.clock()
+        burst = config.message_burst
+        level = take(self._tokens, self._tokens_at, now, rate, burst)
+        self._tokens = level
+        self._tokens_at = now
+        if level >= 0:
+            return False
+        if level < -burst:
+            self.start_close(CloseCode.POLICY_VIOLATION, "rate limit")
+        else:
+            reason = f"over {rate:g} messages per second: message dropped"
+            self.send_frame(
+                encode_frame(OP_TEXT, error_envelope(ErrorCode.RATE_LIMITED, reason))
+            )
+        return True
+
 
 class WireProtocol(asyncio.Protocol):
     """The asyncio protocol of an upgraded socket: bytes in, messages out."""
@@ -384,20 +479,24 @@ class WireProtocol(asyncio.Protocol):
         for frame in proto.events_received():
             if not isinstance(frame, Frame):  # handshake events; none once OPEN
                 continue
+            if conn.state is not ConnectionState.OPEN:
+                break  # failed or closing: what follows is not read
             opcode = frame.opcode
-            data = bytes(frame.data)
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                if frame.fin:
-                    self._message(opcode is Opcode.TEXT, data)
+                text = opcode is Opcode.TEXT
+                kind = "text" if text else "binary"
+                if kind not in conn.manager.config.accept:
+                    # Refused at its first frame: nothing of it is buffered.
+                    conn._fail(
+                        CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not accepted"
+                    )
+                elif frame.fin:
+                    self._message(text, frame.data)
                 else:
-                    # The first item marks the message kind: b"t" or b"b".
-                    kind = b"t" if opcode is Opcode.TEXT else b"b"
-                    conn._fragments = [kind, data]
+                    conn._fragments = PartialMessage(text)
+                    self._fragment(frame)
             elif opcode is Opcode.CONT and conn._fragments is not None:
-                conn._fragments.append(data)
-                if frame.fin:
-                    parts, conn._fragments = conn._fragments, None
-                    self._message(parts[0] == b"t", b"".join(parts[1:]))
+                self._fragment(frame)
         if proto.parser_exc is not None and proto.close_sent is not None:
             conn._set_close(proto.close_sent.code, proto.close_sent.reason)
         out = proto.data_to_send()
@@ -407,20 +506,33 @@ class WireProtocol(asyncio.Protocol):
             # The peer started the close or sent EOF, or the parser failed.
             conn._enter_closing()
 
-    def _message(self, is_text: bool, data: bytes) -> None:
+    def _fragment(self, frame: Frame) -> None:
         conn = self._conn
-        if conn.state is not ConnectionState.OPEN:
+        partial = conn._fragments
+        assert partial is not None
+        limit = fragment_limit(conn.manager.config.max_message_size)
+        if limit is not None and partial.count >= limit:
+            conn._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
+        try:
+            partial.add(frame.data, frame.fin)
+        except UnicodeDecodeError:
+            conn._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+            return
+        if frame.fin:
+            conn._fragments = None
+            self._message(partial.text, partial.buffer)
+
+    def _message(self, is_text: bool, data: bytes | bytearray | memoryview) -> None:
+        conn = self._conn
+        if conn._over_rate():
+            return  # dropped before decoding: a flood costs as little as can be
         if is_text:
             try:
-                text = data.decode()
-            except UnicodeDecodeError as exc:
-                conn._set_close(CloseCode.INVALID_DATA, "invalid UTF-8")
-                conn._enter_closing()
-                conn._proto.fail(
-                    CloseCode.INVALID_DATA, f"invalid UTF-8 at position {exc.start}"
-                )
+                text = str(data, "utf-8")
+            except UnicodeDecodeError:
+                conn._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
                 return
             self._deliver(conn, text)
         else:
-            self._deliver(conn, data)
+            self._deliver(conn, bytes(data))

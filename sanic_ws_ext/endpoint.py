@@ -3,7 +3,8 @@
 The route is a plain ``GET`` route, not a Sanic websocket route. Before the
 upgrade it is ordinary Sanic: request middleware runs, and a refusal is an
 HTTP response with a status (403 origin, the verify hook's status, 400 for a
-malformed handshake, 426 without ``Upgrade: websocket``). After it writes the
+malformed handshake, 426 without ``Upgrade: websocket``, 429 and 503 past the
+abuse limits of :mod:`sanic_ws_ext.limits`). After it writes the
 ``101`` response it takes the socket from Sanic with
 ``transport.set_protocol`` and gives it to the manager, so none of Sanic's
 per-connection websocket machinery (tasks, locks, queues) stays alive.
@@ -20,12 +21,14 @@ from sanic import Request
 from sanic.response import HTTPResponse, text
 from sanic.server.protocols.http_protocol import HttpProtocol
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeaderValue
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from .errors import Reject
 from .handlers import Accept
+from .limits import retry_after
 
 if TYPE_CHECKING:
     from .config import WSConfig
@@ -59,6 +62,33 @@ def check_origin(request: Request, config: WSConfig) -> None:
     if host and urlsplit(normalized).netloc == host:
         return
     raise Reject(403, f"origin {origin!r} is not allowed")
+
+
+#: Retry-After (seconds) when connections are full: they free up only as
+#: others close, so there is no better estimate; this spreads the retries.
+_RETRY_WHEN_FULL = "5"
+
+
+def check_capacity(manager: ConnectionManager, remote: str) -> HTTPResponse | None:
+    """Refuse when ``remote``'s client or this worker holds its most connections.
+
+    429 when the client is at ``WS_MAX_CONNECTIONS_PER_IP``, 503 when the
+    worker is at ``WS_MAX_CONNECTIONS``; ``None`` when there is room.
+    """
+    if manager.limits.at_limit(remote):
+        return text(
+            "Too many connections from your address.\n",
+            status=429,
+            headers={"Retry-After": _RETRY_WHEN_FULL},
+        )
+    limit = manager.config.max_connections
+    if limit is not None and len(manager.connections) >= limit:
+        return text(
+            "The server is at its connection limit.\n",
+            status=503,
+            headers={"Retry-After": _RETRY_WHEN_FULL},
+        )
+    return None
 
 
 async def run_verify(registry: HandlerRegistry, request: Request) -> Accept:
@@ -97,8 +127,29 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
         return text(
             "The server is shutting down.\n", status=503, headers={"Retry-After": "1"}
         )
+    # Sanic's client_ip honours forwarded headers only as its proxy config
+    # (PROXIES_COUNT, REAL_IP_HEADER, FORWARDED_SECRET) says: by default it is
+    # the socket's peer, which a client cannot spoof.
+    remote = request.client_ip
+    # Charged before the origin check and the verify hooks: every attempt
+    # counts, so a client cannot guess tokens faster than it may connect.
+    wait = manager.limits.connect_wait(remote, manager.clock())
+    if wait:
+        return text(
+            "Too many new connections from your address.\n",
+            status=429,
+            headers={"Retry-After": retry_after(wait)},
+        )
+    refused = check_capacity(manager, remote)
+    if refused is not None:
+        return refused
     check_origin(request, config)
     accepted = await run_verify(manager.registry, request)
+    # Verify hooks may await: other upgrades may have taken the room meanwhile.
+    # From here to manager.accept() nothing awaits, so the limits are exact.
+    refused = check_capacity(manager, remote)
+    if refused is not None:
+        return refused
 
     # uvloop's transports do not subclass asyncio.Transport: check the
     # protocol instead. Under ASGI there is no socket to take.
@@ -116,14 +167,21 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
         HandshakeRequest(path=request.path, headers=Headers(request.headers.items()))
     )
     if handshake.status_code != 101:
+        status = handshake.status_code
         headers = {
             k: v
             for k, v in handshake.headers.raw_items()
             if k.lower().startswith("sec-")
         }
+        bad = proto.handshake_exc
+        if isinstance(bad, InvalidHeaderValue) and bad.name == "Sec-WebSocket-Version":
+            # RFC 6455, 4.4: an unsupported version is answered with 426 and
+            # the versions the server speaks.
+            status = 426
+            headers["Sec-WebSocket-Version"] = "13"
         return HTTPResponse(
             handshake.body,
-            status=handshake.status_code,
+            status=status,
             headers=headers,
             content_type="text/plain; charset=utf-8",
         )
@@ -140,7 +198,7 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
         transport,
         proto,
         accepted,
-        remote=request.client_ip or request.ip,
+        remote=remote,
         headers={
             name: value
             for name in config.keep_headers

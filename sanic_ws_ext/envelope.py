@@ -8,7 +8,11 @@ Rules this codec keeps:
 
 - An incoming message must be a JSON object with a non-empty string ``type``
   of at most :data:`MAX_TYPE_LENGTH` characters; ``data`` may be any JSON value
-  and defaults to ``null``; ``timestamp``, when given, must be a number.
+  and defaults to ``null``; ``timestamp``, when given, must be a finite number.
+- Only JSON goes out: ``NaN`` and ``Infinity``, which ujson would write (and a
+  browser's ``JSON.parse`` rejects), make encoding fail in the sender's code,
+  so one client's hostile numbers cannot break the others' parsers. Incoming
+  ``NaN``/``Infinity`` literals are refused as invalid JSON.
 - Unknown keys are ignored: they are reserved for later protocol features
   (acknowledgements, recovery offsets).
 - Encoding is done once per outgoing message, never once per receiver.
@@ -16,6 +20,7 @@ Rules this codec keeps:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +62,8 @@ def encode_envelope(
 
     Raises :class:`TypeError` when ``type`` is not a string and
     :class:`ValueError`/:class:`OverflowError` when ``data`` is not
-    JSON-serializable, so the mistake surfaces in the sender's code.
+    JSON-serializable (``NaN`` and infinities included), so the mistake
+    surfaces in the sender's code.
     """
     if not isinstance(type, str) or not type:
         raise TypeError(f"envelope type must be a non-empty str, got {type!r}")
@@ -67,7 +73,7 @@ def encode_envelope(
         "timestamp": now_ms() if timestamp is None else timestamp,
     }
     return ujson.dumps(
-        payload, ensure_ascii=False, escape_forward_slashes=False
+        payload, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False
     ).encode()
 
 
@@ -85,6 +91,12 @@ def decode_envelope(text: str) -> Envelope:
         obj = ujson.loads(text)
     except (ValueError, OverflowError, RecursionError) as exc:
         raise MessageError(ErrorCode.INVALID_JSON, f"not valid JSON: {exc}") from None
+    # ujson reads these non-JSON literals; the substring test keeps the walk
+    # off the common path.
+    if ("NaN" in text or "Infinity" in text) and _has_non_finite(obj):
+        raise MessageError(
+            ErrorCode.INVALID_JSON, "not valid JSON: NaN and Infinity are not JSON"
+        )
     if not isinstance(obj, dict):
         raise MessageError(
             ErrorCode.INVALID_ENVELOPE, "a message must be a JSON object"
@@ -102,6 +114,31 @@ def decode_envelope(text: str) -> Envelope:
     timestamp = obj.get("timestamp")
     if timestamp is None:
         timestamp = now_ms()
-    elif isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
-        raise MessageError(ErrorCode.INVALID_ENVELOPE, '"timestamp" must be a number')
+    elif (
+        isinstance(timestamp, bool)
+        or not isinstance(timestamp, int | float)
+        or (isinstance(timestamp, float) and not math.isfinite(timestamp))
+    ):
+        raise MessageError(
+            ErrorCode.INVALID_ENVELOPE, '"timestamp" must be a finite number'
+        )
     return Envelope(type_, obj.get("data"), timestamp)
+
+
+def _has_non_finite(obj: Any) -> bool:
+    """Whether a decoded value holds a NaN or an infinity, at any depth.
+
+    Iterative: ujson allows nesting deeper than Python's recursion limit.
+    """
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                return True
+        elif kind is list:
+            stack.extend(value)
+        elif kind is dict:
+            stack.extend(value.values())
+    return False

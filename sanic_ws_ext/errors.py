@@ -45,7 +45,8 @@ class CloseCode(IntEnum):
     ABNORMAL = 1006
     #: A text frame that is not valid UTF-8.
     INVALID_DATA = 1007
-    #: Policy: used for slow consumers (``WS_MAX_BACKPRESSURE`` exceeded).
+    #: Policy: slow consumers (``WS_MAX_BACKPRESSURE`` exceeded) and clients
+    #: that keep sending past ``WS_MESSAGE_RATE``.
     POLICY_VIOLATION = 1008
     #: An incoming message over ``WS_MAX_MESSAGE_SIZE``.
     MESSAGE_TOO_BIG = 1009
@@ -62,6 +63,8 @@ class ErrorCode:
     UNKNOWN_TYPE = "unknown_type"
     HANDLER_ERROR = "handler_error"
     ROOM_REFUSED = "room_refused"
+    #: Over ``WS_MESSAGE_RATE``: the message was dropped.
+    RATE_LIMITED = "rate_limited"
 
 
 class WSError(Exception):

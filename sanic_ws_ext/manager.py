@@ -42,6 +42,7 @@ from .envelope import Envelope, decode_envelope, encode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode, MessageError
 from .frames import OP_TEXT, PING_FRAME, data_frame, encode_frame, raw_body
 from .handlers import ROOM_TYPES, Accept, HandlerRegistry
+from .limits import ClientLimits
 from .presence import ClusterState, Member, discard_from
 
 __all__ = ["ConnectionManager"]
@@ -98,6 +99,12 @@ class ConnectionManager:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        #: Per-client counts and connect buckets of this process.
+        self.limits = ClientLimits(
+            max_open=config.max_connections_per_ip,
+            rate=config.connect_rate_per_ip,
+            burst=config.connect_burst_per_ip,
+        )
         self.clock: Callable[[], float] = lambda: 0.0
 
     # -- lifecycle -------------------------------------------------------
@@ -581,6 +588,7 @@ class ConnectionManager:
         )
         conn.last_seen = self.clock()
         self._connections[conn.id] = conn
+        self.limits.opened(remote)
         if conn.user is not None:
             self._local_users.setdefault(conn.user, set()).add(conn)
         self._idle.clear()
@@ -601,6 +609,7 @@ class ConnectionManager:
     def _connection_lost(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
             return
+        self.limits.closed(conn.remote)
         for room in conn.rooms:
             discard_from(self._local_rooms, room, conn)
         if conn.user is not None:

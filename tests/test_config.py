@@ -22,6 +22,7 @@ def test_defaults() -> None:
     assert config.ping_timeout == 20.0
     assert config.max_message_size == 1 << 20
     assert config.max_backpressure == 1 << 20
+    assert config.accept == {"text", "binary"}
     assert config.allowed_origins == ()
     assert config.close_timeout == 10.0
     assert set(DEFAULTS) == {
@@ -30,6 +31,7 @@ def test_defaults() -> None:
         "WS_PING_TIMEOUT",
         "WS_MAX_MESSAGE_SIZE",
         "WS_MAX_BACKPRESSURE",
+        "WS_ACCEPT",
         "WS_ALLOWED_ORIGINS",
         "WS_KEEP_HEADERS",
         "WS_CLOSE_TIMEOUT",
@@ -40,8 +42,20 @@ def test_defaults() -> None:
         "WS_REDIS_CHANNEL",
         "WS_MAX_PUBLISH",
         "WS_BACKPLANE_BUFFER",
+        "WS_MAX_CONNECTIONS",
+        "WS_MAX_CONNECTIONS_PER_IP",
+        "WS_CONNECT_RATE_PER_IP",
+        "WS_CONNECT_BURST_PER_IP",
+        "WS_MESSAGE_RATE",
+        "WS_MESSAGE_BURST",
     }
     assert config.redis_url is None
+    # The abuse limits are off until the deployment sets them.
+    assert config.max_connections is None
+    assert config.max_connections_per_ip is None
+    assert config.connect_rate_per_ip is None
+    assert config.message_rate is None
+    assert (config.connect_burst_per_ip, config.message_burst) == (10, 20)
 
 
 def test_none_means_no_limit() -> None:
@@ -55,6 +69,11 @@ def test_none_means_no_limit() -> None:
     assert config.ping_interval is None
     assert config.max_backpressure is None
     assert config.max_message_size is None
+
+
+def test_accept_from_environment_string() -> None:
+    assert WSConfig.from_mapping({"WS_ACCEPT": "binary"}).accept == {"binary"}
+    assert WSConfig.from_mapping({"WS_ACCEPT": ""}).accept == frozenset()
 
 
 def test_origins_from_environment_string() -> None:
@@ -75,6 +94,8 @@ def test_origins_from_environment_string() -> None:
         ("WS_PING_TIMEOUT", 0),
         ("WS_MAX_MESSAGE_SIZE", 1.5),
         ("WS_MAX_BACKPRESSURE", True),
+        ("WS_ACCEPT", ["text", "json"]),
+        ("WS_ACCEPT", None),
         ("WS_ALLOWED_ORIGINS", [1, 2]),
         ("WS_KEEP_HEADERS", 7),
         ("WS_CLOSE_TIMEOUT", None),
@@ -88,6 +109,12 @@ def test_origins_from_environment_string() -> None:
         ("WS_MAX_PUBLISH", 0),
         ("WS_BACKPLANE_BUFFER", None),
         ("WS_BACKPLANE_BUFFER", 1 << 20),  # smaller than one WS_MAX_PUBLISH
+        ("WS_MAX_CONNECTIONS", 0),
+        ("WS_MAX_CONNECTIONS_PER_IP", 2.5),
+        ("WS_CONNECT_RATE_PER_IP", -1),
+        ("WS_CONNECT_BURST_PER_IP", None),
+        ("WS_MESSAGE_RATE", "fast"),
+        ("WS_MESSAGE_BURST", 0),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: Any) -> None:
