@@ -22,9 +22,10 @@ import sys
 from peers import PEERS, fmt, load_client, run_load, serving
 
 
-def run_one(server: str, clients: int, k: int) -> dict[str, float]:
+def run_one(server: str, clients: int, k: int, stalled: int = 0) -> dict[str, float]:
     with serving(server) as served:
-        load = load_client(served, clients, "--k", str(k), "--timeout", "60")
+        options = ["--k", str(k), "--timeout", "60", "--stalled", str(stalled)]
+        load = load_client(served, clients, *options)
         result = run_load(server, load)
     if result["received"] != result["expected"]:
         print(f"  {server}: only {result['received']}/{result['expected']}")
@@ -72,14 +73,47 @@ def run(clients: list[int], k: int, rounds: int, servers: list[str]) -> list[str
     return out
 
 
+def stall(clients: int, k: int, rounds: int, server: str = "ours") -> list[str]:
+    """The others' fan-out with one stalled client among them, and without."""
+    runs: dict[int, list[dict[str, float]]] = {0: [], 1: []}
+    for r in range(rounds):
+        # Interleaved, and in turn first: the second run of a pair is often
+        # a little slower, whichever it is.
+        for stalled in (0, 1) if r % 2 == 0 else (1, 0):
+            runs[stalled].append(run_one(server, clients, k, stalled))
+        print(f"stall: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    rates = {s: [x["rate"] for x in v] for s, v in runs.items()}
+    ratios = [a / b for a, b in zip(rates[1], rates[0], strict=True)]
+    return [
+        f"{server}, C = {clients} clients reading and K = {k}; medians (range)"
+        f" of {rounds} rounds.",
+        "",
+        "| stalled clients | delivered msg/s to the others | p99 ms | complete |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {s} | {fmt(rates[s])} | {fmt([x['p99_ms'] for x in v], 1)} |"
+            f" {sum(x['received'] == x['expected'] for x in v)}/{len(v)} |"
+            for s, v in runs.items()
+        ),
+        "",
+        f"With one stalled client: {fmt(ratios, 2)} times the throughput without.",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--k", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", nargs="+", default=[*PEERS, "client-ceiling"])
+    parser.add_argument(
+        "--stall", action="store_true", help="ours with one stalled client and without"
+    )
     args = parser.parse_args()
-    print("\n".join(run(args.clients, args.k, args.rounds, args.servers)))
+    if args.stall:
+        print("\n".join(stall(max(args.clients), args.k, args.rounds)))
+    else:
+        print("\n".join(run(args.clients, args.k, args.rounds, args.servers)))
 
 
 if __name__ == "__main__":

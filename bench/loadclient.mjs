@@ -16,7 +16,9 @@
 // client i connects to URL i mod n; the trigger goes to the first. With
 // --proto socketio it speaks Engine.IO 4 / Socket.IO 5 over the websocket:
 // it joins the default namespace ("40"), answers pings, sends events as
-// 42["type",data] and counts only event frames. Prints one JSON line: delivered messages/s
+// 42["type",data] and counts only event frames. With --stalled N it opens N
+// more connections that stop reading at once (stalled clients: they count for
+// nothing, the server must not let them slow the others). Prints one JSON line: delivered messages/s
 // (C*K over the time from the trigger to the last frame) and latency p50/p99
 // (receive time minus "t", sampled on every message). Exits non-zero if not
 // every frame arrived within --timeout seconds.
@@ -144,6 +146,12 @@ for (let i = 0; i < clients; i += 100) {
   const batch = [];
   for (let j = i; j < Math.min(clients, i + 100); j++) batch.push(connect(j));
   sockets.push(...(await Promise.all(batch)));
+}
+const stalled = [];
+for (let i = 0; i < Number(args.stalled ?? 0); i++) {
+  const socket = await connect(clients + i);
+  socket.pause(); // never reads again: the kernel buffers fill, then the server's
+  stalled.push(socket);
 }
 if (args.hold !== undefined) {
   // Idle-memory mode: report the connections open, keep them until stdin ends.

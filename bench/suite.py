@@ -7,10 +7,11 @@ Scenarios, each against the peers of ``bench/peers.py`` with the same Node
 load client: fan-out (C = 100 and 1000, K = 200, single-process peers, then
 four workers on one core: ours over the relay, ours as two machines over
 Redis, python-socketio with its Redis manager; and the load client's
-ceiling), chat (100 clients; highest rate with p99 <= 100 ms), idle memory
-(5,000 connections), the relay between workers, and the Redis backplane
-between machines. Needs ``npm install --prefix bench`` (Node ``ws``), and
-``pip install socketify python-socketio uvicorn`` for those peers.
+ceiling), one stalled client among 1000 (the others' throughput), chat (100
+clients; the highest rate with p99 <= 100 ms), idle memory (5,000
+connections), the relay between workers, and the Redis backplane between
+machines. Needs ``npm install --prefix bench`` (Node ``ws``) and
+``pip install -e '.[bench]'`` (socketify, python-socketio, uvicorn).
 
 ``--smoke`` runs every scenario tiny, only ours and the naive loop (nothing to
 install but Node), and exits non-zero if any run of ours lost a message: CI
@@ -86,6 +87,7 @@ def main() -> None:
         for server in SMOKE_SERVERS:
             results[(20, server)] = [fanout.run_one(server, 20, 10)]
         section("Fan-out (smoke)", fanout.table(results, 20, SMOKE_SERVERS))
+        section("Stalled client (smoke)", fanout.stall(20, 10, 1))
         section("Chat (smoke)", chat.run(10, [5], 0, 0.5, 1, ["ours"]))
         per = memory.run(200, 1, ["ours"])
         section("Idle memory (smoke)", per)
@@ -109,6 +111,7 @@ def main() -> None:
         "Fan-out",
         fanout.run([100, 1000], 200, rounds, [*PEERS, *SCALED, "client-ceiling"]),
     )
+    section("One stalled client among 1000", fanout.stall(1000, 200, rounds))
     section(
         "Chat",
         chat.run(100, chat.RATES, 3, 2.0, rounds, [*PEERS, "client-ceiling"]),
