@@ -97,6 +97,13 @@ def decode_envelope(text: str) -> Envelope:
         raise MessageError(
             ErrorCode.INVALID_JSON, "not valid JSON: NaN and Infinity are not JSON"
         )
+    # An escaped lone surrogate ("\ud800") decodes to a str no encoder can
+    # write: echoed, it would fail in the handler, so a client could make the
+    # server log errors at will. Only escapes can make one: test for those first.
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(obj):
+        raise MessageError(
+            ErrorCode.INVALID_JSON, "not valid JSON: a lone surrogate is not text"
+        )
     if not isinstance(obj, dict):
         raise MessageError(
             ErrorCode.INVALID_ENVELOPE, "a message must be a JSON object"
@@ -123,6 +130,25 @@ def decode_envelope(text: str) -> Envelope:
             ErrorCode.INVALID_ENVELOPE, '"timestamp" must be a finite number'
         )
     return Envelope(type_, obj.get("data"), timestamp)
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """Whether a decoded value holds a string that is not valid Unicode text."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is str:
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return True
+        elif kind is list:
+            stack.extend(value)
+        elif kind is dict:
+            stack.extend(value.keys())
+            stack.extend(value.values())
+    return False
 
 
 def _has_non_finite(obj: Any) -> bool:

@@ -68,6 +68,11 @@ def test_decode_adds_timestamp_and_null_data() -> None:
         ('{"type":"t","timestamp":"now"}', ErrorCode.INVALID_ENVELOPE),
         ('{"type":"t","timestamp":true}', ErrorCode.INVALID_ENVELOPE),
         ('{"type":"' + "x" * (MAX_TYPE_LENGTH + 1) + '"}', ErrorCode.INVALID_ENVELOPE),
+        # Lone surrogates: in data, in a key, high or low, in the type.
+        ('{"type":"t","data":"\\ud800"}', ErrorCode.INVALID_JSON),
+        ('{"type":"t","data":{"\\uDC00":1}}', ErrorCode.INVALID_JSON),
+        ('{"type":"t","data":["ok","x\\udfff"]}', ErrorCode.INVALID_JSON),
+        ('{"type":"\\ud83d"}', ErrorCode.INVALID_JSON),
     ],
 )
 def test_decode_refuses_bad_input(text: str, code: str) -> None:
@@ -75,6 +80,13 @@ def test_decode_refuses_bad_input(text: str, code: str) -> None:
         decode_envelope(text)
     assert info.value.code == code
     assert info.value.reason
+
+
+def test_surrogate_pairs_and_escaped_backslashes_pass() -> None:
+    # A pair is one character; "\\\\ud800" is a backslash and five letters.
+    env = decode_envelope('{"type":"t","data":["\\ud83d\\ude00","\\\\ud800"]}')
+    assert env.data == ["\U0001f600", "\\ud800"]
+    assert encode_envelope("t", env.data)
 
 
 def test_error_envelope_shape() -> None:

@@ -148,6 +148,8 @@ BAD_ENVELOPES = [
     ('{"type": "echo"} trailing', ErrorCode.INVALID_JSON),
     ('{"type": "echo", "data": NaN}', ErrorCode.INVALID_JSON),
     ('{"type": "echo", "data": [1, {"x": -Infinity}]}', ErrorCode.INVALID_JSON),
+    # A lone surrogate: echoed, it would fail in the handler and log an error.
+    ('{"type": "echo", "data": "\\udbff"}', ErrorCode.INVALID_JSON),
     # Deep nesting: ujson stops at depth 1024 with an error; nothing recurses.
     ("[" * NESTED + "]" * NESTED, ErrorCode.INVALID_JSON),
     (
