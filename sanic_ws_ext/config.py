@@ -77,6 +77,15 @@ DEFAULTS: dict[str, Any] = {
     # Bytes of outgoing ops held per process while Redis is unreachable;
     # past it ops are dropped (counted, logged) and the state is "down".
     "WS_BACKPLANE_BUFFER": 16 << 20,
+    # Serve <WS_PATH>/health: liveness, readiness, relay and backplane state
+    # (nothing about clients; meant for load balancers).
+    "WS_HEALTH": True,
+    # Serve <WS_PATH>/stats (JSON), /metrics (Prometheus) and /dashboard:
+    # cluster-wide figures. Off by default: they reveal the deployment.
+    "WS_STATS": False,
+    # When set, /stats and /metrics need "Authorization: Bearer <token>"
+    # (the dashboard reads it from its URL fragment: /dashboard#token=...).
+    "WS_STATS_TOKEN": None,
 }
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -150,6 +159,9 @@ class WSConfig:
     redis_channel: str
     max_publish: int
     backplane_buffer: int
+    health: bool
+    stats: bool
+    stats_token: str | None
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
@@ -212,6 +224,18 @@ class WSConfig:
             "WS_MESSAGE_BURST", get("WS_MESSAGE_BURST"), allow_none=False
         )
         assert connect_burst is not None and message_burst is not None
+        switches = {key: get(key) for key in ("WS_HEALTH", "WS_STATS")}
+        for key, value in switches.items():
+            if not isinstance(value, bool):
+                raise ConfigError(key, f"must be True or False, got {value!r}")
+        stats_token = get("WS_STATS_TOKEN")
+        if stats_token is not None and (
+            not isinstance(stats_token, str) or len(stats_token) < 16
+        ):
+            raise ConfigError(
+                "WS_STATS_TOKEN",
+                "must be None or a string of at least 16 characters",
+            )
         return cls(
             path=path.rstrip("/") or "/",
             ping_interval=_number(
@@ -253,6 +277,9 @@ class WSConfig:
             redis_channel=channel,
             max_publish=max_publish,
             backplane_buffer=buffer,
+            health=switches["WS_HEALTH"],
+            stats=switches["WS_STATS"],
+            stats_token=stats_token,
         )
 
     @property

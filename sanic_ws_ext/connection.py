@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "ConnectionState"]
 
-log = logging.getLogger("sanic_ws_ext")
+log = logging.getLogger("sanic.root.sanic_ws_ext")
 
 #: A fragmented message may come in one fragment per this many bytes of
 #: ``WS_MAX_MESSAGE_SIZE`` (and at least :data:`_MIN_FRAGMENTS`): the size
@@ -246,11 +246,13 @@ class Connection:
 
     async def send(self, type: str, data: Any = None) -> None:
         """Send one envelope to this connection (never waits on the socket)."""
-        self.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data)))
+        if self.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data))):
+            self.manager.counters.messages_out += 1
 
     async def send_raw(self, payload: str | bytes) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame."""
-        self.send_frame(data_frame(*raw_body(payload)))
+        if self.send_frame(data_frame(*raw_body(payload))):
+            self.manager.counters.messages_out += 1
 
     def send_frame(self, frame: bytes) -> bool:
         """Queue an already-framed message; ``False`` if it was not accepted."""
@@ -273,6 +275,13 @@ class Connection:
             # re-read it before calling the client slow.
             and size + self._transport.get_write_buffer_size() > limit
         ):
+            if self.state is not ConnectionState.CLOSED:
+                self.manager.counters.slow_closed += 1
+                log.info(
+                    "websocket %s closed: slow consumer (%d bytes unsent)",
+                    self.id,
+                    size + self._transport.get_write_buffer_size(),
+                )
             self.abort(CloseCode.POLICY_VIOLATION, "slow consumer")
             return False
         if not self._pending:
@@ -525,6 +534,7 @@ class WireProtocol(asyncio.Protocol):
 
     def _message(self, is_text: bool, data: bytes | bytearray | memoryview) -> None:
         conn = self._conn
+        conn.manager.counters.messages_in += 1
         if conn._over_rate():
             return  # dropped before decoding: a flood costs as little as can be
         if is_text:

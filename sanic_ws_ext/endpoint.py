@@ -37,10 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = ["websocket_endpoint"]
 
-# websockets' protocol logs every close at INFO; keep that out of app logs.
-_wire_log = logging.getLogger("sanic_ws_ext.wire")
-if _wire_log.level == logging.NOTSET:
-    _wire_log.setLevel(logging.WARNING)
+# websockets' protocol logs every open and close at INFO; keep that out of
+# app logs. A filter, not a level: Sanic's logging setup resets the level of
+# loggers under sanic.root each time it configures an app.
+_wire_log = logging.getLogger("sanic.root.sanic_ws_ext.wire")
+_wire_log.addFilter(lambda record: record.levelno >= logging.WARNING)
 
 
 def check_origin(request: Request, config: WSConfig) -> None:

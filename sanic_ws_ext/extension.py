@@ -42,10 +42,11 @@ from .endpoint import websocket_endpoint
 from .errors import ConfigError
 from .handlers import HandlerRegistry, WSHandlers, groups_of
 from .manager import ConnectionManager
+from .monitoring import add_routes, redact_query_strings
 
 __all__ = ["WSExtension", "install"]
 
-log = logging.getLogger("sanic_ws_ext")
+log = logging.getLogger("sanic.root.sanic_ws_ext")
 
 _INSTALLED = "_sanic_ws_ext_config"
 # Run our listeners before the app's own: the manager exists before any
@@ -89,7 +90,12 @@ def install(app: Sanic[Any, Any]) -> None:
             methods=["GET"],
             name=name.replace(".", "_"),
         )
+    # Health, stats, metrics and the dashboard: <WS_PATH>/health, ...
+    add_routes(bp, base, config)
     app.blueprint(bp)
+    # Browser clients send their token in the query string: keep it out of
+    # Sanic's access and error logs.
+    redact_query_strings([config.path])
     app.register_listener(_make_relay, "main_process_start")
     app.register_listener(_start, "before_server_start", priority=_PRIORITY)
     app.register_listener(_stop, "before_server_stop", priority=-_PRIORITY)
@@ -178,6 +184,17 @@ async def _start(app: Sanic[Any, Any]) -> None:
             f"changed to {config.path!r} after the extension was registered at "
             f"{registered.path!r}; set it before registering",
         )
+    for key, now, then in (
+        ("WS_HEALTH", config.health, registered.health),
+        ("WS_STATS", config.stats, registered.stats),
+    ):
+        if now != then:
+            # Their routes were added (or not) at registration.
+            raise ConfigError(
+                key,
+                f"changed to {now!r} after the extension was registered"
+                f" with {then!r}; set it before registering",
+            )
     if config.backplane != registered.backplane:
         # The main process prepared delivery (relay, node id) from the value
         # at registration; a later change would split this machine's workers.

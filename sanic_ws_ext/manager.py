@@ -44,10 +44,11 @@ from .frames import OP_TEXT, PING_FRAME, data_frame, encode_frame, raw_body
 from .handlers import ROOM_TYPES, Accept, HandlerRegistry
 from .limits import ClientLimits
 from .presence import ClusterState, Member, discard_from
+from .stats import DELIVERY_COUNTERS, Counters, RateMeter, cluster_stats
 
 __all__ = ["ConnectionManager"]
 
-log = logging.getLogger("sanic_ws_ext")
+log = logging.getLogger("sanic.root.sanic_ws_ext")
 
 # Markers queued in a connection's inbox around its messages.
 _OPENED = object()
@@ -106,6 +107,13 @@ class ConnectionManager:
             burst=config.connect_burst_per_ip,
         )
         self.clock: Callable[[], float] = lambda: 0.0
+        #: What this process counts (messages in and out, connections).
+        self.counters = Counters()
+        self._rates = RateMeter()
+        # This process's sample at its last beat, and each peer's latest
+        # sample (riding on its beat) with when it arrived.
+        self._sample: dict[str, Any] = {}
+        self._peer_samples: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # -- lifecycle -------------------------------------------------------
 
@@ -128,7 +136,8 @@ class ConnectionManager:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
         if self.delivery.name != "local":
             self._publish(OpKind.HELLO, payload=self.life.encode())
-            self._peer_beat = loop.call_later(self.config.relay_beat, self._beat_peers)
+        # Also in one process: each beat samples the counters (the rates).
+        self._peer_beat = loop.call_later(self.config.relay_beat, self._beat_peers)
 
     async def stop(self) -> None:
         """Close every connection with 1001 after what was accepted is sent.
@@ -268,6 +277,66 @@ class ConnectionManager:
             "delivery": self.delivery.status(),
         }
 
+    def health(self) -> dict[str, Any]:
+        """Liveness, readiness and the state of the links, JSON-able.
+
+        Nothing here names a client, a user or a machine: it is meant to be
+        public (load balancers, orchestrators).
+        """
+        delivery = self.delivery.status()
+        machine = delivery.get("machine", delivery)
+        return {
+            "alive": True,
+            # Ready to take connections: started, and not shutting down. A
+            # backplane outage does not make a worker unready: every machine
+            # sees it at once, and each still serves its own clients.
+            "ready": self._loop is not None and not self._closing,
+            "delivery": delivery["name"],
+            "relay": machine.get("state") if machine["name"] == "relay" else None,
+            "backplane": self.backplane_state,
+            "workers": 1 + len(self._peers),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Cluster-wide figures, from this process's view, JSON-able.
+
+        Connections, rooms and users are the replica's (exact as soon as ops
+        arrive); each worker's counters and rates are from its latest beat
+        (this process's own are live). See :mod:`sanic_ws_ext.stats`.
+        """
+        now = self.clock()
+        samples = {peer: sample for peer, (_, sample) in self._peer_samples.items()}
+        ages = {peer: now - at for peer, (at, _) in self._peer_samples.items()}
+        samples[self.worker] = self._take_sample(rates=False)
+        ages[self.worker] = 0.0
+        return cluster_stats(
+            answered_by=self.worker,
+            samples=samples,
+            ages=ages,
+            connections={w: len(ids) for w, ids in self.cluster.workers.items()},
+            rooms=len(self.cluster.rooms),
+            users=len(self.cluster.users),
+        )
+
+    def _take_sample(self, *, rates: bool) -> dict[str, Any]:
+        """This process's counters; with ``rates``, a new rate interval starts."""
+        counters = self.counters
+        sample: dict[str, Any] = counters.as_dict()
+        if rates:
+            rate_in, rate_out = self._rates.update(
+                self.clock(), counters.messages_in, counters.messages_out
+            )
+        else:  # between beats: the rates of the last interval
+            rate_in = self._sample.get("messages_in_per_second", 0.0)
+            rate_out = self._sample.get("messages_out_per_second", 0.0)
+        sample["messages_in_per_second"] = rate_in
+        sample["messages_out_per_second"] = rate_out
+        sample["connections"] = len(self._connections)
+        sample["rooms"] = len(self._local_rooms)
+        sample.update(_delivery_counters(self.delivery.status()))
+        sample["backplane"] = self.backplane_state
+        return sample
+
     # -- the public API: who is here ----------------------------------------
 
     async def count(self) -> int:
@@ -343,6 +412,9 @@ class ConnectionManager:
                 conn.send_frame(frame)
         assert self._flusher is not None
         self._flusher.account(len(frame) * len(conns))
+        # Counted per op, not per frame: excluded ids are few.
+        skipped = sum(1 for i in exclude if i in self._connections) if exclude else 0
+        self.counters.messages_out += len(conns) - skipped
 
     def _apply_group_send(self, op: Op) -> None:
         index = self._local_rooms if op.kind is OpKind.ROOM_SEND else self._local_users
@@ -355,11 +427,17 @@ class ConnectionManager:
                 conn.send_frame(frame)
         assert self._flusher is not None
         self._flusher.account(len(frame) * len(conns))
+        skipped = 0
+        for conn_id in op.exclude:
+            excluded = self._connections.get(conn_id)
+            if excluded is not None and excluded in conns:
+                skipped += 1
+        self.counters.messages_out += len(conns) - skipped
 
     def _apply_send(self, op: Op) -> None:
         conn = self._connections.get(op.target)
-        if conn is not None:
-            conn.send_frame(data_frame(op.payload, op.binary))
+        if conn is not None and conn.send_frame(data_frame(op.payload, op.binary)):
+            self.counters.messages_out += 1
 
     def _apply_disconnect(self, op: Op) -> None:
         conn = self._connections.get(op.target)
@@ -416,10 +494,15 @@ class ConnectionManager:
             # the backplane after a fault, say): ask for its state, too.
             self._request_sync(peer)
         elif op.kind is OpKind.BEAT:
-            if self._lives.get(peer) != op.payload.decode():
+            # "<life> <sample as JSON>": the peer's counters ride on its beat.
+            raw_life, _, sample = op.payload.partition(b" ")
+            life = raw_life.decode()
+            if self._lives.get(peer) != life:
                 # A peer we dropped (or whose HELLO we missed): catch up.
-                self._lives[peer] = op.payload.decode()
+                self._lives[peer] = life
                 self._request_sync(peer)
+            if sample and self._loop is not None:
+                self._peer_samples[peer] = (self._loop.time(), ujson.loads(sample))
         elif op.kind is OpKind.SYNC:
             if op.reason == "request":
                 self._send_sync(peer)
@@ -504,6 +587,7 @@ class ConnectionManager:
             self._presence("presence.join", key[1], after[key])
 
     def _drop_peer(self, peer: str) -> None:
+        self._peer_samples.pop(peer, None)
         for member in self.cluster.drop_worker(peer):
             for room in member.rooms:
                 self._presence("presence.leave", room, member)
@@ -511,7 +595,11 @@ class ConnectionManager:
     def _beat_peers(self) -> None:
         assert self._loop is not None
         try:
-            self._publish(OpKind.BEAT, payload=self.life.encode())
+            self._sample = self._take_sample(rates=True)
+            if self.delivery.name != "local":
+                # One small JSON per beat: every peer holds everyone's figures.
+                sample = ujson.dumps(self._sample).encode()
+                self._publish(OpKind.BEAT, payload=self.life.encode() + b" " + sample)
             now = self._loop.time()
             horizon = now - _MISSED_BEATS * self.config.relay_beat
             for peer, seen in list(self._peers.items()):
@@ -560,6 +648,7 @@ class ConnectionManager:
         )
         for conn in list(conns):
             conn.send_frame(frame)
+        self.counters.messages_out += len(conns)
 
     # -- connections coming and going --------------------------------------
 
@@ -588,6 +677,7 @@ class ConnectionManager:
         )
         conn.last_seen = self.clock()
         self._connections[conn.id] = conn
+        self.counters.opened += 1
         self.limits.opened(remote)
         if conn.user is not None:
             self._local_users.setdefault(conn.user, set()).add(conn)
@@ -609,6 +699,7 @@ class ConnectionManager:
     def _connection_lost(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
             return
+        self.counters.closed += 1
         self.limits.closed(conn.remote)
         for room in conn.rooms:
             discard_from(self._local_rooms, room, conn)
@@ -751,15 +842,17 @@ class ConnectionManager:
             conn.id,
             exc_info=exc,
         )
-        conn.send_frame(
+        if conn.send_frame(
             encode_frame(
                 OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
             )
-        )
+        ):
+            self.counters.messages_out += 1
         await self._run_error_hooks(conn, exc)
 
     async def _refuse(self, conn: Connection, exc: MessageError) -> None:
-        conn.send_frame(encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason)))
+        if conn.send_frame(encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason))):
+            self.counters.messages_out += 1
         await self._run_error_hooks(conn, exc)
 
     async def _run_error_hooks(self, conn: Connection, exc: Exception) -> None:
@@ -804,3 +897,16 @@ def _room(room: str) -> bytes:
     if not isinstance(room, str) or not room:
         raise TypeError(f"room must be a non-empty str, got {room!r}")
     return room.encode()
+
+
+def _delivery_counters(status: Mapping[str, Any]) -> dict[str, int]:
+    """The delivery backend's fault counters, from its ``status()``."""
+    machine: Mapping[str, Any] = status.get("machine", status)
+    backplane = status if status.get("name") == "redis" else {}
+    values = (
+        machine.get("dropped", 0),
+        backplane.get("reconnects", 0),
+        backplane.get("lost", 0),
+        backplane.get("missed", 0),
+    )
+    return dict(zip(DELIVERY_COUNTERS, values, strict=True))

@@ -4,11 +4,13 @@ Debian's `chromium` (``.ci/run`` installs it when missing), driven by
 Playwright for Python. Two pages see each other in the presence list,
 exchange messages in a room, and, when the server is restarted, both
 reconnect by themselves and carry on. A screenshot of the chat is saved
-(its path is printed with the test's output).
+(its path is printed with the test's output). The operations dashboard of a
+4-worker app shows each worker's connections (screenshot: dashboard.png).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from .conftest import units
 from .procs import SanicProcess, free_port
+from .test_cluster import cluster, worker_names
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -104,3 +107,52 @@ async def test_two_pages_chat_and_survive_a_server_restart(tmp_path: Path) -> No
             ARTIFACTS.mkdir(exist_ok=True)
             shutil.copy(shot, ARTIFACTS / "chat.png")
             print(f"screenshot: {ARTIFACTS / 'chat.png'}")
+
+
+async def test_dashboard_shows_every_worker() -> None:
+    """The dashboard of a 4-worker app lists each worker's connections."""
+    wait = units(20) * 1000
+    # Worker i holds i + 1 clients: every row's count is different.
+    want = {worker: i + 1 for i, worker in enumerate(worker_names())}
+    async with cluster(env={"SANIC_WS_STATS": "true"}) as c, chromium() as browser:
+        await c.cover(per_worker=1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + units(30)
+        while any(len(c.on(w)) < n for w, n in want.items()):
+            assert loop.time() < deadline, f"workers not filled: {c.workers}"
+            client = await c.connect()
+            if len(c.on(client.worker)) > want[client.worker]:
+                await client.ws.close()
+                c.clients.remove(client)
+        page = await browser.new_page(viewport={"width": 1200, "height": 800})
+        await page.goto(c.server.url("/ws/dashboard?interval=300"))
+        await expect(page.locator("#state")).to_have_text("live", timeout=wait)
+        for worker, n in want.items():
+            row = page.locator(f'#workers tr[data-worker="{worker}"]')
+            await expect(row.locator("td.connections")).to_have_text(
+                str(n), timeout=wait
+            )
+        await expect(page.locator("#workers tr")).to_have_count(4, timeout=wait)
+        await expect(page.locator("#total-connections")).to_have_text(
+            str(sum(want.values())), timeout=wait
+        )
+        # Steady broadcasts (about 200 a second to 10 clients, for 3 s): the
+        # rate shows them and the chart has a few points of them.
+        sender = c.clients[0]
+        await sender.ws.send("do", {"op": "paced", "n": 600, "pause": 0.05})
+        await page.wait_for_function(
+            """() => {
+                const rate = Number(document.querySelector("#total-out-rate")
+                    .textContent.replaceAll(",", ""));
+                const line = document.querySelector(
+                    '#rates-chart polyline[data-series="out / s"]');
+                const points = line.getAttribute("points").split(" ").length;
+                return rate >= 500 && points >= 5;
+            }""",
+            timeout=wait,
+        )
+        await expect(page.locator("#rates-chart polyline")).to_have_count(2)
+        await expect(page.locator("#connections-chart polyline")).to_have_count(4)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        print(f"screenshot: {ARTIFACTS / 'dashboard.png'}")

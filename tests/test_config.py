@@ -48,6 +48,9 @@ def test_defaults() -> None:
         "WS_CONNECT_BURST_PER_IP",
         "WS_MESSAGE_RATE",
         "WS_MESSAGE_BURST",
+        "WS_HEALTH",
+        "WS_STATS",
+        "WS_STATS_TOKEN",
     }
     assert config.redis_url is None
     # The abuse limits are off until the deployment sets them.

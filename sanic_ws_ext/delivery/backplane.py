@@ -70,7 +70,7 @@ from .wire import (
 
 __all__ = ["RETRY_CAP", "BackplaneState", "RedisBackplane"]
 
-log = logging.getLogger("sanic_ws_ext.backplane")
+log = logging.getLogger("sanic.root.sanic_ws_ext.backplane")
 
 #: First and largest delay between reconnect attempts, in seconds.
 RETRY_FIRST = 0.05

@@ -46,7 +46,7 @@ from .wire import apply_records, encode_op, frame_record, pack_records
 
 __all__ = ["RelayInboxes", "WorkerRelay", "make_inboxes", "slot_of"]
 
-log = logging.getLogger("sanic_ws_ext.relay")
+log = logging.getLogger("sanic.root.sanic_ws_ext.relay")
 
 DATAGRAM = 32 * 1024
 _HEAD = struct.Struct("!BHI")  # kind, sender slot, sender's life (random per process)
@@ -183,8 +183,15 @@ class WorkerRelay:
         return True
 
     def status(self) -> dict[str, Any]:
+        if any(self._overflowed):
+            state = "dropping"  # a peer does not read: its ops are dropped
+        elif any(self._backlog):
+            state = "backlogged"  # a peer reads slowly: ops wait, bounded
+        else:
+            state = "ok"
         return {
             "name": self.name,
+            "state": state,
             "slot": self.slot,
             "slots": self.slots,
             "dropped": self.dropped,
