@@ -1,0 +1,189 @@
+"""Tests for the quickstart app, as you would write them for your own handlers.
+
+docs/howto/testing.md walks through this file; the project's test suite runs
+it (``testpaths`` in pyproject.toml). Plain pytest: each test runs its
+coroutine with ``asyncio.run``, so no plugin is needed (with pytest-asyncio
+or anyio, write ``async def test_...`` instead).
+"""
+
+# --8<-- [start:setup]
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from quickstart import create_app
+from sanic import Sanic
+
+from sanic_ws_ext.testing import WSTestClient, serve, time_unit
+
+HERE = Path(__file__).parent
+_names = itertools.count()
+
+
+def run(test: Coroutine[Any, Any, None]) -> None:
+    """Run one test's coroutine, bounded so that a hang fails instead."""
+    asyncio.run(asyncio.wait_for(test, 30 * time_unit()))
+
+
+def new_app() -> Sanic[Any, Any]:
+    # Sanic wants a unique name per app in a process: one app per test.
+    return create_app(f"quickstart_test_{next(_names)}")
+
+
+# --8<-- [end:setup]
+
+
+# -- in the test's own process: serve() and WSTestClient ----------------------
+
+
+# --8<-- [start:in_process]
+def test_a_message_reaches_everyone() -> None:
+    async def scenario() -> None:
+        async with serve(new_app()) as server:
+            alice = await WSTestClient.connect(server.ws_url())
+            bob = await WSTestClient.connect(server.ws_url())
+            me = (await alice.expect("welcome")).data["id"]
+            await alice.send("chat.send", "hi all")
+            for client in (alice, bob):
+                message = await client.expect("chat.message")
+                assert message.data == {"from": me, "text": "hi all"}
+            await alice.close()
+            assert (await bob.expect("chat.left")).data == {"id": me}
+            await bob.close()
+
+    run(scenario())
+
+
+def test_bad_input_gets_an_error_frame() -> None:
+    async def scenario() -> None:
+        async with (
+            serve(new_app()) as server,
+            await WSTestClient.connect(server.ws_url()) as client,
+        ):
+            await client.send("chat.send", "   ")
+            assert (await client.expect("error")).data["code"] == "bad_text"
+            await client.send("no.such.type")
+            assert (await client.expect("error")).data["code"] == "unknown_type"
+
+    run(scenario())
+
+
+def test_the_manager_from_outside_a_handler() -> None:
+    async def scenario() -> None:
+        app = new_app()
+        async with (
+            serve(app) as server,
+            await WSTestClient.connect(server.ws_url()) as client,
+        ):
+            conn_id = (await client.expect("welcome")).data["id"]
+            # app.ctx.ws is what your routes and background tasks use.
+            assert await app.ctx.ws.count() == 1
+            await app.ctx.ws.send(conn_id, "notice", "from the server")
+            assert (await client.expect("notice")).data == "from the server"
+
+    run(scenario())
+
+
+# --8<-- [end:in_process]
+
+
+# -- a real `sanic --workers 2` process ----------------------------------------
+
+
+# --8<-- [start:workers]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def sanic_process(target: str, *args: str) -> AsyncIterator[int]:
+    """``sanic TARGET ARGS`` on a free port until the block exits; yields the port.
+
+    Its own session, ready once /health answers, stopped with SIGTERM (as a
+    process manager does), killed if it does not stop in time.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "sanic", target, "--port", str(port), *args]
+    # Popen returns at once; the wait below is the part that takes time.
+    proc = subprocess.Popen(command, cwd=HERE, start_new_session=True)  # noqa: ASYNC220
+    try:
+        await wait_for_http(f"http://127.0.0.1:{port}/health", proc)
+        # Sanic's main process may ignore a SIGTERM that comes while it still
+        # waits for the workers' start-up acks: give it a moment first.
+        await asyncio.sleep(time_unit())
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 30 * time_unit())
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+
+
+def get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=time_unit()) as response:
+        status: int = response.status
+        return status
+
+
+async def wait_for_http(url: str, proc: subprocess.Popen[bytes]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30 * time_unit()
+    while True:
+        assert proc.poll() is None, "sanic exited before serving"
+        try:
+            if await asyncio.to_thread(get, url) == 200:
+                return
+        except OSError:
+            pass  # not listening yet
+        assert loop.time() < deadline, f"{url} never answered"
+        await asyncio.sleep(0.1)  # another process: nothing to await but time
+
+
+def test_two_workers_act_as_one_server() -> None:
+    async def scenario() -> None:
+        async with sanic_process("quickstart:app", "--workers", "2") as port:
+            url = f"ws://127.0.0.1:{port}/ws"
+            # The kernel spreads connections over the workers: open some
+            # until both hold one (bounded).
+            clients: dict[str, WSTestClient] = {}
+            for _ in range(40):
+                client = await WSTestClient.connect(url)
+                worker = (await client.expect("welcome")).data["worker"]
+                if worker in clients:
+                    await client.close()
+                else:
+                    clients[worker] = client
+                if len(clients) == 2:
+                    break
+            assert len(clients) == 2, f"connections reached only {list(clients)}"
+            first, second = clients.values()
+            await first.send("chat.send", "across workers")
+            for client in (first, second):
+                message = await client.expect("chat.message")
+                assert message.data["text"] == "across workers"
+            for client in (first, second):
+                await client.close()
+
+    run(scenario())
+
+
+# --8<-- [end:workers]

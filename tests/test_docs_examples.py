@@ -1,0 +1,242 @@
+"""The docs' example apps do what their pages say, as real `sanic` processes.
+
+- docs/examples/teamchat (howto/blueprints.md, howto/rooms.md): handlers on
+  three blueprints; rooms, guards, presence, users and the admin routes, on
+  two workers.
+- docs/examples/quickstart.py on two "machines" through Redis (howto/redis.md).
+- docs/examples/quickstart.html in Chromium (howto/frontend.md): two pages
+  chat, survive a server restart, and what was sent offline goes out later.
+
+docs/examples/test_quickstart.py (collected through ``testpaths``) tests the
+quickstart itself, as a reader's own tests would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+from websockets.exceptions import InvalidStatus
+
+from sanic_ws_ext.testing import WSTestClient
+
+from .conftest import units
+from .procs import SanicProcess, free_port
+from .redisproc import SHARED_URL
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def example(target: str, *args: str, **kwargs: Any) -> SanicProcess:
+    """``sanic TARGET`` run from docs/examples, as the pages say."""
+    return SanicProcess(target, *args, cwd=str(EXAMPLES), **kwargs)
+
+
+async def until(probe: Callable[[], Any], want: Callable[[Any], bool]) -> Any:
+    """Ask again until the (eventually consistent) answer is as wanted."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + units(10)
+    while True:
+        answer = await probe()
+        if want(answer) or loop.time() > deadline:
+            return answer
+        await asyncio.sleep(0.05)  # replicas in other processes: poll them
+
+
+# -- teamchat: blueprints, rooms and users ----------------------------------------
+
+
+async def test_teamchat_rooms_and_users_across_workers() -> None:
+    async with example("teamchat.app:app", "--workers", "2") as server:
+        with_name = f"{server.ws_url()}?name="
+        # The verify hook refuses before the upgrade.
+        with pytest.raises(InvalidStatus) as refused:
+            await WSTestClient.connect(with_name + "not%20a%20name")
+        assert refused.value.response.status_code == 400
+        alice = await WSTestClient.connect(with_name + "alice")
+        everyone = [alice]
+        bob: list[WSTestClient] = []
+        try:
+            # Everyone is put in "general" by on_connect, and alice sees each
+            # arrival (herself first), whichever worker holds it. Bob opens
+            # connections until both workers hold one of theirs (bounded).
+            me = (await alice.expect("presence.join")).data
+            assert me["user"] == "alice"
+            workers = {me["worker"]}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + units(30)
+            while len(bob) < 2 or len(workers) < 2:
+                assert loop.time() < deadline, f"connections reached only {workers}"
+                bob.append(await WSTestClient.connect(with_name + "bob"))
+                everyone.append(bob[-1])
+                joined = (await alice.expect("presence.join")).data
+                assert (joined["room"], joined["user"]) == ("general", "bob")
+                workers.add(joined["worker"])
+
+            async def who() -> Any:
+                await alice.send("room.who", {"room": "general"})
+                return (await alice.expect("room.who")).data["users"]
+
+            assert await until(who, lambda users: users == ["alice", "bob"]) == [
+                "alice",
+                "bob",
+            ]
+            # The guard: public rooms and one's own inbox only.
+            await bob[0].send("room.join", {"room": "random"})
+            assert (await bob[0].expect("room.joined")).data == {"room": "random"}
+            for refused_room in ("secret", "inbox.alice"):
+                await bob[0].send("room.join", {"room": refused_room})
+                assert (await bob[0].expect("error")).data["code"] == "room_refused"
+            # A room message reaches every member.
+            await alice.send("room.say", {"room": "general", "text": "hi team"})
+            for client in everyone:
+                said = (await client.expect("room.message")).data
+                assert said == {"room": "general", "from": "alice", "text": "hi team"}
+            await alice.send("room.say", {"room": "random", "text": "x"})
+            assert (await alice.expect("error")).data["code"] == "not_in_room"
+            # A direct message reaches each of bob's connections, and alice's.
+            await alice.send("dm.send", {"to": "bob", "text": "psst"})
+            for client in everyone:
+                dm = (await client.expect("dm.message")).data
+                assert dm == {"from": "alice", "to": "bob", "text": "psst"}
+            await alice.send("dm.send", {"to": "carol", "text": "?"})
+            assert (await alice.expect("error")).data["code"] == "offline"
+            async with httpx.AsyncClient() as http:
+                # From an HTTP route, on whichever worker takes it.
+                await http.post(server.url("/notify/bob"), json={"n": 1})
+                for client in bob:
+                    assert (await client.expect("notice")).data == {"n": 1}
+                await http.post(server.url("/admin/announce"), json="maintenance")
+                for client in everyone:
+                    announced = await client.expect("announcement")
+                    assert announced.data == "maintenance"
+
+                async def stats() -> Any:
+                    return (await http.get(server.url("/admin/stats"))).json()
+
+                figures = await until(stats, lambda s: s["rooms"].get("random") == 1)
+            n = len(everyone)
+            assert figures["connections"] == n
+            assert figures["rooms"] == {"general": n, "random": 1}
+            assert figures["users"] == {"alice": 1, "bob": n - 1}
+            assert sorted(figures["workers"]) == sorted(workers)
+            # A connection that leaves is seen leaving.
+            await bob[-1].close()
+            left = (await alice.expect("presence.leave")).data
+            assert (left["room"], left["user"]) == ("general", "bob")
+        finally:
+            for client in everyone:
+                await client.close()
+
+
+# -- quickstart on two machines through Redis ---------------------------------------
+
+
+async def test_quickstart_on_two_nodes_through_redis() -> None:
+    env = {
+        "SANIC_WS_BACKPLANE": SHARED_URL,
+        # Distinct per run: another test or app may share this Redis.
+        "SANIC_WS_REDIS_CHANNEL": f"docs-{uuid.uuid4().hex[:12]}",
+    }
+    one = example("quickstart:app", "--workers", "2", env=env)
+    two = example("quickstart:app", "--workers", "2", env=env)
+    async with one, two, httpx.AsyncClient() as http:
+        a = await WSTestClient.connect(one.ws_url())
+        b = await WSTestClient.connect(two.ws_url())
+        try:
+            a_id = (await a.expect("welcome")).data["id"]
+            await b.expect("welcome")
+
+            async def health() -> Any:
+                return (await http.get(one.url("/health"))).json()
+
+            # Node one counts node two's connection: the link works both ways.
+            status = await until(health, lambda h: h["connections"] == 2)
+            assert status == {
+                "worker": status["worker"],
+                "connections": 2,
+                "backplane": "connected",
+            }
+            await a.send("chat.send", "across machines")
+            for client in (a, b):
+                message = (await client.expect("chat.message")).data
+                assert message == {"from": a_id, "text": "across machines"}
+        finally:
+            await a.close()
+            await b.close()
+
+
+# -- the quickstart page in a browser ------------------------------------------------
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    assert shutil.which(CHROMIUM), (
+        f"{CHROMIUM} not found: install Debian's chromium (bash .ci/run does)"
+    )
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--no-first-run"],
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def said(page: Page, text: str) -> None:
+    await page.fill("#text", text)
+    await page.click("#say button")
+
+
+async def test_the_quickstart_page_chats_and_reconnects() -> None:
+    port = free_port()
+    wait = units(20) * 1000  # Playwright counts milliseconds
+
+    def quickstart() -> SanicProcess:
+        return example("quickstart:app", "--workers", "2", port=port)
+
+    async with chromium() as browser:
+        pages = [await browser.new_page() for _ in range(2)]
+        async with quickstart():
+            for page in pages:
+                await page.goto(f"http://127.0.0.1:{port}/")
+                await expect(page.locator("#state")).to_have_text("open", timeout=wait)
+                await expect(page.locator("#log li").first).to_contain_text(
+                    "Sanic-Server-", timeout=wait
+                )
+            first, second = pages
+            await said(first, "hello from the page")
+            for page in pages:
+                await expect(page.locator("#log li").last).to_contain_text(
+                    "hello from the page", timeout=wait
+                )
+        # The server is gone: the pages notice, and keep what is sent meanwhile.
+        for page in pages:
+            await expect(page.locator("#state")).to_have_text(
+                "reconnecting", timeout=wait
+            )
+        await said(first, "sent while offline")
+        async with quickstart():  # a new server on the same address
+            for page in pages:
+                await expect(page.locator("#state")).to_have_text("open", timeout=wait)
+            await expect(first.locator("#log li").last).to_contain_text(
+                "sent while offline", timeout=wait
+            )
+            await said(second, "after the restart")
+            for page in pages:
+                await expect(page.locator("#log li").last).to_contain_text(
+                    "after the restart", timeout=wait
+                )
