@@ -10,8 +10,14 @@ Like Channels' ``WebsocketCommunicator``, but over a real socket::
 
 :func:`serve` runs the app in the current event loop on an ephemeral port,
 with its ``before_server_start``/``before_server_stop`` listeners, in the
-same shape as ``sanic --single-process``. :class:`WSTestClient` wraps the
-websockets library's asyncio client and decodes envelopes.
+same shape as ``sanic --single-process``. :class:`SanicProcess` runs a real
+``sanic app:app --workers N`` instead, for what crosses workers::
+
+    async with SanicProcess("myapp:app", "--workers", "4") as server:
+        client = await WSTestClient.connect(server.ws_url())
+
+:class:`WSTestClient` wraps the websockets library's asyncio client and
+decodes envelopes.
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +43,14 @@ from websockets.exceptions import ConnectionClosed
 
 from .envelope import Envelope
 
-__all__ = ["LiveServer", "WSTestClient", "serve", "time_unit"]
+__all__ = [
+    "LiveServer",
+    "SanicProcess",
+    "WSTestClient",
+    "free_port",
+    "serve",
+    "time_unit",
+]
 
 
 def time_unit() -> float:
@@ -93,6 +110,171 @@ async def serve(
         server.server.close()
         await server.server.wait_closed()
         await server.after_stop()
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def http_status(host: str, port: int, path: str, timeout: float) -> int:
+    """The status of ``GET path``, on a raw socket (no HTTP client needed)."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port), timeout
+    )
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        return int(line.split()[1]) if line.startswith(b"HTTP/") else 0
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+class SanicProcess:
+    """``python -m sanic TARGET ...`` on a free port, for as long as a block runs.
+
+    The server runs in its own session (process group) with its output in a
+    file; it counts as started once ``ready_path`` answers 200 (by default
+    the extension's ``/ws/health``), and is stopped with SIGTERM as a process
+    manager would, then SIGKILL to the whole group if it does not exit in
+    time. Leaving the block with an exception kills it at once and prints its
+    log; leaving it cleanly with ``strict`` (the default) fails if a worker
+    logged a traceback: an exception in a listener or handler is a bug even
+    when every client got what it expected.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/ws/health",
+        cwd: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        strict: bool = True,
+    ) -> None:
+        self.ready_path = ready_path
+        self.cwd = cwd
+        self.strict = strict
+        self.port = port or free_port()
+        self.args = [
+            sys.executable, "-m", "sanic", target,
+            "--host", "127.0.0.1", "--port", str(self.port), "--no-motd", *args,
+        ]  # fmt: skip
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed on exit)
+        self.serving_since = 0.0
+
+    @property
+    def pid(self) -> int:
+        """The main process's PID (workers are its children, in its group)."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def ws_url(self, path: str = "/ws") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def __aenter__(self) -> SanicProcess:
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
+            self.args,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+            stdout=self.log,
+            # A file, not a pipe nobody reads: a chatty server must never block.
+            stderr=self.log,
+        )
+        try:
+            await self.wait_serving(self.ready_path)
+        except BaseException:
+            self._kill()
+            self.log.close()
+            raise
+        return self
+
+    async def wait_serving(self, path: str | None = None) -> None:
+        """Poll until ``path`` answers 200 (bounded by time units)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30 * time_unit()
+        delay = 0.05
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sanic exited: {self.stderr()}")
+            with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError):
+                status = await http_status(
+                    "127.0.0.1", self.port, path or self.ready_path, time_unit()
+                )
+                if status == 200:
+                    self.serving_since = loop.time()
+                    return
+            if loop.time() > deadline:
+                raise TimeoutError(f"sanic never served: {self.stderr()}")
+            await asyncio.sleep(delay)  # another process: no event to await
+            delay = min(delay * 2, 0.5)
+
+    def stderr(self) -> str:
+        """The end of what the server wrote so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-6000:]
+
+    async def stop(self) -> int:
+        """SIGTERM, then SIGKILL if it has not exited in time; the exit code."""
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        # Sanic's main process ignores a SIGTERM that lands while it still
+        # polls for the workers' startup acks, then hangs ~30 s: give it time
+        # to get past that poll. A workaround for Sanic, not a sync point.
+        settle = self.serving_since + 1.5 * time_unit() - loop.time()
+        if settle > 0:
+            await asyncio.sleep(settle)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(None, self.proc.wait), 30 * time_unit()
+            )
+        except TimeoutError:
+            self._kill()
+            raise TimeoutError(
+                f"sanic ignored SIGTERM: poll={self.proc.poll()} {self.stderr()}"
+            ) from None
+
+    def _kill(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is None:
+                await self.stop()
+                log = self.stderr()
+                assert not self.strict or "Traceback" not in log, log
+            else:  # the test already failed: do not mask it with a slow stop
+                self._kill()
+                # Shown with the failure (pytest prints captured output).
+                print(f"--- {' '.join(self.args[3:5])} log ---\n{self.stderr()}")
+        finally:
+            self.log.close()
 
 
 class WSTestClient:

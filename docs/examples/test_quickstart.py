@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.request
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from quickstart import create_app
 from sanic import Sanic
 
-from sanic_ws_ext.testing import WSTestClient, serve, time_unit
+from sanic_ws_ext.testing import SanicProcess, WSTestClient, serve, time_unit
 
 HERE = Path(__file__).parent
 _names = itertools.count()
@@ -102,66 +95,12 @@ def test_the_manager_from_outside_a_handler() -> None:
 
 
 # --8<-- [start:workers]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@asynccontextmanager
-async def sanic_process(target: str, *args: str) -> AsyncIterator[int]:
-    """``sanic TARGET ARGS`` on a free port until the block exits; yields the port.
-
-    Its own session, ready once /health answers, stopped with SIGTERM (as a
-    process manager does), killed if it does not stop in time.
-    """
-    port = free_port()
-    command = [sys.executable, "-m", "sanic", target, "--port", str(port), *args]
-    # Popen returns at once; the wait below is the part that takes time.
-    proc = subprocess.Popen(command, cwd=HERE, start_new_session=True)  # noqa: ASYNC220
-    try:
-        await wait_for_http(f"http://127.0.0.1:{port}/health", proc)
-        # Sanic's main process may ignore a SIGTERM that comes while it still
-        # waits for the workers' start-up acks: give it a moment first.
-        await asyncio.sleep(time_unit())
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 30 * time_unit())
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-
-
-def get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=time_unit()) as response:
-        status: int = response.status
-        return status
-
-
-async def wait_for_http(url: str, proc: subprocess.Popen[bytes]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30 * time_unit()
-    while True:
-        assert proc.poll() is None, "sanic exited before serving"
-        try:
-            if await asyncio.to_thread(get, url) == 200:
-                return
-        except OSError:
-            pass  # not listening yet
-        assert loop.time() < deadline, f"{url} never answered"
-        await asyncio.sleep(0.1)  # another process: nothing to await but time
-
-
 def test_two_workers_act_as_one_server() -> None:
     async def scenario() -> None:
-        async with sanic_process("quickstart:app", "--workers", "2") as port:
-            url = f"ws://127.0.0.1:{port}/ws"
+        # Started in its own session, ready once /ws/health answers, stopped
+        # with SIGTERM on leaving the block (killed if it does not stop).
+        async with SanicProcess("quickstart:app", "--workers", "2", cwd=HERE) as server:
+            url = server.ws_url()
             # The kernel spreads connections over the workers: open some
             # until both hold one (bounded).
             clients: dict[str, WSTestClient] = {}
