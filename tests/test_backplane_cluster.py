@@ -37,11 +37,14 @@ async def cover(node: Cluster) -> list[Client]:
 
 
 @asynccontextmanager
-async def two_nodes(url: str = SHARED_URL) -> AsyncIterator[list[Cluster]]:
+async def two_nodes(
+    url: str = SHARED_URL, extra: dict[str, str] | None = None
+) -> AsyncIterator[list[Cluster]]:
     env = {
         "SANIC_WS_BACKPLANE": url,
         "SANIC_WS_REDIS_CHANNEL": f"test-{uuid.uuid4().hex[:12]}",
         "TEST_RELAY_BEAT": str(BEAT),
+        **(extra or {}),
     }
     async with AsyncExitStack() as stack:
         nodes = []
@@ -218,3 +221,42 @@ async def _health_until(
 
 def _is_burst(message: Any) -> bool:
     return getattr(message, "type", None) == "burst"
+
+
+async def test_stats_from_one_machine_cover_both() -> None:
+    """Counters ride on the backplane's beats too: one node's /ws/stats and
+    /ws/metrics show the other machine's workers, connections and traffic."""
+    async with (
+        two_nodes(extra={"SANIC_WS_STATS": "true"}) as (one, two),
+        httpx.AsyncClient() as http,
+    ):
+        everyone = await cover(one) + await cover(two)
+        want = {c.worker: len(one.on(c.worker) + two.on(c.worker)) for c in everyone}
+        sender = everyone[-1]  # on machine two
+        await sender.do("broadcast", data="counted")
+        for client in one.clients + two.clients:
+            assert (await client.ws.expect("b")).data == "counted"
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + units(15)
+        while True:  # polling another process: each beat brings a sample
+            stats = (await http.get(one.server.url("/ws/stats"))).json()
+            per = stats["per_worker"]
+            conns = {w: e["connections"] for w, e in per.items()}
+            # The broadcast's frames out on machine two's workers, as machine
+            # one sees them: at least one per connection there.
+            sent = sum(per[c.worker]["messages_out"] for c in second_node(everyone))
+            if conns == want and sent >= len(two.clients):
+                break
+            assert loop.time() < deadline, f"never settled: {stats}"
+            await asyncio.sleep(0.1)
+        assert stats["connections"] == len(one.clients + two.clients)
+        assert stats["workers"] == 2 * WORKERS
+        assert stats["per_worker"][sender.worker]["messages_in"] >= 1
+        assert (await http.get(one.server.url("/ws/health"))).json()["backplane"] == (
+            "connected"
+        )
+
+
+def second_node(clients: list[Client]) -> list[Client]:
+    return [c for c in clients if node_of(c) == node_of(clients[-1])]

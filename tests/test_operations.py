@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 import pytest
 from sanic import Request, Sanic
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Opcode
 
 from sanic_ws_ext import Accept, ConfigError, Connection, Envelope, Reject, WSConfig
 from sanic_ws_ext.monitoring import redact_query_strings
@@ -23,6 +25,7 @@ from sanic_ws_ext.testing import WSTestClient, serve
 from .conftest import units
 from .helpers import ws_app
 from .prom import parse
+from .rawws import RawClient
 
 AppFactory = Callable[..., Sanic[Any, Any]]
 TOKEN = "a-stats-token-long-enough"
@@ -46,6 +49,27 @@ async def test_health_is_public_and_stats_are_off_by_default(
         }
         for path in ("stats", "metrics", "dashboard", "dashboard.js"):
             assert (await http.get(server.url(f"/ws/{path}"))).status_code == 404
+
+
+async def test_health_is_503_while_the_worker_shuts_down(
+    make_app: AppFactory,
+) -> None:
+    """A load balancer must stop sending new clients as soon as the stop
+    begins, while existing ones are still being closed."""
+    app, _, _ = ws_app(make_app, WS_CLOSE_TIMEOUT=units(3))
+    async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
+        server = await stack.enter_async_context(serve(app))
+        # A client that never answers the close holds the stop open.
+        raw = await RawClient.connect(server.host, server.port)
+        stopping = asyncio.create_task(stack.aclose())
+        frame = await raw.read_frame()  # the server's 1001: the stop has begun
+        assert frame.opcode is Opcode.CLOSE
+        response = await http.get(server.url("/ws/health"))
+        assert response.status_code == 503
+        assert response.json()["ready"] is False
+        assert response.json()["alive"] is True
+        await asyncio.wait_for(stopping, units(10))
+        raw.writer.close()
 
 
 async def test_health_can_be_switched_off_and_follows_ws_path(
