@@ -19,14 +19,14 @@ import argparse
 import statistics
 import sys
 
-from peers import PEERS, fmt, load_client, run_load, serving
+from peers import PEERS, SAMPLE_EVERY, fmt, load_client, run_load, serving
 
 P99_LIMIT_MS = 100.0
-RATES = [10, 20, 40, 80, 160, 320, 640]
+RATES = [10, 20, 40, 80, 160, 320, 640, 1280]
 
 
 def passes(server: str, clients: int, rate: int, duration: float) -> bool:
-    samples = int(clients * clients * rate * duration * 1.2) + 1000
+    samples = int(clients * clients * rate * duration * 1.2 / SAMPLE_EVERY) + 1000
     options = ["--rate", str(rate), "--duration", str(duration)]
     with serving(server) as served:
         load = load_client(served, clients, *options, "--samples", str(samples))

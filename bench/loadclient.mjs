@@ -43,7 +43,7 @@ const now = () => performance.timeOrigin + performance.now();
 const T_KEY = Buffer.from('"t":');
 let received = 0;
 let lastAt = 0;
-// Latency samples kept (chat mode: pass --samples for C*C*rate*duration).
+// Latency samples kept (chat mode: pass --samples for C*C*rate*duration/every).
 const latencies = new Float64Array(Number(args.samples ?? clients * k));
 let sampled = 0;
 
@@ -61,13 +61,20 @@ function event(type, data) {
   return socketio ? `42${JSON.stringify([type, data])}` : JSON.stringify({ type, data });
 }
 
-function onMessage(buf, start, end, opcode) {
+// Latency is sampled on one message in `every` (all are counted): parsing
+// the time stamp of each was most of the client's work per message.
+const every = Number(args.every ?? 1);
+let skip = 0;
+
+// `at`: when the chunk holding the frame arrived (read once per chunk).
+function onMessage(buf, start, end, opcode, at) {
   if (opcode !== 1) return; // pings, pongs, binary: not counted
   // Socket.IO: only events count ("42[..."); "2" pings are answered elsewhere.
   if (socketio && (buf[start] !== 52 || buf[start + 1] !== 50)) return;
   received += 1;
-  const at = now();
   lastAt = at;
+  if (++skip < every) return;
+  skip = 0;
   const i = buf.indexOf(T_KEY, start);
   if (i !== -1 && i < end) {
     let j = i + 4;
@@ -92,6 +99,7 @@ function connect(index) {
       );
     });
     socket.on("data", (chunk) => {
+      const at = now();
       let buf = pending ? Buffer.concat([pending, chunk]) : chunk;
       pending = null;
       let pos = 0;
@@ -130,7 +138,7 @@ function connect(index) {
         } else if (socketio && opcode === 1 && buf[pos + head + 1] === 48) {
           resolve(socket); // "40": in the namespace, events will reach us
         } else {
-          onMessage(buf, pos + head, pos + head + len, opcode);
+          onMessage(buf, pos + head, pos + head + len, opcode, at);
         }
         pos += head + len;
       }

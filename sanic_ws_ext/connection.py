@@ -27,7 +27,7 @@ import codecs
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ from .limits import take
 if TYPE_CHECKING:
     from .manager import ConnectionManager
 
-__all__ = ["Connection", "ConnectionState"]
+__all__ = ["Connection", "ConnectionState", "fan_out"]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
 
@@ -453,6 +453,40 @@ class Connection:
                 encode_frame(OP_TEXT, error_envelope(ErrorCode.RATE_LIMITED, reason))
             )
         return True
+
+
+def fan_out(
+    conns: Iterable[Connection],
+    frame: bytes,
+    exclude: Collection[str],
+    limit: int | None,
+    flusher: Flusher,
+) -> int:
+    """Queue ``frame`` for every open connection of ``conns`` not in ``exclude``.
+
+    The broadcast hot path, where the work per receiver is the cost: this is
+    :meth:`Connection.send_frame` inlined, with the limit (``WS_MAX_BACKPRESSURE``)
+    and the flusher read once for all. A connection that may be past the limit
+    takes the full path, which drops it if it is. Returns how many took it.
+    """
+    queued = 0
+    size = len(frame)
+    is_open = ConnectionState.OPEN
+    for conn in conns:
+        if conn.state is not is_open or (exclude and conn.id in exclude):
+            continue
+        pending_bytes = conn._pending_bytes + size
+        if limit is not None and pending_bytes + conn._written > limit:
+            queued += conn._enqueue(frame)
+            continue
+        pending = conn._pending
+        if not pending:
+            flusher.mark(conn)
+        pending.append(frame)
+        conn._pending_bytes = pending_bytes
+        queued += 1
+    flusher.account(size * queued)
+    return queued
 
 
 class WireProtocol(asyncio.Protocol):

@@ -36,7 +36,7 @@ import ujson
 from websockets.server import ServerProtocol
 
 from .config import WSConfig
-from .connection import Connection, ConnectionState, Flusher, WireProtocol
+from .connection import Connection, ConnectionState, Flusher, WireProtocol, fan_out
 from .delivery import Delivery, Op, OpKind
 from .envelope import Envelope, decode_envelope, encode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode, MessageError
@@ -404,35 +404,28 @@ class ConnectionManager:
             handler(self, op)
 
     def _apply_broadcast(self, op: Op) -> None:
-        frame = data_frame(op.payload, op.binary)
-        exclude = op.exclude
-        conns = list(self._connections.values())
-        for conn in conns:
-            if conn.id not in exclude:
-                conn.send_frame(frame)
         assert self._flusher is not None
-        self._flusher.account(len(frame) * len(conns))
-        # Counted per op, not per frame: excluded ids are few.
-        skipped = sum(1 for i in exclude if i in self._connections) if exclude else 0
-        self.counters.messages_out += len(conns) - skipped
+        self.counters.messages_out += fan_out(
+            list(self._connections.values()),
+            data_frame(op.payload, op.binary),
+            op.exclude,
+            self.config.max_backpressure,
+            self._flusher,
+        )
 
     def _apply_group_send(self, op: Op) -> None:
         index = self._local_rooms if op.kind is OpKind.ROOM_SEND else self._local_users
         conns = index.get(op.target)
         if not conns:
             return
-        frame = data_frame(op.payload, op.binary)
-        for conn in list(conns):
-            if conn.id not in op.exclude:
-                conn.send_frame(frame)
         assert self._flusher is not None
-        self._flusher.account(len(frame) * len(conns))
-        skipped = 0
-        for conn_id in op.exclude:
-            excluded = self._connections.get(conn_id)
-            if excluded is not None and excluded in conns:
-                skipped += 1
-        self.counters.messages_out += len(conns) - skipped
+        self.counters.messages_out += fan_out(
+            list(conns),
+            data_frame(op.payload, op.binary),
+            op.exclude,
+            self.config.max_backpressure,
+            self._flusher,
+        )
 
     def _apply_send(self, op: Op) -> None:
         conn = self._connections.get(op.target)
@@ -646,9 +639,10 @@ class ConnectionManager:
             OP_TEXT,
             encode_envelope(type_, {"room": room, **member.as_dict()}),
         )
-        for conn in list(conns):
-            conn.send_frame(frame)
-        self.counters.messages_out += len(conns)
+        assert self._flusher is not None
+        self.counters.messages_out += fan_out(
+            list(conns), frame, (), self.config.max_backpressure, self._flusher
+        )
 
     # -- connections coming and going --------------------------------------
 
