@@ -65,6 +65,18 @@ def check_origin(request: Request, config: WSConfig) -> None:
     raise Reject(403, f"origin {origin!r} is not allowed")
 
 
+#: The request headers websockets' handshake reads.
+_HANDSHAKE_HEADERS = frozenset(
+    {
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
+
 #: Retry-After (seconds) when connections are full: they free up only as
 #: others close, so there is no better estimate; this spreads the retries.
 _RETRY_WHEN_FULL = "5"
@@ -146,8 +158,14 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
         return refused
     check_origin(request, config)
     accepted = await run_verify(manager.registry, request)
-    # Verify hooks may await: other upgrades may have taken the room meanwhile.
-    # From here to manager.accept() nothing awaits, so the limits are exact.
+    # Verify hooks may await: other upgrades may have taken the room, or the
+    # server begun to stop (Sanic serves requests in flight after its
+    # before_server_stop). From here to manager.accept() nothing awaits, so
+    # these checks hold.
+    if manager.closing:
+        return text(
+            "The server is shutting down.\n", status=503, headers={"Retry-After": "1"}
+        )
     refused = check_capacity(manager, remote)
     if refused is not None:
         return refused
@@ -164,8 +182,19 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     proto = ServerProtocol(
         max_size=config.max_message_size, state=State.OPEN, logger=_wire_log
     )
+    # Only the handshake's own headers: websockets refuses any header value
+    # past Latin-1 (a browser's raw UTF-8 cookie, say), and its error would
+    # carry that value, cookies included, into the error log.
+    try:
+        handshake_headers = Headers(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() in _HANDSHAKE_HEADERS
+        )
+    except InvalidHeaderValue as exc:
+        return text(f"Invalid {exc.name} header.\n", status=400)
     handshake = proto.accept(
-        HandshakeRequest(path=request.path, headers=Headers(request.headers.items()))
+        HandshakeRequest(path=request.path, headers=handshake_headers)
     )
     if handshake.status_code != 101:
         status = handshake.status_code

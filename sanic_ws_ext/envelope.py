@@ -12,7 +12,8 @@ Rules this codec keeps:
 - Only JSON goes out: ``NaN`` and ``Infinity``, which ujson would write (and a
   browser's ``JSON.parse`` rejects), make encoding fail in the sender's code,
   so one client's hostile numbers cannot break the others' parsers. Incoming
-  ``NaN``/``Infinity`` literals are refused as invalid JSON.
+  ``NaN``/``Infinity`` literals, and numbers past a double's range (which
+  ujson would read as infinity), are refused as invalid JSON.
 - Unknown keys are ignored: they are reserved for later protocol features
   (acknowledgements, recovery offsets).
 - Encoding is done once per outgoing message, never once per receiver.
@@ -21,6 +22,7 @@ Rules this codec keeps:
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 MAX_TYPE_LENGTH = 256
+#: Text that may decode to a non-finite float: the literals ujson accepts, an
+#: exponent of 100 or more, or a run of 309 digits.
+_MAY_BE_NON_FINITE = re.compile(r"NaN|Infinity|[eE]\+?0*[1-9]\d\d|\d{309}")
 
 
 def now_ms() -> int:
@@ -91,11 +96,13 @@ def decode_envelope(text: str) -> Envelope:
         obj = ujson.loads(text)
     except (ValueError, OverflowError, RecursionError) as exc:
         raise MessageError(ErrorCode.INVALID_JSON, f"not valid JSON: {exc}") from None
-    # ujson reads these non-JSON literals; the substring test keeps the walk
-    # off the common path.
-    if ("NaN" in text or "Infinity" in text) and _has_non_finite(obj):
+    # ujson reads NaN and Infinity, and turns numbers past a float's range
+    # (1e999, or 309 digits) into infinity; the pattern keeps the walk off
+    # the common path.
+    if _MAY_BE_NON_FINITE.search(text) and _has_non_finite(obj):
         raise MessageError(
-            ErrorCode.INVALID_JSON, "not valid JSON: NaN and Infinity are not JSON"
+            ErrorCode.INVALID_JSON,
+            "not valid JSON here: NaN, Infinity and numbers past a double's range",
         )
     # An escaped lone surrogate ("\ud800") decodes to a str no encoder can
     # write: echoed, it would fail in the handler, so a client could make the

@@ -44,7 +44,7 @@ from .frames import OP_TEXT, PING_FRAME, data_frame, encode_frame, raw_body
 from .handlers import ROOM_TYPES, Accept, HandlerRegistry
 from .limits import ClientLimits
 from .presence import ClusterState, Member, discard_from
-from .stats import DELIVERY_COUNTERS, Counters, RateMeter, cluster_stats
+from .stats import DELIVERY_COUNTERS, Counters, RateMeter, clean_sample, cluster_stats
 
 __all__ = ["ConnectionManager"]
 
@@ -495,7 +495,7 @@ class ConnectionManager:
                 self._lives[peer] = life
                 self._request_sync(peer)
             if sample and self._loop is not None:
-                self._peer_samples[peer] = (self._loop.time(), ujson.loads(sample))
+                self._peer_samples[peer] = (self._loop.time(), clean_sample(sample))
         elif op.kind is OpKind.SYNC:
             if op.reason == "request":
                 self._send_sync(peer)

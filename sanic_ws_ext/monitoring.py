@@ -83,8 +83,9 @@ def _check_stats(request: Request, manager: ConnectionManager) -> HTTPResponse |
     if token is None:
         return None
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Sanic decodes headers with surrogateescape: any byte may come back.
     if scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
+        given.strip().encode("utf-8", "surrogateescape"), token.encode()
     ):
         return None
     return text(

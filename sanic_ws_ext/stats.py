@@ -22,11 +22,14 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import ujson
+
 __all__ = [
     "COUNTERS",
     "DELIVERY_COUNTERS",
     "Counters",
     "RateMeter",
+    "clean_sample",
     "cluster_stats",
     "prometheus_text",
 ]
@@ -86,6 +89,44 @@ class RateMeter:
             rate_out = (messages_out - self._out) / elapsed
         self._at, self._in, self._out = now, messages_in, messages_out
         return round(rate_in, 3), round(rate_out, 3)
+
+
+#: The numbers a worker's sample may carry, besides its COUNTERS.
+_SAMPLE_NUMBERS = (
+    "messages_in_per_second",
+    "messages_out_per_second",
+    "connections",
+    "rooms",
+)
+
+
+def clean_sample(raw: bytes) -> dict[str, Any]:
+    """A peer's sample as it rode on its beat, keeping only what is known.
+
+    A peer may be hostile (anyone who can publish to the Redis channel) or of
+    another version: anything but a finite number for a known figure, or a
+    string for ``backplane``, is left out, so one peer cannot break
+    ``/stats`` for every worker that hears it.
+    """
+    try:
+        decoded = ujson.loads(raw)
+    except (ValueError, OverflowError, RecursionError):
+        return {}
+    if not isinstance(decoded, dict):
+        return {}
+    sample: dict[str, Any] = {}
+    for key in (*COUNTERS, *_SAMPLE_NUMBERS):
+        value = decoded.get(key)
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
+            sample[key] = value
+    backplane = decoded.get("backplane")
+    if backplane is None or isinstance(backplane, str):
+        sample["backplane"] = backplane
+    return sample
 
 
 def cluster_stats(
