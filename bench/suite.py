@@ -111,7 +111,9 @@ def main() -> None:
         "Fan-out",
         fanout.run([100, 1000], 200, rounds, [*PEERS, *SCALED, "client-ceiling"]),
     )
-    section("One stalled client among 1000", fanout.stall(1000, 200, rounds))
+    # K = 1000: a run long enough to be steady (with K = 200 a run lasts ~90 ms
+    # and a one-off ~5 ms delay on the stalled socket shows as ~10%).
+    section("One stalled client among 1000", fanout.stall(1000, 1000, rounds))
     section(
         "Chat",
         chat.run(100, chat.RATES, 3, 2.0, rounds, [*PEERS, "client-ceiling"]),
