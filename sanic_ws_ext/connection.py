@@ -425,8 +425,12 @@ class Connection:
 
     # -- the message rate ---------------------------------------------------
 
-    def _over_rate(self) -> bool:
+    def _over_rate(self, *, control: bool = False) -> bool:
         """Charge one message to ``WS_MESSAGE_RATE``; True if it must be dropped.
+
+        A ``control`` frame (ping, pong) is charged the same, and closes the
+        connection past the same point, but is never answered with an error
+        frame: a client that floods pings has no use for one.
 
         A dropped message is answered with a ``rate_limited`` error frame and
         still charged: the level goes negative, a debt that the refill repays
@@ -447,7 +451,7 @@ class Connection:
             return False
         if level < -burst:
             self.start_close(CloseCode.POLICY_VIOLATION, "rate limit")
-        else:
+        elif not control:
             reason = f"over {rate:g} messages per second: message dropped"
             self.send_frame(
                 encode_frame(OP_TEXT, error_envelope(ErrorCode.RATE_LIMITED, reason))
@@ -540,6 +544,13 @@ class WireProtocol(asyncio.Protocol):
                     self._fragment(frame)
             elif opcode is Opcode.CONT and conn._fragments is not None:
                 self._fragment(frame)
+            elif (
+                opcode is Opcode.PING or opcode is Opcode.PONG
+            ) and conn.manager.config.message_rate is not None:
+                # Control frames cost a parse and, for pings, a reply: a flood
+                # of them spends the same budget as messages. The pong itself
+                # is the protocol's, already queued.
+                conn._over_rate(control=True)
         if proto.parser_exc is not None and proto.close_sent is not None:
             conn._set_close(proto.close_sent.code, proto.close_sent.reason)
         out = proto.data_to_send()

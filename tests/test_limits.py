@@ -449,6 +449,30 @@ async def test_a_client_that_keeps_going_is_closed_1008(
         await bystander.close()
 
 
+async def test_a_ping_flood_spends_the_message_budget(make_app: AppFactory) -> None:
+    """Pings from a client that reads its pongs cost the same as messages:
+    pongs while the budget lasts, no error frames, then close 1008."""
+    app, seen, gone = echo_app(make_app, WS_MESSAGE_RATE=0.001, WS_MESSAGE_BURST=3)
+    async with serve(app) as server:
+        bystander = await connect(server)
+        raw = await RawClient.connect(server.host, server.port)
+        await read_envelopes(raw, 1)  # hello
+        for n in range(100):
+            raw.send_frame(Opcode.PING, str(n).encode())
+        close, before = await raw.read_until_close(units(5))
+        assert (close.code, close.reason) == (1008, "rate limit")
+        # Every ping read before the close got its pong, and nothing else came.
+        assert {frame.opcode for frame in before} == {Opcode.PONG}
+        assert 3 <= len(before) < 100  # those parsed in the batch that closed it
+        raw.close_socket()
+        closed = await asyncio.wait_for(gone.get(), units(5))
+        assert closed.close_code == 1008
+        assert seen == []
+        await bystander.send("ping", 1)
+        assert (await bystander.expect("pong")).data == 1
+        await bystander.close()
+
+
 async def test_the_message_bucket_refills_from_the_clock(
     make_app: AppFactory,
 ) -> None:
