@@ -14,17 +14,14 @@ quickstart itself, as a reader's own tests would.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 from websockets.exceptions import InvalidStatus
 
 from sanic_ws_ext.testing import WSTestClient
@@ -32,9 +29,9 @@ from sanic_ws_ext.testing import WSTestClient
 from .conftest import units
 from .procs import SanicProcess, free_port
 from .redisproc import SHARED_URL
+from .test_browser import chromium
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def example(target: str, *args: str, **kwargs: Any) -> SanicProcess:
@@ -177,23 +174,6 @@ async def test_quickstart_on_two_nodes_through_redis() -> None:
 
 
 # -- the quickstart page in a browser ------------------------------------------------
-
-
-@asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    assert shutil.which(CHROMIUM), (
-        f"{CHROMIUM} not found: install Debian's chromium (bash .ci/run does)"
-    )
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-background-networking", "--no-first-run"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def said(page: Page, text: str) -> None:
