@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import io
 import logging
 import time
 from collections import deque
@@ -37,7 +38,7 @@ from websockets.server import ServerProtocol
 
 from .envelope import encode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode
-from .frames import OP_TEXT, data_frame, encode_frame, raw_body
+from .frames import OP_TEXT, PING_FRAME, data_frame, encode_frame, raw_body
 from .limits import take
 
 if TYPE_CHECKING:
@@ -65,26 +66,39 @@ def fragment_limit(max_size: int | None) -> int | None:
 class PartialMessage:
     """A fragmented message being reassembled.
 
-    Fragments are appended to one buffer: memory is the message's size (which
-    the parser bounds by ``WS_MAX_MESSAGE_SIZE``), with no cost per fragment.
-    Text is checked for UTF-8 fragment by fragment, so a bad byte fails the
+    Fragments go into one buffer: memory is the message's size (which the
+    parser bounds by ``WS_MAX_MESSAGE_SIZE``), with no cost per fragment.
+    Text is decoded fragment by fragment, once, so a bad byte fails the
     connection when it arrives rather than at the end of the message.
     """
 
-    __slots__ = ("_utf8", "buffer", "count", "text")
+    __slots__ = ("_binary", "_text", "_utf8", "count")
 
     def __init__(self, text: bool) -> None:
-        self.text = text
-        self.buffer = bytearray()
         self.count = 0
-        self._utf8 = codecs.getincrementaldecoder("utf-8")() if text else None
+        if text:
+            self._text: io.StringIO | None = io.StringIO()
+            self._utf8 = codecs.getincrementaldecoder("utf-8")()
+            self._binary: bytearray | None = None
+        else:
+            self._text = None
+            self._binary = bytearray()
 
     def add(self, data: bytes | bytearray | memoryview, final: bool) -> None:
         """Append a fragment; raises :class:`UnicodeDecodeError` on bad text."""
         self.count += 1
-        if self._utf8 is not None:
-            self._utf8.decode(data, final)
-        self.buffer += data
+        if self._text is not None:
+            self._text.write(self._utf8.decode(data, final))
+        else:
+            assert self._binary is not None
+            self._binary += data
+
+    def message(self) -> str | bytearray:
+        """The whole message: text already decoded, or the bytes."""
+        if self._text is not None:
+            return self._text.getvalue()
+        assert self._binary is not None
+        return self._binary
 
 
 class ConnectionState(Enum):
@@ -246,19 +260,26 @@ class Connection:
 
     async def send(self, type: str, data: Any = None) -> None:
         """Send one envelope to this connection (never waits on the socket)."""
-        if self.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data))):
-            self.manager.counters.messages_out += 1
+        self.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data)))
 
     async def send_raw(self, payload: str | bytes) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame."""
-        if self.send_frame(data_frame(*raw_body(payload))):
-            self.manager.counters.messages_out += 1
+        self.send_frame(data_frame(*raw_body(payload)))
 
     def send_frame(self, frame: bytes) -> bool:
-        """Queue an already-framed message; ``False`` if it was not accepted."""
-        if self.state is not ConnectionState.OPEN:
+        """Queue an already-framed message; ``False`` if it was not accepted.
+
+        Every data frame to one connection comes through here (broadcasts
+        through :func:`fan_out`), so this is where ``messages_out`` counts.
+        """
+        if self.state is not ConnectionState.OPEN or not self._enqueue(frame):
             return False
-        return self._enqueue(frame)
+        self.manager.counters.messages_out += 1
+        return True
+
+    def send_ping(self) -> bool:
+        """Queue the heartbeat's ping (a control frame: not a message)."""
+        return self.state is ConnectionState.OPEN and self._enqueue(PING_FRAME)
 
     @property
     def backlog(self) -> int:
@@ -575,19 +596,26 @@ class WireProtocol(asyncio.Protocol):
             return
         if frame.fin:
             conn._fragments = None
-            self._message(partial.text, partial.buffer)
+            message = partial.message()
+            self._message(isinstance(message, str), message)
 
-    def _message(self, is_text: bool, data: bytes | bytearray | memoryview) -> None:
+    def _message(
+        self, is_text: bool, data: str | bytes | bytearray | memoryview
+    ) -> None:
+        """One whole message: a frame's payload, or a fragmented message's
+        (its text already decoded by :class:`PartialMessage`)."""
         conn = self._conn
         conn.manager.counters.messages_in += 1
         if conn._over_rate():
             return  # dropped before decoding: a flood costs as little as can be
-        if is_text:
+        if isinstance(data, str):
+            self._deliver(conn, data)
+        elif not is_text:
+            self._deliver(conn, bytes(data))
+        else:
             try:
                 text = str(data, "utf-8")
             except UnicodeDecodeError:
                 conn._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
                 return
             self._deliver(conn, text)
-        else:
-            self._deliver(conn, bytes(data))

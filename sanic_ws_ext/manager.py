@@ -40,7 +40,7 @@ from .connection import Connection, ConnectionState, Flusher, WireProtocol, fan_
 from .delivery import Delivery, Op, OpKind
 from .envelope import Envelope, decode_envelope, encode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode, MessageError
-from .frames import OP_TEXT, PING_FRAME, data_frame, encode_frame, raw_body
+from .frames import OP_TEXT, data_frame, encode_frame, raw_body
 from .handlers import ROOM_TYPES, Accept, HandlerRegistry
 from .limits import ClientLimits
 from .presence import ClusterState, Member, discard_from
@@ -429,8 +429,8 @@ class ConnectionManager:
 
     def _apply_send(self, op: Op) -> None:
         conn = self._connections.get(op.target)
-        if conn is not None and conn.send_frame(data_frame(op.payload, op.binary)):
-            self.counters.messages_out += 1
+        if conn is not None:
+            conn.send_frame(data_frame(op.payload, op.binary))
 
     def _apply_disconnect(self, op: Op) -> None:
         conn = self._connections.get(op.target)
@@ -836,17 +836,15 @@ class ConnectionManager:
             conn.id,
             exc_info=exc,
         )
-        if conn.send_frame(
+        conn.send_frame(
             encode_frame(
                 OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
             )
-        ):
-            self.counters.messages_out += 1
+        )
         await self._run_error_hooks(conn, exc)
 
     async def _refuse(self, conn: Connection, exc: MessageError) -> None:
-        if conn.send_frame(encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason))):
-            self.counters.messages_out += 1
+        conn.send_frame(encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason)))
         await self._run_error_hooks(conn, exc)
 
     async def _run_error_hooks(self, conn: Connection, exc: Exception) -> None:
@@ -883,7 +881,7 @@ class ConnectionManager:
             if conn._ping_sent:
                 if now - conn._ping_sent > timeout:
                     conn.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
-            elif now - conn.last_seen >= interval and conn.send_frame(PING_FRAME):
+            elif now - conn.last_seen >= interval and conn.send_ping():
                 conn._ping_sent = now
 
 
