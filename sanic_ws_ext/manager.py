@@ -110,9 +110,7 @@ class ConnectionManager:
         #: What this process counts (messages in and out, connections).
         self.counters = Counters()
         self._rates = RateMeter()
-        # This process's sample at its last beat, and each peer's latest
-        # sample (riding on its beat) with when it arrived.
-        self._sample: dict[str, Any] = {}
+        # Each peer's latest sample (riding on its beat) with when it arrived.
         self._peer_samples: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # -- lifecycle -------------------------------------------------------
@@ -323,12 +321,10 @@ class ConnectionManager:
         counters = self.counters
         sample: dict[str, Any] = counters.as_dict()
         if rates:
-            rate_in, rate_out = self._rates.update(
-                self.clock(), counters.messages_in, counters.messages_out
-            )
-        else:  # between beats: the rates of the last interval
-            rate_in = self._sample.get("messages_in_per_second", 0.0)
-            rate_out = self._sample.get("messages_out_per_second", 0.0)
+            meter = self._rates
+            meter.update(self.clock(), counters.messages_in, counters.messages_out)
+        # Between beats: the rates of the last interval.
+        rate_in, rate_out = self._rates.rates
         sample["messages_in_per_second"] = rate_in
         sample["messages_out_per_second"] = rate_out
         sample["connections"] = len(self._connections)
@@ -588,11 +584,12 @@ class ConnectionManager:
     def _beat_peers(self) -> None:
         assert self._loop is not None
         try:
-            self._sample = self._take_sample(rates=True)
+            # Each beat starts a new rate interval, in one process too.
+            sample = self._take_sample(rates=True)
             if self.delivery.name != "local":
                 # One small JSON per beat: every peer holds everyone's figures.
-                sample = ujson.dumps(self._sample).encode()
-                self._publish(OpKind.BEAT, payload=self.life.encode() + b" " + sample)
+                payload = self.life.encode() + b" " + ujson.dumps(sample).encode()
+                self._publish(OpKind.BEAT, payload=payload)
             now = self._loop.time()
             horizon = now - _MISSED_BEATS * self.config.relay_beat
             for peer, seen in list(self._peers.items()):

@@ -71,12 +71,14 @@ COUNTERS = (*Counters.__slots__, *DELIVERY_COUNTERS)
 class RateMeter:
     """Messages per second in and out, over the interval between samples."""
 
-    __slots__ = ("_at", "_in", "_out")
+    __slots__ = ("_at", "_in", "_out", "rates")
 
     def __init__(self) -> None:
         self._at: float | None = None
         self._in = 0
         self._out = 0
+        #: ``(in, out)`` per second over the last interval, until the next.
+        self.rates = (0.0, 0.0)
 
     def update(
         self, now: float, messages_in: int, messages_out: int
@@ -88,7 +90,8 @@ class RateMeter:
             rate_in = (messages_in - self._in) / elapsed
             rate_out = (messages_out - self._out) / elapsed
         self._at, self._in, self._out = now, messages_in, messages_out
-        return round(rate_in, 3), round(rate_out, 3)
+        self.rates = (round(rate_in, 3), round(rate_out, 3))
+        return self.rates
 
 
 #: The numbers a worker's sample may carry, besides its COUNTERS.

@@ -33,6 +33,7 @@ def test_rates_come_from_deltas_between_samples() -> None:
     meter = RateMeter()
     assert meter.update(10.0, 100, 1000) == (0.0, 0.0)  # no interval yet
     assert meter.update(10.5, 150, 1400) == (100.0, 800.0)
+    assert meter.rates == (100.0, 800.0)  # until the next update
     assert meter.update(12.5, 150, 1400) == (0.0, 0.0)
     assert meter.update(12.5, 160, 1400) == (0.0, 0.0)  # no time passed
 
