@@ -9,37 +9,7 @@ import {
   backoffDelay,
   shouldReconnect,
 } from "../../sanic_ws_ext/static/client.js";
-
-/** A WebSocket stand-in the test drives by hand (the server side is not under test). */
-class FakeSocket {
-  static made = [];
-  constructor(url) {
-    this.url = url;
-    this.readyState = 0;
-    this.sent = [];
-    FakeSocket.made.push(this);
-  }
-  send(frame) {
-    assert.equal(this.readyState, 1, "send on a socket that is not open");
-    this.sent.push(frame);
-  }
-  close(code = 1000) {
-    this.readyState = 3;
-    this.onclose?.({ code });
-  }
-  // The test's side:
-  open() {
-    this.readyState = 1;
-    this.onopen?.();
-  }
-  drop(code = 1006) {
-    this.readyState = 3;
-    this.onclose?.({ code });
-  }
-  receive(data) {
-    this.onmessage?.({ data });
-  }
-}
+import { FakeSocket } from "./fake-socket.mjs";
 
 function client(options = {}) {
   FakeSocket.made = [];

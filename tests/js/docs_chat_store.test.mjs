@@ -5,31 +5,7 @@ import { test } from "node:test";
 
 import { chatStore } from "../../docs/examples/sveltekit/chat-store.js";
 import { WSClient } from "../../sanic_ws_ext/static/client.js";
-
-/** A WebSocket stand-in driven by the test. */
-class FakeSocket {
-  static last = null;
-  constructor(url) {
-    this.url = url;
-    this.readyState = 0;
-    this.sent = [];
-    FakeSocket.last = this;
-  }
-  send(frame) {
-    this.sent.push(frame);
-  }
-  close(code = 1000) {
-    this.readyState = 3;
-    this.onclose?.({ code });
-  }
-  open() {
-    this.readyState = 1;
-    this.onopen?.();
-  }
-  receive(type, data) {
-    this.onmessage?.({ data: JSON.stringify({ type, data }) });
-  }
-}
+import { FakeSocket } from "./fake-socket.mjs";
 
 test("the store follows the chat and sends through the client", () => {
   const ws = new WSClient("ws://test/ws", { WebSocket: FakeSocket });
@@ -46,9 +22,9 @@ test("the store follows the chat and sends through the client", () => {
     { type: "chat.send", data: "queued while connecting" },
   ]);
 
-  socket.receive("welcome", { id: "c1", worker: "Sanic-Server-0-0" });
-  socket.receive("chat.message", { from: "c1", text: "one" });
-  socket.receive("chat.message", { from: "c2", text: "two" });
+  socket.receiveEnvelope("welcome", { id: "c1", worker: "Sanic-Server-0-0" });
+  socket.receiveEnvelope("chat.message", { from: "c1", text: "one" });
+  socket.receiveEnvelope("chat.message", { from: "c2", text: "two" });
   assert.deepEqual(seen.at(-1), [
     { from: "c1", text: "one" },
     { from: "c2", text: "two" },
@@ -57,7 +33,7 @@ test("the store follows the chat and sends through the client", () => {
 
   unsubscribe();
   chat.destroy();
-  socket.receive("chat.message", { from: "c3", text: "unseen" });
+  socket.receiveEnvelope("chat.message", { from: "c3", text: "unseen" });
   assert.equal(seen.at(-1).length, 2);
   ws.close();
 });
