@@ -22,23 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing as mp
 import statistics
-import struct
-import time
 import uuid
 from typing import Any
 
 import uvloop
+from opload import Receiver, send
 
-from sanic_ws_ext.delivery import Delivery, Op, OpKind
+from sanic_ws_ext.delivery import Delivery
 from sanic_ws_ext.delivery.backplane import RedisBackplane
 from sanic_ws_ext.delivery.local import LocalDelivery
 from sanic_ws_ext.delivery.relay import RelayInboxes, WorkerRelay, make_inboxes
 
-BODY = b'{"type":"tick","data":{"text":"' + b"x" * 60 + b'"},"timestamp":0}'
-STAMP = struct.Struct("!d")
 BACKENDS = ("relay", "redis")
 
 
@@ -80,50 +76,13 @@ async def _worker(
     go: Any,
     results: Any,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    received = 0
-    first_sent = last = 0.0
-    latencies: list[float] = []
     delivery, name = make_delivery(backend, slot, inboxes, url, channel)
-
-    def apply(op: Op) -> None:
-        nonlocal received, first_sent, last
-        if op.origin == name:
-            return
-        now = time.perf_counter()
-        received += 1
-        last = now
-        if received == 1:
-            # The sender's clock (CLOCK_MONOTONIC, shared by every process):
-            # the receiver may see ops before its own wait for "go" returns.
-            first_sent = STAMP.unpack_from(op.payload)[0]
-        if mode == "paced":
-            latencies.append(now - STAMP.unpack_from(op.payload)[0])
-        if received == count:
-            done.set()
-
-    await delivery.start(apply)
+    receiver = Receiver(name, mode, count)
+    await delivery.start(receiver.apply)
     ready.release()
-    await loop.run_in_executor(None, go.wait)
+    await asyncio.get_running_loop().run_in_executor(None, go.wait)
     if slot == 0:
-        if mode == "burst":
-            for i in range(count):
-                payload = STAMP.pack(time.perf_counter()) + BODY
-                delivery.publish(Op(OpKind.BROADCAST, payload, origin=name))
-                if i % 2000 == 1999:
-                    await asyncio.sleep(0)  # let the batch go out
-        else:
-            per_tick, tick = max(1, rate // 1000), 0.001
-            sent = 0
-            next_at = loop.time()
-            while sent < count:
-                for _ in range(min(per_tick, count - sent)):
-                    payload = STAMP.pack(time.perf_counter()) + BODY
-                    delivery.publish(Op(OpKind.BROADCAST, payload, origin=name))
-                    sent += 1
-                next_at += tick
-                await asyncio.sleep(max(0.0, next_at - loop.time()))
+        await send(delivery.publish, name, mode, count, rate)
         if isinstance(delivery, RedisBackplane):
             await delivery.drain(60)
             results.put((slot, "sent", delivery.status()["lost"]))
@@ -134,21 +93,7 @@ async def _worker(
         else:
             await delivery.stop()
         return
-    with contextlib.suppress(TimeoutError):  # counted as lost below
-        await asyncio.wait_for(done.wait(), 60)
-    if mode == "burst":
-        results.put((slot, "burst", received, received / (last - first_sent)))
-    else:
-        latencies.sort()
-        results.put(
-            (
-                slot,
-                "paced",
-                received,
-                latencies[len(latencies) // 2] * 1000,
-                latencies[int(len(latencies) * 0.99)] * 1000,
-            )
-        )
+    results.put((slot, *await receiver.result()))
     await delivery.stop()
 
 

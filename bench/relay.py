@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing as mp
 import statistics
-import struct
 import time
 from typing import Any
 
 import uvloop
+from opload import Receiver, send
 
-from sanic_ws_ext.delivery import Op, OpKind
 from sanic_ws_ext.delivery.relay import RelayInboxes, WorkerRelay, make_inboxes
-
-BODY = b'{"type":"tick","data":{"text":"' + b"x" * 60 + b'"},"timestamp":0}'
-STAMP = struct.Struct("!d")
 
 
 def worker(*args: Any) -> None:
@@ -45,80 +40,19 @@ async def _worker(
     go: Any,
     results: Any,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    received = 0
-    first_sent = last = 0.0
-    latencies: list[float] = []
-
-    def apply(op: Op) -> None:
-        nonlocal received, first_sent, last
-        if op.origin == f"Sanic-Server-{slot}-0":
-            return
-        now = time.perf_counter()
-        received += 1
-        last = now
-        if received == 1:
-            # The sender's clock (CLOCK_MONOTONIC, shared by every process):
-            # a receiver may see ops before its own wait for "go" returns.
-            first_sent = STAMP.unpack_from(op.payload)[0]
-        if mode == "paced":
-            latencies.append(now - STAMP.unpack_from(op.payload)[0])
-        if received == count:
-            done.set()
-
-    relay = WorkerRelay(inboxes, f"Sanic-Server-{slot}-0")
-    await relay.start(apply)
+    name = f"Sanic-Server-{slot}-0"
+    receiver = Receiver(name, mode, count)
+    relay = WorkerRelay(inboxes, name)
+    await relay.start(receiver.apply)
     ready.release()
-    await loop.run_in_executor(None, go.wait)
-    start = time.perf_counter()
+    await asyncio.get_running_loop().run_in_executor(None, go.wait)
     if slot == 0:
-        if mode == "burst":
-            for i in range(count):
-                payload = STAMP.pack(time.perf_counter()) + BODY
-                relay.publish(Op(OpKind.BROADCAST, payload, origin="Sanic-Server-0-0"))
-                if i % 2000 == 1999:
-                    await asyncio.sleep(0)  # let the flusher write a batch
-        else:
-            per_tick, tick = max(1, rate // 1000), 0.001
-            sent = 0
-            next_at = loop.time()
-            while sent < count:
-                for _ in range(min(per_tick, count - sent)):
-                    payload = STAMP.pack(time.perf_counter()) + BODY
-                    relay.publish(
-                        Op(OpKind.BROADCAST, payload, origin="Sanic-Server-0-0")
-                    )
-                    sent += 1
-                next_at += tick
-                await asyncio.sleep(max(0.0, next_at - loop.time()))
+        start = time.perf_counter()
+        await send(relay.publish, name, mode, count, rate)
         await relay.stop(drain_timeout=60)  # let slow receivers take it all
         results.put((slot, "sent", time.perf_counter() - start))
         return
-    else:
-        with contextlib.suppress(TimeoutError):  # counted as lost below
-            await asyncio.wait_for(done.wait(), 60)
-        if mode == "burst":
-            results.put(
-                (
-                    slot,
-                    "burst",
-                    received,
-                    last - first_sent,
-                    received / (last - first_sent),
-                ),
-            )
-        else:
-            latencies.sort()
-            results.put(
-                (
-                    slot,
-                    "paced",
-                    received,
-                    latencies[len(latencies) // 2] * 1000,
-                    latencies[int(len(latencies) * 0.99)] * 1000,
-                )
-            )
+    results.put((slot, *await receiver.result()))
     await relay.stop()
 
 
@@ -162,7 +96,7 @@ def main() -> None:
         # Interleave the two scenarios round by round.
         for res in run_round(args.workers, "burst", args.burst, args.rate):
             assert res[2] == args.burst, f"lost messages: {res}"
-            burst_rates.append(res[4])
+            burst_rates.append(res[3])
         paced_count = int(args.rate * args.paced_seconds)
         for res in run_round(args.workers, "paced", paced_count, args.rate):
             assert res[2] == paced_count, f"lost messages: {res}"
