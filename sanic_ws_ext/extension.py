@@ -25,11 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from pathlib import Path
 from typing import Any
 
-from sanic import Blueprint, HTTPResponse, Request, Sanic
-from sanic.response import raw
+from sanic import Blueprint, Sanic
 from sanic_ext import Extend
 from sanic_ext.extensions.base import Extension
 
@@ -42,7 +40,7 @@ from .endpoint import websocket_endpoint
 from .errors import ConfigError
 from .handlers import HandlerRegistry, WSHandlers, groups_of
 from .manager import ConnectionManager
-from .monitoring import add_routes, redact_query_strings
+from .monitoring import add_routes, add_static_route, redact_query_strings
 
 __all__ = ["WSExtension", "install"]
 
@@ -83,13 +81,8 @@ def install(app: Sanic[Any, Any]) -> None:
     bp.add_route(websocket_endpoint, config.path, methods=["GET"], name="endpoint")
     # The browser client, next to the endpoint: <WS_PATH>/client.js (.d.ts).
     base = config.path.rstrip("/")
-    for name, content_type in _STATIC.items():
-        bp.add_route(
-            _static_file(name, content_type),
-            f"{base}/{name}",
-            methods=["GET"],
-            name=name.replace(".", "_"),
-        )
+    add_static_route(bp, base, "client.js", "text/javascript; charset=utf-8")
+    add_static_route(bp, base, "client.d.ts", "application/typescript; charset=utf-8")
     # Health, stats, metrics and the dashboard: <WS_PATH>/health, ...
     add_routes(bp, base, config)
     app.blueprint(bp)
@@ -99,25 +92,6 @@ def install(app: Sanic[Any, Any]) -> None:
     app.register_listener(_make_relay, "main_process_start")
     app.register_listener(_start, "before_server_start", priority=_PRIORITY)
     app.register_listener(_stop, "before_server_stop", priority=-_PRIORITY)
-
-
-_STATIC = {
-    "client.js": "text/javascript; charset=utf-8",
-    "client.d.ts": "application/typescript; charset=utf-8",
-}
-
-
-def _static_file(name: str, content_type: str) -> Any:
-    body = (Path(__file__).parent / "static" / name).read_bytes()
-
-    async def serve_file(request: Request) -> HTTPResponse:
-        # Served with the extension's version: revalidate, never stale.
-        return raw(
-            body, content_type=content_type, headers={"cache-control": "no-cache"}
-        )
-
-    serve_file.__name__ = f"serve_{name.replace('.', '_')}"
-    return serve_file
 
 
 _RELAY_KEY = "sanic_ws_ext_relay"
@@ -178,31 +152,21 @@ def _delivery(app: Sanic[Any, Any], config: WSConfig, worker: str) -> Delivery:
 async def _start(app: Sanic[Any, Any]) -> None:
     registered: WSConfig = getattr(app.ctx, _INSTALLED)
     config = WSConfig.from_mapping(app.config)
-    if config.path != registered.path:
-        raise ConfigError(
-            "WS_PATH",
-            f"changed to {config.path!r} after the extension was registered at "
-            f"{registered.path!r}; set it before registering",
-        )
+    # Fixed at registration: the routes (the endpoint's path, health, stats),
+    # and the delivery the main process prepared (relay, node id), which a
+    # later change would split from this machine's other workers.
     for key, now, then in (
+        ("WS_PATH", config.path, registered.path),
         ("WS_HEALTH", config.health, registered.health),
         ("WS_STATS", config.stats, registered.stats),
+        ("WS_BACKPLANE", config.backplane, registered.backplane),
     ):
         if now != then:
-            # Their routes were added (or not) at registration.
             raise ConfigError(
                 key,
                 f"changed to {now!r} after the extension was registered"
                 f" with {then!r}; set it before registering",
             )
-    if config.backplane != registered.backplane:
-        # The main process prepared delivery (relay, node id) from the value
-        # at registration; a later change would split this machine's workers.
-        raise ConfigError(
-            "WS_BACKPLANE",
-            f"changed to {config.backplane!r} after the extension was registered"
-            f" with {registered.backplane!r}; set it before registering",
-        )
     groups: list[WSHandlers] = list(groups_of(app))
     for bp in app.blueprints.values():
         groups.extend(groups_of(bp))

@@ -28,7 +28,7 @@ import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json, raw, text
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .config import WSConfig
     from .manager import ConnectionManager
 
-__all__ = ["add_routes", "redact_query_strings"]
+__all__ = ["add_routes", "add_static_route", "redact_query_strings"]
 
 _NO_STORE = {"cache-control": "no-store"}
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,16 +54,31 @@ def add_routes(bp: Blueprint, base: str, config: WSConfig) -> None:
         return
     bp.add_route(serve_stats, f"{base}/stats", methods=["GET"], name="stats")
     bp.add_route(serve_metrics, f"{base}/metrics", methods=["GET"], name="metrics")
-    for name, content_type in (
-        ("dashboard", "text/html; charset=utf-8"),
-        ("dashboard.js", "text/javascript; charset=utf-8"),
-    ):
-        bp.add_route(
-            _dashboard_file(name, content_type),
-            f"{base}/{name}",
-            methods=["GET"],
-            name=name.replace(".", "_"),
+    # The page holds no figures (it fetches them, with the token if any): it
+    # is served without the token.
+    html = "text/html; charset=utf-8"
+    add_static_route(bp, base, "dashboard", html, file="dashboard.html")
+    add_static_route(bp, base, "dashboard.js", "text/javascript; charset=utf-8")
+
+
+def add_static_route(
+    bp: Blueprint, base: str, name: str, content_type: str, file: str | None = None
+) -> None:
+    """Serve ``static/<file>`` (``name`` by default) at ``<base>/<name>``.
+
+    Read once; served with the extension's version, so browsers revalidate
+    and never keep a stale copy.
+    """
+    body = (_STATIC / (file or name)).read_bytes()
+
+    async def serve_file(request: Request) -> HTTPResponse:
+        return raw(
+            body, content_type=content_type, headers={"cache-control": "no-cache"}
         )
+
+    route = name.replace(".", "_")
+    serve_file.__name__ = f"serve_{route}"
+    bp.add_route(serve_file, f"{base}/{name}", methods=["GET"], name=route)
 
 
 def _manager(request: Request) -> ConnectionManager:
@@ -115,21 +130,6 @@ async def serve_metrics(request: Request) -> HTTPResponse:
         content_type=_PROMETHEUS,
         headers=_NO_STORE,
     )
-
-
-def _dashboard_file(name: str, content_type: str) -> Any:
-    # The page holds no figures (it fetches them, with the token if any):
-    # it is served without the token.
-    file = "dashboard.html" if name == "dashboard" else name
-    body = (_STATIC / file).read_bytes()
-
-    async def serve_dashboard(request: Request) -> HTTPResponse:
-        return raw(
-            body, content_type=content_type, headers={"cache-control": "no-cache"}
-        )
-
-    serve_dashboard.__name__ = f"serve_{name.replace('.', '_')}"
-    return serve_dashboard
 
 
 # -- logs ------------------------------------------------------------------
