@@ -89,15 +89,27 @@ async def test_broadcast_counts_only_frames_queued(make_app: AppFactory) -> None
 
 # 4. manager.py BEAT: a peer's sample is stored unchecked; one that is not a
 # dict of numbers (hostile or newer peer on Redis) breaks /stats for everyone.
-@pytest.mark.parametrize("sample", [b"[1, 2]", b'{"messages_in": "many"}'])
-async def test_bad_peer_sample_does_not_break_stats(sample: bytes) -> None:
+@pytest.mark.parametrize(
+    ("sample", "messages_in", "opened"),
+    [
+        (b"[1, 2]", 0, 0),
+        (b'{"messages_in": "many"}', 0, 0),
+        # What is sound in a sample is kept; only the bad figure is left out.
+        (b'{"messages_in": 5, "opened": NaN}', 5, 0),
+        (b'{"messages_in": true, "opened": 7}', 0, 7),
+    ],
+)
+async def test_bad_peer_sample_does_not_break_stats(
+    sample: bytes, messages_in: int, opened: int
+) -> None:
     manager = ConnectionManager(
         WSConfig.from_mapping({}), HandlerRegistry(), LocalDelivery(), worker="w0"
     )
     await manager.start()
     try:
         manager.apply(Op(OpKind.BEAT, payload=b"life1 " + sample, origin="w1"))
-        manager.stats()  # raises on the stored sample
+        peer = manager.stats()["per_worker"]["w1"]  # raised on the stored sample
+        assert (peer["messages_in"], peer["opened"]) == (messages_in, opened)
     finally:
         await manager.stop()
 
