@@ -43,6 +43,13 @@ DEFAULTS: dict[str, Any] = {
     # Incoming messages queued per connection while its handlers run; past it
     # the server stops reading from that socket until the queue drains.
     "WS_MAX_QUEUE": 64,
+    # The same queue's bound in bytes (each message counts its size plus
+    # 64 bytes): past it reading pauses too, until half of it is handled.
+    "WS_MAX_QUEUE_BYTES": 1 << 20,
+    # Seconds one handler call may run. Past it the handler is cancelled,
+    # logged, and its connection closed with 1011 "handler timeout"
+    # (None: no bound).
+    "WS_HANDLER_TIMEOUT": 60.0,
     # Abuse limits, all per worker process, all off by default: the right
     # numbers depend on the deployment (see docs/howto/security.md).
     # Open connections; past it upgrades get 503 (None: no limit).
@@ -147,6 +154,8 @@ class WSConfig:
     keep_headers: tuple[str, ...]
     close_timeout: float
     max_queue: int
+    max_queue_bytes: int
+    handler_timeout: float | None
     max_connections: int | None
     max_connections_per_ip: int | None
     connect_rate_per_ip: float | None
@@ -180,6 +189,9 @@ class WSConfig:
             "WS_CLOSE_TIMEOUT", get("WS_CLOSE_TIMEOUT"), allow_none=False
         )
         max_queue = _integer("WS_MAX_QUEUE", get("WS_MAX_QUEUE"), allow_none=False)
+        max_queue_bytes = _integer(
+            "WS_MAX_QUEUE_BYTES", get("WS_MAX_QUEUE_BYTES"), allow_none=False
+        )
         beat = _number("WS_RELAY_BEAT", get("WS_RELAY_BEAT"), allow_none=False)
         presence = get("WS_PRESENCE_EVENTS")
         if not isinstance(presence, bool):
@@ -209,6 +221,7 @@ class WSConfig:
         )
         assert timeout is not None and close_timeout is not None and beat is not None
         assert max_queue is not None and max_publish is not None
+        assert max_queue_bytes is not None
         assert buffer is not None
         if buffer < max_publish + _MESSAGE_OVERHEAD:
             raise ConfigError(
@@ -255,6 +268,10 @@ class WSConfig:
             ),
             close_timeout=close_timeout,
             max_queue=max_queue,
+            max_queue_bytes=max_queue_bytes,
+            handler_timeout=_number(
+                "WS_HANDLER_TIMEOUT", get("WS_HANDLER_TIMEOUT"), allow_none=True
+            ),
             max_connections=_integer(
                 "WS_MAX_CONNECTIONS", get("WS_MAX_CONNECTIONS"), allow_none=True
             ),

@@ -14,8 +14,11 @@ Rules this module keeps:
   and the :class:`Flusher` writes each connection's pending frames in one
   ``transport.write`` per event-loop pass.
 - Unsent bytes (pending plus the transport's buffer) are bounded by
-  ``WS_MAX_BACKPRESSURE``. A connection past it is aborted at once with
-  1008 "slow consumer": its backlog is dropped, nothing else waits for it.
+  ``WS_MAX_BACKPRESSURE`` plus one frame: a frame is refused only when the
+  backlog already passed the bound, so a client that keeps up can receive
+  any single message, however large. A connection refused a frame is
+  aborted at once with 1008 "slow consumer": its backlog is dropped,
+  nothing else waits for it.
 - Data frames are accepted only while the connection is OPEN; once a close
   frame is queued, further sends are ignored.
 """
@@ -24,8 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import fcntl
 import io
 import logging
+import socket
+import sys
+import termios
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
@@ -44,7 +51,7 @@ from .limits import take
 if TYPE_CHECKING:
     from .manager import ConnectionManager
 
-__all__ = ["Connection", "ConnectionState", "fan_out"]
+__all__ = ["Connection", "ConnectionState", "FrameParser", "fan_out"]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
 
@@ -99,6 +106,22 @@ class PartialMessage:
             return self._text.getvalue()
         assert self._binary is not None
         return self._binary
+
+
+class FrameParser(ServerProtocol):
+    """websockets' server protocol, with a close allowed between fragments.
+
+    RFC 6455, 5.4: control frames may come between the fragments of a
+    message, and a close ends the connection, unfinished message included.
+    websockets answers that close with 1002 "incomplete fragmented message";
+    a conforming server echoes it (Autobahn case 7.1.5). The partial message
+    is dropped by :class:`WireProtocol`.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
 
 
 class ConnectionState(Enum):
@@ -177,6 +200,10 @@ class Connection:
         "_eof_pending",
         "_flusher",
         "_fragments",
+        "_handler",
+        "_handler_since",
+        "_inbox_bytes",
+        "_overran",
         "_pending",
         "_pending_bytes",
         "_ping_sent",
@@ -185,6 +212,7 @@ class Connection:
         "_tokens",
         "_tokens_at",
         "_transport",
+        "_unread",
         "_written",
         "close_code",
         "close_reason",
@@ -232,7 +260,17 @@ class Connection:
         self.close_reason: str | None = None
         # Messages (and the connect/disconnect markers) waiting for handlers.
         self.inbox: deque[object] = deque()
+        # What the inbox holds, in bytes as WS_MAX_QUEUE_BYTES counts them.
+        self._inbox_bytes = 0
         self.task: asyncio.Task[None] | None = None
+        # When the handler now running started (loop time); 0.0: none runs.
+        self._handler_since = 0.0
+        self._handler: object = None
+        # Set by the watchdog when that handler ran past WS_HANDLER_TIMEOUT.
+        self._overran = False
+        # Bytes unread in the kernel when the heartbeat last looked, while
+        # reading is paused (-1: not looked at since the pause).
+        self._unread = -1
         self.last_seen = 0.0
         self._transport = transport
         self._proto = proto
@@ -288,27 +326,29 @@ class Connection:
 
     def _enqueue(self, frame: bytes) -> bool:
         limit = self.manager.config.max_backpressure
-        size = self._pending_bytes + len(frame)
+        queued = self._pending_bytes
         if (
             limit is not None
-            and size + self._written > limit
+            # The backlog before this frame: a frame larger than the limit
+            # still goes to a client that keeps up (issue 13, defect 1).
+            and queued + self._written > limit
             # The cached transport size only shrinks between flushes:
             # re-read it before calling the client slow.
-            and size + self._transport.get_write_buffer_size() > limit
+            and queued + self._transport.get_write_buffer_size() > limit
         ):
             if self.state is not ConnectionState.CLOSED:
                 self.manager.counters.slow_closed += 1
                 log.info(
                     "websocket %s closed: slow consumer (%d bytes unsent)",
                     self.id,
-                    size + self._transport.get_write_buffer_size(),
+                    queued + self._transport.get_write_buffer_size(),
                 )
             self.abort(CloseCode.POLICY_VIOLATION, "slow consumer")
             return False
         if not self._pending:
             self._flusher.mark(self)
         self._pending.append(frame)
-        self._pending_bytes = size
+        self._pending_bytes = queued + len(frame)
         return True
 
     def _flush(self) -> None:
@@ -433,6 +473,7 @@ class Connection:
     def _pause_reading(self) -> None:
         if not self._reading_paused:
             self._reading_paused = True
+            self._unread = -1
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
@@ -443,6 +484,29 @@ class Connection:
             self.last_seen = self.manager.clock()
             self._ping_sent = 0.0
             self._transport.resume_reading()
+
+    def _heard_while_paused(self) -> bool:
+        """While reading is paused: has the peer sent anything since last asked?
+
+        The heartbeat cannot read pongs from a paused socket, but the kernel
+        counts what arrived unread (``FIONREAD``): a count that grew means
+        the peer is alive. A full receive buffer cannot grow, and says
+        nothing either way: that counts as alive too (the peer is blocked by
+        us, not gone). Where the count cannot be read, the peer is presumed
+        alive, as before.
+        """
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            unread = int.from_bytes(raw, sys.byteorder, signed=True)
+            full = unread >= sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        except (OSError, ValueError):
+            return True
+        grew = unread != self._unread
+        self._unread = unread
+        return grew or full
 
     # -- the message rate ---------------------------------------------------
 
@@ -500,7 +564,7 @@ def fan_out(
     for conn in conns:
         if conn.state is not is_open or (exclude and conn.id in exclude):
             continue
-        pending_bytes = conn._pending_bytes + size
+        pending_bytes = conn._pending_bytes
         if limit is not None and pending_bytes + conn._written > limit:
             queued += conn._enqueue(frame)
             continue
@@ -508,7 +572,7 @@ def fan_out(
         if not pending:
             flusher.mark(conn)
         pending.append(frame)
-        conn._pending_bytes = pending_bytes
+        conn._pending_bytes = pending_bytes + size
         queued += 1
     flusher.account(size * queued)
     return queued
@@ -565,6 +629,8 @@ class WireProtocol(asyncio.Protocol):
                     self._fragment(frame)
             elif opcode is Opcode.CONT and conn._fragments is not None:
                 self._fragment(frame)
+            elif opcode is Opcode.CLOSE:
+                conn._fragments = None  # a message the peer never finished
             elif (
                 opcode is Opcode.PING or opcode is Opcode.PONG
             ) and conn.manager.config.message_rate is not None:

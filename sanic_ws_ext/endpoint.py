@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
@@ -24,8 +25,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeaderValue
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import State
-from websockets.server import ServerProtocol
 
+from .connection import FrameParser
 from .errors import Reject
 from .handlers import Accept
 from .limits import retry_after
@@ -123,16 +124,39 @@ async def run_verify(registry: HandlerRegistry, request: Request) -> Accept:
     return Accept(user=user, meta=meta)
 
 
+class UpgradeRequired(HTTPResponse):
+    """426 with ``Upgrade: websocket`` and ``Connection: Upgrade``.
+
+    RFC 9110, 15.5.22: a 426 must name the protocol in ``Upgrade``, and a
+    sender of ``Upgrade`` must list it in ``Connection`` (RFC 9110, 7.8).
+    Sanic sets ``Connection`` itself after the handler (``keep-alive`` or
+    ``close``), so the option is added as the headers are written.
+    """
+
+    def __init__(self, body: str) -> None:
+        super().__init__(
+            body,
+            status=426,
+            headers={"Upgrade": "websocket"},
+            content_type="text/plain; charset=utf-8",
+        )
+
+    @property
+    def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
+        for name, value in super().processed_headers:
+            if name.lower() == b"connection":
+                value = b"Upgrade, " + value
+            yield name, value
+
+
 # sanic-ext's injection reads this signature at startup: keep its names importable.
 async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     """Upgrade the request and hand the socket to ``app.ctx.ws``."""
     manager: ConnectionManager = request.app.ctx.ws
     config = manager.config
     if request.headers.get("upgrade", "").lower() != "websocket":
-        return text(
-            "This is a WebSocket endpoint: connect with a WebSocket client.\n",
-            status=426,
-            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        return UpgradeRequired(
+            "This is a WebSocket endpoint: connect with a WebSocket client.\n"
         )
     if request.version != "1.1":
         return text("WebSockets need HTTP/1.1.\n", status=505)
@@ -179,7 +203,7 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
 
     # Sanic already parsed the request: start the parser past the handshake
     # and serialize the response ourselves.
-    proto = ServerProtocol(
+    proto = FrameParser(
         max_size=config.max_message_size, state=State.OPEN, logger=_wire_log
     )
     # Only the handshake's own headers: websockets refuses any header value

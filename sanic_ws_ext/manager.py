@@ -93,7 +93,8 @@ class ConnectionManager:
         self._flusher: Flusher | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
         self._peer_beat: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Each connection's handler task, while it has work queued.
+        self._tasks: dict[asyncio.Task[None], Connection] = {}
         self._hook_tasks: set[asyncio.Task[None]] = set()
         # Rooms each connection joined by its own room.join (it may leave them).
         self._client_rooms: dict[Connection, set[str]] = {}
@@ -157,13 +158,15 @@ class ConnectionManager:
             try:
                 await asyncio.wait_for(self._idle.wait(), self.config.close_timeout)
             except TimeoutError:
-                for task in list(self._tasks):
-                    task.cancel()
                 log.warning("websocket handlers still running at shutdown: cancelled")
+                # Awaited, so that their ``finally`` blocks (which may
+                # publish) run while delivery still works.
+                await _cancel_all(self._tasks, self.config.close_timeout)
         # Peers keep hearing our beat while clients close, then our BYE.
         if self._peer_beat is not None:
             self._peer_beat.cancel()
             self._peer_beat = None
+        await _cancel_all(self._hook_tasks, self.config.close_timeout)
         if self.delivery.name != "local":
             self._publish(OpKind.BYE, payload=self.life.encode())
         await self.delivery.stop()
@@ -591,6 +594,7 @@ class ConnectionManager:
                 payload = self.life.encode() + b" " + ujson.dumps(sample).encode()
                 self._publish(OpKind.BEAT, payload=payload)
             now = self._loop.time()
+            self._watch_handlers(now)
             horizon = now - _MISSED_BEATS * self.config.relay_beat
             for peer, seen in list(self._peers.items()):
                 if not self.delivery.hears(peer):
@@ -707,21 +711,27 @@ class ConnectionManager:
 
     def _queue(self, conn: Connection, item: object) -> None:
         conn.inbox.append(item)
+        conn._inbox_bytes += _queued_size(item)
         if conn.task is None:
             assert self._loop is not None
             task = self._loop.create_task(self._drain(conn))
             conn.task = task
-            self._tasks.add(task)
+            self._tasks[task] = conn
             self._idle.clear()
-        elif len(conn.inbox) >= self.config.max_queue:
+        if (
+            len(conn.inbox) >= self.config.max_queue
+            or conn._inbox_bytes >= self.config.max_queue_bytes
+        ):
             conn._pause_reading()
 
     async def _drain(self, conn: Connection) -> None:
         inbox = conn.inbox
         low_water = self.config.max_queue // 2
+        low_bytes = self.config.max_queue_bytes // 2
         try:
             while inbox:
                 item = inbox.popleft()
+                conn._inbox_bytes -= _queued_size(item)
                 if item is _OPENED:
                     for handler in self.registry.connect:
                         await self._call(conn, handler)
@@ -732,13 +742,13 @@ class ConnectionManager:
                     await self._on_text(conn, item)
                 elif isinstance(item, bytes):
                     await self._on_binary(conn, item)
-                if len(inbox) <= low_water:
+                if len(inbox) <= low_water and conn._inbox_bytes <= low_bytes:
                     conn._resume_reading()
         finally:
             task = conn.task
             conn.task = None
             if task is not None:
-                self._tasks.discard(task)
+                self._tasks.pop(task, None)
             if not self._tasks and not self._connections:
                 self._idle.set()
 
@@ -787,6 +797,10 @@ class ConnectionManager:
         for guard in guards:
             if not await guard(conn, room):
                 raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
+        if conn.state is ConnectionState.CLOSED:
+            # Gone while a guard awaited: its cleanup already ran, so
+            # anything recorded for it now would outlive it.
+            return
         if room not in conn.rooms:
             self._client_rooms.setdefault(conn, set()).add(room)
         self._join_local(conn, room)
@@ -808,12 +822,19 @@ class ConnectionManager:
     async def _call(
         self, conn: Connection, handler: Callable[..., Awaitable[None]], *args: Any
     ) -> None:
+        conn._handler_since = self.clock()
+        conn._handler = handler
         try:
             await handler(conn, *args)
         except MessageError as exc:
             await self._refuse(conn, exc)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
+            if conn._overran and task is not None:
+                # The watchdog's cancel: already logged, the connection is
+                # closing; its disconnect handlers still run after this.
+                task.uncancel()
+                return
             if task is not None and task.cancelling():
                 raise  # we are being cancelled (shutdown): stop here
             # The handler's own business (a cancelled future it awaited):
@@ -823,6 +844,37 @@ class ConnectionManager:
             await self._handler_failed(conn, handler, failure)
         except Exception as exc:
             await self._handler_failed(conn, handler, exc)
+        finally:
+            conn._handler_since = 0.0
+            conn._handler = None
+            conn._overran = False
+
+    def _watch_handlers(self, now: float) -> None:
+        """Cancel handler calls running past ``WS_HANDLER_TIMEOUT``.
+
+        A handler that never returns would hold its connection's inbox full
+        and reading paused for ever. Its connection is closed with 1011; the
+        messages still queued for it are dropped, its disconnect handlers run.
+        """
+        timeout = self.config.handler_timeout
+        if timeout is None:
+            return
+        for task, conn in list(self._tasks.items()):
+            since = conn._handler_since
+            if not since or now - since <= timeout or conn._overran:
+                continue
+            log.error(
+                "websocket handler %s ran over WS_HANDLER_TIMEOUT (%gs) on "
+                "connection %s: cancelled, connection closed",
+                getattr(conn._handler, "__qualname__", conn._handler),
+                timeout,
+                conn.id,
+            )
+            conn._overran = True
+            conn.inbox.clear()
+            conn._inbox_bytes = 0
+            task.cancel()
+            conn.start_close(CloseCode.INTERNAL_ERROR, "handler timeout")
 
     async def _handler_failed(
         self, conn: Connection, handler: Callable[..., Awaitable[None]], exc: Exception
@@ -872,14 +924,40 @@ class ConnectionManager:
         interval = self.config.ping_interval
         timeout = self.config.ping_timeout
         for conn in list(self._connections.values()):
-            if conn.state is not ConnectionState.OPEN or conn._reading_paused:
-                # Paused: we stopped reading, so its pongs cannot reach us.
+            if conn.state is not ConnectionState.OPEN:
+                continue
+            if conn._reading_paused and conn._heard_while_paused():
+                # Paused, its pongs cannot reach us; but the kernel holds
+                # more from the peer than last time: it is alive.
+                conn.last_seen = now
+                conn._ping_sent = 0.0
                 continue
             if conn._ping_sent:
                 if now - conn._ping_sent > timeout:
                     conn.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
             elif now - conn.last_seen >= interval and conn.send_ping():
                 conn._ping_sent = now
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Task[None]], timeout: float) -> None:
+    """Cancel ``tasks`` and wait (at most ``timeout``) for them to finish."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+
+
+#: What one queued message costs beyond its length, for WS_MAX_QUEUE_BYTES:
+#: without it a flood of empty messages would count as nothing.
+_ITEM_OVERHEAD = 64
+
+
+def _queued_size(item: object) -> int:
+    """An inbox item's weight against ``WS_MAX_QUEUE_BYTES``."""
+    if isinstance(item, str | bytes):
+        return len(item) + _ITEM_OVERHEAD
+    return 0  # the connect and disconnect markers
 
 
 def _room(room: str) -> bytes:
