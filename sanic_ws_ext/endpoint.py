@@ -26,10 +26,10 @@ from websockets.exceptions import InvalidHeaderValue
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import State
 
-from .connection import FrameParser
 from .errors import Reject
 from .handlers import Accept
 from .limits import retry_after
+from .wire import FrameParser
 
 if TYPE_CHECKING:
     from .config import WSConfig

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -36,28 +36,25 @@ import ujson
 from websockets.server import ServerProtocol
 
 from .config import WSConfig
-from .connection import Connection, ConnectionState, Flusher, WireProtocol, fan_out
+from .connection import Connection, ConnectionState
 from .delivery import Delivery, Op, OpKind
-from .envelope import Envelope, decode_envelope, encode_envelope, error_envelope
-from .errors import CloseCode, ErrorCode, MessageError
+from .dispatch import CLOSED, OPENED, Dispatcher, cancel_tasks
+from .envelope import encode_envelope
+from .errors import CloseCode
 from .frames import OP_TEXT, data_frame, encode_frame, raw_body
-from .handlers import ROOM_TYPES, Accept, HandlerRegistry
+from .handlers import Accept, HandlerRegistry
+from .index import LocalIndex
 from .limits import ClientLimits
-from .presence import ClusterState, Member, discard_from
+from .presence import ClusterState, Member
 from .stats import DELIVERY_COUNTERS, Counters, RateMeter, clean_sample, cluster_stats
+from .wire import Flusher, Wire, fan_out
 
 __all__ = ["ConnectionManager"]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
 
-# Markers queued in a connection's inbox around its messages.
-_OPENED = object()
-_CLOSED = object()
-
 #: Beats a peer may miss before it counts as dead.
 _MISSED_BEATS = 3
-#: Longest room name a client may ask for.
-_MAX_ROOM = 200
 
 
 class ConnectionManager:
@@ -80,11 +77,10 @@ class ConnectionManager:
         self.delivery = delivery
         self.worker = worker
         self.cluster = ClusterState()
-        self._connections: dict[str, Connection] = {}
+        self.local = LocalIndex()
+        self._connections = self.local.conns
         #: Read-only view of this process's connections by id.
         self.connections: Mapping[str, Connection] = MappingProxyType(self._connections)
-        self._local_rooms: dict[str, set[Connection]] = {}
-        self._local_users: dict[str, set[Connection]] = {}
         self._peers: dict[str, float] = {}
         #: This process's life: random, new at each start of a worker name.
         self.life = uuid.uuid4().hex
@@ -94,12 +90,16 @@ class ConnectionManager:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._peer_beat: asyncio.TimerHandle | None = None
         # Each connection's handler task, while it has work queued.
-        self._tasks: dict[asyncio.Task[None], Connection] = {}
         self._hook_tasks: set[asyncio.Task[None]] = set()
-        # Rooms each connection joined by its own room.join (it may leave them).
-        self._client_rooms: dict[Connection, set[str]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self.dispatcher = Dispatcher(
+            config,
+            registry,
+            join=self._join_local,
+            leave=self._leave_local,
+            settled=self._settled,
+        )
         self._closing = False
         #: Per-client counts and connect buckets of this process.
         self.limits = ClientLimits(
@@ -122,6 +122,7 @@ class ConnectionManager:
         self._loop = loop
         self.clock = loop.time
         self._flusher = Flusher(loop)
+        self.dispatcher.start(loop)
         if hasattr(self.delivery, "on_gap"):
             # After the relay had to drop ops for a peer, re-sync it.
             self.delivery.on_gap = self._send_sync
@@ -149,24 +150,24 @@ class ConnectionManager:
             self._heartbeat.cancel()
             self._heartbeat = None
         for conn in list(self._connections.values()):
-            conn.start_close(CloseCode.GOING_AWAY, "server shutting down")
+            conn.wire.start_close(CloseCode.GOING_AWAY, "server shutting down")
         try:
             await asyncio.wait_for(self._idle.wait(), self.config.close_timeout + 1)
         except TimeoutError:
             for conn in list(self._connections.values()):
-                conn.abort(CloseCode.GOING_AWAY, "server shutting down")
+                conn.wire.abort(CloseCode.GOING_AWAY, "server shutting down")
             try:
                 await asyncio.wait_for(self._idle.wait(), self.config.close_timeout)
             except TimeoutError:
                 log.warning("websocket handlers still running at shutdown: cancelled")
                 # Awaited, so that their ``finally`` blocks (which may
                 # publish) run while delivery still works.
-                await _cancel_all(self._tasks, self.config.close_timeout)
+                await self.dispatcher.cancel_all(self.config.close_timeout)
         # Peers keep hearing our beat while clients close, then our BYE.
         if self._peer_beat is not None:
             self._peer_beat.cancel()
             self._peer_beat = None
-        await _cancel_all(self._hook_tasks, self.config.close_timeout)
+        await cancel_tasks(self._hook_tasks, self.config.close_timeout)
         if self.delivery.name != "local":
             self._publish(OpKind.BYE, payload=self.life.encode())
         await self.delivery.stop()
@@ -331,7 +332,7 @@ class ConnectionManager:
         sample["messages_in_per_second"] = rate_in
         sample["messages_out_per_second"] = rate_out
         sample["connections"] = len(self._connections)
-        sample["rooms"] = len(self._local_rooms)
+        sample["rooms"] = len(self.local.rooms)
         sample.update(_delivery_counters(self.delivery.status()))
         sample["backplane"] = self.backplane_state
         return sample
@@ -405,7 +406,7 @@ class ConnectionManager:
     def _apply_broadcast(self, op: Op) -> None:
         assert self._flusher is not None
         self.counters.messages_out += fan_out(
-            list(self._connections.values()),
+            list(self.local.wires.values()),
             data_frame(op.payload, op.binary),
             op.exclude,
             self.config.max_backpressure,
@@ -413,7 +414,7 @@ class ConnectionManager:
         )
 
     def _apply_group_send(self, op: Op) -> None:
-        index = self._local_rooms if op.kind is OpKind.ROOM_SEND else self._local_users
+        index = self.local.rooms if op.kind is OpKind.ROOM_SEND else self.local.users
         conns = index.get(op.target)
         if not conns:
             return
@@ -434,7 +435,7 @@ class ConnectionManager:
     def _apply_disconnect(self, op: Op) -> None:
         conn = self._connections.get(op.target)
         if conn is not None:
-            conn.start_close(op.code, op.reason)
+            conn.wire.start_close(op.code, op.reason)
 
     def _apply_join_leave(self, op: Op) -> None:
         conn = self._connections.get(op.target)
@@ -594,7 +595,7 @@ class ConnectionManager:
                 payload = self.life.encode() + b" " + ujson.dumps(sample).encode()
                 self._publish(OpKind.BEAT, payload=payload)
             now = self._loop.time()
-            self._watch_handlers(now)
+            self.dispatcher.watch(now)
             horizon = now - _MISSED_BEATS * self.config.relay_beat
             for peer, seen in list(self._peers.items()):
                 if not self.delivery.hears(peer):
@@ -616,24 +617,19 @@ class ConnectionManager:
     # -- rooms and presence, for connections of this process -----------------
 
     def _join_local(self, conn: Connection, room: str) -> None:
-        if room in conn.rooms or conn.state is ConnectionState.CLOSED:
+        if conn.state is ConnectionState.CLOSED or not self.local.join(conn, room):
             return
-        conn.rooms.add(room)
-        self._local_rooms.setdefault(room, set()).add(conn)
         self._publish(OpKind.ROOM_JOINED, target=conn.id, payload=_room(room))
 
     def _leave_local(self, conn: Connection, room: str) -> None:
-        if room not in conn.rooms:
-            return
-        conn.rooms.discard(room)
-        discard_from(self._local_rooms, room, conn)
-        self._publish(OpKind.ROOM_LEFT, target=conn.id, payload=_room(room))
+        if self.local.leave(conn, room):
+            self._publish(OpKind.ROOM_LEFT, target=conn.id, payload=_room(room))
 
     def _presence(self, type_: str, room: str, member: Member) -> None:
         """Tell this process's members of ``room`` that ``member`` came or went."""
         if not self.config.presence_events:
             return
-        conns = self._local_rooms.get(room)
+        conns = self.local.rooms.get(room)
         if not conns:
             return
         frame = encode_frame(
@@ -658,250 +654,59 @@ class ConnectionManager:
     ) -> Connection:
         """Adopt an upgraded socket (called by the endpoint after the 101)."""
         assert self._flusher is not None, "ConnectionManager.start() was not awaited"
+        wire = Wire(self, transport, proto, self._flusher)
         conn = Connection(
             id=str(uuid.uuid4()),
             manager=self,
-            transport=transport,
-            proto=proto,
-            flusher=self._flusher,
+            wire=wire,
             user=accepted.user,
             meta=dict(accepted.meta),
             remote=remote,
             headers=headers,
             worker=self.worker,
         )
-        conn.last_seen = self.clock()
-        self._connections[conn.id] = conn
+        self.local.add(conn)
         self.counters.opened += 1
         self.limits.opened(remote)
-        if conn.user is not None:
-            self._local_users.setdefault(conn.user, set()).add(conn)
         self._idle.clear()
-        transport.set_protocol(WireProtocol(conn, self._queue))
+        transport.set_protocol(wire)
         self._publish(
             OpKind.CONN_UP,
             target=conn.id,
             payload=ujson.dumps({"user": conn.user}).encode(),
         )
         if self._closing:
-            conn.start_close(CloseCode.GOING_AWAY, "server shutting down")
-        self._queue(conn, _OPENED)
+            wire.start_close(CloseCode.GOING_AWAY, "server shutting down")
+        self.dispatcher.queue(conn, OPENED)
         return conn
+
+    # -- what the wires report (WireHost) ------------------------------------
+
+    def wire_message(self, conn: Connection, message: str | bytes) -> None:
+        self._idle.clear()
+        self.dispatcher.queue(conn, message)
+
+    def wire_lost(self, conn: Connection) -> None:
+        self._connection_lost(conn)
+
+    def _settled(self) -> None:
+        """No handler runs any more: shutdown may be over."""
+        if not self._connections:
+            self._idle.set()
 
     def log_open(self, conn: Connection) -> None:
         log.debug("websocket %s open from %s user=%r", conn.id, conn.remote, conn.user)
 
     def _connection_lost(self, conn: Connection) -> None:
-        if self._connections.pop(conn.id, None) is None:
+        if not self.local.remove(conn):
             return
         self.counters.closed += 1
         self.limits.closed(conn.remote)
-        for room in conn.rooms:
-            discard_from(self._local_rooms, room, conn)
-        if conn.user is not None:
-            discard_from(self._local_users, conn.user, conn)
-        self._client_rooms.pop(conn, None)
         log.debug(
             "websocket %s closed %s %s", conn.id, conn.close_code, conn.close_reason
         )
         self._publish(OpKind.CONN_DOWN, target=conn.id)
-        self._queue(conn, _CLOSED)
-
-    # -- running handlers --------------------------------------------------
-
-    def _queue(self, conn: Connection, item: object) -> None:
-        conn.inbox.append(item)
-        conn._inbox_bytes += _queued_size(item)
-        if conn.task is None:
-            assert self._loop is not None
-            task = self._loop.create_task(self._drain(conn))
-            conn.task = task
-            self._tasks[task] = conn
-            self._idle.clear()
-        if (
-            len(conn.inbox) >= self.config.max_queue
-            or conn._inbox_bytes >= self.config.max_queue_bytes
-        ):
-            conn._pause_reading()
-
-    async def _drain(self, conn: Connection) -> None:
-        inbox = conn.inbox
-        low_water = self.config.max_queue // 2
-        low_bytes = self.config.max_queue_bytes // 2
-        try:
-            while inbox:
-                item = inbox.popleft()
-                conn._inbox_bytes -= _queued_size(item)
-                if item is _OPENED:
-                    for handler in self.registry.connect:
-                        await self._call(conn, handler)
-                elif item is _CLOSED:
-                    for handler in self.registry.disconnect:
-                        await self._call(conn, handler)
-                elif isinstance(item, str):
-                    await self._on_text(conn, item)
-                elif isinstance(item, bytes):
-                    await self._on_binary(conn, item)
-                if len(inbox) <= low_water and conn._inbox_bytes <= low_bytes:
-                    conn._resume_reading()
-        finally:
-            task = conn.task
-            conn.task = None
-            if task is not None:
-                self._tasks.pop(task, None)
-            if not self._tasks and not self._connections:
-                self._idle.set()
-
-    async def _on_text(self, conn: Connection, text: str) -> None:
-        registry = self.registry
-        try:
-            envelope = decode_envelope(text)
-            if not registry.handles_text(envelope.type):
-                raise MessageError(
-                    ErrorCode.UNKNOWN_TYPE, f"no handler for type {envelope.type!r}"
-                )
-        except MessageError as exc:
-            await self._refuse(conn, exc)
-            return
-        if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
-            await self._call(conn, self._client_room, envelope)
-            return
-        for handler in registry.message:
-            await self._call(conn, handler, envelope)
-        for typed in registry.typed.get(envelope.type, ()):
-            await self._call(conn, typed, envelope)
-
-    async def _client_room(self, conn: Connection, envelope: Envelope) -> None:
-        """``room.join`` / ``room.leave`` from the client itself."""
-        data = envelope.data
-        room = data.get("room") if isinstance(data, dict) else None
-        if not isinstance(room, str) or not room or len(room) > _MAX_ROOM:
-            raise MessageError(
-                ErrorCode.INVALID_ENVELOPE,
-                f"data.room must be a string of 1 to {_MAX_ROOM} characters",
-            )
-        joined = self._client_rooms.get(conn)
-        if envelope.type == "room.leave":
-            # Only rooms the client joined itself: a room the server put it
-            # in (a tenant, a permission scope) is the server's to take away.
-            if joined is not None and room in joined:
-                joined.discard(room)
-                self._leave_local(conn, room)
-            await conn.send("room.left", {"room": room})
-            return
-        guards = self.registry.room_guards
-        if not guards:
-            raise MessageError(
-                ErrorCode.ROOM_REFUSED, "this server does not let clients join rooms"
-            )
-        for guard in guards:
-            if not await guard(conn, room):
-                raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
-        if conn.state is ConnectionState.CLOSED:
-            # Gone while a guard awaited: its cleanup already ran, so
-            # anything recorded for it now would outlive it.
-            return
-        if room not in conn.rooms:
-            self._client_rooms.setdefault(conn, set()).add(room)
-        self._join_local(conn, room)
-        await conn.send("room.joined", {"room": room})
-
-    async def _on_binary(self, conn: Connection, data: bytes) -> None:
-        registry = self.registry
-        if not registry.handles_binary():
-            await self._refuse(
-                conn,
-                MessageError(ErrorCode.UNKNOWN_TYPE, "no handler for binary frames"),
-            )
-            return
-        for handler in registry.message:
-            await self._call(conn, handler, data)
-        for binary in registry.binary:
-            await self._call(conn, binary, data)
-
-    async def _call(
-        self, conn: Connection, handler: Callable[..., Awaitable[None]], *args: Any
-    ) -> None:
-        conn._handler_since = self.clock()
-        conn._handler = handler
-        try:
-            await handler(conn, *args)
-        except MessageError as exc:
-            await self._refuse(conn, exc)
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if conn._overran and task is not None:
-                # The watchdog's cancel: already logged, the connection is
-                # closing; its disconnect handlers still run after this.
-                task.uncancel()
-                return
-            if task is not None and task.cancelling():
-                raise  # we are being cancelled (shutdown): stop here
-            # The handler's own business (a cancelled future it awaited):
-            # a handler failure like any other, not the end of this queue.
-            failure = RuntimeError("handler was cancelled")
-            failure.__cause__ = exc
-            await self._handler_failed(conn, handler, failure)
-        except Exception as exc:
-            await self._handler_failed(conn, handler, exc)
-        finally:
-            conn._handler_since = 0.0
-            conn._handler = None
-            conn._overran = False
-
-    def _watch_handlers(self, now: float) -> None:
-        """Cancel handler calls running past ``WS_HANDLER_TIMEOUT``.
-
-        A handler that never returns would hold its connection's inbox full
-        and reading paused for ever. Its connection is closed with 1011; the
-        messages still queued for it are dropped, its disconnect handlers run.
-        """
-        timeout = self.config.handler_timeout
-        if timeout is None:
-            return
-        for task, conn in list(self._tasks.items()):
-            since = conn._handler_since
-            if not since or now - since <= timeout or conn._overran:
-                continue
-            log.error(
-                "websocket handler %s ran over WS_HANDLER_TIMEOUT (%gs) on "
-                "connection %s: cancelled, connection closed",
-                getattr(conn._handler, "__qualname__", conn._handler),
-                timeout,
-                conn.id,
-            )
-            conn._overran = True
-            conn.inbox.clear()
-            conn._inbox_bytes = 0
-            task.cancel()
-            conn.start_close(CloseCode.INTERNAL_ERROR, "handler timeout")
-
-    async def _handler_failed(
-        self, conn: Connection, handler: Callable[..., Awaitable[None]], exc: Exception
-    ) -> None:
-        log.error(
-            "websocket handler %s failed on connection %s",
-            getattr(handler, "__qualname__", handler),
-            conn.id,
-            exc_info=exc,
-        )
-        conn.send_frame(
-            encode_frame(
-                OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
-            )
-        )
-        await self._run_error_hooks(conn, exc)
-
-    async def _refuse(self, conn: Connection, exc: MessageError) -> None:
-        conn.send_frame(encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason)))
-        await self._run_error_hooks(conn, exc)
-
-    async def _run_error_hooks(self, conn: Connection, exc: Exception) -> None:
-        for hook in self.registry.error:
-            try:
-                await hook(conn, exc)
-            except Exception:
-                log.exception("websocket error hook failed on connection %s", conn.id)
+        self.dispatcher.queue(conn, CLOSED)
 
     # -- heartbeat -----------------------------------------------------------
 
@@ -926,38 +731,18 @@ class ConnectionManager:
         for conn in list(self._connections.values()):
             if conn.state is not ConnectionState.OPEN:
                 continue
-            if conn._reading_paused and conn._heard_while_paused():
+            wire = conn.wire
+            if wire.reading_paused and wire.heard_while_paused():
                 # Paused, its pongs cannot reach us; but the kernel holds
                 # more from the peer than last time: it is alive.
-                conn.last_seen = now
-                conn._ping_sent = 0.0
+                wire.last_seen = now
+                wire.ping_sent = 0.0
                 continue
-            if conn._ping_sent:
-                if now - conn._ping_sent > timeout:
-                    conn.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
-            elif now - conn.last_seen >= interval and conn.send_ping():
-                conn._ping_sent = now
-
-
-async def _cancel_all(tasks: Iterable[asyncio.Task[None]], timeout: float) -> None:
-    """Cancel ``tasks`` and wait (at most ``timeout``) for them to finish."""
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=timeout)
-
-
-#: What one queued message costs beyond its length, for WS_MAX_QUEUE_BYTES:
-#: without it a flood of empty messages would count as nothing.
-_ITEM_OVERHEAD = 64
-
-
-def _queued_size(item: object) -> int:
-    """An inbox item's weight against ``WS_MAX_QUEUE_BYTES``."""
-    if isinstance(item, str | bytes):
-        return len(item) + _ITEM_OVERHEAD
-    return 0  # the connect and disconnect markers
+            if wire.ping_sent:
+                if now - wire.ping_sent > timeout:
+                    wire.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
+            elif now - wire.last_seen >= interval and wire.send_ping():
+                wire.ping_sent = now
 
 
 def _room(room: str) -> bytes:

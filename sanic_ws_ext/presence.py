@@ -11,12 +11,11 @@ so a dead worker leaves no ghosts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-__all__ = ["ClusterState", "Member", "discard_from"]
+from .index import discard_from
 
-K = TypeVar("K")
-V = TypeVar("V")
+__all__ = ["ClusterState", "Member"]
 
 
 @dataclass(slots=True)
@@ -104,12 +103,3 @@ class ClusterState:
 
     def room_members(self, room: str) -> list[Member]:
         return [self.members[i] for i in self.rooms.get(room, ())]
-
-
-def discard_from(index: dict[K, set[V]], key: K, value: V) -> None:
-    """Remove ``value`` from ``index[key]``, and the key once its set is empty."""
-    values = index.get(key)
-    if values is not None:
-        values.discard(value)
-        if not values:
-            del index[key]

@@ -27,9 +27,9 @@ from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect as sync_connect
 
 from sanic_ws_ext import CloseCode, Connection, Envelope, ErrorCode, MessageError
-from sanic_ws_ext.connection import ConnectionState, fragment_limit
 from sanic_ws_ext.envelope import decode_envelope, encode_envelope
 from sanic_ws_ext.testing import LiveServer, WSTestClient, serve
+from sanic_ws_ext.wire import ConnectionState, fragment_limit
 
 from .conftest import units
 from .helpers import ws_app

@@ -110,7 +110,7 @@ async def test_leaving_while_the_room_guard_awaits_leaks_nothing(
         # Disconnect handlers run after the join in the same queue: once they
         # ran, the join is over.
         assert (await asyncio.wait_for(gone.get(), units(5))) is conn
-        assert conn not in manager._client_rooms
+        assert conn.client_rooms is None
         assert conn.rooms == set()
         assert await manager.members("lobby") == []
 
@@ -136,16 +136,18 @@ async def test_inbox_is_bounded_in_bytes(make_app: AppFactory) -> None:
         for i in range(count):
             raw.send_frame(Opcode.BINARY, bytes([i]) * size)
         (conn,) = app.ctx.ws.connections.values()
-        await until(lambda: conn._reading_paused)
+        await until(lambda: conn.wire.reading_paused)
         # Paused: nothing more is read. What one read already brought
         # (uvloop reads at most 256 KiB at a time) may still be queued.
-        parked = sum(len(item) for item in conn.inbox if isinstance(item, bytes))
+        assert conn.mailbox is not None
+        items = conn.mailbox.items
+        parked = sum(len(item) for item in items if isinstance(item, bytes))
         assert parked <= limit + 256 * 1024 + size
         assert parked < count * size
         release.set()
         await until(lambda: len(got) == count)
         assert got == list(range(count))  # nothing lost, in order
-        assert conn._inbox_bytes == 0
+        await until(lambda: conn.mailbox is None)  # drained: nothing kept
         raw.send_frame(Opcode.CLOSE, Close(1000, "").serialize())
         await asyncio.wait_for(gone.get(), units(5))
         raw.close_socket()
@@ -218,7 +220,7 @@ async def test_silent_peer_found_while_reading_is_paused(
         for _ in range(3):
             raw.send_frame(Opcode.TEXT, b'{"type": "work"}')
         (conn,) = app.ctx.ws.connections.values()
-        await until(lambda: conn._reading_paused)
+        await until(lambda: conn.wire.reading_paused)
         await until(lambda: not app.ctx.ws.connections)
         assert (conn.close_code, conn.close_reason) == (1011, "ping timeout")
         release.set()

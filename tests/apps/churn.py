@@ -19,7 +19,7 @@ from sanic.response import JSONResponse
 from sanic_ext import Extend
 
 from sanic_ws_ext import Accept, Connection, WSExtension, WSHandlers
-from sanic_ws_ext.connection import WireProtocol
+from sanic_ws_ext.wire import Wire
 
 app = Sanic("churn")
 app.config.WS_PING_INTERVAL = None
@@ -89,7 +89,7 @@ async def state(request: Request) -> JSONResponse:
             "members": [m.id for m in await ws.members("churn")],
             "tasks": len(asyncio.all_tasks()),
             "live_connections": sum(type(o) is Connection for o in objects),
-            "live_protocols": sum(type(o) is WireProtocol for o in objects),
+            "live_protocols": sum(type(o) is Wire for o in objects),
             "rss_kb": rss_kb(),
         }
     )

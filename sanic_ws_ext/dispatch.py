@@ -1,0 +1,326 @@
+"""Running the app's handlers for what arrives on each connection.
+
+Rules this module keeps:
+
+- Handlers of one connection run one at a time, in arrival order (connect
+  marker, messages, disconnect marker), in a task that exists only while that
+  connection has work queued: an idle connection has no task and no mailbox.
+- A connection's mailbox is bounded by ``WS_MAX_QUEUE`` messages and
+  ``WS_MAX_QUEUE_BYTES`` bytes: past either, reading from its socket pauses
+  until both are down to half.
+- Each handler call is bounded by ``WS_HANDLER_TIMEOUT``: :meth:`watch`,
+  called once per beat, cancels a call that ran past it and closes its
+  connection with 1011. No timer exists per call.
+- A handler's exception is logged, answered with an error frame and passed to
+  the error hooks; the connection's queue goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .envelope import Envelope, decode_envelope, error_envelope
+from .errors import CloseCode, ErrorCode, MessageError
+from .frames import OP_TEXT, encode_frame
+from .handlers import ROOM_TYPES, HandlerRegistry
+from .wire import ConnectionState
+
+if TYPE_CHECKING:
+    from .config import WSConfig
+    from .connection import Connection
+
+__all__ = ["CLOSED", "OPENED", "Dispatcher", "Mailbox"]
+
+log = logging.getLogger("sanic.root.sanic_ws_ext")
+
+#: Markers queued in a connection's mailbox around its messages.
+OPENED = object()
+CLOSED = object()
+
+#: What one queued message costs beyond its length, for WS_MAX_QUEUE_BYTES:
+#: without it a flood of empty messages would count as nothing.
+_ITEM_OVERHEAD = 64
+
+#: Longest room name a client may ask for.
+MAX_ROOM = 200
+
+
+def queued_size(item: object) -> int:
+    """A mailbox item's weight against ``WS_MAX_QUEUE_BYTES``."""
+    if isinstance(item, str | bytes):
+        return len(item) + _ITEM_OVERHEAD
+    return 0  # the connect and disconnect markers
+
+
+class Mailbox:
+    """What waits for one connection's handlers, and the handler running."""
+
+    __slots__ = ("handler", "items", "overran", "since", "size", "task")
+
+    def __init__(self) -> None:
+        self.items: deque[object] = deque()
+        #: Bytes queued, as ``WS_MAX_QUEUE_BYTES`` counts them.
+        self.size = 0
+        self.task: asyncio.Task[None] | None = None
+        #: The handler now running and since when (loop time; 0.0: none).
+        self.handler: object = None
+        self.since = 0.0
+        #: Set by the watchdog when that handler ran past the timeout.
+        self.overran = False
+
+
+class Dispatcher:
+    """Queues what arrives per connection and runs the handlers for it."""
+
+    def __init__(
+        self,
+        config: WSConfig,
+        registry: HandlerRegistry,
+        *,
+        join: Callable[[Connection, str], None],
+        leave: Callable[[Connection, str], None],
+        settled: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self._join = join
+        self._leave = leave
+        # Called when the last running task ends (shutdown waits on it).
+        self._settled = settled
+        self.clock: Callable[[], float] = lambda: 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Each busy connection's task.
+        self.tasks: dict[asyncio.Task[None], Connection] = {}
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.clock = loop.time
+
+    # -- queueing --------------------------------------------------------------
+
+    def queue(self, conn: Connection, item: object) -> None:
+        """Queue a message (or a marker) for ``conn``'s handlers."""
+        box = conn.mailbox
+        if box is None:
+            box = conn.mailbox = Mailbox()
+        box.items.append(item)
+        box.size += queued_size(item)
+        if box.task is None:
+            assert self._loop is not None
+            task = self._loop.create_task(self._drain(conn, box))
+            box.task = task
+            self.tasks[task] = conn
+        if (
+            len(box.items) >= self.config.max_queue
+            or box.size >= self.config.max_queue_bytes
+        ):
+            conn.wire.pause_reading()
+
+    async def _drain(self, conn: Connection, box: Mailbox) -> None:
+        items = box.items
+        low_water = self.config.max_queue // 2
+        low_bytes = self.config.max_queue_bytes // 2
+        try:
+            while items:
+                item = items.popleft()
+                box.size -= queued_size(item)
+                if item is OPENED:
+                    for handler in self.registry.connect:
+                        await self._call(conn, box, handler)
+                elif item is CLOSED:
+                    for handler in self.registry.disconnect:
+                        await self._call(conn, box, handler)
+                elif isinstance(item, str):
+                    await self._on_text(conn, box, item)
+                elif isinstance(item, bytes):
+                    await self._on_binary(conn, box, item)
+                if len(items) <= low_water and box.size <= low_bytes:
+                    conn.wire.resume_reading()
+        finally:
+            task = box.task
+            box.task = None
+            if conn.mailbox is box and not items:
+                conn.mailbox = None  # idle again: nothing kept per connection
+            if task is not None:
+                self.tasks.pop(task, None)
+            if not self.tasks:
+                self._settled()
+
+    # -- what arrives ----------------------------------------------------------
+
+    async def _on_text(self, conn: Connection, box: Mailbox, text: str) -> None:
+        registry = self.registry
+        try:
+            envelope = decode_envelope(text)
+            if not registry.handles_text(envelope.type):
+                raise MessageError(
+                    ErrorCode.UNKNOWN_TYPE, f"no handler for type {envelope.type!r}"
+                )
+        except MessageError as exc:
+            await self.refuse(conn, exc)
+            return
+        if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
+            await self._call(conn, box, self._client_room, envelope)
+            return
+        for handler in registry.message:
+            await self._call(conn, box, handler, envelope)
+        for typed in registry.typed.get(envelope.type, ()):
+            await self._call(conn, box, typed, envelope)
+
+    async def _client_room(self, conn: Connection, envelope: Envelope) -> None:
+        """``room.join`` / ``room.leave`` from the client itself."""
+        data = envelope.data
+        room = data.get("room") if isinstance(data, dict) else None
+        if not isinstance(room, str) or not room or len(room) > MAX_ROOM:
+            raise MessageError(
+                ErrorCode.INVALID_ENVELOPE,
+                f"data.room must be a string of 1 to {MAX_ROOM} characters",
+            )
+        joined = conn.client_rooms
+        if envelope.type == "room.leave":
+            # Only rooms the client joined itself: a room the server put it
+            # in (a tenant, a permission scope) is the server's to take away.
+            if joined is not None and room in joined:
+                joined.discard(room)
+                self._leave(conn, room)
+            await conn.send("room.left", {"room": room})
+            return
+        guards = self.registry.room_guards
+        if not guards:
+            raise MessageError(
+                ErrorCode.ROOM_REFUSED, "this server does not let clients join rooms"
+            )
+        for guard in guards:
+            if not await guard(conn, room):
+                raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
+        if conn.state is ConnectionState.CLOSED:
+            return  # gone while a guard awaited: nothing to join
+        if room not in conn.rooms:
+            if conn.client_rooms is None:
+                conn.client_rooms = set()
+            conn.client_rooms.add(room)
+        self._join(conn, room)
+        await conn.send("room.joined", {"room": room})
+
+    async def _on_binary(self, conn: Connection, box: Mailbox, data: bytes) -> None:
+        registry = self.registry
+        if not registry.handles_binary():
+            await self.refuse(
+                conn,
+                MessageError(ErrorCode.UNKNOWN_TYPE, "no handler for binary frames"),
+            )
+            return
+        for handler in registry.message:
+            await self._call(conn, box, handler, data)
+        for binary in registry.binary:
+            await self._call(conn, box, binary, data)
+
+    # -- calling handlers --------------------------------------------------------
+
+    async def _call(
+        self,
+        conn: Connection,
+        box: Mailbox,
+        handler: Callable[..., Awaitable[None]],
+        *args: Any,
+    ) -> None:
+        box.since = self.clock()
+        box.handler = handler
+        try:
+            await handler(conn, *args)
+        except MessageError as exc:
+            await self.refuse(conn, exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if box.overran and task is not None:
+                # The watchdog's cancel: already logged, the connection is
+                # closing; its disconnect handlers still run after this.
+                task.uncancel()
+                return
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled (shutdown): stop here
+            # The handler's own business (a cancelled future it awaited):
+            # a handler failure like any other, not the end of this queue.
+            failure = RuntimeError("handler was cancelled")
+            failure.__cause__ = exc
+            await self._handler_failed(conn, handler, failure)
+        except Exception as exc:
+            await self._handler_failed(conn, handler, exc)
+        finally:
+            box.since = 0.0
+            box.handler = None
+            box.overran = False
+
+    def watch(self, now: float) -> None:
+        """Cancel handler calls running past ``WS_HANDLER_TIMEOUT``.
+
+        A handler that never returns would hold its connection's mailbox full
+        and reading paused for ever. Its connection is closed with 1011; the
+        messages still queued for it are dropped, its disconnect handlers run.
+        """
+        timeout = self.config.handler_timeout
+        if timeout is None:
+            return
+        for task, conn in list(self.tasks.items()):
+            box = conn.mailbox
+            if box is None or not box.since or box.overran:
+                continue
+            if now - box.since <= timeout:
+                continue
+            log.error(
+                "websocket handler %s ran over WS_HANDLER_TIMEOUT (%gs) on "
+                "connection %s: cancelled, connection closed",
+                getattr(box.handler, "__qualname__", box.handler),
+                timeout,
+                conn.id,
+            )
+            box.overran = True
+            box.items.clear()
+            box.size = 0
+            task.cancel()
+            conn.wire.start_close(CloseCode.INTERNAL_ERROR, "handler timeout")
+
+    async def _handler_failed(
+        self, conn: Connection, handler: Callable[..., Awaitable[None]], exc: Exception
+    ) -> None:
+        log.error(
+            "websocket handler %s failed on connection %s",
+            getattr(handler, "__qualname__", handler),
+            conn.id,
+            exc_info=exc,
+        )
+        conn.send_frame(
+            encode_frame(
+                OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
+            )
+        )
+        await self._run_error_hooks(conn, exc)
+
+    async def refuse(self, conn: Connection, exc: MessageError) -> None:
+        """Answer a refused message with an error frame; run the error hooks."""
+        conn.send_frame(encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason)))
+        await self._run_error_hooks(conn, exc)
+
+    async def _run_error_hooks(self, conn: Connection, exc: Exception) -> None:
+        for hook in self.registry.error:
+            try:
+                await hook(conn, exc)
+            except Exception:
+                log.exception("websocket error hook failed on connection %s", conn.id)
+
+    async def cancel_all(self, timeout: float) -> None:
+        """Cancel every running handler task and wait (at most ``timeout``)."""
+        await cancel_tasks(self.tasks, timeout)
+
+
+async def cancel_tasks(tasks: Any, timeout: float) -> None:
+    """Cancel ``tasks`` and wait (at most ``timeout``) for them to finish."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)

@@ -1,0 +1,629 @@
+"""The socket engine: one upgraded socket, bytes in and frames out.
+
+After the upgrade the extension takes the socket from Sanic
+(``transport.set_protocol``) and hands it to a :class:`Wire`, which parses
+frames with the websockets library's sans-I/O ``ServerProtocol``. No task,
+lock or timer exists per idle connection. The app never sees a ``Wire``: it
+holds a :class:`~sanic_ws_ext.connection.Connection`, which delegates here.
+
+Rules this module keeps:
+
+- Every byte written to a socket goes through :meth:`Wire.enqueue`: data
+  frames, pongs, pings and the close frame alike, so frames never interleave
+  and order is the order of the calls.
+- Writing never waits. Frames are appended to the wire's pending list and the
+  :class:`Flusher` writes each wire's pending frames in one
+  ``transport.write`` per event-loop pass.
+- Unsent bytes (pending plus the transport's buffer) are bounded by
+  ``WS_MAX_BACKPRESSURE`` plus one frame: a frame is refused only when the
+  backlog already passed the bound, so a client that keeps up can receive
+  any single message, however large. A wire refused a frame is aborted at
+  once with 1008 "slow consumer": its backlog is dropped, nothing else waits.
+- Data frames are accepted only while the wire is OPEN; once a close frame
+  is queued, further sends are ignored.
+- What the engine needs from the rest of the server comes through one small
+  interface, :class:`WireHost`; it reads no other object's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import fcntl
+import io
+import logging
+import socket
+import sys
+import termios
+from collections.abc import Callable, Collection, Iterable
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from .envelope import error_envelope
+from .errors import CloseCode, ErrorCode
+from .frames import OP_TEXT, PING_FRAME, encode_frame
+from .limits import take
+
+if TYPE_CHECKING:
+    from .config import WSConfig
+    from .connection import Connection
+    from .stats import Counters
+
+__all__ = [
+    "ConnectionState",
+    "Flusher",
+    "FrameParser",
+    "Wire",
+    "WireHost",
+    "fan_out",
+    "fragment_limit",
+]
+
+log = logging.getLogger("sanic.root.sanic_ws_ext")
+
+#: A fragmented message may come in one fragment per this many bytes of
+#: ``WS_MAX_MESSAGE_SIZE`` (and at least :data:`_MIN_FRAGMENTS`): the size
+#: limit alone does not bound empty continuation frames, and every frame
+#: costs parse time.
+_BYTES_PER_FRAGMENT = 64
+_MIN_FRAGMENTS = 16
+
+
+def fragment_limit(max_size: int | None) -> int | None:
+    """Most fragments one message may have (``None``: no limit)."""
+    if max_size is None:
+        return None
+    return max(_MIN_FRAGMENTS, max_size // _BYTES_PER_FRAGMENT)
+
+
+class PartialMessage:
+    """A fragmented message being reassembled.
+
+    Fragments go into one buffer: memory is the message's size (which the
+    parser bounds by ``WS_MAX_MESSAGE_SIZE``), with no cost per fragment.
+    Text is decoded fragment by fragment, once, so a bad byte fails the
+    connection when it arrives rather than at the end of the message.
+    """
+
+    __slots__ = ("_binary", "_text", "_utf8", "count")
+
+    def __init__(self, text: bool) -> None:
+        self.count = 0
+        if text:
+            self._text: io.StringIO | None = io.StringIO()
+            self._utf8 = codecs.getincrementaldecoder("utf-8")()
+            self._binary: bytearray | None = None
+        else:
+            self._text = None
+            self._binary = bytearray()
+
+    def add(self, data: bytes | bytearray | memoryview, final: bool) -> None:
+        """Append a fragment; raises :class:`UnicodeDecodeError` on bad text."""
+        self.count += 1
+        if self._text is not None:
+            self._text.write(self._utf8.decode(data, final))
+        else:
+            assert self._binary is not None
+            self._binary += data
+
+    def message(self) -> str | bytearray:
+        """The whole message: text already decoded, or the bytes."""
+        if self._text is not None:
+            return self._text.getvalue()
+        assert self._binary is not None
+        return self._binary
+
+
+class FrameParser(ServerProtocol):
+    """websockets' server protocol, with a close allowed between fragments.
+
+    RFC 6455, 5.4: control frames may come between the fragments of a
+    message, and a close ends the connection, unfinished message included.
+    websockets answers that close with 1002 "incomplete fragmented message";
+    a conforming server echoes it (Autobahn case 7.1.5). The partial message
+    is dropped by :class:`Wire`.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
+class ConnectionState(Enum):
+    OPEN = "open"
+    #: A close frame is queued; waiting for the peer's reply or the timeout.
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class WireHost(Protocol):
+    """What a :class:`Wire` needs from the server around it."""
+
+    config: WSConfig
+    counters: Counters
+    clock: Callable[[], float]
+
+    def wire_message(self, conn: Connection, message: str | bytes) -> None:
+        """A whole message arrived (text decoded, binary as bytes)."""
+
+    def wire_lost(self, conn: Connection) -> None:
+        """The socket is gone; ``conn``'s close code and reason are final."""
+
+
+#: Bytes of broadcast frames queued in one event-loop pass after which the
+#: Flusher writes at once instead of at the end of the pass. A handler that
+#: broadcasts in a loop would otherwise hold every frame until it returns:
+#: measured with 1000 clients and 200 broadcasts (bench/fanout.py), no limit
+#: gave a p99 of 135 ms; 2 MiB gave 65 ms and 15% more messages/s (the load
+#: client starts reading while the server still produces); 512 KiB cut
+#: throughput by a third (too many small writes).
+_PASS_LIMIT = 2 << 20
+
+
+class Flusher:
+    """Writes every wire's pending frames once per event-loop pass.
+
+    One ``call_soon`` per pass for all connections, not one per connection:
+    uWebSockets calls this corking.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_queued", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Wire] = []
+        self._scheduled = False
+        self._queued = 0
+
+    def account(self, size: int) -> None:
+        """Count ``size`` bytes queued; past the pass limit, write them now."""
+        self._queued += size
+        if self._queued >= _PASS_LIMIT:
+            self.flush()
+
+    def mark(self, wire: Wire) -> None:
+        self._dirty.append(wire)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        self._queued = 0
+        dirty, self._dirty = self._dirty, []
+        for wire in dirty:
+            try:
+                wire._flush()
+            except Exception:
+                # One broken socket must not stall the others in this batch.
+                log.exception("websocket %s: write failed", wire.conn.id)
+                wire.abort(CloseCode.ABNORMAL, "write failed")
+
+
+class Wire(asyncio.Protocol):
+    """The asyncio protocol of one upgraded socket, and its sending state."""
+
+    __slots__ = (
+        "_close_timer",
+        "_eof_pending",
+        "_flusher",
+        "_fragments",
+        "_host",
+        "_pending",
+        "_pending_bytes",
+        "_proto",
+        "_tokens",
+        "_tokens_at",
+        "_transport",
+        "_unread",
+        "_written",
+        "close_code",
+        "close_reason",
+        "conn",
+        "last_seen",
+        "ping_sent",
+        "reading_paused",
+        "state",
+    )
+
+    def __init__(
+        self,
+        host: WireHost,
+        transport: asyncio.Transport,
+        proto: ServerProtocol,
+        flusher: Flusher,
+    ) -> None:
+        #: The app's handle for this socket (set by the connection itself).
+        self.conn: Connection
+        self._host = host
+        self._transport = transport
+        self._proto = proto
+        self._flusher = flusher
+        self.state = ConnectionState.OPEN
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        #: Loop time of the last frame received (the heartbeat reads it).
+        self.last_seen = host.clock()
+        #: Loop time of the heartbeat's unanswered ping, or 0.0.
+        self.ping_sent = 0.0
+        self.reading_paused = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        # The transport's own buffer size as of the last flush.
+        self._written = 0
+        self._fragments: PartialMessage | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._eof_pending = False
+        # Bytes unread in the kernel when the heartbeat last looked, while
+        # reading is paused (-1: not looked at since the pause).
+        self._unread = -1
+        # WS_MESSAGE_RATE's token bucket: its level (negative: the client is
+        # over the limit and owes) as of _tokens_at, refilled lazily. Without
+        # a rate both hold the shared constant 0.0: no float per connection.
+        config = host.config
+        limited = config.message_rate is not None
+        self._tokens = float(config.message_burst) if limited else 0.0
+        self._tokens_at = host.clock() if limited else 0.0
+
+    # -- sending ---------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue an already-framed message; ``False`` if it was not accepted.
+
+        Every data frame to one socket comes through here (broadcasts through
+        :func:`fan_out`), so this is where ``messages_out`` counts.
+        """
+        if self.state is not ConnectionState.OPEN or not self._enqueue(frame):
+            return False
+        self._host.counters.messages_out += 1
+        return True
+
+    def send_ping(self) -> bool:
+        """Queue the heartbeat's ping (a control frame: not a message)."""
+        return self.state is ConnectionState.OPEN and self._enqueue(PING_FRAME)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes accepted for this socket and not yet sent to the kernel."""
+        return self._pending_bytes + self._transport.get_write_buffer_size()
+
+    def _enqueue(self, frame: bytes) -> bool:
+        limit = self._host.config.max_backpressure
+        queued = self._pending_bytes
+        if (
+            limit is not None
+            # The backlog before this frame: a frame larger than the limit
+            # still goes to a client that keeps up.
+            and queued + self._written > limit
+            # The cached transport size only shrinks between flushes:
+            # re-read it before calling the client slow.
+            and queued + self._transport.get_write_buffer_size() > limit
+        ):
+            if self.state is not ConnectionState.CLOSED:
+                self._host.counters.slow_closed += 1
+                log.info(
+                    "websocket %s closed: slow consumer (%d bytes unsent)",
+                    self.conn.id,
+                    queued + self._transport.get_write_buffer_size(),
+                )
+            self.abort(CloseCode.POLICY_VIOLATION, "slow consumer")
+            return False
+        if not self._pending:
+            self._flusher.mark(self)
+        self._pending.append(frame)
+        self._pending_bytes = queued + len(frame)
+        return True
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending or self.state is ConnectionState.CLOSED:
+            return
+        transport = self._transport
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self._pending = []
+        self._pending_bytes = 0
+        self._written = transport.get_write_buffer_size()
+        if self._eof_pending:
+            # The peer answered our close (or failed the protocol): the
+            # server closes TCP once the close frame is out.
+            transport.close()
+
+    def _send_control(self, chunks: list[bytes]) -> None:
+        """Queue what the protocol object wants sent (pong, close, EOF)."""
+        for chunk in chunks:
+            if self._transport.is_closing():
+                # Aborted (a ping flood past WS_MAX_BACKPRESSURE, say) or
+                # closed: the rest has nowhere to go.
+                return
+            if chunk:
+                self._enqueue(chunk)
+            else:  # websockets' SEND_EOF marker
+                self._eof_pending = True
+                if not self._pending:
+                    self._flusher.mark(self)
+                    self._pending.append(b"")
+
+    # -- closing ---------------------------------------------------------
+
+    def start_close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; frames queued before it are sent first."""
+        if self.state is not ConnectionState.OPEN:
+            return
+        if self._proto.state is not State.OPEN:
+            # The peer is already gone (EOF) or closing: nothing to handshake.
+            self.abort(code, reason)
+            return
+        self._proto.send_close(code, reason)
+        self._set_close(code, reason)
+        self._send_control(self._proto.data_to_send())
+        self._enter_closing()
+
+    def _enter_closing(self) -> None:
+        """Stop accepting data frames; give the peer ``WS_CLOSE_TIMEOUT`` to finish.
+
+        Every way into CLOSING comes here, so no socket can stay half
+        closed: a peer that stops reading is dropped when the timer fires.
+        """
+        if self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.CLOSING
+        if self._close_timer is None and self.state is ConnectionState.CLOSING:
+            self._close_timer = asyncio.get_running_loop().call_later(
+                self._host.config.close_timeout, self._transport.abort
+            )
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection for what the peer sent (RFC 6455, 7.1.7).
+
+        The close frame follows what is already queued, then the server
+        closes TCP; nothing more the peer sends is read.
+        """
+        self._fragments = None
+        self._set_close(code, reason)
+        self._enter_closing()
+        self._proto.fail(code, reason)
+
+    def abort(self, code: int, reason: str) -> None:
+        """Drop the socket now, unsent frames included."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self._set_close(code, reason)
+        self.state = ConnectionState.CLOSING
+        self._pending = []
+        self._pending_bytes = 0
+        self._transport.abort()
+
+    def _set_close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = int(code)
+            self.close_reason = reason
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is gone: record why, then tell the host."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self.state = ConnectionState.CLOSED
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        proto = self._proto
+        if self.close_code is None:
+            if proto.close_rcvd is not None:
+                self.close_code = proto.close_rcvd.code
+                self.close_reason = proto.close_rcvd.reason
+            elif proto.close_sent is not None:
+                self.close_code = proto.close_sent.code
+                self.close_reason = proto.close_sent.reason
+            else:
+                self.close_code = CloseCode.ABNORMAL
+                self.close_reason = "connection lost"
+        self._pending = []
+        self._pending_bytes = 0
+        self._host.wire_lost(self.conn)
+
+    # -- flow control of incoming messages --------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self._unread = -1
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.state is not ConnectionState.CLOSED:
+            self.reading_paused = False
+            # Pongs may sit unread in the kernel while we paused: that
+            # silence was ours, not the peer's.
+            self.last_seen = self._host.clock()
+            self.ping_sent = 0.0
+            self._transport.resume_reading()
+
+    def heard_while_paused(self) -> bool:
+        """While reading is paused: has the peer sent anything since last asked?
+
+        The heartbeat cannot read pongs from a paused socket, but the kernel
+        counts what arrived unread (``FIONREAD``): a count that grew means
+        the peer is alive. A full receive buffer cannot grow, and says
+        nothing either way: that counts as alive too (the peer is blocked by
+        us, not gone). Where the count cannot be read, the peer is presumed
+        alive, as before.
+        """
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            unread = int.from_bytes(raw, sys.byteorder, signed=True)
+            full = unread >= sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        except (OSError, ValueError):
+            return True
+        grew = unread != self._unread
+        self._unread = unread
+        return grew or full
+
+    # -- the message rate ---------------------------------------------------
+
+    def _over_rate(self, *, control: bool = False) -> bool:
+        """Charge one message to ``WS_MESSAGE_RATE``; True if it must be dropped.
+
+        A ``control`` frame (ping, pong) is charged the same, and closes the
+        connection past the same point, but is never answered with an error
+        frame: a client that floods pings has no use for one.
+
+        A dropped message is answered with a ``rate_limited`` error frame and
+        still charged: the level goes negative, a debt that the refill repays
+        before anything passes again, so a client that slows down recovers by
+        itself. One that goes on until it owes ``WS_MESSAGE_BURST`` messages
+        is closed with 1008 "rate limit".
+        """
+        config = self._host.config
+        rate = config.message_rate
+        if rate is None:
+            return False
+        now = self._host.clock()
+        burst = config.message_burst
+        level = take(self._tokens, self._tokens_at, now, rate, burst)
+        self._tokens = level
+        self._tokens_at = now
+        if level >= 0:
+            return False
+        if level < -burst:
+            self.start_close(CloseCode.POLICY_VIOLATION, "rate limit")
+        elif not control:
+            reason = f"over {rate:g} messages per second: message dropped"
+            self.send_frame(
+                encode_frame(OP_TEXT, error_envelope(ErrorCode.RATE_LIMITED, reason))
+            )
+        return True
+
+    # -- receiving -----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = self._host.clock()
+        self.ping_sent = 0.0
+        proto = self._proto
+        proto.receive_data(data)
+        self._process(proto)
+
+    def eof_received(self) -> bool | None:
+        proto = self._proto
+        proto.receive_eof()
+        self._process(proto)
+        return None  # let the transport close itself
+
+    def _process(self, proto: ServerProtocol) -> None:
+        config = self._host.config
+        for frame in proto.events_received():
+            if not isinstance(frame, Frame):  # handshake events; none once OPEN
+                continue
+            if self.state is not ConnectionState.OPEN:
+                break  # failed or closing: what follows is not read
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                text = opcode is Opcode.TEXT
+                kind = "text" if text else "binary"
+                if kind not in config.accept:
+                    # Refused at its first frame: nothing of it is buffered.
+                    self._fail(
+                        CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not accepted"
+                    )
+                elif frame.fin:
+                    self._message(text, frame.data)
+                else:
+                    self._fragments = PartialMessage(text)
+                    self._fragment(frame)
+            elif opcode is Opcode.CONT and self._fragments is not None:
+                self._fragment(frame)
+            elif opcode is Opcode.CLOSE:
+                self._fragments = None  # a message the peer never finished
+            elif (
+                opcode is Opcode.PING or opcode is Opcode.PONG
+            ) and config.message_rate is not None:
+                # Control frames cost a parse and, for pings, a reply: a flood
+                # of them spends the same budget as messages. The pong itself
+                # is the protocol's, already queued.
+                self._over_rate(control=True)
+        if proto.parser_exc is not None and proto.close_sent is not None:
+            self._set_close(proto.close_sent.code, proto.close_sent.reason)
+        out = proto.data_to_send()
+        if out:
+            self._send_control(out)
+        if proto.state is not State.OPEN and self.state is ConnectionState.OPEN:
+            # The peer started the close or sent EOF, or the parser failed.
+            self._enter_closing()
+
+    def _fragment(self, frame: Frame) -> None:
+        partial = self._fragments
+        assert partial is not None
+        limit = fragment_limit(self._host.config.max_message_size)
+        if limit is not None and partial.count >= limit:
+            self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+            return
+        try:
+            partial.add(frame.data, frame.fin)
+        except UnicodeDecodeError:
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+            return
+        if frame.fin:
+            self._fragments = None
+            message = partial.message()
+            self._message(isinstance(message, str), message)
+
+    def _message(
+        self, is_text: bool, data: str | bytes | bytearray | memoryview
+    ) -> None:
+        """One whole message: a frame's payload, or a fragmented message's
+        (its text already decoded by :class:`PartialMessage`)."""
+        host = self._host
+        host.counters.messages_in += 1
+        if self._over_rate():
+            return  # dropped before decoding: a flood costs as little as can be
+        if isinstance(data, str):
+            host.wire_message(self.conn, data)
+        elif not is_text:
+            host.wire_message(self.conn, bytes(data))
+        else:
+            try:
+                text = str(data, "utf-8")
+            except UnicodeDecodeError:
+                self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                return
+            host.wire_message(self.conn, text)
+
+
+def fan_out(
+    wires: Iterable[Wire],
+    frame: bytes,
+    exclude: Collection[str],
+    limit: int | None,
+    flusher: Flusher,
+) -> int:
+    """Queue ``frame`` for every open wire of ``wires`` whose id is not in ``exclude``.
+
+    The broadcast hot path, where the work per receiver is the cost: this is
+    :meth:`Wire.send_frame` inlined, with the limit (``WS_MAX_BACKPRESSURE``)
+    and the flusher read once for all. A wire that may be past the limit
+    takes the full path, which drops it if it is. Returns how many took it.
+    """
+    queued = 0
+    size = len(frame)
+    is_open = ConnectionState.OPEN
+    for wire in wires:
+        if wire.state is not is_open or (exclude and wire.conn.id in exclude):
+            continue
+        pending_bytes = wire._pending_bytes
+        if limit is not None and pending_bytes + wire._written > limit:
+            queued += wire._enqueue(frame)
+            continue
+        pending = wire._pending
+        if not pending:
+            flusher.mark(wire)
+        pending.append(frame)
+        wire._pending_bytes = pending_bytes + size
+        queued += 1
+    flusher.account(size * queued)
+    return queued
