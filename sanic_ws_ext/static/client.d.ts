@@ -68,6 +68,64 @@ export interface WSClientOptions {
   clearTimeout?: (handle: unknown) => void;
 }
 
+/** One connection's presence in a room: a `ref` plus the app's fields. */
+export interface PresenceMeta {
+  /** Unique per connection-in-room and per metadata version. */
+  ref: string;
+  [field: string]: unknown;
+}
+
+/** A key (a user, or an anonymous connection's opaque ref) and its metas, one per connection. */
+export interface Presence<M extends { ref: string } = PresenceMeta> {
+  key: string;
+  metas: M[];
+}
+
+export interface PresenceCount {
+  connections: number;
+  users: number;
+}
+
+/** What `subscribe` gives: a new object at each change; do not mutate it. */
+export interface PresenceValue<M extends { ref: string } = PresenceMeta> {
+  room: string;
+  /** False until the room's first state (or count), and from a lost connection to the next. */
+  synced: boolean;
+  /** In order of arrival; an entry whose metas did not change stays the same object. */
+  list: Presence<M>[];
+  /** The server's, for a counts-only room; else the keys and metas of `list`. */
+  count: PresenceCount;
+}
+
+export interface PresenceEventInfo {
+  /** A key of the first state after the store was empty: already there, not just come. */
+  initial: boolean;
+}
+
+export type PresenceCallback<M extends { ref: string } = PresenceMeta> = (
+  key: string,
+  metas: M[],
+  info: PresenceEventInfo,
+) => void;
+
+/** One room's presence (`ws.presence(room)`): a Svelte store of PresenceValue. */
+export class PresenceStore<M extends { ref: string } = PresenceMeta> {
+  constructor(room: string);
+  readonly room: string;
+  readonly value: PresenceValue<M>;
+  readonly synced: boolean;
+  readonly count: PresenceCount;
+  subscribe(run: (value: PresenceValue<M>) => void): () => void;
+  list(): Presence<M>[];
+  list<T>(chooser: (key: string, metas: M[]) => T): T[];
+  /** The key's metas, or undefined if it is not present. */
+  get(key: string): M[] | undefined;
+  /** A key appeared (its first meta). */
+  onJoin(callback: PresenceCallback<M>): () => void;
+  /** A key's last meta went (`metas`: its last ones). */
+  onLeave(callback: PresenceCallback<M>): () => void;
+}
+
 export class WSClient {
   constructor(url?: string, options?: WSClientOptions);
   readonly url: string;
@@ -85,7 +143,10 @@ export class WSClient {
   send(type: string, data?: unknown): void;
   sendBinary(data: ArrayBuffer | ArrayBufferView | Blob): void;
   join(room: string): void;
+  /** Also empties the room's presence store. */
   leave(room: string): void;
+  /** The room's presence store (the same one each call); it does not join the room. */
+  presence<M extends { ref: string } = PresenceMeta>(room: string): PresenceStore<M>;
   connect(): void;
   close(code?: number, reason?: string): void;
 }

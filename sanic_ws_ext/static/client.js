@@ -6,6 +6,7 @@
 //   ws.send("chat.send", { text: "hi" });      // queued while offline
 //   ws.join("lobby");                          // re-joined after reconnects
 //   ws.subscribe((status) => ...);             // a Svelte store: $ws.state
+//   const lobby = ws.presence("lobby");        // a Svelte store: $lobby.list
 //
 // It does not reconnect after a close the server meant (1000, or an app code
 // 4000-4999, such as a kick); pass `shouldReconnect(code)` to decide otherwise.
@@ -92,6 +93,7 @@ export class WSClient {
     this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
     this._handlers = new Map();
     this._subscribers = new Set();
+    this._presences = new Map(); // room -> PresenceStore
     this._socket = null;
     this._timer = null;
     this._stopped = false;
@@ -155,9 +157,25 @@ export class WSClient {
     if (this._isOpen()) this._socket.send(roomFrame("room.join", room));
   }
 
+  /** Leave a room; its presence store is cleared (the server's `room.left` does it too). */
   leave(room) {
     this.rooms.delete(room);
+    this._presences.get(room)?._clear();
     if (this._isOpen()) this._socket.send(roomFrame("room.leave", room));
+  }
+
+  /**
+   * The presence of `room` (the same store on every call): kept up to date
+   * from the server's `presence.state`, `presence.diff` and `presence.count`
+   * frames, whether or not anything subscribed yet. It does not join the room.
+   */
+  presence(room) {
+    let store = this._presences.get(room);
+    if (store === undefined) {
+      store = new PresenceStore(room);
+      this._presences.set(room, store);
+    }
+    return store;
   }
 
   _isOpen() {
@@ -190,8 +208,24 @@ export class WSClient {
       for (const h of handlers("text")) safely(h, event.data);
       return;
     }
+    // The stores first, so that an app's handler of these frames sees them updated.
+    if (PRESENCE_FRAMES.has(envelope.type)) safely(() => this._presenceFrame(envelope));
     for (const h of handlers(envelope.type)) safely(h, envelope.data, envelope);
     for (const h of handlers("*")) safely(h, envelope.data, envelope);
+  }
+
+  _presenceFrame({ type, data }) {
+    const room = data?.room;
+    if (typeof room !== "string") return;
+    if (type === "room.left") this._presences.get(room)?._clear();
+    else if (type === "presence.state") this.presence(room)._state(data.users);
+    else if (type === "presence.diff") this.presence(room)._diff(data);
+    else this.presence(room)._count(data);
+  }
+
+  /** The connection is gone: every store keeps its view, marked stale. */
+  _presenceStale() {
+    for (const store of this._presences.values()) store._stale();
   }
 
   // -- the connection ------------------------------------------------------------
@@ -218,6 +252,7 @@ export class WSClient {
     socket.onclose = (event) => {
       if (this._socket !== socket) return;
       this._socket = null;
+      this._presenceStale();
       if (this._stopped || !this._shouldReconnect(event.code)) {
         this._stopped = true;
         this._set({ state: "closed", closeCode: event.code });
@@ -246,6 +281,7 @@ export class WSClient {
     const socket = this._socket;
     this._socket = null; // its late onclose is ignored; connect() may start anew
     if (socket) socket.close(code, reason);
+    this._presenceStale();
     this._set({ state: "closed", closeCode: code, nextRetryMs: null });
   }
 
@@ -263,6 +299,265 @@ export class WSClient {
       this._timer = null;
     }
   }
+}
+
+const PRESENCE_FRAMES = new Set(["presence.state", "presence.diff", "presence.count", "room.left"]);
+
+/**
+ * One room's presence, in the Phoenix Presence model: each key (a user, or
+ * an anonymous connection's opaque ref) has one meta per connection (tab) in
+ * the room, each meta with a `ref` unique per connection and metadata version.
+ * Made by `ws.presence(room)`, fed by the client.
+ *
+ * A Svelte store: `subscribe(run)` calls `run(value)` now and on every change,
+ * with `value = {room, synced, list: [{key, metas}], count: {connections,
+ * users}}`. Each change makes a new `value` (an entry whose metas did not
+ * change stays the same object), so `store.value` is also a snapshot for
+ * React's `useSyncExternalStore`. Do not mutate it.
+ *
+ * `onJoin` / `onLeave` report keys, not connections: a join when a key
+ * appears (its first meta), a leave when its last meta goes. A second tab, a
+ * tab closed while another stays, or a metadata update (old ref out, new ref
+ * in) change only the key's metas: `subscribe` sees those.
+ */
+export class PresenceStore {
+  constructor(room) {
+    this.room = room;
+    this._entries = new Map(); // key -> {key, metas}, in order of arrival
+    this._serverCount = null; // {connections, users} of a counts-only room
+    this._synced = false;
+    // No presence.state yet since the store was made, cleared or its
+    // connection lost: diffs wait in _pending (see _state).
+    this._awaitingState = true;
+    this._pending = [];
+    this._hadView = false; // false until the first state: its joins are `initial`
+    this._subscribers = new Set();
+    this._onJoin = new Set();
+    this._onLeave = new Set();
+    this.value = null;
+    this._update();
+  }
+
+  /**
+   * Whether the view is the server's current one: false until the room's
+   * first `presence.state` (or `presence.count`), and again from a lost
+   * connection until the state sent after the re-join, while the last view
+   * stays visible.
+   */
+  get synced() {
+    return this._synced;
+  }
+
+  /** `{connections, users}`: the server's, for a counts-only room; else of `list`. */
+  get count() {
+    return this.value.count;
+  }
+
+  /** Call `run(value)` now and on every change; returns the unsubscriber. */
+  subscribe(run) {
+    const subscription = { run };
+    this._subscribers.add(subscription);
+    run(this.value);
+    return () => this._subscribers.delete(subscription);
+  }
+
+  /** `[{key, metas}]` in order of arrival; with `chooser(key, metas)`, what it returns for each. */
+  list(chooser) {
+    const list = this.value.list;
+    return chooser ? list.map(({ key, metas }) => chooser(key, metas)) : list;
+  }
+
+  /** The metas of `key` (one per connection), or undefined if it is not present. */
+  get(key) {
+    return this._entries.get(key)?.metas;
+  }
+
+  /**
+   * Call `fn(key, metas, {initial})` when a key appears; `initial` is true for
+   * those of the first state after the store was empty (who was already
+   * there, not who just came). Returns the unsubscriber.
+   */
+  onJoin(fn) {
+    return addTo(this._onJoin, fn);
+  }
+
+  /** Call `fn(key, metas, {initial: false})` when a key's last meta goes (`metas`: its last). */
+  onLeave(fn) {
+    return addTo(this._onLeave, fn);
+  }
+
+  // -- fed by WSClient ----------------------------------------------------------
+
+  /**
+   * `presence.state`: the room's whole presence replaces the view (keys that
+   * stay keep their place). Then the diffs received while waiting for it are
+   * applied, in order, as Phoenix does. Applying rather than dropping them is
+   * the safe choice because refs are never reused: a diff the state already
+   * contains changes nothing (its joins replace a meta by an identical one,
+   * its leaves remove refs that are gone), while one the server made after
+   * the state's snapshot but delivered first would be lost if dropped.
+   * Join and leave events compare the view before and after all of it, so a
+   * key present before a reconnect and after it is not reported.
+   */
+  _state(users) {
+    const incoming = new Map();
+    for (const [key, raw] of entriesOf(users)) {
+      const metas = readMetas(raw);
+      if (metas.length) incoming.set(key, metas);
+    }
+    const next = new Map();
+    for (const key of this._entries.keys()) if (incoming.has(key)) next.set(key, null);
+    for (const [key, metas] of incoming) {
+      const old = this._entries.get(key);
+      next.set(key, old !== undefined && sameRefs(old.metas, metas) ? old : { key, metas });
+    }
+    for (const diff of this._pending) applyDiff(next, diff);
+    const initial = !this._hadView;
+    this._pending = [];
+    this._awaitingState = false;
+    this._hadView = true;
+    this._synced = true;
+    this._serverCount = null;
+    this._change(next, initial);
+  }
+
+  /**
+   * `presence.diff`: joins (a meta whose ref is present replaces it), then
+   * leaves (by ref; a key left with no metas is gone). Before the state it
+   * only waits.
+   */
+  _diff(diff) {
+    if (this._awaitingState) {
+      this._pending.push(diff);
+      return;
+    }
+    const next = new Map(this._entries);
+    applyDiff(next, diff);
+    this._change(next, false);
+  }
+
+  /**
+   * `presence.count`: a room whose presence is counts only. Any list is
+   * dropped (without leave events: nobody left, the server stopped saying
+   * who) and diffs wait for a state again.
+   */
+  _count({ connections, users }) {
+    this._entries = new Map();
+    this._pending = [];
+    this._awaitingState = true;
+    this._serverCount = { connections: toCount(connections), users: toCount(users) };
+    this._synced = true;
+    this._publish();
+  }
+
+  /** The connection is gone: keep the view, marked stale, until the next state. */
+  _stale() {
+    this._pending = [];
+    this._awaitingState = true;
+    if (!this._synced) return;
+    this._synced = false;
+    this._publish();
+  }
+
+  /**
+   * The room was left: empty, and waiting for a state as a new store. No
+   * leave events: the others did not leave, this client stopped looking.
+   */
+  _clear() {
+    const changed = this._synced || this._entries.size > 0 || this._serverCount !== null;
+    this._entries = new Map();
+    this._serverCount = null;
+    this._pending = [];
+    this._awaitingState = true;
+    this._hadView = false;
+    this._synced = false;
+    if (changed) this._publish();
+  }
+
+  _change(next, initial) {
+    const before = this._entries;
+    this._entries = next;
+    this._update();
+    const info = { initial };
+    for (const [key, { metas }] of next) {
+      if (!before.has(key)) for (const fn of [...this._onJoin]) safely(fn, key, metas, info);
+    }
+    const gone = { initial: false };
+    for (const [key, { metas }] of before) {
+      if (!next.has(key)) for (const fn of [...this._onLeave]) safely(fn, key, metas, gone);
+    }
+    this._notify();
+  }
+
+  _publish() {
+    this._update();
+    this._notify();
+  }
+
+  /** A new `value` from the entries (subscribers are told by _notify). */
+  _update() {
+    const list = [...this._entries.values()];
+    let connections = 0;
+    for (const { metas } of list) connections += metas.length;
+    this.value = {
+      room: this.room,
+      synced: this._synced,
+      list,
+      count: this._serverCount ?? { connections, users: list.length },
+    };
+  }
+
+  _notify() {
+    for (const { run } of [...this._subscribers]) safely(run, this.value);
+  }
+}
+
+/** Apply a `presence.diff` to `entries` (a Map of key -> {key, metas}) in place. */
+function applyDiff(entries, { joins, leaves }) {
+  for (const [key, raw] of entriesOf(joins)) {
+    const added = readMetas(raw);
+    if (!added.length) continue;
+    const metas = [...(entries.get(key)?.metas ?? [])];
+    for (const meta of added) {
+      const at = metas.findIndex((m) => m.ref === meta.ref);
+      if (at >= 0) metas[at] = meta;
+      else metas.push(meta);
+    }
+    entries.set(key, { key, metas });
+  }
+  for (const [key, raw] of entriesOf(leaves)) {
+    const entry = entries.get(key);
+    if (entry === undefined) continue;
+    const refs = new Set(readMetas(raw).map((m) => m.ref));
+    const metas = entry.metas.filter((m) => !refs.has(m.ref));
+    if (metas.length === entry.metas.length) continue;
+    if (metas.length) entries.set(key, { key, metas });
+    else entries.delete(key);
+  }
+}
+
+function entriesOf(object) {
+  return object !== null && typeof object === "object" ? Object.entries(object) : [];
+}
+
+/** The metas of a key as sent: objects with a string `ref` (others could never leave). */
+function readMetas(raw) {
+  if (!Array.isArray(raw)) return [];
+  return raw.filter((m) => m !== null && typeof m === "object" && typeof m.ref === "string");
+}
+
+function sameRefs(a, b) {
+  return a.length === b.length && a.every((m, i) => m.ref === b[i].ref);
+}
+
+function toCount(n) {
+  return Number.isFinite(n) && n >= 0 ? n : 0;
+}
+
+function addTo(set, fn) {
+  const entry = (...args) => fn(...args); // one entry per call, as subscriptions
+  set.add(entry);
+  return () => set.delete(entry);
 }
 
 function roomFrame(type, room) {
