@@ -1,8 +1,9 @@
 """The chat demo: `sanic demo.server:app --workers 4`, then open http://127.0.0.1:8000/.
 
-Rooms, a live cluster-wide presence list per room, the message stream and the
-connection state, on the embedded relay (no Redis needed). Set
-``SANIC_WS_BACKPLANE=redis://...`` to run it on several machines.
+Rooms, a live cluster-wide presence list per room (users, with a count of
+their tabs), the message stream and the connection state, on the embedded
+relay (no Redis needed). Set ``SANIC_WS_BACKPLANE=redis://...`` to run it on
+several machines.
 """
 
 from __future__ import annotations
@@ -35,11 +36,16 @@ _NAME = re.compile(r"[\w .-]{1,24}")
 
 @chat.verify
 async def identify(request: Request) -> Accept:
-    """The name typed on the page (no accounts in a demo); else a guest name."""
+    """The name given in ``?name=`` (no accounts in a demo); else a guest name."""
     name = request.args.get("name", "").strip()
     if not _NAME.fullmatch(name):
         name = f"guest-{secrets.token_hex(2)}"
-    return Accept(user=name)
+    return Accept(user=name, presence={"name": name})
+
+
+# Every room of the demo: full presence, and any client may join.
+for _room in ROOMS:
+    chat.room(_room, presence="full", client_join=True)
 
 
 @chat.on_connect
@@ -47,20 +53,6 @@ async def welcome(conn: Connection) -> None:
     await conn.send(
         "chat.welcome",
         {"id": conn.id, "name": conn.user, "rooms": ROOMS, "worker": conn.worker},
-    )
-
-
-@chat.on_join
-async def known_room(conn: Connection, room: str) -> bool:
-    return room in ROOMS
-
-
-@chat.on("presence.list")
-async def presence_list(conn: Connection, msg: Envelope) -> None:
-    room = _room_of(conn, msg)
-    members = await conn.manager.members(room)
-    await conn.send(
-        "presence.list", {"room": room, "members": [m.as_dict() for m in members]}
     )
 
 

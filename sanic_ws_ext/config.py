@@ -66,11 +66,21 @@ DEFAULTS: dict[str, Any] = {
     # 1008 (None: no limit).
     "WS_MESSAGE_RATE": None,
     "WS_MESSAGE_BURST": 20,
-    # Send "presence.join"/"presence.leave" envelopes to a room's members.
-    "WS_PRESENCE_EVENTS": True,
-    # Seconds between the workers' liveness beats; a worker silent for three
-    # beats is taken for dead and its connections leave every room.
+    # Seconds between presence frames to a room's members (rooms declared
+    # with presence="full" or "counts"): changes within one are batched.
+    "WS_PRESENCE_INTERVAL": 0.1,
+    # Largest presence metadata per connection (bytes of JSON).
+    "WS_PRESENCE_META_MAX": 1024,
+    # Seconds between the processes' liveness beats.
     "WS_RELAY_BEAT": 1.0,
+    # Seconds of silence after which a peer process is suspect (logged,
+    # kept), and after which it is dead (dropped with what it held). A
+    # worker on this machine that exits is known at once, without waiting.
+    "WS_PEER_SUSPECT": 3.0,
+    "WS_PEER_TIMEOUT": 15.0,
+    # Seconds a cluster-wide question (members of a room without presence,
+    # users, rooms) waits for the other processes' answers.
+    "WS_QUERY_TIMEOUT": 2.0,
     # Which delivery to use between processes: "auto" (the relay between
     # workers under `sanic --workers N`, local in a single process), "local",
     # or a Redis URL ("redis://host:6379/0", "rediss://...", "unix://...")
@@ -162,8 +172,12 @@ class WSConfig:
     connect_burst_per_ip: int
     message_rate: float | None
     message_burst: int
-    presence_events: bool
+    presence_interval: float
+    presence_meta_max: int
     relay_beat: float
+    peer_suspect: float
+    peer_timeout: float
+    query_timeout: float
     backplane: str
     redis_channel: str
     max_publish: int
@@ -193,11 +207,22 @@ class WSConfig:
             "WS_MAX_QUEUE_BYTES", get("WS_MAX_QUEUE_BYTES"), allow_none=False
         )
         beat = _number("WS_RELAY_BEAT", get("WS_RELAY_BEAT"), allow_none=False)
-        presence = get("WS_PRESENCE_EVENTS")
-        if not isinstance(presence, bool):
+
+        def seconds(key: str) -> float:
+            value = _number(key, get(key), allow_none=False)
+            assert value is not None
+            return value
+
+        suspect, peer_timeout = seconds("WS_PEER_SUSPECT"), seconds("WS_PEER_TIMEOUT")
+        if peer_timeout <= suspect:
             raise ConfigError(
-                "WS_PRESENCE_EVENTS", f"must be True or False, got {presence!r}"
+                "WS_PEER_TIMEOUT",
+                f"must be longer than WS_PEER_SUSPECT ({suspect}), got {peer_timeout}",
             )
+        meta_max = _integer(
+            "WS_PRESENCE_META_MAX", get("WS_PRESENCE_META_MAX"), allow_none=False
+        )
+        assert meta_max is not None
         backplane = get("WS_BACKPLANE")
         if backplane not in ("auto", "local") and not (
             isinstance(backplane, str) and backplane.startswith(_REDIS_SCHEMES)
@@ -288,8 +313,12 @@ class WSConfig:
                 "WS_MESSAGE_RATE", get("WS_MESSAGE_RATE"), allow_none=True
             ),
             message_burst=message_burst,
-            presence_events=presence,
+            presence_interval=seconds("WS_PRESENCE_INTERVAL"),
+            presence_meta_max=meta_max,
             relay_beat=beat,
+            peer_suspect=suspect,
+            peer_timeout=peer_timeout,
+            query_timeout=seconds("WS_QUERY_TIMEOUT"),
             backplane=backplane,
             redis_channel=channel,
             max_publish=max_publish,

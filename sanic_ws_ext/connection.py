@@ -48,6 +48,7 @@ class Connection:
         "mailbox",
         "manager",
         "meta",
+        "presence",
         "remote",
         "rooms",
         "user",
@@ -85,6 +86,10 @@ class Connection:
         self.mailbox: Mailbox | None = None
         #: Rooms it joined by its own ``room.join`` (it may leave only those).
         self.client_rooms: set[str] | None = None
+        #: What rooms with full presence show of this connection to their
+        #: members (the verify hook's ``Accept.presence``; see
+        #: :meth:`update_presence`).
+        self.presence: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
@@ -129,6 +134,16 @@ class Connection:
     async def leave(self, room: str) -> None:
         """Leave a room."""
         await self.manager.leave(self.id, room)
+
+    async def update_presence(self, meta: dict[str, Any]) -> None:
+        """Replace what rooms with full presence show of this connection.
+
+        Their members see a ``presence.diff`` in which the old entry leaves
+        and the new one joins under the same key. ``meta`` must be a JSON-able
+        dict of at most ``WS_PRESENCE_META_MAX`` bytes as JSON, without
+        ``ref`` (the server's); otherwise ``ValueError`` or ``TypeError``.
+        """
+        self.manager.update_presence(self, meta)
 
     # -- closing ---------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .envelope import Envelope, decode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode, MessageError
 from .frames import OP_TEXT, encode_frame
 from .handlers import ROOM_TYPES, HandlerRegistry
+from .rooms import UNDECLARED
 from .wire import ConnectionState
 
 if TYPE_CHECKING:
@@ -189,14 +190,20 @@ class Dispatcher:
                 self._leave(conn, room)
             await conn.send("room.left", {"room": room})
             return
-        guards = self.registry.room_guards
-        if not guards:
-            raise MessageError(
-                ErrorCode.ROOM_REFUSED, "this server does not let clients join rooms"
-            )
-        for guard in guards:
-            if not await guard(conn, room):
-                raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
+        spec, params = self.registry.rooms.lookup(room)
+        if spec is UNDECLARED:
+            # Rooms nobody declared: the on_join guards decide, if any.
+            guards = self.registry.room_guards
+            if not guards:
+                raise MessageError(
+                    ErrorCode.ROOM_REFUSED,
+                    "this server does not let clients join rooms",
+                )
+            for guard in guards:
+                if not await guard(conn, room):
+                    raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
+        elif not await spec.may_join(conn, room, params):
+            raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
         if conn.state is ConnectionState.CLOSED:
             return  # gone while a guard awaited: nothing to join
         if room not in conn.rooms:

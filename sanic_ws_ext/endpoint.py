@@ -29,6 +29,7 @@ from websockets.protocol import State
 from .errors import Reject
 from .handlers import Accept
 from .limits import retry_after
+from .presence import checked_presence
 from .wire import FrameParser
 
 if TYPE_CHECKING:
@@ -105,10 +106,13 @@ def check_capacity(manager: ConnectionManager, remote: str) -> HTTPResponse | No
     return None
 
 
-async def run_verify(registry: HandlerRegistry, request: Request) -> Accept:
+async def run_verify(
+    registry: HandlerRegistry, request: Request, presence_limit: int
+) -> Accept:
     """Run every verify hook in order and merge what they accept."""
     user: str | None = None
     meta: dict[str, Any] = {}
+    presence: dict[str, Any] = {}
     for hook in registry.verify:
         result = await hook(request)
         if result is None:
@@ -121,7 +125,10 @@ async def run_verify(registry: HandlerRegistry, request: Request) -> Accept:
         if result.user is not None:
             user = result.user
         meta.update(result.meta)
-    return Accept(user=user, meta=meta)
+        presence.update(result.presence)
+    # Checked here, before the upgrade: a bad one is the app's error (500).
+    checked_presence(presence, presence_limit)
+    return Accept(user=user, meta=meta, presence=presence)
 
 
 class UpgradeRequired(HTTPResponse):
@@ -181,7 +188,7 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     if refused is not None:
         return refused
     check_origin(request, config)
-    accepted = await run_verify(manager.registry, request)
+    accepted = await run_verify(manager.registry, request, config.presence_meta_max)
     # Verify hooks may await: other upgrades may have taken the room, or the
     # server begun to stop (Sanic serves requests in flight after its
     # before_server_stop). From here to manager.accept() nothing awaits, so

@@ -19,8 +19,10 @@ it maps events to handler lists; it does no I/O and runs nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from .rooms import RoomPolicies, RoomSpec
 
 if TYPE_CHECKING:
     from sanic import Blueprint, Request, Sanic
@@ -49,11 +51,15 @@ class Accept:
     """What a verify hook returns to accept a connection.
 
     ``user`` becomes :attr:`Connection.user` (the identity sends to users are
-    addressed by); ``meta`` seeds :attr:`Connection.meta`.
+    addressed by); ``meta`` seeds :attr:`Connection.meta`. ``presence`` is
+    what members of rooms with full presence see of this connection (a
+    JSON-able dict of at most ``WS_PRESENCE_META_MAX`` bytes as JSON; never
+    put secrets there); ``Connection.update_presence`` changes it later.
     """
 
     user: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    presence: dict[str, Any] = field(default_factory=dict)
 
 
 VerifyHook = Callable[["Request"], Awaitable["Accept | None"]]
@@ -91,6 +97,7 @@ class WSHandlers:
         self.error: list[ErrorHandler] = []
         self.backplane: list[BackplaneHook] = []
         self.room_guards: list[RoomGuard] = []
+        self.room_specs: list[RoomSpec] = []
         if target is not None:
             self.bind(target)
 
@@ -155,8 +162,46 @@ class WSHandlers:
         self.error.append(handler)
         return handler
 
+    def room(
+        self,
+        pattern: str,
+        *,
+        presence: str = "off",
+        client_join: bool | Callable[..., Awaitable[bool]] = False,
+        expose_ids: bool = False,
+    ) -> Callable[[F], F]:
+        """Declare the rooms matching ``pattern`` and their policy.
+
+        ``pattern`` is a room name, or one with ``{parameters}`` (each matches
+        one or more characters other than ``:``), e.g. ``"doc:{doc_id}"``.
+        ``presence`` is ``"full"`` (members get ``presence.state`` then
+        ``presence.diff`` frames), ``"counts"`` (``presence.count`` frames)
+        or ``"off"``. ``client_join`` lets clients join by themselves with
+        ``room.join``: ``True`` for anyone, or an async guard called as
+        ``guard(conn, room, **parameters)``. Used as a decorator, the
+        decorated function is that guard::
+
+            @chat.room("doc:{doc_id}", presence="full")
+            async def may_open(conn: Connection, room: str, doc_id: str) -> bool:
+                return await can_read(conn.user, doc_id)
+
+        ``expose_ids`` adds each member's connection id and worker to its
+        presence metadata. Rooms no declaration matches have no presence.
+        """
+        spec = RoomSpec.declare(
+            pattern, presence=presence, client_join=client_join, expose_ids=expose_ids
+        )
+        self.room_specs.append(spec)
+        index = len(self.room_specs) - 1
+
+        def guard(handler: F) -> F:
+            self.room_specs[index] = replace(spec, client_join=handler)
+            return handler
+
+        return guard
+
     def on_join(self, guard: F) -> F:
-        """Let clients join rooms themselves: ``guard(conn, room)`` decides.
+        """Let clients join undeclared rooms: ``guard(conn, room)`` decides.
 
         A client (``client.join(room)`` in the browser client) sends
         ``{"type": "room.join", "data": {"room": ...}}``; it is put in the
@@ -197,6 +242,7 @@ class HandlerRegistry:
         "error",
         "message",
         "room_guards",
+        "rooms",
         "typed",
         "verify",
     )
@@ -211,6 +257,7 @@ class HandlerRegistry:
         self.error: list[ErrorHandler] = []
         self.backplane: list[BackplaneHook] = []
         self.room_guards: list[RoomGuard] = []
+        self.rooms = RoomPolicies()
         seen: set[int] = set()
         for group in groups:
             if id(group) in seen:
@@ -226,6 +273,8 @@ class HandlerRegistry:
             self.error += group.error
             self.backplane += group.backplane
             self.room_guards += group.room_guards
+            for spec in group.room_specs:
+                self.rooms.add(spec)
 
     def handles_text(self, type_: str) -> bool:
         """Whether an envelope of ``type_`` reaches any handler."""

@@ -1,5 +1,16 @@
 """The connection manager, ``app.ctx.ws``: the one object apps talk to.
 
+A facade over parts with one job each:
+
+- :class:`~sanic_ws_ext.index.LocalIndex`: this process's connections, and
+  who of them is in which room or user;
+- :class:`~sanic_ws_ext.dispatch.Dispatcher`: running handlers for what
+  arrives on each connection;
+- :class:`~sanic_ws_ext.cluster.Membership`: which processes are alive, and
+  the route to each connection;
+- :class:`~sanic_ws_ext.tracker.Tracker`: presence of rooms that track it;
+- :mod:`~sanic_ws_ext.stats`: counters and figures.
+
 Rules this module keeps:
 
 - ``connections`` holds the OPEN and CLOSING connections of this process; a
@@ -9,52 +20,67 @@ Rules this module keeps:
   :class:`~sanic_ws_ext.delivery.Op` published through the delivery backend;
   :meth:`ConnectionManager.apply` executes ops in each process. A message is
   encoded once where it is sent and framed once in each receiving process.
-- This process is the only writer of its connections' cluster state: it
-  publishes their arrival, departure and room changes, in order, and every
-  process (itself included) applies them to its replica
-  (:class:`~sanic_ws_ext.presence.ClusterState`). Queries (``count``,
-  ``members``, ``users``) read the replica and never wait on other processes.
-- Peers announce themselves (HELLO, answered with SYNC), prove they are alive
-  (BEAT) and leave (BYE); a peer silent for three beats is dropped with its
-  connections, and rooms see them leave.
-- Handlers of one connection run one at a time, in arrival order, in a task
-  that exists only while that connection has work queued. The queue is
-  bounded by ``WS_MAX_QUEUE``: past it, reading from that socket pauses.
-- One heartbeat timer serves every connection; none exists per connection.
+- Nothing is replicated per connection. A connection id names its process,
+  so sends, joins and disconnects go straight there; counts come from each
+  process's totals on its beat; membership of rooms without presence is
+  asked for when wanted (:meth:`members`), never kept everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import ujson
 from websockets.server import ServerProtocol
 
+from .cluster import Membership
 from .config import WSConfig
 from .connection import Connection, ConnectionState
 from .delivery import Delivery, Op, OpKind
 from .dispatch import CLOSED, OPENED, Dispatcher, cancel_tasks
 from .envelope import encode_envelope
 from .errors import CloseCode
-from .frames import OP_TEXT, data_frame, encode_frame, raw_body
+from .frames import data_frame, raw_body
 from .handlers import Accept, HandlerRegistry
 from .index import LocalIndex
 from .limits import ClientLimits
-from .presence import ClusterState, Member
-from .stats import DELIVERY_COUNTERS, Counters, RateMeter, clean_sample, cluster_stats
+from .presence import checked_presence
+from .stats import DELIVERY_COUNTERS, Counters, RateMeter, cluster_stats
+from .tracker import Tracker
 from .wire import Flusher, Wire, fan_out
 
-__all__ = ["ConnectionManager"]
+__all__ = ["ConnectionManager", "Member"]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
 
-#: Beats a peer may miss before it counts as dead.
-_MISSED_BEATS = 3
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One connection in a room, as :meth:`ConnectionManager.members` lists it.
+
+    ``presence`` is the metadata members of rooms with full presence see
+    (empty for other rooms).
+    """
+
+    id: str
+    user: str | None
+    worker: str
+    presence: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "worker": self.worker,
+            "presence": self.presence,
+        }
 
 
 class ConnectionManager:
@@ -76,23 +102,38 @@ class ConnectionManager:
         self.registry = registry
         self.delivery = delivery
         self.worker = worker
-        self.cluster = ClusterState()
-        self.local = LocalIndex()
-        self._connections = self.local.conns
-        #: Read-only view of this process's connections by id.
-        self.connections: Mapping[str, Connection] = MappingProxyType(self._connections)
-        self._peers: dict[str, float] = {}
         #: This process's life: random, new at each start of a worker name.
         self.life = uuid.uuid4().hex
-        self._lives: dict[str, str] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._flusher: Flusher | None = None
-        self._heartbeat: asyncio.TimerHandle | None = None
-        self._peer_beat: asyncio.TimerHandle | None = None
-        # Each connection's handler task, while it has work queued.
-        self._hook_tasks: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.local = LocalIndex()
+        #: Read-only view of this process's connections by id.
+        self.connections: Mapping[str, Connection] = MappingProxyType(self.local.conns)
+        self.clock: Callable[[], float] = lambda: 0.0
+        #: What this process counts (messages in and out, connections).
+        self.counters = Counters()
+        self._rates = RateMeter()
+        #: Per-client counts and connect buckets of this process.
+        self.limits = ClientLimits(
+            max_open=config.max_connections_per_ip,
+            rate=config.connect_rate_per_ip,
+            burst=config.connect_burst_per_ip,
+        )
+        self.membership = Membership(
+            worker,
+            self.life,
+            suspect_after=config.peer_suspect,
+            dead_after=config.peer_timeout,
+            hears=delivery.hears,
+            gone=self._peer_gone,
+        )
+        self.tracker = Tracker(
+            config,
+            registry.rooms,
+            self.local,
+            self.counters,
+            worker=worker,
+            life=self.life,
+            publish=self._publish_presence,
+        )
         self.dispatcher = Dispatcher(
             config,
             registry,
@@ -100,19 +141,16 @@ class ConnectionManager:
             leave=self._leave_local,
             settled=self._settled,
         )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: Flusher | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._peer_beat: asyncio.TimerHandle | None = None
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closing = False
-        #: Per-client counts and connect buckets of this process.
-        self.limits = ClientLimits(
-            max_open=config.max_connections_per_ip,
-            rate=config.connect_rate_per_ip,
-            burst=config.connect_burst_per_ip,
-        )
-        self.clock: Callable[[], float] = lambda: 0.0
-        #: What this process counts (messages in and out, connections).
-        self.counters = Counters()
-        self._rates = RateMeter()
-        # Each peer's latest sample (riding on its beat) with when it arrived.
-        self._peer_samples: dict[str, tuple[float, dict[str, Any]]] = {}
+        # Cluster-wide questions awaiting answers: id -> (answers, expected).
+        self._questions: dict[str, tuple[dict[str, Any], set[str], asyncio.Event]] = {}
 
     # -- lifecycle -------------------------------------------------------
 
@@ -123,9 +161,11 @@ class ConnectionManager:
         self.clock = loop.time
         self._flusher = Flusher(loop)
         self.dispatcher.start(loop)
+        self.membership.start(loop)
+        self.tracker.start(loop, self._flusher)
         if hasattr(self.delivery, "on_gap"):
             # After the relay had to drop ops for a peer, re-sync it.
-            self.delivery.on_gap = self._send_sync
+            self.delivery.on_gap = self.tracker.send_sync
         if hasattr(self.delivery, "on_missed"):
             # After we missed a peer's ops (Redis), ask it to re-sync us.
             self.delivery.on_missed = self._request_sync
@@ -135,7 +175,7 @@ class ConnectionManager:
         if self.config.ping_interval is not None:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
         if self.delivery.name != "local":
-            self._publish(OpKind.HELLO, payload=self.life.encode())
+            self._publish(OpKind.HELLO, payload=self._introduction())
         # Also in one process: each beat samples the counters (the rates).
         self._peer_beat = loop.call_later(self.config.relay_beat, self._beat_peers)
 
@@ -149,12 +189,12 @@ class ConnectionManager:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
-        for conn in list(self._connections.values()):
+        for conn in list(self.local.conns.values()):
             conn.wire.start_close(CloseCode.GOING_AWAY, "server shutting down")
         try:
             await asyncio.wait_for(self._idle.wait(), self.config.close_timeout + 1)
         except TimeoutError:
-            for conn in list(self._connections.values()):
+            for conn in list(self.local.conns.values()):
                 conn.wire.abort(CloseCode.GOING_AWAY, "server shutting down")
             try:
                 await asyncio.wait_for(self._idle.wait(), self.config.close_timeout)
@@ -163,11 +203,14 @@ class ConnectionManager:
                 # Awaited, so that their ``finally`` blocks (which may
                 # publish) run while delivery still works.
                 await self.dispatcher.cancel_all(self.config.close_timeout)
+        self.tracker.flush()  # the last leaves reach the peers before our BYE
         # Peers keep hearing our beat while clients close, then our BYE.
         if self._peer_beat is not None:
             self._peer_beat.cancel()
             self._peer_beat = None
         await cancel_tasks(self._hook_tasks, self.config.close_timeout)
+        await self.tracker.stop()
+        self.membership.stop()
         if self.delivery.name != "local":
             self._publish(OpKind.BYE, payload=self.life.encode())
         await self.delivery.stop()
@@ -181,7 +224,7 @@ class ConnectionManager:
 
     def get(self, conn_id: str) -> Connection | None:
         """The connection with this id, if this process holds it."""
-        return self._connections.get(conn_id)
+        return self.local.conns.get(conn_id)
 
     async def send(self, conn_id: str, type: str, data: Any = None) -> None:
         """Send an envelope to one connection, wherever it is."""
@@ -261,6 +304,109 @@ class ConnectionManager:
         """Take a connection, wherever it is, out of ``room``."""
         self._address(OpKind.LEAVE, conn_id, payload=_room(room))
 
+    def update_presence(self, conn: Connection, meta: dict[str, Any]) -> None:
+        """Replace ``conn``'s presence metadata (see ``Connection.update_presence``)."""
+        conn.presence = checked_presence(meta, self.config.presence_meta_max)
+        self.tracker.update(conn)
+
+    # -- the public API: who is here ----------------------------------------
+
+    async def count(self) -> int:
+        """How many connections are open in the cluster.
+
+        This process's own count is live; each other process's is from its
+        latest beat (at most ``WS_RELAY_BEAT`` old).
+        """
+        return sum((await self.workers()).values())
+
+    async def workers(self) -> dict[str, int]:
+        """Connections per worker (the others' as of their latest beat)."""
+        samples, _ = self.membership.samples(self.clock())
+        counts = {name: int(s.get("connections", 0)) for name, s in samples.items()}
+        counts[self.worker] = len(self.local)
+        return counts
+
+    async def members(self, room: str) -> list[Member]:
+        """The members of ``room``, cluster-wide.
+
+        Rooms with full presence answer from this process's view at once.
+        For other rooms every process is asked, and the answer waits for the
+        others (at most ``WS_QUERY_TIMEOUT``).
+        """
+        if self.tracker.full(room):
+            return [
+                Member(
+                    id=e.conn,
+                    user=None if e.key.startswith("~") else e.key,
+                    worker=e.process,
+                    presence={k: v for k, v in e.meta.items() if k != "ref"},
+                )
+                for e in self.tracker.table.entries(room)
+            ]
+        answers = await self._ask({"q": "members", "room": room})
+        return [
+            Member(m["id"], m["user"], m["worker"])
+            for found in answers.values()
+            for m in found or ()
+        ]
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with at least one member, and its size (asks every process)."""
+        totals: dict[str, int] = {}
+        for found in (await self._ask({"q": "rooms"})).values():
+            for room, size in found.items():
+                totals[room] = totals.get(room, 0) + size
+        return totals
+
+    async def users(self) -> dict[str, int]:
+        """Every connected user and their number of connections (asks everyone)."""
+        totals: dict[str, int] = {}
+        for found in (await self._ask({"q": "users"})).values():
+            for user, size in found.items():
+                totals[user] = totals.get(user, 0) + size
+        return totals
+
+    def _answer(self, question: dict[str, Any]) -> Any:
+        """This process's part of a cluster-wide question."""
+        kind = question.get("q")
+        if kind == "members":
+            wires = self.local.rooms.get(str(question.get("room")), ())
+            return [
+                {"id": w.conn.id, "user": w.conn.user, "worker": self.worker}
+                for w in wires
+            ]
+        if kind == "rooms":
+            return {room: len(wires) for room, wires in self.local.rooms.items()}
+        if kind == "users":
+            return {user: len(wires) for user, wires in self.local.users.items()}
+        return None
+
+    async def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
+        """Ask every live process (this one included); their answers by name."""
+        answers: dict[str, Any] = {self.worker: self._answer(question)}
+        expected = set(self.membership.alive())
+        if not expected or self.delivery.name == "local":
+            return answers
+        qid = uuid.uuid4().hex
+        done = asyncio.Event()
+        self._questions[qid] = (answers, expected, done)
+        try:
+            self._publish(
+                OpKind.QUERY, payload=ujson.dumps({"id": qid, **question}).encode()
+            )
+            try:
+                await asyncio.wait_for(done.wait(), self.config.query_timeout)
+            except TimeoutError:
+                log.warning(
+                    "cluster question %r: no answer from %s within %gs",
+                    question.get("q"),
+                    ", ".join(sorted(expected)),
+                    self.config.query_timeout,
+                )
+        finally:
+            del self._questions[qid]
+        return answers
+
     # -- the public API: health ---------------------------------------------
 
     @property
@@ -274,8 +420,9 @@ class ConnectionManager:
         return {
             "worker": self.worker,
             "closing": self._closing,
-            "connections": len(self._connections),
-            "cluster_connections": len(self.cluster.members),
+            "connections": len(self.local),
+            "membership": self.membership.status(),
+            "presence": self.tracker.status(),
             "delivery": self.delivery.status(),
         }
 
@@ -296,28 +443,26 @@ class ConnectionManager:
             "delivery": delivery["name"],
             "relay": machine.get("state") if machine["name"] == "relay" else None,
             "backplane": self.backplane_state,
-            "workers": 1 + len(self._peers),
+            "workers": 1 + len(self.membership.peers),
         }
 
     def stats(self) -> dict[str, Any]:
         """Cluster-wide figures, from this process's view, JSON-able.
 
-        Connections, rooms and users are the replica's (exact as soon as ops
-        arrive); each worker's counters and rates are from its latest beat
-        (this process's own are live). See :mod:`sanic_ws_ext.stats`.
+        Each worker's figures are from its latest beat (this process's own
+        are live). See :mod:`sanic_ws_ext.stats`.
         """
         now = self.clock()
-        samples = {peer: sample for peer, (_, sample) in self._peer_samples.items()}
-        ages = {peer: now - at for peer, (at, _) in self._peer_samples.items()}
+        samples, ages = self.membership.samples(now)
         samples[self.worker] = self._take_sample(rates=False)
         ages[self.worker] = 0.0
         return cluster_stats(
             answered_by=self.worker,
             samples=samples,
             ages=ages,
-            connections={w: len(ids) for w, ids in self.cluster.workers.items()},
-            rooms=len(self.cluster.rooms),
-            users=len(self.cluster.users),
+            connections={
+                name: int(s.get("connections", 0)) for name, s in samples.items()
+            },
         )
 
     def _take_sample(self, *, rates: bool) -> dict[str, Any]:
@@ -331,33 +476,12 @@ class ConnectionManager:
         rate_in, rate_out = self._rates.rates
         sample["messages_in_per_second"] = rate_in
         sample["messages_out_per_second"] = rate_out
-        sample["connections"] = len(self._connections)
+        sample["connections"] = len(self.local)
         sample["rooms"] = len(self.local.rooms)
+        sample["users"] = len(self.local.users)
         sample.update(_delivery_counters(self.delivery.status()))
         sample["backplane"] = self.backplane_state
         return sample
-
-    # -- the public API: who is here ----------------------------------------
-
-    async def count(self) -> int:
-        """How many connections are open in the cluster."""
-        return len(self.cluster.members)
-
-    async def members(self, room: str) -> list[Member]:
-        """The members of ``room``, cluster-wide."""
-        return self.cluster.room_members(room)
-
-    async def rooms(self) -> dict[str, int]:
-        """Every room with at least one member, and its size."""
-        return {room: len(ids) for room, ids in self.cluster.rooms.items()}
-
-    async def users(self) -> dict[str, int]:
-        """Every connected user, and how many connections they have."""
-        return {user: len(ids) for user, ids in self.cluster.users.items()}
-
-    async def workers(self) -> dict[str, int]:
-        """Connections per worker."""
-        return {worker: len(ids) for worker, ids in self.cluster.workers.items()}
 
     # -- publishing ------------------------------------------------------------
 
@@ -386,10 +510,27 @@ class ConnectionManager:
         self.delivery.publish(op, to)
 
     def _address(self, kind: OpKind, conn_id: str, **fields: Any) -> None:
-        """Publish an op for one connection to the process that holds it."""
-        member = self.cluster.members.get(conn_id)
+        """Publish an op for one connection to the process that holds it.
+
+        The id names its process; an id of a process we have not heard of
+        yet (just started) goes to every process, and the holder acts.
+        """
+        self._publish(kind, target=conn_id, to=self.membership.route(conn_id), **fields)
+
+    def _publish_presence(self, payload: bytes, to: str | None, kind: str) -> None:
+        if kind == "sync":
+            self._publish(OpKind.SYNC, payload=payload, to=to)
+        elif self.delivery.name != "local":
+            self._publish(OpKind.PRESENCE, payload=payload)
+
+    def _introduction(self) -> bytes:
+        return ujson.dumps(
+            {"life": self.life, "pid": os.getpid(), "machine": self.membership.machine}
+        ).encode()
+
+    def _request_sync(self, peer: str) -> None:
         self._publish(
-            kind, target=conn_id, to=member.worker if member else None, **fields
+            OpKind.SYNC, reason="request", payload=self._introduction(), to=peer
         )
 
     # -- applying ops ------------------------------------------------------------
@@ -398,7 +539,7 @@ class ConnectionManager:
         """Execute ``op`` in this process (called by the delivery backend)."""
         if op.origin != self.worker and self._loop is not None:
             # Any op is a sign of life: a peer busy sending is not silent.
-            self._peers[op.origin] = self._loop.time()
+            self.membership.heard(op.origin, self._loop.time())
         handler = self._appliers.get(op.kind)
         if handler is not None:
             handler(self, op)
@@ -415,12 +556,12 @@ class ConnectionManager:
 
     def _apply_group_send(self, op: Op) -> None:
         index = self.local.rooms if op.kind is OpKind.ROOM_SEND else self.local.users
-        conns = index.get(op.target)
-        if not conns:
+        wires = index.get(op.target)
+        if not wires:
             return
         assert self._flusher is not None
         self.counters.messages_out += fan_out(
-            list(conns),
+            list(wires),
             data_frame(op.payload, op.binary),
             op.exclude,
             self.config.max_backpressure,
@@ -428,17 +569,17 @@ class ConnectionManager:
         )
 
     def _apply_send(self, op: Op) -> None:
-        conn = self._connections.get(op.target)
+        conn = self.local.conns.get(op.target)
         if conn is not None:
-            conn.send_frame(data_frame(op.payload, op.binary))
+            conn.wire.send_frame(data_frame(op.payload, op.binary))
 
     def _apply_disconnect(self, op: Op) -> None:
-        conn = self._connections.get(op.target)
+        conn = self.local.conns.get(op.target)
         if conn is not None:
             conn.wire.start_close(op.code, op.reason)
 
     def _apply_join_leave(self, op: Op) -> None:
-        conn = self._connections.get(op.target)
+        conn = self.local.conns.get(op.target)
         if conn is None:
             return
         room = op.payload.decode()
@@ -447,66 +588,87 @@ class ConnectionManager:
         else:
             self._leave_local(conn, room)
 
-    def _apply_conn_up(self, op: Op) -> None:
-        user = ujson.loads(op.payload).get("user") if op.payload else None
-        self.cluster.up(op.target, user, op.origin)
-
-    def _apply_conn_down(self, op: Op) -> None:
-        member = self.cluster.down(op.target)
-        if member is not None:
-            for room in member.rooms:
-                self._presence("presence.leave", room, member)
-
-    def _apply_room_change(self, op: Op) -> None:
-        room = op.payload.decode()
-        if op.kind is OpKind.ROOM_JOINED:
-            member = self.cluster.join(op.target, room)
-            if member is not None:
-                self._presence("presence.join", room, member)
-        else:
-            member = self.cluster.leave(op.target, room)
-            if member is not None:
-                self._presence("presence.leave", room, member)
-
     def _apply_peer(self, op: Op) -> None:
-        """HELLO, SYNC, BEAT, BYE: who is in the cluster, and since when.
-
-        Each process has a random ``life``; a worker name restarted is a new
-        life. A BYE or SYNC from a life other than the one we know for that
-        name comes from a process being replaced, and is ignored.
-        """
+        """HELLO, SYNC, BEAT, BYE: who is in the cluster, and since when."""
         peer = op.origin
-        if peer == self.worker:
+        if peer == self.worker or self._loop is None:
             return
+        now = self._loop.time()
+        membership = self.membership
         if op.kind is OpKind.HELLO:
-            # A (re)started process: what we hold for it is from its past life.
-            self._lives[peer] = op.payload.decode()
-            self._drop_peer(peer)
-            self._send_sync(peer)
-            # A HELLO can arrive after the new process's first ops (resent by
-            # the backplane after a fault, say): ask for its state, too.
-            self._request_sync(peer)
+            hello = ujson.loads(op.payload)
+            if membership.meet(
+                peer,
+                hello["life"],
+                now,
+                pid=hello.get("pid", 0),
+                machine=hello.get("machine", ""),
+            ):
+                # A (re)started process: it needs our state, and may have
+                # ops out before this HELLO (resent after a fault): ask too.
+                self.tracker.send_sync(peer)
+                self._request_sync(peer)
         elif op.kind is OpKind.BEAT:
             # "<life> <sample as JSON>": the peer's counters ride on its beat.
             raw_life, _, sample = op.payload.partition(b" ")
             life = raw_life.decode()
-            if self._lives.get(peer) != life:
-                # A peer we dropped (or whose HELLO we missed): catch up.
-                self._lives[peer] = life
+            if membership.meet(peer, life, now):
+                # A peer we had not met (or had dropped): catch up.
                 self._request_sync(peer)
-            if sample and self._loop is not None:
-                self._peer_samples[peer] = (self._loop.time(), clean_sample(sample))
+            membership.sample(peer, sample, now)
         elif op.kind is OpKind.SYNC:
             if op.reason == "request":
-                self._send_sync(peer)
+                intro = ujson.loads(op.payload) if op.payload else {}
+                if "life" in intro:
+                    membership.meet(
+                        peer,
+                        intro["life"],
+                        now,
+                        pid=intro.get("pid", 0),
+                        machine=intro.get("machine", ""),
+                    )
+                self.tracker.send_sync(peer)
                 return
-            sync = ujson.loads(op.payload)
-            if sync["life"] == self._lives.get(peer):
-                self._load_peer(peer, sync["members"])
-        elif op.kind is OpKind.BYE and op.payload.decode() == self._lives.get(peer):
-            del self._lives[peer]
-            self._peers.pop(peer, None)
-            self._drop_peer(peer)
+            part = ujson.loads(op.payload)
+            if membership.is_dead(part["life"]):
+                return
+            membership.meet(peer, part["life"], now)
+            if membership.knows(peer, part["life"]):
+                self.tracker.apply_sync(peer, part)
+        elif op.kind is OpKind.BYE and membership.knows(peer, op.payload.decode()):
+            membership.drop(peer, "stopped")
+
+    def _apply_presence(self, op: Op) -> None:
+        if op.origin == self.worker:
+            return  # applied here when it happened
+        batch = ujson.loads(op.payload)
+        batch_life = batch.get("life", "")
+        membership = self.membership
+        if membership.is_dead(batch_life):
+            return  # the last words of a process already dropped
+        if self._loop is not None and membership.meet(
+            op.origin, batch_life, self._loop.time()
+        ):
+            self._request_sync(op.origin)
+        self.tracker.apply_presence(op.origin, batch)
+
+    def _apply_query(self, op: Op) -> None:
+        if op.origin == self.worker:
+            return
+        question = ujson.loads(op.payload)
+        answer = {"id": question.get("id"), "answer": self._answer(question)}
+        self._publish(OpKind.REPLY, payload=ujson.dumps(answer).encode(), to=op.origin)
+
+    def _apply_reply(self, op: Op) -> None:
+        reply = ujson.loads(op.payload)
+        waiting = self._questions.get(reply.get("id"))
+        if waiting is None:
+            return  # too late: the question timed out
+        answers, expected, done = waiting
+        answers[op.origin] = reply.get("answer")
+        expected.discard(op.origin)
+        if not expected:
+            done.set()
 
     _appliers: ClassVar[dict[OpKind, Callable[[ConnectionManager, Op], None]]] = {
         OpKind.BROADCAST: _apply_broadcast,
@@ -516,18 +678,22 @@ class ConnectionManager:
         OpKind.DISCONNECT: _apply_disconnect,
         OpKind.JOIN: _apply_join_leave,
         OpKind.LEAVE: _apply_join_leave,
-        OpKind.CONN_UP: _apply_conn_up,
-        OpKind.CONN_DOWN: _apply_conn_down,
-        OpKind.ROOM_JOINED: _apply_room_change,
-        OpKind.ROOM_LEFT: _apply_room_change,
         OpKind.HELLO: _apply_peer,
         OpKind.SYNC: _apply_peer,
         OpKind.BEAT: _apply_peer,
         OpKind.BYE: _apply_peer,
+        OpKind.PRESENCE: _apply_presence,
+        OpKind.QUERY: _apply_query,
+        OpKind.REPLY: _apply_reply,
     }
 
-    def _request_sync(self, peer: str) -> None:
-        self._publish(OpKind.SYNC, reason="request", to=peer)
+    def _peer_gone(self, peer: str) -> None:
+        """A peer was dropped: forget what it held; its questions need no answer."""
+        self.tracker.drop(peer)
+        for _, expected, done in self._questions.values():
+            expected.discard(peer)
+            if not expected:
+                done.set()
 
     def _backplane_changed(self, state: Any) -> None:
         if not self.registry.backplane or self._loop is None:
@@ -543,48 +709,6 @@ class ConnectionManager:
             except Exception:
                 log.exception("websocket backplane hook failed")
 
-    def _send_sync(self, peer: str) -> None:
-        snapshot = {"life": self.life, "members": self.cluster.snapshot(self.worker)}
-        self._publish(OpKind.SYNC, payload=ujson.dumps(snapshot).encode(), to=peer)
-
-    def _load_peer(self, peer: str, entries: list[dict[str, Any]]) -> None:
-        """Replace a peer's members, telling rooms about the differences."""
-        before = {
-            (m.id, room): m
-            for m in (
-                self.cluster.members[i] for i in self.cluster.workers.get(peer, ())
-            )
-            for room in m.rooms
-        }
-        self.cluster.load(peer, entries)
-        after = {
-            (m.id, room): m
-            for m in (
-                self.cluster.members[i] for i in self.cluster.workers.get(peer, ())
-            )
-            for room in m.rooms
-        }
-        left = before.keys() - after.keys()
-        joined = after.keys() - before.keys()
-        if left or joined:
-            # A re-sync that changes the view: ops of that peer were missed.
-            log.warning(
-                "resync with %s: %d room membership(s) appeared, %d vanished",
-                peer,
-                len(joined),
-                len(left),
-            )
-        for key in left:
-            self._presence("presence.leave", key[1], before[key])
-        for key in joined:
-            self._presence("presence.join", key[1], after[key])
-
-    def _drop_peer(self, peer: str) -> None:
-        self._peer_samples.pop(peer, None)
-        for member in self.cluster.drop_worker(peer):
-            for room in member.rooms:
-                self._presence("presence.leave", room, member)
-
     def _beat_peers(self) -> None:
         assert self._loop is not None
         try:
@@ -596,17 +720,7 @@ class ConnectionManager:
                 self._publish(OpKind.BEAT, payload=payload)
             now = self._loop.time()
             self.dispatcher.watch(now)
-            horizon = now - _MISSED_BEATS * self.config.relay_beat
-            for peer, seen in list(self._peers.items()):
-                if not self.delivery.hears(peer):
-                    # Unreachable is not dead: its silence counts from when
-                    # the link is back.
-                    self._peers[peer] = now
-                elif seen < horizon:
-                    log.warning("worker %s went silent: dropping its connections", peer)
-                    del self._peers[peer]
-                    self._lives.pop(peer, None)
-                    self._drop_peer(peer)
+            self.membership.check(now)
         except Exception:
             log.exception("websocket relay beat failed")
         finally:
@@ -614,32 +728,16 @@ class ConnectionManager:
                 self.config.relay_beat, self._beat_peers
             )
 
-    # -- rooms and presence, for connections of this process -----------------
+    # -- rooms, for connections of this process -----------------------------
 
     def _join_local(self, conn: Connection, room: str) -> None:
         if conn.state is ConnectionState.CLOSED or not self.local.join(conn, room):
             return
-        self._publish(OpKind.ROOM_JOINED, target=conn.id, payload=_room(room))
+        self.tracker.joined(conn, room)
 
     def _leave_local(self, conn: Connection, room: str) -> None:
         if self.local.leave(conn, room):
-            self._publish(OpKind.ROOM_LEFT, target=conn.id, payload=_room(room))
-
-    def _presence(self, type_: str, room: str, member: Member) -> None:
-        """Tell this process's members of ``room`` that ``member`` came or went."""
-        if not self.config.presence_events:
-            return
-        conns = self.local.rooms.get(room)
-        if not conns:
-            return
-        frame = encode_frame(
-            OP_TEXT,
-            encode_envelope(type_, {"room": room, **member.as_dict()}),
-        )
-        assert self._flusher is not None
-        self.counters.messages_out += fan_out(
-            list(conns), frame, (), self.config.max_backpressure, self._flusher
-        )
+            self.tracker.left(conn, room)
 
     # -- connections coming and going --------------------------------------
 
@@ -656,7 +754,8 @@ class ConnectionManager:
         assert self._flusher is not None, "ConnectionManager.start() was not awaited"
         wire = Wire(self, transport, proto, self._flusher)
         conn = Connection(
-            id=str(uuid.uuid4()),
+            # The process's key first: any process can route to it.
+            id=self.membership.key + uuid.uuid4().hex[:24],
             manager=self,
             wire=wire,
             user=accepted.user,
@@ -665,48 +764,42 @@ class ConnectionManager:
             headers=headers,
             worker=self.worker,
         )
+        if accepted.presence:
+            conn.presence = accepted.presence
         self.local.add(conn)
         self.counters.opened += 1
         self.limits.opened(remote)
         self._idle.clear()
         transport.set_protocol(wire)
-        self._publish(
-            OpKind.CONN_UP,
-            target=conn.id,
-            payload=ujson.dumps({"user": conn.user}).encode(),
-        )
         if self._closing:
             wire.start_close(CloseCode.GOING_AWAY, "server shutting down")
         self.dispatcher.queue(conn, OPENED)
         return conn
 
-    # -- what the wires report (WireHost) ------------------------------------
-
-    def wire_message(self, conn: Connection, message: str | bytes) -> None:
-        self._idle.clear()
-        self.dispatcher.queue(conn, message)
-
-    def wire_lost(self, conn: Connection) -> None:
-        self._connection_lost(conn)
-
-    def _settled(self) -> None:
-        """No handler runs any more: shutdown may be over."""
-        if not self._connections:
-            self._idle.set()
-
     def log_open(self, conn: Connection) -> None:
         log.debug("websocket %s open from %s user=%r", conn.id, conn.remote, conn.user)
 
-    def _connection_lost(self, conn: Connection) -> None:
+    # -- what the wires report (WireHost) ------------------------------------
+
+    def wire_message(self, conn: Connection, message: str | bytes) -> None:
+        self.dispatcher.queue(conn, message)
+
+    def wire_lost(self, conn: Connection) -> None:
         if not self.local.remove(conn):
             return
+        for room in conn.rooms:
+            self.tracker.left(conn, room)
         self.counters.closed += 1
         self.limits.closed(conn.remote)
         log.debug(
             "websocket %s closed %s %s", conn.id, conn.close_code, conn.close_reason
         )
-        self._publish(OpKind.CONN_DOWN, target=conn.id)
         self.dispatcher.queue(conn, CLOSED)
+
+    def _settled(self) -> None:
+        """No handler runs any more: shutdown may be over."""
+        if not self.local.conns:
+            self._idle.set()
 
     # -- heartbeat -----------------------------------------------------------
 
@@ -728,10 +821,9 @@ class ConnectionManager:
         now = self.clock()
         interval = self.config.ping_interval
         timeout = self.config.ping_timeout
-        for conn in list(self._connections.values()):
-            if conn.state is not ConnectionState.OPEN:
+        for wire in list(self.local.wires.values()):
+            if wire.state is not ConnectionState.OPEN:
                 continue
-            wire = conn.wire
             if wire.reading_paused and wire.heard_while_paused():
                 # Paused, its pongs cannot reach us; but the kernel holds
                 # more from the peer than last time: it is alive.

@@ -1,105 +1,246 @@
-"""Who is connected where, cluster-wide: rooms, users, members. Pure.
+"""Presence: who is in a room, as state plus batched diffs. Pure.
 
-Every process keeps a full replica of this state. Each process is the only
-writer for its own connections: it publishes their arrival, departure and
-room changes as ops, in order, and every process (itself included) applies
-them here. A process that starts announces itself and receives every peer's
-snapshot; a process that stops or goes silent is dropped with all its entries,
-so a dead worker leaves no ghosts.
+The Phoenix Presence model. In a room with full presence, each connection is
+one *entry*: a ``key`` (its user, or an opaque key per anonymous connection),
+a ``ref`` unique in the cluster, and the app's metadata. Several tabs of one
+user are one key with several entries. A member joining the room is sent the
+room's whole state once (``{key: [meta, ...]}``); after that it hears at most
+one diff per room per interval (``joins`` and ``leaves``, by key), however
+many connections came and went. An update of an entry's metadata is the old
+ref leaving and a new ref joining under the same key, so a diff is always a
+set of refs to add and refs to remove, and applying one twice changes
+nothing.
+
+Rules this module keeps:
+
+- Refs are never reused, so entries are added and removed by ref alone.
+- Each entry belongs to the process that holds its connection; only that
+  process adds or removes it, and a process that is gone takes its entries
+  with it (:meth:`PresenceTable.drop_process`).
+- A full transfer of a process's entries (a *sync*) is applied in parts:
+  every entry it lists is marked with the sync's epoch, and when its last
+  part arrives the process's entries not marked are removed
+  (:meth:`PresenceTable.end_sync`), in slices.
+- :class:`Diffs` nets out what happens within one interval: an entry that
+  joined and left again is never sent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from .index import discard_from
+import ujson
 
-__all__ = ["ClusterState", "Member"]
+__all__ = ["Counts", "Diffs", "Entry", "PresenceTable", "checked_presence"]
 
 
 @dataclass(slots=True)
-class Member:
-    """One connection as the whole cluster sees it."""
+class Entry:
+    """One connection in one room with full presence."""
 
-    id: str
-    user: str | None
-    worker: str
-    rooms: set[str] = field(default_factory=set)
+    room: str
+    key: str
+    ref: str
+    #: What members see: ``{"ref": ..., **app metadata}`` (and the
+    #: connection id and worker where the room exposes them), as JSON-able
+    #: values; one dict, shared by every frame that shows this entry.
+    meta: dict[str, Any]
+    #: The process that holds the connection, and the connection's id.
+    process: str
+    conn: str
+    #: The epoch of the last sync from ``process`` that listed this entry.
+    epoch: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "user": self.user, "worker": self.worker}
+    def wire(self) -> list[Any]:
+        """The entry as it crosses processes."""
+        return [self.room, self.key, self.ref, self.meta, self.conn]
 
 
-class ClusterState:
-    """The replica: members by id, and their indexes by room, user and worker."""
+class PresenceTable:
+    """Every full-presence entry this process knows of, by room and by process."""
+
+    __slots__ = ("_epochs", "by_process", "refs", "rooms")
 
     def __init__(self) -> None:
-        self.members: dict[str, Member] = {}
-        self.rooms: dict[str, set[str]] = {}
-        self.users: dict[str, set[str]] = {}
-        self.workers: dict[str, set[str]] = {}
+        #: room -> key -> ref -> entry
+        self.rooms: dict[str, dict[str, dict[str, Entry]]] = {}
+        self.refs: dict[str, Entry] = {}
+        self.by_process: dict[str, set[str]] = {}
+        self._epochs: dict[str, int] = {}
 
-    def up(self, conn_id: str, user: str | None, worker: str) -> Member:
-        old = self.members.get(conn_id)
-        if old is not None:
-            return old
-        member = Member(conn_id, user, worker)
-        self.members[conn_id] = member
-        if user is not None:
-            self.users.setdefault(user, set()).add(conn_id)
-        self.workers.setdefault(worker, set()).add(conn_id)
-        return member
+    def __len__(self) -> int:
+        return len(self.refs)
 
-    def down(self, conn_id: str) -> Member | None:
-        member = self.members.pop(conn_id, None)
-        if member is None:
+    def add(self, entry: Entry) -> bool:
+        """Add ``entry``; False if its ref was known (then it is re-marked)."""
+        known = self.refs.get(entry.ref)
+        if known is not None:
+            known.epoch = self._epochs.get(known.process, 0)
+            return False
+        entry.epoch = self._epochs.get(entry.process, 0)
+        self.refs[entry.ref] = entry
+        self.rooms.setdefault(entry.room, {}).setdefault(entry.key, {})[entry.ref] = (
+            entry
+        )
+        self.by_process.setdefault(entry.process, set()).add(entry.ref)
+        return True
+
+    def remove(self, ref: str) -> Entry | None:
+        """Remove the entry with ``ref``; it, or None if unknown."""
+        entry = self.refs.pop(ref, None)
+        if entry is None:
             return None
-        for room in member.rooms:
-            discard_from(self.rooms, room, conn_id)
-        if member.user is not None:
-            discard_from(self.users, member.user, conn_id)
-        discard_from(self.workers, member.worker, conn_id)
-        return member
+        keys = self.rooms[entry.room]
+        refs = keys[entry.key]
+        del refs[ref]
+        if not refs:
+            del keys[entry.key]
+            if not keys:
+                del self.rooms[entry.room]
+        owned = self.by_process.get(entry.process)
+        if owned is not None:
+            owned.discard(ref)
+            if not owned:
+                del self.by_process[entry.process]
+        return entry
 
-    def join(self, conn_id: str, room: str) -> Member | None:
-        """Add to a room; the member if it was not in it yet."""
-        member = self.members.get(conn_id)
-        if member is None or room in member.rooms:
-            return None
-        member.rooms.add(room)
-        self.rooms.setdefault(room, set()).add(conn_id)
-        return member
-
-    def leave(self, conn_id: str, room: str) -> Member | None:
-        """Remove from a room; the member if it was in it."""
-        member = self.members.get(conn_id)
-        if member is None or room not in member.rooms:
-            return None
-        member.rooms.discard(room)
-        discard_from(self.rooms, room, conn_id)
-        return member
-
-    def drop_worker(self, worker: str) -> list[Member]:
-        """Forget every member of ``worker``; returns them."""
-        ids = self.workers.pop(worker, set())
-        gone = [m for m in (self.down(i) for i in list(ids)) if m is not None]
+    def drop_process(self, process: str) -> list[Entry]:
+        """Remove every entry of ``process``; returns them."""
+        self._epochs.pop(process, None)
+        refs = self.by_process.pop(process, set())
+        gone = [e for e in (self.remove(ref) for ref in list(refs)) if e is not None]
         return gone
 
-    def snapshot(self, worker: str) -> list[dict[str, Any]]:
-        """``worker``'s members, in the form :meth:`load` takes."""
+    def begin_sync(self, process: str) -> None:
+        """A full transfer from ``process`` starts: what it lists is re-marked."""
+        self._epochs[process] = self._epochs.get(process, 0) + 1
+
+    def stale(self, process: str) -> list[str]:
+        """Refs of ``process`` that its latest sync did not list (so far)."""
+        epoch = self._epochs.get(process, 0)
         return [
-            {"id": m.id, "user": m.user, "rooms": sorted(m.rooms)}
-            for m in (self.members[i] for i in self.workers.get(worker, ()))
+            ref
+            for ref in self.by_process.get(process, ())
+            if self.refs[ref].epoch < epoch
         ]
 
-    def load(self, worker: str, entries: list[dict[str, Any]]) -> None:
-        """Replace ``worker``'s members with a snapshot."""
-        self.drop_worker(worker)
-        for entry in entries:
-            self.up(entry["id"], entry.get("user"), worker)
-            for room in entry.get("rooms", ()):
-                self.join(entry["id"], room)
+    def processes(self) -> list[str]:
+        return list(self.by_process)
 
-    def room_members(self, room: str) -> list[Member]:
-        return [self.members[i] for i in self.rooms.get(room, ())]
+    def state(self, room: str) -> dict[str, list[dict[str, Any]]]:
+        """The room's presence as members see it: ``{key: [meta, ...]}``."""
+        return {
+            key: [entry.meta for entry in refs.values()]
+            for key, refs in self.rooms.get(room, {}).items()
+        }
+
+    def entries(self, room: str) -> Iterator[Entry]:
+        for refs in self.rooms.get(room, {}).values():
+            yield from refs.values()
+
+    def count(self, room: str) -> tuple[int, int]:
+        """Connections and keys (users) in ``room``."""
+        keys = self.rooms.get(room, {})
+        return sum(len(refs) for refs in keys.values()), len(keys)
+
+
+class Diffs:
+    """What changed per room since the last interval, netted out."""
+
+    __slots__ = ("joins", "leaves")
+
+    def __init__(self) -> None:
+        self.joins: dict[str, dict[str, Entry]] = {}
+        self.leaves: dict[str, dict[str, Entry]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.joins or self.leaves)
+
+    def join(self, entry: Entry) -> None:
+        self.joins.setdefault(entry.room, {})[entry.ref] = entry
+
+    def leave(self, entry: Entry) -> None:
+        joined = self.joins.get(entry.room)
+        if joined is not None and joined.pop(entry.ref, None) is not None:
+            # Came and went within one interval: nobody needs to know.
+            if not joined:
+                del self.joins[entry.room]
+            return
+        self.leaves.setdefault(entry.room, {})[entry.ref] = entry
+
+    def take(self) -> dict[str, dict[str, Any]]:
+        """Each changed room's diff (``{"joins", "leaves"}`` by key); resets."""
+        rooms: dict[str, dict[str, Any]] = {}
+        for room, refs in self.joins.items():
+            rooms[room] = {"joins": _by_key(refs.values()), "leaves": {}}
+        for room, refs in self.leaves.items():
+            diff = rooms.setdefault(room, {"joins": {}, "leaves": {}})
+            diff["leaves"] = _by_key(refs.values())
+        self.joins = {}
+        self.leaves = {}
+        return rooms
+
+
+def _by_key(entries: Any) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        grouped.setdefault(entry.key, []).append(entry.meta)
+    return grouped
+
+
+class Counts:
+    """Rooms with counted presence: connections per room, per process."""
+
+    __slots__ = ("rooms",)
+
+    def __init__(self) -> None:
+        #: room -> process -> connections there
+        self.rooms: dict[str, dict[str, int]] = {}
+
+    def set(self, room: str, process: str, count: int) -> bool:
+        """Record ``process``'s count in ``room``; True if it changed."""
+        per = self.rooms.get(room)
+        if count <= 0:
+            if per is None or per.pop(process, None) is None:
+                return False
+            if not per:
+                del self.rooms[room]
+            return True
+        if per is None:
+            per = self.rooms[room] = {}
+        if per.get(process) == count:
+            return False
+        per[process] = count
+        return True
+
+    def total(self, room: str) -> int:
+        return sum(self.rooms.get(room, {}).values())
+
+    def of(self, process: str) -> dict[str, int]:
+        return {
+            room: per[process] for room, per in self.rooms.items() if process in per
+        }
+
+    def drop_process(self, process: str) -> list[str]:
+        """Forget ``process``'s counts; the rooms whose total changed."""
+        changed = [room for room, per in self.rooms.items() if process in per]
+        for room in changed:
+            self.set(room, process, 0)
+        return changed
+
+
+def checked_presence(meta: Any, limit: int) -> dict[str, Any]:
+    """``meta`` if it is a JSON-able dict of at most ``limit`` bytes, else an error."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"presence metadata must be a dict, got {type(meta).__name__}")
+    if "ref" in meta:
+        raise ValueError("presence metadata may not set 'ref' (the server's)")
+    size = len(ujson.dumps(meta))
+    if size > limit:
+        raise ValueError(
+            f"presence metadata is {size} bytes as JSON, over WS_PRESENCE_META_MAX"
+            f" ({limit})"
+        )
+    return dict(meta)

@@ -138,16 +138,13 @@ def cluster_stats(
     samples: Mapping[str, Mapping[str, Any]],
     ages: Mapping[str, float],
     connections: Mapping[str, int],
-    rooms: int,
-    users: int,
 ) -> dict[str, Any]:
     """The cluster's figures, JSON-able, from every worker's latest sample.
 
-    ``connections`` (per worker) and ``rooms``/``users`` come from the
-    replica of cluster state, which is exact as soon as ops arrive; the
-    counters and rates from each worker's sample, ``ages[worker]`` seconds
-    old. A worker with connections but no sample yet (just started) is listed
-    with zero counters.
+    Everything comes from each worker's sample, ``ages[worker]`` seconds old
+    (the answering worker's own is live). ``rooms`` and ``users`` are summed
+    over workers: a room with members on two workers counts twice (knowing
+    the distinct ones would mean replicating every membership).
     """
     workers: dict[str, dict[str, Any]] = {}
     for name in sorted(set(samples) | set(connections)):
@@ -165,8 +162,8 @@ def cluster_stats(
         workers[name] = entry
     totals: dict[str, Any] = {
         "connections": sum(connections.values()),
-        "rooms": rooms,
-        "users": users,
+        "rooms": sum(int(s.get("rooms", 0)) for s in samples.values()),
+        "users": sum(int(s.get("users", 0)) for s in samples.values()),
         "workers": len(workers),
     }
     for key in ("messages_in_per_second", "messages_out_per_second"):

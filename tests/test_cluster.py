@@ -108,6 +108,31 @@ async def cluster(
                 await client.ws.close()
 
 
+async def presence_of(
+    client: Client,
+    conn_id: str,
+    *,
+    leaving: bool = False,
+    room: str = "lobby",
+    timeout: float = 10,
+) -> dict[str, Any]:
+    """Read ``client``'s presence frames until ``conn_id`` joins (or leaves)."""
+    while True:
+        frame = await client.ws.recv(units(timeout))
+        assert isinstance(frame, Envelope)
+        if frame.type not in ("presence.state", "presence.diff"):
+            continue
+        assert frame.data["room"] == room
+        if frame.type == "presence.state":
+            found = [] if leaving else list(frame.data["users"].values())
+        else:
+            found = list(frame.data["leaves" if leaving else "joins"].values())
+        for metas in found:
+            for meta in metas:
+                if meta["conn"] == conn_id:
+                    return dict(meta)
+
+
 async def drain(client: Client, type_: str, n: int) -> list[Any]:
     return [(await client.ws.expect(type_, units(10))).data for _ in range(n)]
 
@@ -167,18 +192,16 @@ async def test_rooms_users_and_presence_across_workers() -> None:
         members = [c.on(w)[0] for w in worker_names()]
         outsider = await c.connect()
         first = members[0]
-        # Each joiner is announced to everyone in the room, itself included;
-        # all but the first are joined by `first`, from another worker.
+        # Each joiner gets the room's state, and everyone already there a
+        # diff; all but the first are joined by `first`, from another worker.
         for i, member in enumerate(members):
             if member is first:
                 await first.do("join", room="lobby")
             else:
                 await first.do("join", id=member.id, room="lobby")
             for present in members[: i + 1]:
-                event = await present.ws.expect("presence.join", units(10))
-                assert event.data["room"] == "lobby"
-                assert event.data["id"] == member.id
-                assert event.data["worker"] == member.worker
+                meta = await presence_of(present, member.id)
+                assert meta["worker"] == member.worker
         listed = await c.until(
             outsider, "members", lambda m: len(m) == len(members), room="lobby"
         )
@@ -189,13 +212,12 @@ async def test_rooms_users_and_presence_across_workers() -> None:
             assert (await member.ws.expect("room")).data == "to the lobby"
         await outsider.do("broadcast", data="marker")
         assert (await outsider.ws.expect("b")).data == "marker"  # no "room" came first
-        # Leaving on disconnect: the others see presence.leave.
+        # Leaving on disconnect: the others see it in a diff.
         gone = members.pop()
         await gone.ws.close()
         c.clients.remove(gone)
         for member in members:
-            event = await member.ws.expect("presence.leave", units(10))
-            assert (event.data["id"], event.data["room"]) == (gone.id, "lobby")
+            await presence_of(member, gone.id, leaving=True)
         # Users: one identity, connections on two workers.
         alice = [await c.connect(user="alice") for _ in range(6)]
         alice = [a for a in alice if a.worker != alice[0].worker][:1] + alice[:1]

@@ -13,14 +13,27 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import ujson
 
 from .conftest import units
 from .prom import Metrics, parse
+from .rawws import RawClient
 from .test_cluster import WORKERS, Cluster, cluster, drain, worker_names
 
-# The slow-client check sends a 200 kB message: past 128 KiB, never otherwise.
+# The slow client's backlog passes 128 KiB; nobody else's ever does.
 ENV = {"SANIC_WS_STATS": "true", "SANIC_WS_MAX_BACKPRESSURE": str(128 * 1024)}
 FRESH = {"connection": "close"}  # a new TCP connection: any worker may answer
+
+
+async def stalled_client_on(c: Cluster, worker: str) -> tuple[RawClient, str]:
+    """A raw client held by ``worker`` that reads nothing after its welcome."""
+    for _ in range(50):
+        raw = await RawClient.connect("127.0.0.1", c.server.port, rcvbuf=4096)
+        welcome = ujson.loads(bytes((await raw.read_frame()).data))["data"]
+        if welcome["worker"] == worker:
+            return raw, welcome["id"]
+        raw.close_socket()
+    raise AssertionError(f"no connection landed on {worker}")
 
 
 async def get_json(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
@@ -164,19 +177,23 @@ async def test_rates_and_slow_clients_across_workers() -> None:
             "all connections",
         )
 
-        # A message larger than WS_MAX_BACKPRESSURE, sent from worker 0 to a
-        # client of worker 1: that worker drops it as a slow consumer.
+        # A client of worker 1 that stops reading, sent 200 kB messages from
+        # worker 0 until its backlog passes WS_MAX_BACKPRESSURE: worker 1
+        # drops it as a slow consumer (bounded: 100 messages at most).
         sender = c.on(worker_names()[0])[0]
-        victim = c.on(worker_names()[1])[0]
-        await sender.do("send", to=victim.id, data="x" * 200_000)
-        await victim.ws.wait_closed(units(10))
-        c.clients.remove(victim)
-        await victim.ws.close()
+        victim_worker = worker_names()[1]
+        victim, victim_id = await stalled_client_on(c, victim_worker)
+        for _ in range(100):
+            await sender.do("send", to=victim_id, data="x" * 200_000)
+            s = await get_json(http, stats_url)
+            if per_worker(s, "slow_closed").get(victim_worker):
+                break
+        victim.close_socket()
         stats = await until(
             lambda: get_json(http, stats_url),
             lambda s: (
                 per_worker(s, "slow_closed")
-                == {w: int(w == victim.worker) for w in worker_names()}
+                == {w: int(w == victim_worker) for w in worker_names()}
                 and per_worker(s, "connections") == connections_of(c)
             ),
             "the slow client counted on its worker",

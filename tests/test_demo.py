@@ -23,15 +23,15 @@ async def test_demo_chat() -> None:
         assert (await alice.expect("chat.welcome")).data["name"] == "alice"
         await alice.send("room.join", {"room": "lobby"})
         assert (await alice.expect("room.joined")).data == {"room": "lobby"}
-        assert (await alice.expect("presence.join")).data["user"] == "alice"
+        state = (await alice.expect("presence.state")).data
+        assert state["users"]["alice"][0]["name"] == "alice"
         bob = await WSTestClient.connect(server.ws_url() + "?name=bob")
         await bob.expect("chat.welcome")
         await bob.send("room.join", {"room": "lobby"})
         await bob.expect("room.joined")
-        assert (await alice.expect("presence.join")).data["user"] == "bob"
-        await bob.send("presence.list", {"room": "lobby"})
-        listed = (await bob.expect("presence.list")).data["members"]
-        assert sorted(m["user"] for m in listed) == ["alice", "bob"]
+        assert list((await alice.expect("presence.diff")).data["joins"]) == ["bob"]
+        listed = (await bob.expect("presence.state")).data["users"]
+        assert sorted(listed) == ["alice", "bob"]
         await alice.send("chat.send", {"room": "lobby", "text": "hi bob"})
         for client in (alice, bob):
             message = (await client.expect("chat.message")).data
@@ -44,5 +44,5 @@ async def test_demo_chat() -> None:
         await bob.send("room.join", {"room": "secret"})
         assert (await bob.expect("error")).data["code"] == "room_refused"
         await bob.close()
-        assert (await alice.expect("presence.leave")).data["user"] == "bob"
+        assert list((await alice.expect("presence.diff")).data["leaves"]) == ["bob"]
         await alice.close()

@@ -64,21 +64,22 @@ async def test_teamchat_rooms_and_users_across_workers() -> None:
         everyone = [alice]
         bob: list[WSTestClient] = []
         try:
-            # Everyone is put in "general" by on_connect, and alice sees each
-            # arrival (herself first), whichever worker holds it. Bob opens
-            # connections until both workers hold one of theirs (bounded).
-            me = (await alice.expect("presence.join")).data
-            assert me["user"] == "alice"
-            workers = {me["worker"]}
+            # Everyone is put in "general" by on_connect: alice gets its
+            # presence (herself only), then sees each arrival, whichever
+            # worker holds it. Bob opens connections until both workers hold
+            # one of theirs (bounded).
+            state = (await alice.expect("presence.state")).data
+            assert (state["room"], list(state["users"])) == ("general", ["alice"])
+            workers = {state["users"]["alice"][0]["worker"]}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + units(30)
             while len(bob) < 2 or len(workers) < 2:
                 assert loop.time() < deadline, f"connections reached only {workers}"
                 bob.append(await WSTestClient.connect(with_name + "bob"))
                 everyone.append(bob[-1])
-                joined = (await alice.expect("presence.join")).data
-                assert (joined["room"], joined["user"]) == ("general", "bob")
-                workers.add(joined["worker"])
+                diff = (await alice.expect("presence.diff")).data
+                assert (diff["room"], list(diff["joins"])) == ("general", ["bob"])
+                workers.update(meta["worker"] for meta in diff["joins"]["bob"])
 
             async def who() -> Any:
                 await alice.send("room.who", {"room": "general"})
@@ -129,8 +130,8 @@ async def test_teamchat_rooms_and_users_across_workers() -> None:
             assert sorted(figures["workers"]) == sorted(workers)
             # A connection that leaves is seen leaving.
             await bob[-1].close()
-            left = (await alice.expect("presence.leave")).data
-            assert (left["room"], left["user"]) == ("general", "bob")
+            left = (await alice.expect("presence.diff")).data
+            assert (left["room"], list(left["leaves"])) == ("general", ["bob"])
         finally:
             for client in everyone:
                 await client.close()

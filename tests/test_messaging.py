@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -188,7 +188,9 @@ async def test_connection_metadata(make_app: AppFactory) -> None:
         )
         await client.send("whoami")
         you = (await client.expect("you")).data
-        assert you["id"] == conn_id and uuid.UUID(conn_id).version == 4
+        # 32 hex characters: this process's key (8), then 96 random bits.
+        assert you["id"] == conn_id and re.fullmatch("[0-9a-f]{32}", conn_id)
+        assert conn_id[:8] == app.ctx.ws.membership.key
         assert you["user"] == "alice"
         assert you["meta"] == {"via": "query"}
         assert you["remote"] == "127.0.0.1"

@@ -54,14 +54,24 @@ def two_workers() -> dict[str, Any]:
     return cluster_stats(
         answered_by="w0",
         samples={
-            "w0": sample(messages_in=10, messages_out=40, messages_in_per_second=2.5),
-            "w1": sample(messages_in=5, slow_closed=2, messages_out_per_second=1.25),
+            "w0": sample(
+                messages_in=10,
+                messages_out=40,
+                messages_in_per_second=2.5,
+                rooms=3,
+                users=2,
+            ),
+            "w1": sample(
+                messages_in=5,
+                slow_closed=2,
+                messages_out_per_second=1.25,
+                rooms=1,
+                users=3,
+            ),
         },
         ages={"w0": 0.0, "w1": 0.4},
-        # w2 just started: connections known from the replica, no sample yet.
+        # w2: a connection count without a sample (listed with zero counters).
         connections={"w0": 3, "w1": 1, "w2": 2},
-        rooms=4,
-        users=5,
     )
 
 
@@ -112,8 +122,6 @@ def test_prometheus_labels_are_escaped() -> None:
         samples={odd: sample(messages_in=7, backplane="reconnecting")},
         ages={},
         connections={odd: 1},
-        rooms=0,
-        users=0,
     )
     text = prometheus_text(stats)
     assert "\nc/" not in text  # the newline in the name is escaped

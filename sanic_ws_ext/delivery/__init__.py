@@ -39,16 +39,18 @@ class OpKind(IntEnum):
     # Requests to the process that holds the connection (target: id; payload: room).
     JOIN = 6
     LEAVE = 7
-    # State published by the process that holds the connection.
-    CONN_UP = 8  # target: id; payload: JSON {"user": ...}
-    CONN_DOWN = 9  # target: id
-    ROOM_JOINED = 10  # target: id; payload: room
-    ROOM_LEFT = 11  # target: id; payload: room
-    # Membership of the cluster (payload: JSON).
-    HELLO = 12  # a process started: peers purge its old entries and SYNC
-    SYNC = 13  # the sender's whole state: replaces what peers hold for it
-    BEAT = 14  # the sender is alive
-    BYE = 15  # the sender stops: peers purge its entries
+    # 8 to 11 were the per-connection replica (CONN_UP, CONN_DOWN,
+    # ROOM_JOINED, ROOM_LEFT), retired: nothing is replicated per connection.
+    # Membership of the cluster.
+    HELLO = 12  # a process started: payload JSON {"life", "pid", "machine"}
+    SYNC = 13  # reason "request": send me your state; else one part of it (JSON)
+    BEAT = 14  # the sender is alive: payload "<life> <sample JSON>"
+    BYE = 15  # the sender stops: payload its life
+    # Presence of rooms that track it: one batch per interval (JSON).
+    PRESENCE = 16
+    # A cluster-wide question and its answers (JSON {"id", ...}).
+    QUERY = 17
+    REPLY = 18
 
 
 class Op(NamedTuple):

@@ -25,6 +25,7 @@ app = Sanic("churn")
 app.config.WS_PING_INTERVAL = None
 Extend(app).register(WSExtension)
 handlers = WSHandlers(app)
+handlers.room("churn", presence="full")
 ticker: dict[str, Any] = {}
 
 

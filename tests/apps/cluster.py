@@ -17,8 +17,13 @@ from sanic_ws_ext import Accept, Connection, Envelope, WSExtension, WSHandlers
 
 app = Sanic("cluster")
 app.config.WS_RELAY_BEAT = float(os.environ.get("TEST_RELAY_BEAT", "0.5"))
+for key in ("WS_PEER_SUSPECT", "WS_PEER_TIMEOUT"):
+    if f"TEST_{key}" in os.environ:
+        app.config[key] = float(os.environ[f"TEST_{key}"])
 Extend(app).register(WSExtension)
 handlers = WSHandlers(app)
+handlers.room("lobby", presence="full", expose_ids=True)
+handlers.room("watch", presence="full", expose_ids=True)
 
 
 @handlers.verify

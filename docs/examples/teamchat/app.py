@@ -15,7 +15,6 @@ from . import admin, direct, rooms
 
 def create_app(name: str = "teamchat") -> Sanic[Any, Any]:
     app: Sanic[Any, Any] = Sanic(name)
-    app.config.WS_PRESENCE_EVENTS = True  # the default: presence.join/leave
     Extend(app).register(WSExtension)
     # WSHandlers groups bound to these blueprints are collected at start-up.
     app.blueprint(rooms.bp)

@@ -27,10 +27,16 @@ async def identify(request: Request) -> Accept:
 
 
 # --8<-- [start:rooms]
-@ws.on_join
-async def may_join(conn: Connection, room: str) -> bool:
-    """A client's own room.join: the public rooms, and its own inbox room."""
-    return room in PUBLIC or room == f"inbox.{conn.user}"
+# The public rooms: anyone may join, members see who is there (and, in this
+# example, on which worker each connection landed).
+for name in PUBLIC:
+    ws.room(name, presence="full", client_join=True, expose_ids=True)
+
+
+# Inboxes: one per user, joined only by that user.
+@ws.room("inbox.{owner}")
+async def own_inbox(conn: Connection, room: str, owner: str) -> bool:
+    return owner == conn.user
 
 
 @ws.on_connect

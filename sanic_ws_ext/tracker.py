@@ -1,0 +1,418 @@
+"""Presence across processes: tracking, batching, and bounded transfers.
+
+The :class:`Tracker` keeps this process's view of every room with presence
+(a :class:`~sanic_ws_ext.presence.PresenceTable` of full rooms and the
+:class:`~sanic_ws_ext.presence.Counts` of counted ones), and tells this
+process's members what changed.
+
+Rules this module keeps:
+
+- Nothing is replicated for rooms without presence. For a full room each
+  process shares its own entries; for a counted room, only its count.
+- Changes are batched per ``WS_PRESENCE_INTERVAL``: once per interval this
+  process publishes one ``PRESENCE`` op with its own changes, and each of its
+  members of a changed room gets one frame: ``presence.state`` for those who
+  joined in the interval (encoded once for all of them), ``presence.diff``
+  for the others, ``presence.count`` for counted rooms. No timer runs while
+  nothing changes.
+- A full transfer (``SYNC``: to a process that started, or one that missed
+  our ops) is cut into parts well under ``WS_MAX_PUBLISH``, made and applied
+  a slice at a time, so neither side's loop stalls for more than a few
+  milliseconds. A process dropped from the cluster is forgotten in slices
+  too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import ujson
+
+from .envelope import encode_envelope
+from .frames import OP_TEXT, encode_frame
+from .presence import Counts, Diffs, Entry, PresenceTable
+from .wire import fan_out
+
+if TYPE_CHECKING:
+    from .config import WSConfig
+    from .connection import Connection
+    from .index import LocalIndex
+    from .rooms import RoomPolicies, RoomSpec
+    from .stats import Counters
+    from .wire import Flusher, Wire
+
+__all__ = ["Tracker"]
+
+log = logging.getLogger("sanic.root.sanic_ws_ext")
+
+#: Entries per part of a transfer, and per slice of work between yields.
+#: About 100 bytes each as JSON: a part stays far under WS_MAX_PUBLISH.
+_SLICE = 2000
+
+Publish = Callable[[bytes, str | None, str], None]
+
+
+def new_ref() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Tracker:
+    """This process's view of presence, and what its members are told."""
+
+    def __init__(
+        self,
+        config: WSConfig,
+        rooms: RoomPolicies,
+        local: LocalIndex,
+        counters: Counters,
+        *,
+        worker: str,
+        life: str,
+        publish: Publish,
+    ) -> None:
+        self.config = config
+        self.policies = rooms
+        self.local = local
+        self.counters = counters
+        self.worker = worker
+        self.life = life
+        # publish(payload, to, kind): kind is "presence" or "sync".
+        self._publish = publish
+        self.table = PresenceTable()
+        self.counts = Counts()
+        self._diffs = Diffs()
+        # This process's own changes, not yet published.
+        self._out_joins: dict[str, list[Any]] = {}
+        self._out_leaves: list[str] = []
+        self._out_counts: dict[str, int] = {}
+        # Local members who joined a room this interval (they get its state).
+        self._newcomers: dict[str, set[Wire]] = {}
+        # Counted rooms whose total changed, or that have newcomers.
+        self._recount: set[str] = set()
+        # Each local connection's refs, by room.
+        self._refs: dict[str, dict[str, str]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: Flusher | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._salt = os.urandom(16)
+
+    def start(self, loop: asyncio.AbstractEventLoop, flusher: Flusher) -> None:
+        self._loop = loop
+        self._flusher = flusher
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+
+    # -- this process's members ------------------------------------------------
+
+    def joined(self, conn: Connection, room: str) -> None:
+        """``conn`` (of this process) joined ``room``."""
+        spec, _ = self.policies.lookup(room)
+        if spec.presence == "full":
+            self._track(conn, room, spec)
+            self._newcomers.setdefault(room, set()).add(conn.wire)
+        elif spec.presence == "counts":
+            self._count_local(room)
+            self._newcomers.setdefault(room, set()).add(conn.wire)
+            self._recount.add(room)
+        else:
+            return
+        self._arm()
+
+    def left(self, conn: Connection, room: str) -> None:
+        """``conn`` (of this process) left ``room``, or is gone."""
+        spec, _ = self.policies.lookup(room)
+        if spec.presence == "full":
+            refs = self._refs.get(conn.id)
+            ref = refs.pop(room, None) if refs is not None else None
+            if refs is not None and not refs:
+                del self._refs[conn.id]
+            if ref is not None:
+                self._untrack(ref)
+        elif spec.presence == "counts":
+            self._count_local(room)
+        else:
+            return
+        newcomers = self._newcomers.get(room)
+        if newcomers is not None:
+            newcomers.discard(conn.wire)
+        self._arm()
+
+    def update(self, conn: Connection) -> None:
+        """``conn``'s presence metadata changed: re-enter every full room."""
+        refs = self._refs.get(conn.id)
+        if not refs:
+            return
+        for room, ref in list(refs.items()):
+            self._untrack(ref)
+            del refs[room]
+            spec, _ = self.policies.lookup(room)
+            self._track(conn, room, spec)
+        self._arm()
+
+    def _track(self, conn: Connection, room: str, spec: RoomSpec) -> None:
+        ref = new_ref()
+        meta: dict[str, Any] = {"ref": ref, **conn.presence}
+        if spec.expose_ids:
+            meta["conn"] = conn.id
+            meta["worker"] = conn.worker
+        key = conn.user if conn.user is not None else self._anonymous(conn.id)
+        entry = Entry(room, key, ref, meta, self.worker, conn.id)
+        self.table.add(entry)
+        self._diffs.join(entry)
+        self._refs.setdefault(conn.id, {})[room] = ref
+        self._out_joins[ref] = entry.wire()
+
+    def _anonymous(self, conn_id: str) -> str:
+        """A stable key for a connection without a user, that reveals nothing of it."""
+        digest = hashlib.blake2b(conn_id.encode(), key=self._salt, digest_size=6)
+        return "~" + digest.hexdigest()
+
+    def _untrack(self, ref: str) -> None:
+        entry = self.table.remove(ref)
+        if entry is not None:
+            self._diffs.leave(entry)
+            if self._out_joins.pop(ref, None) is None:
+                # Peers heard of it: they must hear it leave. (One that came
+                # and went within the interval is never published at all.)
+                self._out_leaves.append(ref)
+
+    def _count_local(self, room: str) -> None:
+        count = len(self.local.rooms.get(room, ()))
+        if self.counts.set(room, self.worker, count):
+            self._out_counts[room] = count
+            self._recount.add(room)
+
+    # -- what peers publish ------------------------------------------------------
+
+    def apply_presence(self, origin: str, batch: dict[str, Any]) -> None:
+        """A peer's batch of changes (a ``PRESENCE`` op, decoded)."""
+        for room, key, ref, meta, conn in batch.get("j", ()):
+            entry = Entry(room, key, ref, meta, origin, conn)
+            if self.table.add(entry):
+                self._diffs.join(entry)
+        for ref in batch.get("l", ()):
+            gone = self.table.remove(ref)
+            if gone is not None:
+                self._diffs.leave(gone)
+        for room, count in batch.get("c", {}).items():
+            if self.counts.set(room, origin, count):
+                self._recount.add(room)
+        self._arm()
+
+    def apply_sync(self, origin: str, part: dict[str, Any]) -> None:
+        """One part of a peer's full transfer."""
+        if part.get("first"):
+            self.table.begin_sync(origin)
+        for room, key, ref, meta, conn in part.get("entries", ()):
+            entry = Entry(room, key, ref, meta, origin, conn)
+            if self.table.add(entry):
+                self._diffs.join(entry)
+        if part.get("last"):
+            counts: dict[str, int] = part.get("counts", {})
+            for room in set(self.counts.of(origin)) | set(counts):
+                if self.counts.set(room, origin, counts.get(room, 0)):
+                    self._recount.add(room)
+            stale = self.table.stale(origin)
+            if stale:
+                log.warning(
+                    "resync with %s: %d presence entr%s vanished",
+                    origin,
+                    len(stale),
+                    "y" if len(stale) == 1 else "ies",
+                )
+                self._run(self._remove_slices(stale))
+        self._arm()
+
+    def drop(self, process: str) -> None:
+        """``process`` is gone: its entries and counts go, in slices."""
+        for room in self.counts.drop_process(process):
+            self._recount.add(room)
+        refs = list(self.table.by_process.get(process, ()))
+        self._run(self._remove_slices(refs))
+        self._arm()
+
+    async def _remove_slices(self, refs: list[str]) -> None:
+        for start in range(0, len(refs), _SLICE):
+            for ref in refs[start : start + _SLICE]:
+                entry = self.table.remove(ref)
+                if entry is not None:
+                    self._diffs.leave(entry)
+            self._arm()
+            await asyncio.sleep(0)
+
+    # -- transfers ------------------------------------------------------------------
+
+    def send_sync(self, to: str) -> None:
+        """Send ``to`` everything this process holds, in parts."""
+        self._run(self._sync_parts(to))
+
+    async def _sync_parts(self, to: str) -> None:
+        mine = list(self.table.by_process.get(self.worker, ()))
+        budget = self._budget()
+        chunk: list[bytes] = []
+        size = 0
+        first = True
+
+        def send(last: bool) -> None:
+            nonlocal chunk, size, first
+            head: dict[str, Any] = {"life": self.life, "first": first, "last": last}
+            if last:
+                head["counts"] = self.counts.of(self.worker)
+            self._publish(_with_list(head, "entries", chunk), to, "sync")
+            chunk, size, first = [], 0, False
+
+        for start in range(0, len(mine), _SLICE):
+            for ref in mine[start : start + _SLICE]:
+                entry = self.table.refs.get(ref)
+                if entry is None:
+                    continue  # it left since we began
+                encoded = ujson.dumps(entry.wire()).encode()
+                if chunk and size + len(encoded) > budget:
+                    send(last=False)
+                chunk.append(encoded)
+                size += len(encoded) + 1
+            await asyncio.sleep(0)  # a slice at a time: the loop goes on
+        send(last=True)
+
+    def _budget(self) -> int:
+        """Bytes of entries per op: half of ``WS_MAX_PUBLISH``, which leaves
+        room around them and keeps every op far from the limit."""
+        return max(16 * 1024, self.config.max_publish // 2)
+
+    # -- the interval -----------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._timer is None and self._loop is not None:
+            self._timer = self._loop.call_later(
+                self.config.presence_interval, self.flush
+            )
+
+    def flush(self) -> None:
+        """Publish this interval's own changes; tell local members theirs."""
+        self._timer = None
+        try:
+            self._publish_changes()
+            self._tell_members()
+        except Exception:
+            log.exception("websocket presence flush failed")
+
+    def _publish_changes(self) -> None:
+        joins, leaves, counts = self._out_joins, self._out_leaves, self._out_counts
+        if not (joins or leaves or counts):
+            return
+        self._out_joins, self._out_leaves, self._out_counts = {}, [], {}
+        budget = self._budget()
+        head: dict[str, Any] = {"life": self.life}
+        if counts:
+            head["c"] = counts
+        # Leaves first, in their own ops: they are small, and a join that
+        # follows a leave of the same key (a metadata update) then arrives
+        # after it, as it happened.
+        for items in _chunks([ujson.dumps(ref).encode() for ref in leaves], budget):
+            self._publish(_with_list(head, "l", items), None, "presence")
+            head = {"life": self.life}
+        encoded = [ujson.dumps(j).encode() for j in joins.values()]
+        for items in _chunks(encoded, budget):
+            self._publish(_with_list(head, "j", items), None, "presence")
+            head = {"life": self.life}
+        if len(head) > 1:  # counts alone
+            self._publish(ujson.dumps(head).encode(), None, "presence")
+
+    def _tell_members(self) -> None:
+        assert self._flusher is not None
+        newcomers, self._newcomers = self._newcomers, {}
+        recount, self._recount = self._recount, set()
+        diffs = self._diffs.take()
+        rooms = self.local.rooms
+        sent = 0
+        for room, diff in diffs.items():
+            members = rooms.get(room)
+            if not members:
+                continue
+            fresh = newcomers.pop(room, set())
+            others = members - fresh if fresh else members
+            if others:
+                sent += self._send(others, "presence.diff", {"room": room, **diff})
+            if fresh:
+                sent += self._send(fresh & members, "presence.state", self._state(room))
+        for room, fresh in newcomers.items():  # joined, nothing else changed
+            members = rooms.get(room)
+            if (
+                members
+                and fresh
+                and room not in recount
+                and self.policies.presence(room) == "full"
+            ):
+                state = self._state(room)
+                sent += self._send(fresh & members, "presence.state", state)
+        for room in recount:
+            members = rooms.get(room)
+            if members:
+                total = self.counts.total(room)
+                sent += self._send(
+                    members, "presence.count", {"room": room, "connections": total}
+                )
+        self.counters.messages_out += sent
+
+    def _state(self, room: str) -> dict[str, Any]:
+        return {"room": room, "users": self.table.state(room)}
+
+    def _send(self, wires: Iterable[Wire], type_: str, data: dict[str, Any]) -> int:
+        assert self._flusher is not None
+        frame = encode_frame(OP_TEXT, encode_envelope(type_, data))
+        return fan_out(
+            list(wires), frame, (), self.config.max_backpressure, self._flusher
+        )
+
+    def _run(self, work: Any) -> None:
+        if self._loop is None:
+            return
+        task = self._loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def full(self, room: str) -> bool:
+        return self.policies.presence(room) == "full"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "entries": len(self.table),
+            "rooms": len(self.table.rooms),
+            "counted_rooms": len(self.counts.rooms),
+        }
+
+
+def _chunks(items: list[bytes], budget: int) -> Iterator[list[bytes]]:
+    """``items`` in runs of at most ``budget`` bytes (at least one each)."""
+    run: list[bytes] = []
+    size = 0
+    for item in items:
+        if run and size + len(item) > budget:
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += len(item) + 1
+    if run:
+        yield run
+
+
+def _with_list(head: dict[str, Any], key: str, items: list[bytes]) -> bytes:
+    """``head`` as JSON with ``key`` set to the already-encoded ``items``."""
+    body = ujson.dumps(head).encode()
+    return b'%s,"%s":[%s]}' % (body[:-1], key.encode(), b",".join(items))
