@@ -110,27 +110,31 @@ async def cluster(
 
 async def presence_of(
     client: Client,
-    conn_id: str,
-    *,
+    *conn_ids: str,
     leaving: bool = False,
     room: str = "lobby",
     timeout: float = 10,
 ) -> dict[str, Any]:
-    """Read ``client``'s presence frames until ``conn_id`` joins (or leaves)."""
-    while True:
+    """Read ``client``'s presence frames until every one of ``conn_ids``
+    joined (or left); the last one's metadata."""
+    waiting = set(conn_ids)
+    found: dict[str, Any] = {}
+    while waiting:
         frame = await client.ws.recv(units(timeout))
         assert isinstance(frame, Envelope)
         if frame.type not in ("presence.state", "presence.diff"):
             continue
         assert frame.data["room"] == room
         if frame.type == "presence.state":
-            found = [] if leaving else list(frame.data["users"].values())
+            groups = [] if leaving else list(frame.data["users"].values())
         else:
-            found = list(frame.data["leaves" if leaving else "joins"].values())
-        for metas in found:
+            groups = list(frame.data["leaves" if leaving else "joins"].values())
+        for metas in groups:
             for meta in metas:
-                if meta["conn"] == conn_id:
-                    return dict(meta)
+                if meta["conn"] in waiting:
+                    waiting.discard(meta["conn"])
+                    found = dict(meta)
+    return found
 
 
 async def drain(client: Client, type_: str, n: int) -> list[Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from sanic import Request, Sanic, json
@@ -24,6 +25,8 @@ Extend(app).register(WSExtension)
 handlers = WSHandlers(app)
 handlers.room("lobby", presence="full", expose_ids=True)
 handlers.room("watch", presence="full", expose_ids=True)
+handlers.room("big:{name}", presence="full")
+handlers.room("counted:{name}", presence="counts")
 
 
 @handlers.verify
@@ -80,6 +83,9 @@ async def do(conn: Connection, msg: Envelope) -> None:
         result = await ws.users()
     elif op == "status":
         result = ws.status()
+    elif op == "block":
+        # A handler that blocks the event loop (a sync call by mistake).
+        time.sleep(args["seconds"])  # noqa: ASYNC251 (the point of this op)
     await conn.send("done", {"op": op, "result": result, "worker": conn.worker})
 
 
