@@ -97,3 +97,84 @@ async def test_a_restarted_peer_gets_ops_after_its_old_inbox_filled() -> None:
     assert gaps == [W1]  # the peer is re-synced after the loss
     await a.stop()
     await new_b.stop()
+
+
+class Gaps:
+    """An ``on_gap`` hook: records peers, and re-syncs them as the manager would."""
+
+    def __init__(
+        self, relay: WorkerRelay | None = None, sync: Op | None = None
+    ) -> None:
+        self.peers: list[str] = []
+        self.event = asyncio.Event()
+        self.relay, self.sync = relay, sync
+
+    def __call__(self, peer: str) -> None:
+        self.peers.append(peer)
+        self.event.set()
+        if self.relay is not None and self.sync is not None:
+            self.relay.publish(self.sync, to=peer)
+
+
+async def test_a_datagram_the_inbox_refuses_is_a_gap_not_a_silent_hole() -> None:
+    """EMSGSIZE drops a datagram: the peer is re-synced before it gets more."""
+    inboxes = make_inboxes(2)
+    a, b = WorkerRelay(inboxes, W0), WorkerRelay(inboxes, W1)
+    got = Sink()
+    await a.start(Sink())
+    await b.start(got)
+    # Shrink the send buffer of slot 1's inbox (one kernel socket that every
+    # sender shares) below a full datagram: the kernel refuses those whole.
+    write_end = inboxes[1][2 + inboxes[2][1]]
+    with socket.socket(fileno=os.dup(write_end.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < DATAGRAM
+    sync = Op(OpKind.SYNC, b"the whole state", origin=W0)
+    a.on_gap = gaps = Gaps(a, sync)  # the manager answers a gap with a SYNC
+    first = Op(OpKind.BROADCAST, b"first", origin=W0)
+    refused = Op(OpKind.BROADCAST, b"x" * (2 * DATAGRAM), origin=W0)
+    behind = Op(OpKind.BROADCAST, b"behind the hole", origin=W0)
+    for op in (first, refused, behind):
+        a.publish(op)
+    # Nothing past the hole before the SYNC: `behind` is dropped with it.
+    assert await got.until(2) == [first, sync]
+    assert gaps.peers == [W1]
+    assert a.dropped > 0
+    later = Op(OpKind.BROADCAST, b"later", origin=W0)
+    a.publish(later)
+    assert await got.until(3) == [first, sync, later]
+    assert a.status()["state"] == "ok"
+    await a.stop()
+    await b.stop()
+
+
+async def test_an_inbox_closed_under_a_backlog_is_a_gap_not_a_silent_loss() -> None:
+    """EPIPE while draining: the backlog is counted as lost and the peer re-synced."""
+    inboxes = make_inboxes(2)
+    a = WorkerRelay(inboxes, W0)
+    old_b = WorkerRelay(inboxes, W1)
+    await a.start(Sink())
+    await old_b.start(Sink())
+    index = 2 + inboxes[2][1]  # slot 1's current inbox
+    await old_b.stop()  # slot 1 stops reading; its inbox fills up
+    a.on_gap = gaps = Gaps()
+    for _ in range(2000):
+        a.publish(Op(OpKind.BROADCAST, b"y" * 8000, origin=W0))
+    await asyncio.sleep(0)  # one loop pass: the flush runs
+    assert a.status()["state"] == "backlogged"
+    # The last reference to the inbox's read end goes: writes fail (EPIPE).
+    inboxes[0][index].close()
+    await asyncio.wait_for(gaps.event.wait(), units(5))
+    assert gaps.peers == [W1]
+    status = a.status()
+    assert (status["state"], status["backlog_bytes"]) == ("ok", 0)
+    assert a.dropped > 0
+    # A replacement for slot 1 takes its other inbox and is reached.
+    new_b = WorkerRelay(inboxes, W1)
+    got = Sink()
+    await new_b.start(got)
+    hello = Op(OpKind.SEND, b"hello new b", origin=W0)
+    a.publish(hello, to=W1)
+    assert await got.until(1) == [hello]
+    await a.stop()
+    await new_b.stop()

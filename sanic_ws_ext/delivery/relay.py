@@ -23,6 +23,10 @@ Rules this module keeps:
 - Sending never blocks: a full inbox (a dead or stuck worker) keeps ops in a
   bounded per-slot backlog retried when writable; past the bound they are
   dropped and counted.
+- No silent holes: after any loss for a peer (its backlog overflowed, or a
+  write failed with anything but "would block"), everything for it is
+  dropped and counted until the peer is re-synced (``on_gap``), so a peer
+  never gets later ops past a missing one without a SYNC in between.
 - Datagrams from one sender arrive in order; ops larger than a datagram are
   cut into fragments that the receiver joins per sender.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -52,6 +57,13 @@ DATAGRAM = 32 * 1024
 _HEAD = struct.Struct("!BHI")  # kind, sender slot, sender's life (random per process)
 _WHOLE, _FIRST, _MORE, _LAST = 0, 1, 2, 3
 _READS_PER_WAKEUP = 256
+# After a failed write, the first recovery is at once; if writes keep failing
+# with nothing getting through, the next ones back off from 50 ms to 2 s.
+_RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
+# Errors meaning the peer's end is closed: expected while a worker restarts.
+_PEER_GONE = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED}
+)
 
 # With the Redis backplane, process names carry their node: "<node>/<worker>".
 _WORKER_NAME = re.compile(r"^(?:[^/]*/)?Sanic-Server-(\d+)-\d+$")
@@ -123,6 +135,11 @@ class WorkerRelay:
         # Which inbox each slot's backlog was queued for (-1: none yet).
         self._backlog_index = [-1] * self.slots
         self._overflowed = [False] * self.slots
+        # Per slot: the fd watched for writability, the pending recovery after
+        # a failed write, and how many recoveries in a row found writes failing.
+        self._watching: list[int | None] = [None] * self.slots
+        self._recovery: list[asyncio.Handle | None] = [None] * self.slots
+        self._failures = [0] * self.slots
         self._writers: dict[int, socket.socket] = {}
         # Per sender slot: (its life, the fragments so far).
         self._partial: dict[int, tuple[int, bytearray]] = {}
@@ -132,7 +149,8 @@ class WorkerRelay:
         self.on_gap: Callable[[str], None] | None = None
         self._scheduled = False
         self._drained: asyncio.Event | None = None
-        #: Ops dropped because a peer's inbox and backlog were full.
+        #: Datagrams dropped: a peer's backlog overflowed, or writing to it
+        #: failed (each followed by a re-sync of that peer, ``on_gap``).
         self.dropped = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -169,9 +187,13 @@ class WorkerRelay:
             self._inbox.close()
             self._inbox = None
         # Writers are keyed by inbox (slot * 2 + half), backlogs by slot.
+        for slot in range(self.slots):
+            self._unwatch(slot)
+            recovery = self._recovery[slot]
+            if recovery is not None:
+                recovery.cancel()
+                self._recovery[slot] = None
         for sock in self._writers.values():
-            if self._loop is not None:
-                self._loop.remove_writer(sock.fileno())
             sock.close()
         self._writers.clear()
         for backlog in self._backlog:
@@ -271,17 +293,19 @@ class WorkerRelay:
             self._backlog_index[slot] = index
         backlog = self._backlog[slot]
         if self._overflowed[slot]:
-            self.dropped += 1  # keep dropping until the backlog drains: no holes
+            self.dropped += 1  # keep dropping until the peer is re-synced: no holes
             return
         if not backlog:
             try:
                 self._writer(index).send(datagram)
+            except (BlockingIOError, InterruptedError):
+                pass  # the inbox is full: keep it in the backlog
+            except OSError as exc:
+                self._lose(slot, exc, queued=False)
                 return
-            except BlockingIOError:
-                pass
-            except OSError:
-                log.exception("relay: writing to worker slot %d failed", slot)
-                self.dropped += 1
+            else:
+                if self._failures[slot]:
+                    self._failures[slot] = 0
                 return
         if self._backlog_bytes[slot] + len(datagram) > self._max_backlog:
             # Dropping one datagram and sending the next would leave a hole
@@ -299,8 +323,7 @@ class WorkerRelay:
         backlog.append(datagram)
         self._backlog_bytes[slot] += len(datagram)
         if len(backlog) == 1:
-            assert self._loop is not None
-            self._loop.add_writer(self._writer(index).fileno(), self._drain, slot)
+            self._watch(slot, index)
 
     def _drain(self, slot: int) -> None:
         index = self._backlog_index[slot]
@@ -308,37 +331,103 @@ class WorkerRelay:
             self._forget_backlog(slot)
             return
         backlog = self._backlog[slot]
-        sock = self._writer(index)
+        sock = self._writers[index]
         while backlog:
             try:
                 sock.send(backlog[0])
-            except BlockingIOError:
+            except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                log.exception("relay: writing to worker slot %d failed", slot)
-                self._forget_backlog(slot)
+            except OSError as exc:
+                self._lose(slot, exc, queued=True)
                 return
             self._backlog_bytes[slot] -= len(backlog.popleft())
-        assert self._loop is not None
-        self._loop.remove_writer(sock.fileno())
+        self._unwatch(slot)
+        self._failures[slot] = 0
         self._caught_up(slot)
 
-    def _forget_backlog(self, slot: int) -> None:
-        index = self._backlog_index[slot]
-        if self._backlog[slot] and index >= 0 and self._loop is not None:
-            self._loop.remove_writer(self._writer(index).fileno())
+    def _lose(self, slot: int, exc: OSError, *, queued: bool) -> None:
+        """A write to ``slot`` failed for good: recover as from an overflow.
+
+        Only "would block" is worth retrying, and it never gets here. Any
+        other error means the datagram cannot be delivered: the peer's inbox
+        is gone (``EPIPE``, ``ECONNRESET``, ``ENOTCONN``, ``ECONNREFUSED``),
+        the datagram is larger than the socket takes (``EMSGSIZE``), the
+        kernel is short of memory (``ENOBUFS``, ``ENOMEM``), or our socket is
+        unusable (``EBADF``). Sending what follows would leave a hole in the
+        middle of the peer's stream, so the failed datagram, the backlog
+        behind it and everything for that peer are dropped (counted) until
+        the recovery, which re-syncs the peer (``on_gap``) as after an
+        overflow. Recovery is at once the first time; if writes keep
+        failing with nothing getting through, it backs off (to 2 s).
+        """
+        if not queued:
+            self.dropped += 1  # the datagram that failed; a queued one is counted below
+        if not self._overflowed[slot]:
+            self._overflowed[slot] = True
+            level = logging.INFO if exc.errno in _PEER_GONE else logging.WARNING
+            log.log(
+                level,
+                "relay: cannot write to worker slot %d (%s); its ops are dropped"
+                " until it is re-synced",
+                slot,
+                exc,
+            )
+        self._discard(slot)
+        # This socket failed: the next write uses a fresh one.
+        sock = self._writers.pop(self._backlog_index[slot], None)
+        if sock is not None:
+            sock.close()
+        if self._recovery[slot] is None:
+            assert self._loop is not None
+            failures = self._failures[slot]
+            self._failures[slot] = failures + 1
+            if failures == 0:
+                handle: asyncio.Handle = self._loop.call_soon(self._recover, slot)
+            else:
+                delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (failures - 1))
+                handle = self._loop.call_later(delay, self._recover, slot)
+            self._recovery[slot] = handle
+
+    def _recover(self, slot: int) -> None:
+        self._recovery[slot] = None
+        if not self._backlog[slot]:
+            self._caught_up(slot)
+
+    def _discard(self, slot: int) -> None:
+        """Drop (and count) the backlog for ``slot``; stop waiting to write."""
+        self._unwatch(slot)
         self.dropped += len(self._backlog[slot])
         self._backlog[slot].clear()
         self._backlog_bytes[slot] = 0
+
+    def _forget_backlog(self, slot: int) -> None:
+        self._discard(slot)
         self._caught_up(slot)
 
     def _caught_up(self, slot: int) -> None:
+        recovery = self._recovery[slot]
+        if recovery is not None:
+            recovery.cancel()
+            self._recovery[slot] = None
         if self._overflowed[slot]:
             self._overflowed[slot] = False
             if self.on_gap is not None:
                 self.on_gap(f"Sanic-Server-{slot}-0")
         if self._drained is not None and not any(self._backlog):
             self._drained.set()
+
+    def _watch(self, slot: int, index: int) -> None:
+        """Drain the backlog of ``slot`` when inbox ``index`` is writable."""
+        assert self._loop is not None
+        fd = self._writers[index].fileno()
+        self._loop.add_writer(fd, self._drain, slot)
+        self._watching[slot] = fd
+
+    def _unwatch(self, slot: int) -> None:
+        fd = self._watching[slot]
+        if fd is not None and self._loop is not None:
+            self._loop.remove_writer(fd)
+        self._watching[slot] = None
 
     def _writer(self, index: int) -> socket.socket:
         """A socket to inbox ``index`` (``slot * 2 + half``)."""
