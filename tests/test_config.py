@@ -39,6 +39,7 @@ def test_defaults() -> None:
         "WS_PRESENCE_EVENTS",
         "WS_RELAY_BEAT",
         "WS_BACKPLANE",
+        "WS_RELAY_TRANSPORT",
         "WS_REDIS_CHANNEL",
         "WS_MAX_PUBLISH",
         "WS_BACKPLANE_BUFFER",
@@ -53,6 +54,7 @@ def test_defaults() -> None:
         "WS_STATS_TOKEN",
     }
     assert config.redis_url is None
+    assert config.relay_transport == "auto"
     # The abuse limits are off until the deployment sets them.
     assert config.max_connections is None
     assert config.max_connections_per_ip is None
@@ -107,6 +109,8 @@ def test_origins_from_environment_string() -> None:
         ("WS_RELAY_BEAT", 0),
         ("WS_BACKPLANE", "carrier-pigeon://"),
         ("WS_BACKPLANE", None),
+        ("WS_RELAY_TRANSPORT", "dgram"),
+        ("WS_RELAY_TRANSPORT", None),
         ("WS_REDIS_CHANNEL", ""),
         ("WS_REDIS_CHANNEL", "a:b"),
         ("WS_MAX_PUBLISH", 0),
@@ -132,6 +136,12 @@ def test_bad_value_names_the_key(key: str, value: Any) -> None:
 )
 def test_a_redis_url_selects_the_backplane(url: str) -> None:
     assert WSConfig.from_mapping({"WS_BACKPLANE": url}).redis_url == url
+
+
+@pytest.mark.parametrize("transport", ["auto", "seqpacket", "stream"])
+def test_relay_transport_values(transport: str) -> None:
+    config = WSConfig.from_mapping({"WS_RELAY_TRANSPORT": transport})
+    assert config.relay_transport == transport
 
 
 def test_bad_value_fails_registration(make_app: AppFactory) -> None:
