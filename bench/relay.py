@@ -1,6 +1,7 @@
 """Relay between workers: throughput in bursts and latency when paced.
 
     python bench/relay.py [--workers 4] [--rounds 5] [--burst 200000] [--rate 10000]
+                          [--transport auto|seqpacket|stream]
 
 Runs the real :class:`~sanic_ws_ext.delivery.relay.WorkerRelay` in N spawned
 processes (as Sanic spawns workers) over inboxes made by ``make_inboxes``.
@@ -22,7 +23,13 @@ from typing import Any
 import uvloop
 from opload import Receiver, send
 
-from sanic_ws_ext.delivery.relay import RelayInboxes, WorkerRelay, make_inboxes
+from sanic_ws_ext.delivery.relay import (
+    TRANSPORTS,
+    RelayInboxes,
+    WorkerRelay,
+    choose_transport,
+    make_inboxes,
+)
 
 
 def worker(*args: Any) -> None:
@@ -56,9 +63,11 @@ async def _worker(
     await relay.stop()
 
 
-def run_round(workers: int, mode: str, count: int, rate: int) -> list[tuple[Any, ...]]:
+def run_round(
+    workers: int, mode: str, count: int, rate: int, transport: str
+) -> list[tuple[Any, ...]]:
     ctx = mp.get_context("spawn")
-    inboxes = make_inboxes(workers)
+    inboxes = make_inboxes(workers, transport)
     ready = ctx.Semaphore(0)
     go = ctx.Event()
     results = ctx.Queue()
@@ -88,17 +97,19 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=200_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--paced-seconds", type=float, default=2.0)
+    parser.add_argument("--transport", choices=["auto", *TRANSPORTS], default="auto")
     args = parser.parse_args()
+    transport = choose_transport(args.transport)
     burst_rates: list[float] = []
     p50s: list[float] = []
     p99s: list[float] = []
     for r in range(args.rounds):
         # Interleave the two scenarios round by round.
-        for res in run_round(args.workers, "burst", args.burst, args.rate):
+        for res in run_round(args.workers, "burst", args.burst, args.rate, transport):
             assert res[2] == args.burst, f"lost messages: {res}"
             burst_rates.append(res[3])
         paced_count = int(args.rate * args.paced_seconds)
-        for res in run_round(args.workers, "paced", paced_count, args.rate):
+        for res in run_round(args.workers, "paced", paced_count, args.rate, transport):
             assert res[2] == paced_count, f"lost messages: {res}"
             p50s.append(res[3])
             p99s.append(res[4])
@@ -112,7 +123,8 @@ def main() -> None:
         )
 
     print(
-        f"relay, {args.workers} workers on {mp.cpu_count()} cores, {args.rounds} rounds"
+        f"relay ({transport}), {args.workers} workers on {mp.cpu_count()} cores,"
+        f" {args.rounds} rounds"
     )
     print(
         f"  burst of {args.burst:,}, per receiving worker: {fmt(burst_rates, 'msg/s')}"

@@ -86,6 +86,11 @@ DEFAULTS: dict[str, Any] = {
     # or a Redis URL ("redis://host:6379/0", "rediss://...", "unix://...")
     # to join every machine using the same URL and channel into one cluster.
     "WS_BACKPLANE": "auto",
+    # How the relay carries ops between the workers of one machine: "auto"
+    # (SOCK_SEQPACKET inboxes where the system can make them, as on Linux;
+    # else private SOCK_STREAM pairs, as on macOS), "seqpacket" or "stream".
+    # Under --workers N with no working transport, the server refuses to start.
+    "WS_RELAY_TRANSPORT": "auto",
     # Prefix of the Redis channels; apps sharing one Redis need distinct ones.
     "WS_REDIS_CHANNEL": "sanic-ws-ext",
     # Largest message (bytes) sent through Redis; bigger sends raise
@@ -106,6 +111,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_RELAY_TRANSPORTS = ("auto", "seqpacket", "stream")
 # Room for a Redis message's headers next to its largest body.
 _MESSAGE_OVERHEAD = 64 * 1024
 
@@ -179,6 +185,7 @@ class WSConfig:
     peer_timeout: float
     query_timeout: float
     backplane: str
+    relay_transport: str
     redis_channel: str
     max_publish: int
     backplane_buffer: int
@@ -231,6 +238,12 @@ class WSConfig:
                 "WS_BACKPLANE",
                 "must be 'auto', 'local' or a redis://, rediss:// or unix:// URL,"
                 f" got {backplane!r}",
+            )
+        transport = get("WS_RELAY_TRANSPORT")
+        if transport not in _RELAY_TRANSPORTS:
+            raise ConfigError(
+                "WS_RELAY_TRANSPORT",
+                f"must be 'auto', 'seqpacket' or 'stream', got {transport!r}",
             )
         channel = get("WS_REDIS_CHANNEL")
         if not isinstance(channel, str) or not channel or ":" in channel:
@@ -320,6 +333,7 @@ class WSConfig:
             peer_timeout=peer_timeout,
             query_timeout=seconds("WS_QUERY_TIMEOUT"),
             backplane=backplane,
+            relay_transport=transport,
             redis_channel=channel,
             max_publish=max_publish,
             backplane_buffer=buffer,

@@ -35,7 +35,7 @@ from .config import DEFAULTS, WSConfig
 from .delivery import Delivery
 from .delivery.backplane import RedisBackplane
 from .delivery.local import LocalDelivery
-from .delivery.relay import WorkerRelay, make_inboxes, slot_of
+from .delivery.relay import WorkerRelay, choose_transport, make_inboxes, slot_of
 from .endpoint import websocket_endpoint
 from .errors import ConfigError
 from .handlers import HandlerRegistry, WSHandlers, groups_of
@@ -108,6 +108,10 @@ async def _make_relay(app: Sanic[Any, Any]) -> None:
 
     Not run by ``--single-process`` or test clients: they deliver locally.
     With Redis, also the node id every worker of this machine shares.
+
+    Workers that cannot reach each other would each serve only their own
+    connections while looking like one server: with more than one worker and
+    no working transport, this refuses to start instead.
     """
     workers = app.state.workers
     config: WSConfig = getattr(app.ctx, _INSTALLED)
@@ -116,14 +120,26 @@ async def _make_relay(app: Sanic[Any, Any]) -> None:
 
         # ctypes: what Sanic's shared_ctx takes without a warning.
         setattr(app.shared_ctx, _NODE_KEY, RawArray("c", _new_node_id().encode()))
-    if (
-        config.backplane == "local"
-        or workers < 1
-        or not hasattr(socket, "SOCK_SEQPACKET")
-    ):
+    if config.backplane == "local" or workers < 1:
         return
+    wanted = config.relay_transport
+    try:
+        transport = choose_transport(wanted)
+    except OSError as exc:
+        if workers == 1 and wanted == "auto":
+            return  # one worker: nobody to reach
+        auto = "" if wanted == "auto" else 'set WS_RELAY_TRANSPORT = "auto", '
+        raise ConfigError(
+            "WS_RELAY_TRANSPORT",
+            f"{exc}. Without a relay, the {workers} workers cannot reach each"
+            " other and would each serve only their own connections. Run one"
+            f" worker (--single-process), {auto}or set WS_BACKPLANE = 'local'"
+            " to run separate workers on purpose",
+        ) from exc
+    if wanted == "auto" and transport != "seqpacket":
+        log.info("relay: SOCK_SEQPACKET pairs are unavailable; using %s", transport)
     # Flat tuples of multiprocessing objects: what Sanic's shared_ctx accepts.
-    reads, writes, current = make_inboxes(workers)
+    reads, writes, current = make_inboxes(workers, transport)
     setattr(app.shared_ctx, _RELAY_KEY + "_reads", reads)
     setattr(app.shared_ctx, _RELAY_KEY + "_writes", writes)
     setattr(app.shared_ctx, _RELAY_KEY + "_current", current)
@@ -160,6 +176,7 @@ async def _start(app: Sanic[Any, Any]) -> None:
         ("WS_HEALTH", config.health, registered.health),
         ("WS_STATS", config.stats, registered.stats),
         ("WS_BACKPLANE", config.backplane, registered.backplane),
+        ("WS_RELAY_TRANSPORT", config.relay_transport, registered.relay_transport),
     ):
         if now != then:
             raise ConfigError(

@@ -1,4 +1,9 @@
-"""Four workers behave as one server: a real `sanic --workers 4` process."""
+"""Four workers behave as one server: a real `sanic --workers 4` process.
+
+Tests taking ``transport`` run twice: with the relay this system picks
+("auto": seqpacket on Linux) and with the stream transport forced
+(``WS_RELAY_TRANSPORT``), the one macOS gets.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from sanic_ws_ext import Envelope
+from sanic_ws_ext.delivery.relay import choose_transport
 from sanic_ws_ext.testing import WSTestClient
 
 from .conftest import units
 from .procs import SanicProcess
 
 WORKERS = 4
+transports = pytest.mark.parametrize("transport", ["auto", "stream"])
 
 
 @dataclass
@@ -94,8 +102,9 @@ def worker_names() -> list[str]:
 
 @asynccontextmanager
 async def cluster(
-    *args: str, env: dict[str, str] | None = None
+    *args: str, env: dict[str, str] | None = None, transport: str = "auto"
 ) -> AsyncIterator[Cluster]:
+    env = {**(env or {}), "SANIC_WS_RELAY_TRANSPORT": transport}
     server = SanicProcess(
         "tests.apps.cluster:app", "--workers", str(WORKERS), *args, env=env
     )
@@ -137,15 +146,23 @@ async def presence_of(
     return found
 
 
+async def assert_transport(client: Client, transport: str) -> None:
+    """The relay runs over the transport asked for (or the one "auto" picks)."""
+    status = await client.do("status")
+    assert status["delivery"]["transport"] == choose_transport(transport)
+
+
 async def drain(client: Client, type_: str, n: int) -> list[Any]:
     return [(await client.ws.expect(type_, units(10))).data for _ in range(n)]
 
 
-async def test_broadcast_send_disconnect_count_across_workers() -> None:
-    async with cluster() as c:
+@transports
+async def test_broadcast_send_disconnect_count_across_workers(transport: str) -> None:
+    async with cluster(transport=transport) as c:
         await c.cover(per_worker=2)
         total = len(c.clients)
         a = c.on(worker_names()[0])[0]
+        await assert_transport(a, transport)
         assert await c.until(a, "count", lambda n: n == total) == total
         # Broadcast from a handler reaches every connection on every worker.
         await a.do("broadcast", data="hello", exclude=[a.id])
@@ -173,11 +190,13 @@ async def test_broadcast_send_disconnect_count_across_workers() -> None:
         assert await c.until(a, "count", lambda n: n == total - 1) == total - 1
 
 
-async def test_exactly_once_in_order_from_each_sender() -> None:
+@transports
+async def test_exactly_once_in_order_from_each_sender(transport: str) -> None:
     n = 500
-    async with cluster() as c:
+    async with cluster(transport=transport) as c:
         await c.cover(per_worker=1)
         senders = [c.on(w)[0] for w in worker_names()]
+        await assert_transport(senders[0], transport)
         for sender in senders:
             await c.until(sender, "count", lambda k: k == len(c.clients))
         for sender in senders:
@@ -231,14 +250,16 @@ async def test_rooms_users_and_presence_across_workers() -> None:
             assert (await a.ws.expect("for_user")).data == "hi alice"
 
 
-async def test_worker_killed_during_broadcast() -> None:
+@transports
+async def test_worker_killed_during_broadcast(transport: str) -> None:
     n = 3000
-    async with cluster() as c:
+    async with cluster(transport=transport) as c:
         await c.cover(per_worker=2)
         victim_worker = worker_names()[1]
         victims = c.on(victim_worker)
         survivors = [x for x in c.clients if x.worker != victim_worker]
         sender = next(x for x in survivors if x.worker == worker_names()[0])
+        await assert_transport(sender, transport)
         await c.until(sender, "count", lambda k: k == len(c.clients))
         for member in survivors:
             await member.do("join", room="watch")
@@ -322,12 +343,14 @@ async def test_dev_reload_keeps_the_cluster_working(tmp_path: Path) -> None:
             await ws.close()
 
 
-async def test_graceful_restart_of_one_worker() -> None:
-    async with cluster() as c:
+@transports
+async def test_graceful_restart_of_one_worker(transport: str) -> None:
+    async with cluster(transport=transport) as c:
         await c.cover(per_worker=1)
         restarted = worker_names()[2]
         leaving = c.on(restarted)[0]
         witness = c.on(worker_names()[0])[0]
+        await assert_transport(witness, transport)
         await c.until(witness, "count", lambda k: k == len(c.clients))
         async with httpx.AsyncClient() as http:
             await http.post(c.server.url("/restart"), json={"worker": restarted})

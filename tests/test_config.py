@@ -45,6 +45,7 @@ def test_defaults() -> None:
         "WS_PEER_TIMEOUT",
         "WS_QUERY_TIMEOUT",
         "WS_BACKPLANE",
+        "WS_RELAY_TRANSPORT",
         "WS_REDIS_CHANNEL",
         "WS_MAX_PUBLISH",
         "WS_BACKPLANE_BUFFER",
@@ -59,6 +60,7 @@ def test_defaults() -> None:
         "WS_STATS_TOKEN",
     }
     assert config.redis_url is None
+    assert config.relay_transport == "auto"
     # The abuse limits are off until the deployment sets them.
     assert config.max_connections is None
     assert config.max_connections_per_ip is None
@@ -119,6 +121,8 @@ def test_origins_from_environment_string() -> None:
         ("WS_RELAY_BEAT", 0),
         ("WS_BACKPLANE", "carrier-pigeon://"),
         ("WS_BACKPLANE", None),
+        ("WS_RELAY_TRANSPORT", "dgram"),
+        ("WS_RELAY_TRANSPORT", None),
         ("WS_REDIS_CHANNEL", ""),
         ("WS_REDIS_CHANNEL", "a:b"),
         ("WS_MAX_PUBLISH", 0),
@@ -144,6 +148,12 @@ def test_bad_value_names_the_key(key: str, value: Any) -> None:
 )
 def test_a_redis_url_selects_the_backplane(url: str) -> None:
     assert WSConfig.from_mapping({"WS_BACKPLANE": url}).redis_url == url
+
+
+@pytest.mark.parametrize("transport", ["auto", "seqpacket", "stream"])
+def test_relay_transport_values(transport: str) -> None:
+    config = WSConfig.from_mapping({"WS_RELAY_TRANSPORT": transport})
+    assert config.relay_transport == transport
 
 
 def test_bad_value_fails_registration(make_app: AppFactory) -> None:

@@ -1,28 +1,44 @@
 """Delivery between the workers of one machine, with no external service.
 
-The main process (``main_process_start``) makes two inboxes per worker slot:
-``socketpair(AF_UNIX, SOCK_SEQPACKET)``, handed to every worker on
-``app.shared_ctx`` (Sanic pickles it into each process it spawns, restarted
-ones included, so all of them hold the same kernel sockets). A worker reads
-its slot's current inbox with ``loop.add_reader``; every worker writes to it.
+The main process (``main_process_start``) makes two inboxes per worker slot,
+handed to every worker on ``app.shared_ctx`` (Sanic pickles it into each
+process it spawns, restarted ones included, so all of them hold the same
+kernel sockets). A worker reads its slot's current inbox with
+``loop.add_reader``. Two transports, one protocol on top:
+
+- ``seqpacket`` (Linux): each inbox is a ``socketpair(AF_UNIX,
+  SOCK_SEQPACKET)``; every worker writes its datagrams to it. The kernel keeps
+  each datagram whole, so many writers never mix.
+- ``stream`` (where seqpacket pairs cannot be made: macOS): each inbox is a
+  ``SOCK_DGRAM`` pair that carries only file descriptors. A sender makes a
+  private ``socketpair(AF_UNIX, SOCK_STREAM)`` per receiving process and
+  passes the read end through that inbox (``SCM_RIGHTS``). Each stream has
+  one writer and one reader, so partial writes (which a stream allows)
+  cannot interleave with another writer's; datagrams travel on it framed by
+  their length. A sender that exits or is killed closes its end: the reader
+  sees EOF and drops a record cut short.
 
 Why this design (docs/architecture.md has the measurements): per-worker
 multiprocessing queues deadlock forever after a worker is killed while
 holding a queue's lock; a hub process is a single point of failure that Sanic
-does not restart. Kernel datagram sockets have no lock a dying process can
-hold, keep their buffer while a worker restarts, and preserve each sender's
-order. Writes are coalesced: all ops for one slot in an event-loop pass go
-out in datagrams of at most 32 KiB.
+does not restart. Kernel sockets have no lock a dying process can hold and
+preserve each sender's order. Writes are coalesced: all ops for one slot in
+an event-loop pass go out in datagrams of at most 32 KiB.
 
 Rules this module keeps:
 
 - Two inboxes per slot, and ``current[slot]`` (shared memory) says which one
   the live worker reads. A starting worker takes the other one and empties it
-  of stale ops first, so the process it replaces (still shutting down) never
-  takes ops meant for the new one.
-- Sending never blocks: a full inbox (a dead or stuck worker) keeps ops in a
-  bounded per-slot backlog retried when writable; past the bound they are
-  dropped and counted.
+  of stale ops (or streams) first, so the process it replaces (still shutting
+  down) never takes ops meant for the new one.
+- Sending never blocks: a full inbox or stream (a dead or stuck worker) keeps
+  ops in a bounded per-slot backlog retried when writable; past the bound
+  they are dropped and counted. The unsent rest of a record a stream took in
+  part is always kept, and sent before anything else.
+- No silent holes: after any loss for a peer (its backlog overflowed, or a
+  write failed with anything but "would block"), everything for it is
+  dropped and counted until the peer is re-synced (``on_gap``), so a peer
+  never gets later ops past a missing one without a SYNC in between.
 - Datagrams from one sender arrive in order; ops larger than a datagram are
   cut into fragments that the receiver joins per sender.
 """
@@ -31,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -44,7 +61,15 @@ from typing import Any
 from . import Op
 from .wire import apply_records, encode_op, frame_record, pack_records
 
-__all__ = ["RelayInboxes", "WorkerRelay", "make_inboxes", "slot_of"]
+__all__ = [
+    "TRANSPORTS",
+    "RelayInboxes",
+    "WorkerRelay",
+    "choose_transport",
+    "make_inboxes",
+    "slot_of",
+    "transport_of",
+]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext.relay")
 
@@ -52,6 +77,27 @@ DATAGRAM = 32 * 1024
 _HEAD = struct.Struct("!BHI")  # kind, sender slot, sender's life (random per process)
 _WHOLE, _FIRST, _MORE, _LAST = 0, 1, 2, 3
 _READS_PER_WAKEUP = 256
+#: The ways between workers, in the order "auto" tries them.
+TRANSPORTS = ("seqpacket", "stream")
+# Stream transport: a datagram's length before it; the hello that comes with
+# a stream's read end (sender slot, sender's life); the buffer of one stream
+# (one per sender and receiver: smaller than a shared inbox's); reads.
+_FRAME = struct.Struct("!I")
+_HELLO = struct.Struct("!HI")
+_STREAM_BUFFER = 1 << 20
+_STREAM_READ = 256 * 1024
+_STREAM_READS_PER_WAKEUP = 16
+# How often to retry handing a stream to a control inbox that is full.
+_HANDOVER_RETRY = 0.05
+# After a failed write, the first recovery is at once; if writes keep failing
+# with nothing getting through, the next ones back off from 50 ms to 2 s.
+_RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
+# Errors meaning the peer's end is closed: expected while a worker restarts.
+_PEER_GONE = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED}
+)
+# A control inbox that cannot take a message now (macOS says ENOBUFS).
+_CONTROL_FULL = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 
 # With the Redis backplane, process names carry their node: "<node>/<worker>".
 _WORKER_NAME = re.compile(r"^(?:[^/]*/)?Sanic-Server-(\d+)-\d+$")
@@ -66,28 +112,96 @@ def slot_of(worker_name: str) -> int | None:
 RelayInboxes = tuple[tuple[MPConnection, ...], tuple[MPConnection, ...], Any]
 
 
-def make_inboxes(slots: int) -> RelayInboxes:
+def _probe_seqpacket() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        b.send(b"x")
+        a.recv(1)
+
+
+def _probe_stream() -> None:
+    control_read, control_write = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with control_read, control_write, ours, theirs:
+        socket.send_fds(control_write, [b"x"], [theirs.fileno()])
+        _, fds, _, _ = socket.recv_fds(control_read, 1, 1)
+        for fd in fds:
+            os.close(fd)
+        if len(fds) != 1:
+            raise OSError("file descriptors do not pass over Unix sockets")
+
+
+_PROBES = {"seqpacket": _probe_seqpacket, "stream": _probe_stream}
+
+
+def choose_transport(wanted: str = "auto") -> str:
+    """The transport to use on this system: ``wanted``, or for ``"auto"`` the
+    first of :data:`TRANSPORTS` that works.
+
+    Each is tried for real (a socket pair made and used), since a constant
+    can exist where the call fails (``SOCK_SEQPACKET`` on macOS). Raises
+    :class:`OSError` naming each failure when none works.
+    """
+    names = TRANSPORTS if wanted == "auto" else (wanted,)
+    problems: list[str] = []
+    for name in names:
+        try:
+            _PROBES[name]()
+        except (OSError, AttributeError) as exc:  # AttributeError: no such call
+            problems.append(f"{name}: {exc}")
+        else:
+            return name
+    raise OSError(f"no relay transport works here ({'; '.join(problems)})")
+
+
+def make_inboxes(slots: int, transport: str = "auto") -> RelayInboxes:
     """Create the sockets and the ``current`` array (in the main process).
 
     Returns ``(read_ends, write_ends, current)``, indexed ``slot * 2 + half``
-    for the ends, picklable into spawned workers.
+    for the ends, picklable into spawned workers. ``transport``: one of
+    :data:`TRANSPORTS`, or ``"auto"`` (see :func:`choose_transport`).
     """
     from multiprocessing import get_context
 
+    if transport == "auto":
+        transport = choose_transport()
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown relay transport {transport!r}")
+    seqpacket = transport == "seqpacket"
+    # Room for a burst while a worker is busy or restarting; a control inbox
+    # (stream transport) carries only a small message per stream.
+    kind = socket.SOCK_SEQPACKET if seqpacket else socket.SOCK_DGRAM
+    size = 4 << 20 if seqpacket else 256 << 10
     reads: list[MPConnection] = []
     writes: list[MPConnection] = []
     for _ in range(slots * 2):
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for sock in (a, b):
-            # Room for a burst while a worker is busy or restarting.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        reads.append(MPConnection(os.dup(a.fileno())))
-        writes.append(MPConnection(os.dup(b.fileno())))
-        a.close()
-        b.close()
+        a, b = socket.socketpair(socket.AF_UNIX, kind)
+        with a, b:
+            for sock in (a, b):
+                for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                    with contextlib.suppress(OSError):  # a hint; the OS may cap it
+                        sock.setsockopt(socket.SOL_SOCKET, option, size)
+            reads.append(MPConnection(os.dup(a.fileno())))
+            writes.append(MPConnection(os.dup(b.fileno())))
     current = get_context("spawn").RawArray("b", slots)
     return tuple(reads), tuple(writes), current
+
+
+def transport_of(inboxes: RelayInboxes) -> str:
+    """Which transport ``inboxes`` were made for: their sockets say."""
+    with socket.socket(fileno=os.dup(inboxes[0][0].fileno())) as sock:
+        return "stream" if sock.type == socket.SOCK_DGRAM else "seqpacket"
+
+
+class _InStream:
+    """A stream from one sender process, as its reader holds it."""
+
+    __slots__ = ("buffer", "sender", "sock")
+
+    def __init__(self, sock: socket.socket, sender: tuple[int, int]) -> None:
+        self.sock = sock
+        self.sender = sender  # (slot, life)
+        self.buffer = bytearray()  # bytes of a record not complete yet
 
 
 class WorkerRelay:
@@ -108,6 +222,9 @@ class WorkerRelay:
             raise ValueError(f"worker {worker!r} has no relay slot")
         self.slot = slot
         self.slots = len(reads) // 2
+        #: "seqpacket" or "stream" (see :data:`TRANSPORTS`).
+        self.transport = transport_of(inboxes)
+        self._stream = self.transport == "stream"
         self._reads = reads
         self._writes = writes
         self._current = current
@@ -123,16 +240,35 @@ class WorkerRelay:
         # Which inbox each slot's backlog was queued for (-1: none yet).
         self._backlog_index = [-1] * self.slots
         self._overflowed = [False] * self.slots
+        # Per slot: the fd watched for writability, the pending recovery after
+        # a failed write, and how many recoveries in a row found writes failing.
+        self._watching: list[int | None] = [None] * self.slots
+        self._recovery: list[asyncio.Handle | None] = [None] * self.slots
+        self._failures = [0] * self.slots
+        # Per inbox (slot * 2 + half): the socket we write to it (seqpacket:
+        # the inbox; stream: our own stream to the process reading it).
         self._writers: dict[int, socket.socket] = {}
-        # Per sender slot: (its life, the fragments so far).
-        self._partial: dict[int, tuple[int, bytearray]] = {}
+        # Stream transport: per inbox, the read end of our stream while its
+        # control inbox is too full to take it, with the retry; the control
+        # inboxes we write to; the streams we read.
+        self._handover: dict[int, socket.socket] = {}
+        self._handover_retry: dict[int, asyncio.TimerHandle] = {}
+        self._controls: dict[int, socket.socket] = {}
+        self._streams_in: set[_InStream] = set()
+        # Per sender process (slot, life): its streams to us, in the order
+        # they came; only the first is read (see _on_control).
+        self._stream_queues: dict[tuple[int, int], deque[_InStream]] = {}
+        # Per source (sender slot, or stream): (its life, the fragments so far).
+        self._partial: dict[object, tuple[int, bytearray]] = {}
         life = int.from_bytes(os.urandom(4), "big")
         self._head = [_HEAD.pack(kind, slot, life) for kind in range(4)]
+        self._hello = _HELLO.pack(slot, life)
         #: Called with a peer's worker name after ops for it had to be dropped.
         self.on_gap: Callable[[str], None] | None = None
         self._scheduled = False
         self._drained: asyncio.Event | None = None
-        #: Ops dropped because a peer's inbox and backlog were full.
+        #: Datagrams dropped: a peer's backlog overflowed, or writing to it
+        #: failed (each followed by a re-sync of that peer, ``on_gap``).
         self.dropped = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -146,14 +282,28 @@ class WorkerRelay:
         stale = 0
         while True:  # what sits in this half was meant for a dead process
             try:
-                inbox.recv(DATAGRAM + _HEAD.size)
-                stale += 1
+                if self._stream:  # streams to it: closing them is its EOF
+                    data, fds, _, _ = socket.recv_fds(inbox, _HELLO.size, 4)
+                    for fd in fds:
+                        os.close(fd)
+                else:
+                    data = inbox.recv(DATAGRAM + _HEAD.size)
             except BlockingIOError:
                 break
+            if not data:
+                break
+            stale += 1
         self._current[self.slot] = half
         self._inbox = inbox
-        self._loop.add_reader(inbox.fileno(), self._on_readable)
-        log.debug("relay slot %d reads inbox %d (%d stale)", self.slot, half, stale)
+        on_readable = self._on_control if self._stream else self._on_readable
+        self._loop.add_reader(inbox.fileno(), on_readable)
+        log.debug(
+            "relay slot %d reads inbox %d (%s, %d stale)",
+            self.slot,
+            half,
+            self.transport,
+            stale,
+        )
 
     async def stop(self, drain_timeout: float = 1.0) -> None:
         """Send what is pending (waiting at most ``drain_timeout``), then close."""
@@ -169,11 +319,19 @@ class WorkerRelay:
             self._inbox.close()
             self._inbox = None
         # Writers are keyed by inbox (slot * 2 + half), backlogs by slot.
-        for sock in self._writers.values():
-            if self._loop is not None:
-                self._loop.remove_writer(sock.fileno())
+        for slot in range(self.slots):
+            self._unwatch(slot)
+            recovery = self._recovery[slot]
+            if recovery is not None:
+                recovery.cancel()
+                self._recovery[slot] = None
+        for index in list(self._writers):
+            self._close_writer(index)
+        for sock in self._controls.values():
             sock.close()
-        self._writers.clear()
+        self._controls.clear()
+        for stream in list(self._streams_in):
+            self._close_stream(stream)
         for backlog in self._backlog:
             backlog.clear()
         self._backlog_bytes = [0] * self.slots
@@ -192,6 +350,7 @@ class WorkerRelay:
         return {
             "name": self.name,
             "state": state,
+            "transport": self.transport,
             "slot": self.slot,
             "slots": self.slots,
             "dropped": self.dropped,
@@ -234,33 +393,48 @@ class WorkerRelay:
         if not out:
             return
         peers = [slot for slot in range(self.slots) if slot != self.slot]
+        limit = DATAGRAM - _HEAD.size
         if not self._directed:
-            # Only ops for everyone: the same chunks for every peer, built once.
-            chunks = list(pack_records([r for r, _ in out], DATAGRAM - _HEAD.size))
+            # Only ops for everyone: the same datagrams for every peer, built once.
+            datagrams = [
+                datagram
+                for chunk in pack_records([r for r, _ in out], limit)
+                for datagram in self._datagrams(chunk)
+            ]
             for slot in peers:
-                for chunk in chunks:
-                    self._send_chunk(slot, chunk)
+                for datagram in datagrams:
+                    self._send(slot, datagram)
             return
         self._directed = False
         for slot in peers:
             records = [r for r, to in out if to == -1 or to == slot]
-            for chunk in pack_records(records, DATAGRAM - _HEAD.size):
-                self._send_chunk(slot, chunk)
+            for chunk in pack_records(records, limit):
+                for datagram in self._datagrams(chunk):
+                    self._send(slot, datagram)
 
-    def _send_chunk(self, slot: int, chunk: bytes) -> None:
+    def _datagrams(self, chunk: bytes) -> list[bytes]:
+        """``chunk`` as datagrams (fragments if large), framed for a stream."""
         head = self._head
-        if len(chunk) <= DATAGRAM - _HEAD.size:
-            self._send(slot, head[_WHOLE] + chunk)
-            return
         step = DATAGRAM - _HEAD.size
-        for start in range(0, len(chunk), step):
-            if start == 0:
-                kind = _FIRST
-            elif start + step >= len(chunk):
-                kind = _LAST
-            else:
-                kind = _MORE
-            self._send(slot, head[kind] + chunk[start : start + step])
+        if len(chunk) <= step:
+            parts = [(_WHOLE, chunk)]
+        else:
+            parts = []
+            for start in range(0, len(chunk), step):
+                if start == 0:
+                    kind = _FIRST
+                elif start + step >= len(chunk):
+                    kind = _LAST
+                else:
+                    kind = _MORE
+                parts.append((kind, chunk[start : start + step]))
+        if self._stream:
+            frame = _FRAME.pack
+            return [
+                b"".join((frame(_HEAD.size + len(body)), head[kind], body))
+                for kind, body in parts
+            ]
+        return [head[kind] + body for kind, body in parts]
 
     def _send(self, slot: int, datagram: bytes) -> None:
         index = slot * 2 + self._current[slot]
@@ -271,17 +445,26 @@ class WorkerRelay:
             self._backlog_index[slot] = index
         backlog = self._backlog[slot]
         if self._overflowed[slot]:
-            self.dropped += 1  # keep dropping until the backlog drains: no holes
+            self.dropped += 1  # keep dropping until the peer is re-synced: no holes
             return
         if not backlog:
             try:
-                self._writer(index).send(datagram)
+                sent = self._writer(index).send(datagram)
+            except (BlockingIOError, InterruptedError):
+                sent = 0  # the inbox is full: keep it in the backlog
+            except OSError as exc:
+                self._lose(slot, exc, queued=False)
                 return
-            except BlockingIOError:
-                pass
-            except OSError:
-                log.exception("relay: writing to worker slot %d failed", slot)
-                self.dropped += 1
+            if sent == len(datagram):
+                if self._failures[slot]:
+                    self._failures[slot] = 0
+                return
+            if sent:
+                # A stream took the start of the record: the rest goes next,
+                # whatever the bound, or the reader would lose its place.
+                backlog.append(datagram[sent:])
+                self._backlog_bytes[slot] += len(datagram) - sent
+                self._watch(slot, index)
                 return
         if self._backlog_bytes[slot] + len(datagram) > self._max_backlog:
             # Dropping one datagram and sending the next would leave a hole
@@ -299,8 +482,7 @@ class WorkerRelay:
         backlog.append(datagram)
         self._backlog_bytes[slot] += len(datagram)
         if len(backlog) == 1:
-            assert self._loop is not None
-            self._loop.add_writer(self._writer(index).fileno(), self._drain, slot)
+            self._watch(slot, index)
 
     def _drain(self, slot: int) -> None:
         index = self._backlog_index[slot]
@@ -308,31 +490,90 @@ class WorkerRelay:
             self._forget_backlog(slot)
             return
         backlog = self._backlog[slot]
-        sock = self._writer(index)
+        sock = self._writers[index]
         while backlog:
+            datagram = backlog[0]
             try:
-                sock.send(backlog[0])
-            except BlockingIOError:
+                sent = sock.send(datagram)
+            except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                log.exception("relay: writing to worker slot %d failed", slot)
-                self._forget_backlog(slot)
+            except OSError as exc:
+                self._lose(slot, exc, queued=True)
                 return
-            self._backlog_bytes[slot] -= len(backlog.popleft())
-        assert self._loop is not None
-        self._loop.remove_writer(sock.fileno())
+            self._backlog_bytes[slot] -= sent
+            if sent < len(datagram):  # a stream took part: the rest stays first
+                backlog[0] = datagram[sent:]
+                return
+            backlog.popleft()
+        self._unwatch(slot)
+        self._failures[slot] = 0
         self._caught_up(slot)
 
-    def _forget_backlog(self, slot: int) -> None:
-        index = self._backlog_index[slot]
-        if self._backlog[slot] and index >= 0 and self._loop is not None:
-            self._loop.remove_writer(self._writer(index).fileno())
+    def _lose(self, slot: int, exc: OSError, *, queued: bool) -> None:
+        """A write to ``slot`` failed for good: recover as from an overflow.
+
+        Only "would block" is worth retrying, and it never gets here. Any
+        other error means the datagram cannot be delivered: the peer's end
+        is gone (``EPIPE``, ``ECONNRESET``, ``ENOTCONN``, ``ECONNREFUSED``),
+        the datagram is larger than the socket takes (``EMSGSIZE``), the
+        kernel is short of memory (``ENOBUFS``, ``ENOMEM``), or our socket is
+        unusable (``EBADF``). Sending what follows would leave a hole in the
+        middle of the peer's stream, so the failed datagram, the backlog
+        behind it and everything for that peer are dropped (counted) until
+        the recovery, which re-syncs the peer (``on_gap``) as after an
+        overflow. The socket that failed is closed (a stream: its reader sees
+        EOF and drops a record cut short); the next write opens a fresh one.
+        Recovery is at once the first time; if writes keep failing with
+        nothing getting through, it backs off (to 2 s).
+        """
+        if not queued:
+            self.dropped += 1  # the datagram that failed; a queued one is counted below
+        if not self._overflowed[slot]:
+            self._overflowed[slot] = True
+            level = logging.INFO if exc.errno in _PEER_GONE else logging.WARNING
+            log.log(
+                level,
+                "relay: cannot write to worker slot %d (%s); its ops are dropped"
+                " until it is re-synced",
+                slot,
+                exc,
+            )
+        self._discard(slot)
+        self._close_writer(self._backlog_index[slot])
+        if self._recovery[slot] is None:
+            assert self._loop is not None
+            failures = self._failures[slot]
+            self._failures[slot] = failures + 1
+            if failures == 0:
+                handle: asyncio.Handle = self._loop.call_soon(self._recover, slot)
+            else:
+                delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (failures - 1))
+                handle = self._loop.call_later(delay, self._recover, slot)
+            self._recovery[slot] = handle
+
+    def _recover(self, slot: int) -> None:
+        self._recovery[slot] = None
+        if not self._backlog[slot]:
+            self._caught_up(slot)
+
+    def _discard(self, slot: int) -> None:
+        """Drop (and count) the backlog for ``slot``; stop waiting to write."""
+        self._unwatch(slot)
         self.dropped += len(self._backlog[slot])
         self._backlog[slot].clear()
         self._backlog_bytes[slot] = 0
+
+    def _forget_backlog(self, slot: int) -> None:
+        self._discard(slot)
+        if self._stream:  # that stream's reader is gone or going
+            self._close_writer(self._backlog_index[slot])
         self._caught_up(slot)
 
     def _caught_up(self, slot: int) -> None:
+        recovery = self._recovery[slot]
+        if recovery is not None:
+            recovery.cancel()
+            self._recovery[slot] = None
         if self._overflowed[slot]:
             self._overflowed[slot] = False
             if self.on_gap is not None:
@@ -340,14 +581,95 @@ class WorkerRelay:
         if self._drained is not None and not any(self._backlog):
             self._drained.set()
 
+    def _watch(self, slot: int, index: int) -> None:
+        """Drain the backlog of ``slot`` when inbox ``index`` is writable."""
+        assert self._loop is not None
+        fd = self._writers[index].fileno()
+        self._loop.add_writer(fd, self._drain, slot)
+        self._watching[slot] = fd
+
+    def _unwatch(self, slot: int) -> None:
+        fd = self._watching[slot]
+        if fd is not None and self._loop is not None:
+            self._loop.remove_writer(fd)
+        self._watching[slot] = None
+
     def _writer(self, index: int) -> socket.socket:
-        """A socket to inbox ``index`` (``slot * 2 + half``)."""
+        """The socket to write to inbox ``index`` (``slot * 2 + half``).
+
+        Seqpacket: the inbox itself. Stream: a new stream whose read end goes
+        to the inbox's reader through its control inbox; what we write waits
+        in the stream until the reader takes it.
+        """
         sock = self._writers.get(index)
-        if sock is None:
+        if sock is not None:
+            return sock
+        if not self._stream:
             sock = socket.socket(fileno=os.dup(self._writes[index].fileno()))
             sock.setblocking(False)
             self._writers[index] = sock
-        return sock
+            return sock
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end, option in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
+            with contextlib.suppress(OSError):  # a hint; the OS may cap it
+                end.setsockopt(socket.SOL_SOCKET, option, _STREAM_BUFFER)
+        ours.setblocking(False)
+        self._writers[index] = ours
+        self._handover[index] = theirs
+        try:
+            self._hand_over(index)
+        except OSError:
+            self._close_writer(index)
+            raise
+        return ours
+
+    def _hand_over(self, index: int) -> None:
+        """Pass our stream's read end to inbox ``index``'s reader.
+
+        A full control inbox (its reader stuck or gone) is retried on a
+        timer; other errors raise.
+        """
+        self._handover_retry.pop(index, None)
+        theirs = self._handover[index]
+        control = self._controls.get(index)
+        if control is None:
+            control = socket.socket(fileno=os.dup(self._writes[index].fileno()))
+            control.setblocking(False)
+            self._controls[index] = control
+        try:
+            socket.send_fds(control, [self._hello], [theirs.fileno()])
+        except OSError as exc:
+            if exc.errno not in _CONTROL_FULL:
+                raise
+            assert self._loop is not None
+            self._handover_retry[index] = self._loop.call_later(
+                _HANDOVER_RETRY, self._retry_handover, index
+            )
+            return
+        del self._handover[index]
+        theirs.close()  # the reader holds it now (or the inbox, until read)
+
+    def _retry_handover(self, index: int) -> None:
+        try:
+            self._hand_over(index)
+        except OSError as exc:
+            slot = index // 2
+            if self._backlog_index[slot] == index:
+                self._lose(slot, exc, queued=True)
+            else:
+                self._close_writer(index)
+
+    def _close_writer(self, index: int) -> None:
+        """Close what we write to inbox ``index`` (unwatched by the caller)."""
+        sock = self._writers.pop(index, None)
+        if sock is not None:
+            sock.close()
+        retry = self._handover_retry.pop(index, None)
+        if retry is not None:
+            retry.cancel()
+        theirs = self._handover.pop(index, None)
+        if theirs is not None:
+            theirs.close()
 
     # -- receiving -------------------------------------------------------------
 
@@ -366,25 +688,137 @@ class WorkerRelay:
                 # Never let a bad datagram escape into the event loop.
                 log.exception("relay: a datagram could not be read; dropped")
 
-    def _receive(self, datagram: bytes) -> None:
+    def _on_control(self) -> None:
+        """Stream transport: take the streams senders pass to our inbox."""
+        inbox = self._inbox
+        if inbox is None or self._apply is None:
+            return
+        assert self._loop is not None
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                hello, fds, _, _ = socket.recv_fds(inbox, _HELLO.size, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not fds:
+                if not hello:
+                    return
+                log.warning("relay: a control message without a stream; dropped")
+                continue
+            for fd in fds[1:]:
+                os.close(fd)
+            try:
+                sock = socket.socket(fileno=fds[0])
+            except OSError:
+                os.close(fds[0])
+                log.warning("relay: a control message without a socket; dropped")
+                continue
+            if len(hello) != _HELLO.size or sock.type != socket.SOCK_STREAM:
+                sock.close()
+                log.warning("relay: a control message not from a relay; dropped")
+                continue
+            sender = _HELLO.unpack(hello)
+            sock.setblocking(False)
+            stream = _InStream(sock, sender)
+            self._streams_in.add(stream)
+            # A sender replaces its stream to us only after closing the old
+            # one, which may still hold ops we have not read: read the new
+            # one after the old one's EOF, so its order holds across both.
+            queue = self._stream_queues.setdefault(sender, deque())
+            queue.append(stream)
+            if len(queue) == 1:
+                self._loop.add_reader(sock.fileno(), self._on_stream, stream)
+
+    def _on_stream(self, stream: _InStream) -> None:
+        """Stream transport: read length-framed datagrams from one sender."""
+        if self._apply is None:
+            return
+        buffer = stream.buffer
+        for _ in range(_STREAM_READS_PER_WAKEUP):
+            try:
+                data = stream.sock.recv(_STREAM_READ)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._close_stream(stream, f"reading it failed: {exc}")
+                return
+            if not data:  # the sender closed it, exited or was killed
+                self._close_stream(stream)
+                return
+            if buffer:  # the start of a record came in an earlier read
+                buffer += data
+                data = bytes(buffer)
+                buffer.clear()
+            pos, end = 0, len(data)
+            while end - pos >= _FRAME.size:
+                (size,) = _FRAME.unpack_from(data, pos)
+                if not _HEAD.size <= size <= DATAGRAM + _HEAD.size:
+                    # Not a relay's framing: nothing after it can be trusted.
+                    self._close_stream(stream, f"a record of {size} bytes")
+                    return
+                start = pos + _FRAME.size
+                if end - start < size:
+                    break
+                pos = start + size
+                try:
+                    self._receive(data[start:pos], stream)
+                except Exception:
+                    # Never let a bad datagram escape into the event loop.
+                    log.exception("relay: a datagram could not be read; dropped")
+            if pos < end:
+                buffer += data[pos:]
+
+    def _close_stream(self, stream: _InStream, problem: str | None = None) -> None:
+        if stream not in self._streams_in:
+            return
+        self._streams_in.discard(stream)
+        self._partial.pop(stream, None)
+        queue = self._stream_queues[stream.sender]
+        reading = queue[0] is stream
+        queue.remove(stream)
+        if reading and self._loop is not None:
+            self._loop.remove_reader(stream.sock.fileno())
+        stream.sock.close()
+        if not queue:
+            del self._stream_queues[stream.sender]
+        elif reading and self._loop is not None:
+            self._loop.add_reader(queue[0].sock.fileno(), self._on_stream, queue[0])
+        if problem is not None:
+            log.warning(
+                "relay: closed the stream from worker slot %d: %s",
+                stream.sender[0],
+                problem,
+            )
+        elif stream.buffer:
+            # Its sender stopped in the middle of a record: drop the start.
+            log.info(
+                "relay: the stream from worker slot %d ended inside a record"
+                " (%d bytes dropped)",
+                stream.sender[0],
+                len(stream.buffer),
+            )
+
+    def _receive(self, datagram: bytes, source: object = None) -> None:
+        """Apply one datagram; fragments are joined per ``source`` (a stream),
+        or per sender slot when datagrams from all senders share an inbox."""
         kind, sender, life = _HEAD.unpack_from(datagram, 0)
+        key = sender if source is None else source
         body = datagram[_HEAD.size :]
         if kind == _WHOLE:
             chunk = body
         elif kind == _FIRST:
             # A new message from this sender: any older partial one is from
             # a sender that died mid-message.
-            self._partial[sender] = (life, bytearray(body))
+            self._partial[key] = (life, bytearray(body))
             return
         else:
-            partial = self._partial.get(sender)
+            partial = self._partial.get(key)
             if partial is None or partial[0] != life:
-                self._partial.pop(sender, None)
+                self._partial.pop(key, None)
                 log.warning("relay: fragment without its start from slot %d", sender)
                 return
             partial[1].extend(body)
             if kind == _MORE:
                 return
-            chunk = bytes(self._partial.pop(sender)[1])
+            chunk = bytes(self._partial.pop(key)[1])
         assert self._apply is not None
         apply_records(self._apply, chunk, log, f"relay slot {sender}")
