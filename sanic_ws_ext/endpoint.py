@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 from sanic import Request
 from sanic.response import HTTPResponse, text
-from sanic.server.protocols.http_protocol import HttpProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeaderValue
 from websockets.http11 import Request as HandshakeRequest
@@ -30,6 +29,7 @@ from .errors import Reject
 from .handlers import Accept
 from .limits import retry_after
 from .presence import checked_presence
+from .sanic_compat import detach, owns_socket
 from .wire import FrameParser
 
 if TYPE_CHECKING:
@@ -201,12 +201,9 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     if refused is not None:
         return refused
 
-    # uvloop's transports do not subclass asyncio.Transport: check the
-    # protocol instead. Under ASGI there is no socket to take.
-    http = request.transport.get_protocol()
-    if not isinstance(http, HttpProtocol):
+    # Under ASGI there is no socket to take.
+    if not owns_socket(request):
         return text("WebSockets need Sanic's own server (not ASGI).\n", status=501)
-    transport = cast(asyncio.Transport, request.transport)
 
     # Sanic already parsed the request: start the parser past the handshake
     # and serialize the response ourselves.
@@ -249,11 +246,8 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
 
     # Take the socket from Sanic: whatever it buffered past the request head
     # belongs to the websocket, and Sanic must not close it when this
-    # handler returns (its close() is a no-op once transport is None).
-    leftover = bytes(http.recv_buffer)
-    http.recv_buffer.clear()
-    http.connections.discard(http)
-    http.transport = None
+    # handler returns.
+    transport, leftover = detach(request)
     transport.write(handshake.serialize())
     conn = manager.accept(
         transport,

@@ -31,6 +31,7 @@ from sanic import Blueprint, Sanic
 from sanic_ext import Extend
 from sanic_ext.extensions.base import Extension
 
+from . import sanic_compat
 from .config import DEFAULTS, WSConfig
 from .delivery import Delivery
 from .delivery.backplane import RedisBackplane
@@ -71,6 +72,7 @@ def install(app: Sanic[Any, Any]) -> None:
     """Register the route and listeners on ``app`` (idempotent)."""
     if getattr(app.ctx, _INSTALLED, None) is not None:
         return
+    sanic_compat.check()  # the Sanic internals the upgrade needs are there
     for key, default in DEFAULTS.items():
         if key not in app.config:
             app.config[key] = default

@@ -43,7 +43,7 @@ from websockets.server import ServerProtocol
 from .cluster import Membership
 from .config import WSConfig
 from .connection import Connection, ConnectionState
-from .delivery import Delivery, Op, OpKind
+from .delivery import Delivery, LinkState, Op, OpKind
 from .dispatch import CLOSED, OPENED, Dispatcher, cancel_tasks
 from .envelope import encode_envelope
 from .errors import CloseCode
@@ -163,18 +163,10 @@ class ConnectionManager:
         self.dispatcher.start(loop)
         self.membership.start(loop)
         self.tracker.start(loop, self._flusher)
-        if hasattr(self.delivery, "on_gap"):
-            # After the relay had to drop ops for a peer, re-sync it.
-            self.delivery.on_gap = self.tracker.send_sync
-        if hasattr(self.delivery, "on_missed"):
-            # After we missed a peer's ops (Redis), ask it to re-sync us.
-            self.delivery.on_missed = self._request_sync
-        if hasattr(self.delivery, "on_state"):
-            self.delivery.on_state = self._backplane_changed
-        await self.delivery.start(self.apply)
+        await self.delivery.start(self.apply, self)
         if self.config.ping_interval is not None:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
-        if self.delivery.name != "local":
+        if self.delivery.clustered:
             self._publish(OpKind.HELLO, payload=self._introduction())
         # Also in one process: each beat samples the counters (the rates).
         self._peer_beat = loop.call_later(self.config.relay_beat, self._beat_peers)
@@ -211,7 +203,7 @@ class ConnectionManager:
         await cancel_tasks(self._hook_tasks, self.config.close_timeout)
         await self.tracker.stop()
         self.membership.stop()
-        if self.delivery.name != "local":
+        if self.delivery.clustered:
             self._publish(OpKind.BYE, payload=self.life.encode())
         await self.delivery.stop()
 
@@ -385,7 +377,7 @@ class ConnectionManager:
         """Ask every live process (this one included); their answers by name."""
         answers: dict[str, Any] = {self.worker: self._answer(question)}
         expected = set(self.membership.alive())
-        if not expected or self.delivery.name == "local":
+        if not expected or not self.delivery.clustered:
             return answers
         qid = uuid.uuid4().hex
         done = asyncio.Event()
@@ -412,7 +404,7 @@ class ConnectionManager:
     @property
     def backplane_state(self) -> str | None:
         """``"connected"``, ``"reconnecting"`` or ``"down"`` with Redis, else None."""
-        state = getattr(self.delivery, "state", None)
+        state = self.delivery.link_state
         return None if state is None else str(state.value)
 
     def status(self) -> dict[str, Any]:
@@ -520,7 +512,7 @@ class ConnectionManager:
     def _publish_presence(self, payload: bytes, to: str | None, kind: str) -> None:
         if kind == "sync":
             self._publish(OpKind.SYNC, payload=payload, to=to)
-        elif self.delivery.name != "local":
+        elif self.delivery.clustered:
             self._publish(OpKind.PRESENCE, payload=payload)
 
     def _introduction(self) -> bytes:
@@ -695,7 +687,18 @@ class ConnectionManager:
             if not expected:
                 done.set()
 
-    def _backplane_changed(self, state: Any) -> None:
+    # -- what the delivery reports (DeliveryEvents) ------------------------------
+
+    def gap(self, peer: str) -> None:
+        """Ops for ``peer`` were dropped: send it our whole state again."""
+        self.tracker.send_sync(peer)
+
+    def missed(self, peer: str) -> None:
+        """We missed ops of ``peer``: ask it for its whole state."""
+        self._request_sync(peer)
+
+    def link(self, state: LinkState) -> None:
+        """The Redis link changed state: run the ``on_backplane`` hooks."""
         if not self.registry.backplane or self._loop is None:
             return
         task = self._loop.create_task(self._run_backplane_hooks(str(state.value)))
@@ -714,7 +717,7 @@ class ConnectionManager:
         try:
             # Each beat starts a new rate interval, in one process too.
             sample = self._take_sample(rates=True)
-            if self.delivery.name != "local":
+            if self.delivery.clustered:
                 # One small JSON per beat: every peer holds everyone's figures.
                 payload = self.life.encode() + b" " + ujson.dumps(sample).encode()
                 self._publish(OpKind.BEAT, payload=payload)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sanic_ws_ext.delivery import Op, OpKind
+from sanic_ws_ext.delivery import LinkState, Op, OpKind
 from sanic_ws_ext.delivery.relay import (
     DATAGRAM,
     TRANSPORTS,
@@ -99,14 +99,13 @@ async def test_a_restarted_peer_gets_ops_after_its_old_inbox_filled(
     inboxes = make_inboxes(2, transport)
     a = WorkerRelay(inboxes, W0, max_backlog=1 << 20)
     old_b = WorkerRelay(inboxes, W1)
-    await a.start(Sink())
+    gaps = Gaps()
+    await a.start(Sink(), gaps)
     await old_b.start(Sink())
     await old_b.stop()  # slot 1 dies without reading; its inbox fills up
     for _ in range(2000):
         a.publish(Op(OpKind.BROADCAST, b"y" * 8000, origin=W0))
         await asyncio.sleep(0)
-    gaps: list[str] = []
-    a.on_gap = gaps.append
     new_b = WorkerRelay(inboxes, W1)  # the replacement takes the other inbox
     got = Sink()
     await new_b.start(got)
@@ -114,26 +113,31 @@ async def test_a_restarted_peer_gets_ops_after_its_old_inbox_filled(
     ops = await got.until(1)
     assert ops == [Op(OpKind.SEND, b"hello new b", origin=W0)]  # nothing stale
     assert a.dropped > 0
-    assert gaps == [W1]  # the peer is re-synced after the loss
+    assert gaps.peers == [W1]  # the peer is re-synced after the loss
     await a.stop()
     await new_b.stop()
 
 
 class Gaps:
-    """An ``on_gap`` hook: records peers, and re-syncs them as the manager would."""
+    """Delivery events: records gaps, and re-syncs the peer as the manager would."""
 
-    def __init__(
-        self, relay: WorkerRelay | None = None, sync: Op | None = None
-    ) -> None:
+    def __init__(self, sync: Op | None = None) -> None:
         self.peers: list[str] = []
         self.event = asyncio.Event()
-        self.relay, self.sync = relay, sync
+        self.relay: WorkerRelay | None = None
+        self.sync = sync
 
-    def __call__(self, peer: str) -> None:
+    def gap(self, peer: str) -> None:
         self.peers.append(peer)
         self.event.set()
         if self.relay is not None and self.sync is not None:
             self.relay.publish(self.sync, to=peer)
+
+    def missed(self, peer: str) -> None:
+        raise AssertionError("the relay has no sequence numbers to miss")
+
+    def link(self, state: LinkState) -> None:
+        raise AssertionError("the relay has no external link")
 
 
 async def test_a_datagram_the_inbox_refuses_is_a_gap_not_a_silent_hole() -> None:
@@ -141,7 +145,10 @@ async def test_a_datagram_the_inbox_refuses_is_a_gap_not_a_silent_hole() -> None
     inboxes = make_inboxes(2, "seqpacket")
     a, b = WorkerRelay(inboxes, W0), WorkerRelay(inboxes, W1)
     got = Sink()
-    await a.start(Sink())
+    sync = Op(OpKind.SYNC, b"the whole state", origin=W0)
+    gaps = Gaps(sync)  # the manager answers a gap with a SYNC
+    gaps.relay = a
+    await a.start(Sink(), gaps)
     await b.start(got)
     # Shrink the send buffer of slot 1's inbox (one kernel socket that every
     # sender shares) below a full datagram: the kernel refuses those whole.
@@ -149,8 +156,6 @@ async def test_a_datagram_the_inbox_refuses_is_a_gap_not_a_silent_hole() -> None
     with socket.socket(fileno=os.dup(write_end.fileno())) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < DATAGRAM
-    sync = Op(OpKind.SYNC, b"the whole state", origin=W0)
-    a.on_gap = gaps = Gaps(a, sync)  # the manager answers a gap with a SYNC
     first = Op(OpKind.BROADCAST, b"first", origin=W0)
     refused = Op(OpKind.BROADCAST, b"x" * (2 * DATAGRAM), origin=W0)
     behind = Op(OpKind.BROADCAST, b"behind the hole", origin=W0)
@@ -180,11 +185,11 @@ async def test_an_inbox_closed_under_a_backlog_is_a_gap_not_a_silent_loss(
     inboxes = make_inboxes(2, transport)
     a = WorkerRelay(inboxes, W0)
     old_b = WorkerRelay(inboxes, W1)
-    await a.start(Sink())
+    gaps = Gaps()
+    await a.start(Sink(), gaps)
     await old_b.start(Sink())
     index = 2 + inboxes[2][1]  # slot 1's current inbox
     await old_b.stop()  # slot 1 stops reading; its inbox fills up
-    a.on_gap = gaps = Gaps()
     for _ in range(2000):
         a.publish(Op(OpKind.BROADCAST, b"y" * 8000, origin=W0))
     await asyncio.sleep(0)  # one loop pass: the flush runs

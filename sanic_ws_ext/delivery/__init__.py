@@ -23,10 +23,17 @@ Rules every backend keeps:
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Delivery", "Op", "OpKind"]
+__all__ = [
+    "NO_EVENTS",
+    "Delivery",
+    "DeliveryEvents",
+    "LinkState",
+    "Op",
+    "OpKind",
+]
 
 
 class OpKind(IntEnum):
@@ -72,13 +79,61 @@ class Op(NamedTuple):
     origin: str = ""
 
 
+class LinkState(StrEnum):
+    """A link to an external service (Redis), as health checks see it."""
+
+    #: Publishing and subscribed.
+    CONNECTED = "connected"
+    #: Not connected (also before the first connection); ops are buffered.
+    RECONNECTING = "reconnecting"
+    #: Not connected and the buffer overflowed: ops are being dropped.
+    DOWN = "down"
+
+
+class DeliveryEvents(Protocol):
+    """What a backend reports to the manager, given to it at :meth:`Delivery.start`."""
+
+    def gap(self, peer: str) -> None:
+        """Ops for ``peer`` had to be dropped: it needs this process's state."""
+
+    def missed(self, peer: str) -> None:
+        """Ops from ``peer`` were missed: this process needs its state."""
+
+    def link(self, state: LinkState) -> None:
+        """The link to the external service changed state."""
+
+
+class _NoEvents:
+    def gap(self, peer: str) -> None:
+        pass
+
+    def missed(self, peer: str) -> None:
+        pass
+
+    def link(self, state: LinkState) -> None:
+        pass
+
+
+#: Events nobody listens to (a backend started on its own, in tests).
+NO_EVENTS: DeliveryEvents = _NoEvents()
+
+
 class Delivery(Protocol):
     """What a delivery backend provides to the manager."""
 
     name: str
+    #: Whether other processes can exist (False for one process alone).
+    clustered: bool
 
-    async def start(self, apply: Callable[[Op], None]) -> None:
-        """Begin delivering ops published anywhere in the cluster to ``apply``."""
+    @property
+    def link_state(self) -> LinkState | None:
+        """The state of the link to an external service; None without one."""
+
+    async def start(
+        self, apply: Callable[[Op], None], events: DeliveryEvents = NO_EVENTS
+    ) -> None:
+        """Begin delivering ops published anywhere in the cluster to ``apply``,
+        and reporting gaps, misses and link changes to ``events``."""
 
     def publish(
         self, op: Op, to: str | None = None, record: bytes | None = None

@@ -53,11 +53,10 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any
 
 from ..errors import PublishTooLarge
-from . import Delivery, Op, OpKind
+from . import NO_EVENTS, Delivery, DeliveryEvents, LinkState, Op, OpKind
 from .wire import (
     apply_records,
     encode_op,
@@ -68,7 +67,7 @@ from .wire import (
     unpack_message,
 )
 
-__all__ = ["RETRY_CAP", "BackplaneState", "RedisBackplane"]
+__all__ = ["RETRY_CAP", "RedisBackplane"]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext.backplane")
 
@@ -96,17 +95,6 @@ _RESEND_BYTES = 1 << 20
 _FORGET_AFTER = 600.0  # a process silent this long (while connected) is gone
 
 
-class BackplaneState(StrEnum):
-    """The link to Redis, as health checks and ``on_backplane`` hooks see it."""
-
-    #: Publishing and subscribed.
-    CONNECTED = "connected"
-    #: Not connected (also before the first connection); ops are buffered.
-    RECONNECTING = "reconnecting"
-    #: Not connected and the buffer overflowed: ops are being dropped.
-    DOWN = "down"
-
-
 class _Deaf(Exception):
     """The subscriber heard nothing, not even this process's own beat."""
 
@@ -115,6 +103,11 @@ class RedisBackplane:
     """The delivery backend between machines; wraps the machine's own."""
 
     name = "redis"
+    clustered = True
+
+    @property
+    def link_state(self) -> LinkState:
+        return self.state
 
     def __init__(
         self,
@@ -141,11 +134,9 @@ class RedisBackplane:
         self._mine = (self._direct + process).encode()
         self._origin = process.encode()
         self._life = int.from_bytes(os.urandom(8), "big")
-        self.state = BackplaneState.RECONNECTING
+        self.state = LinkState.RECONNECTING
         #: Called with the new state on every change.
-        self.on_state: Callable[[BackplaneState], None] | None = None
-        #: Called with a process name after messages from it were missed.
-        self.on_missed: Callable[[str], None] | None = None
+        self._events: DeliveryEvents = NO_EVENTS
         # Counters, reported by status().
         self.reconnects = 0
         self.lost = 0  # ops of ours dropped: the buffer was full
@@ -186,30 +177,22 @@ class RedisBackplane:
 
     # -- the relay's hook, passed through -----------------------------------
 
-    @property
-    def on_gap(self) -> Callable[[str], None] | None:
-        """The machine delivery's ``on_gap`` (a local peer missed our ops)."""
-        hook: Callable[[str], None] | None = getattr(self.local, "on_gap", None)
-        return hook
-
-    @on_gap.setter
-    def on_gap(self, hook: Callable[[str], None] | None) -> None:
-        if hasattr(self.local, "on_gap"):
-            self.local.on_gap = hook
-
     # -- lifecycle -----------------------------------------------------------
 
-    async def start(self, apply: Callable[[Op], None]) -> None:
+    async def start(
+        self, apply: Callable[[Op], None], events: DeliveryEvents = NO_EVENTS
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._apply = apply
+        self._events = events
         self._wake = asyncio.Event()
         self._connected_once = asyncio.Event()
         self._pub = _client(self.url, socket_timeout=_IO_TIMEOUT, max_connections=2)
         # No read timeout on the subscriber: silence is not a fault here;
         # deafness is caught by not hearing our own beat.
         self._sub = _client(self.url, socket_timeout=None, max_connections=1)
-        await self.local.start(apply)
+        await self.local.start(apply, events)
         self._task = loop.create_task(self._run())
         try:
             await asyncio.wait_for(self._connected_once.wait(), _START_WAIT)
@@ -224,7 +207,7 @@ class RedisBackplane:
         """Send what is buffered (briefly, if connected), then close."""
         if self._apply is None:
             return
-        if self.state is BackplaneState.CONNECTED:
+        if self.state is LinkState.CONNECTED:
             await self.drain(1.0)
         if self._outbox:
             log.warning(
@@ -239,7 +222,7 @@ class RedisBackplane:
                 await client.aclose(close_connection_pool=True)
         await self.local.stop()
         self._apply = None
-        self.state = BackplaneState.DOWN  # no hooks: the manager is stopping
+        self.state = LinkState.DOWN  # no hooks: the manager is stopping
 
     async def drain(self, timeout: float) -> bool:
         """Wait until Redis took everything published so far; False on timeout."""
@@ -255,7 +238,7 @@ class RedisBackplane:
     def hears(self, peer: str) -> bool:
         if self._is_local(peer):
             return self.local.hears(peer)
-        if self.state is not BackplaneState.CONNECTED or self._loop is None:
+        if self.state is not LinkState.CONNECTED or self._loop is None:
             return False
         return self._loop.time() - self._hearing_since > HEARING_GRACE
 
@@ -290,7 +273,7 @@ class RedisBackplane:
         if len(op.payload) > self.max_publish:
             raise PublishTooLarge(len(op.payload), self.max_publish)
         if to is None and (
-            op.kind is OpKind.BEAT and self.state is not BackplaneState.CONNECTED
+            op.kind is OpKind.BEAT and self.state is not LinkState.CONNECTED
         ):
             self.local.publish(op, None, record)
             return  # a beat is only worth sending now; never buffer one
@@ -345,7 +328,7 @@ class RedisBackplane:
                 " dropping ops until Redis has taken the backlog",
                 self.buffer,
             )
-        self._set_state(BackplaneState.DOWN)
+        self._set_state(LinkState.DOWN)
 
     # -- the link ----------------------------------------------------------------
 
@@ -413,9 +396,7 @@ class RedisBackplane:
         self._down_since = None
         self._ever_up = True
         self._connected_once.set()
-        self._set_state(
-            BackplaneState.DOWN if self._dropping else BackplaneState.CONNECTED
-        )
+        self._set_state(LinkState.DOWN if self._dropping else LinkState.CONNECTED)
 
     def _link_down(self, cause: BaseException | None, attempt: int) -> None:
         assert self._loop is not None
@@ -442,9 +423,9 @@ class RedisBackplane:
                 attempt,
                 cause,
             )
-        if self.state is BackplaneState.CONNECTED:
+        if self.state is LinkState.CONNECTED:
             self._set_state(
-                BackplaneState.DOWN if self._dropping else BackplaneState.RECONNECTING
+                LinkState.DOWN if self._dropping else LinkState.RECONNECTING
             )
 
     async def _serve(self, pubsub: Any) -> None:
@@ -529,7 +510,7 @@ class RedisBackplane:
                     log.warning(
                         "redis backplane: backlog sent; %d op(s) lost", self.lost
                     )
-                    self._set_state(BackplaneState.CONNECTED)
+                    self._set_state(LinkState.CONNECTED)
                 if self._drained is not None:
                     self._drained.set()
                 self._wake.clear()
@@ -623,23 +604,21 @@ class RedisBackplane:
                     gap,
                     origin,
                 )
-                if self.on_missed is not None:
-                    self.on_missed(origin)
+                self._events.missed(origin)
         self._seen[key] = (life, seq)
         self.received += 1
         assert self._apply is not None
         apply_records(self._apply, chunk, log, origin)
 
-    def _set_state(self, state: BackplaneState) -> None:
+    def _set_state(self, state: LinkState) -> None:
         if state is self.state:
             return
         self.state = state
         log.info("redis backplane: %s", state.value)
-        if self.on_state is not None:
-            try:
-                self.on_state(state)
-            except Exception:
-                log.exception("redis backplane: a state hook failed")
+        try:
+            self._events.link(state)
+        except Exception:
+            log.exception("redis backplane: a state hook failed")
 
 
 def _client(url: str, **options: Any) -> Any:

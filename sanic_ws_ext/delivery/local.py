@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import Op
+from . import NO_EVENTS, DeliveryEvents, LinkState, Op
 
 __all__ = ["LocalDelivery"]
 
@@ -14,11 +14,15 @@ class LocalDelivery:
     """The backend for one process (``--single-process``, test clients)."""
 
     name = "local"
+    clustered = False
+    link_state: LinkState | None = None
 
     def __init__(self) -> None:
         self._apply: Callable[[Op], None] | None = None
 
-    async def start(self, apply: Callable[[Op], None]) -> None:
+    async def start(
+        self, apply: Callable[[Op], None], events: DeliveryEvents = NO_EVENTS
+    ) -> None:
         self._apply = apply
 
     def publish(

@@ -37,7 +37,7 @@ Rules this module keeps:
   part is always kept, and sent before anything else.
 - No silent holes: after any loss for a peer (its backlog overflowed, or a
   write failed with anything but "would block"), everything for it is
-  dropped and counted until the peer is re-synced (``on_gap``), so a peer
+  dropped and counted until the peer is re-synced (``events.gap``), so a peer
   never gets later ops past a missing one without a SYNC in between.
 - Datagrams from one sender arrive in order; ops larger than a datagram are
   cut into fragments that the receiver joins per sender.
@@ -58,7 +58,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection as MPConnection
 from typing import Any
 
-from . import Op
+from . import NO_EVENTS, DeliveryEvents, LinkState, Op
 from .wire import apply_records, encode_op, frame_record, pack_records
 
 __all__ = [
@@ -208,6 +208,8 @@ class WorkerRelay:
     """The delivery backend between ``sanic --workers N`` workers."""
 
     name = "relay"
+    clustered = True
+    link_state: LinkState | None = None
 
     def __init__(
         self,
@@ -264,18 +266,21 @@ class WorkerRelay:
         self._head = [_HEAD.pack(kind, slot, life) for kind in range(4)]
         self._hello = _HELLO.pack(slot, life)
         #: Called with a peer's worker name after ops for it had to be dropped.
-        self.on_gap: Callable[[str], None] | None = None
+        self._events: DeliveryEvents = NO_EVENTS
         self._scheduled = False
         self._drained: asyncio.Event | None = None
         #: Datagrams dropped: a peer's backlog overflowed, or writing to it
-        #: failed (each followed by a re-sync of that peer, ``on_gap``).
+        #: failed (each followed by a re-sync of that peer, ``events.gap``).
         self.dropped = 0
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def start(self, apply: Callable[[Op], None]) -> None:
+    async def start(
+        self, apply: Callable[[Op], None], events: DeliveryEvents = NO_EVENTS
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._apply = apply
+        self._events = events
         half = 1 - self._current[self.slot]
         inbox = socket.socket(fileno=os.dup(self._reads[self.slot * 2 + half].fileno()))
         inbox.setblocking(False)
@@ -469,7 +474,7 @@ class WorkerRelay:
         if self._backlog_bytes[slot] + len(datagram) > self._max_backlog:
             # Dropping one datagram and sending the next would leave a hole
             # in this peer's stream: drop everything until it catches up,
-            # then the manager re-syncs it (on_gap).
+            # then the manager re-syncs it (events.gap).
             self._overflowed[slot] = True
             self.dropped += 1
             log.warning(
@@ -520,7 +525,7 @@ class WorkerRelay:
         unusable (``EBADF``). Sending what follows would leave a hole in the
         middle of the peer's stream, so the failed datagram, the backlog
         behind it and everything for that peer are dropped (counted) until
-        the recovery, which re-syncs the peer (``on_gap``) as after an
+        the recovery, which re-syncs the peer (``events.gap``) as after an
         overflow. The socket that failed is closed (a stream: its reader sees
         EOF and drops a record cut short); the next write opens a fresh one.
         Recovery is at once the first time; if writes keep failing with
@@ -576,8 +581,7 @@ class WorkerRelay:
             self._recovery[slot] = None
         if self._overflowed[slot]:
             self._overflowed[slot] = False
-            if self.on_gap is not None:
-                self.on_gap(f"Sanic-Server-{slot}-0")
+            self._events.gap(f"Sanic-Server-{slot}-0")
         if self._drained is not None and not any(self._backlog):
             self._drained.set()
 
