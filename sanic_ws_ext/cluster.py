@@ -15,8 +15,9 @@ Rules this module keeps:
   A peer silent for ``WS_PEER_SUSPECT`` seconds is *suspect* (logged, kept);
   silent for ``WS_PEER_TIMEOUT`` it is dead and dropped with everything it
   held. While our own link cannot hear a peer, its silence does not count.
-- Ops from a life that was dropped are ignored, so a dead process's last
-  ops, still in flight, cannot bring back what it held.
+- Ops from a life that exited, stopped or was replaced are ignored, so a dead
+  process's last ops, still in flight, cannot bring back what it held. A peer
+  dropped only for its silence is met again when it is heard again.
 """
 
 from __future__ import annotations
@@ -152,18 +153,25 @@ class Membership:
             peer.sample = clean_sample(raw)
             peer.sample_at = now
 
-    def drop(self, name: str, why: str) -> None:
-        """Forget ``name``: dead, gone, or replaced by a new life."""
+    def drop(self, name: str, why: str, *, final: bool = True) -> None:
+        """Forget ``name``: dead, gone, or replaced by a new life.
+
+        A ``final`` drop (the process exited, stopped or was replaced) also
+        ignores its life's ops from now on: they can only be late. A peer
+        dropped for its silence is not final: if it was only frozen, its
+        next op makes it a peer again, and the two exchange their state.
+        """
         peer = self.peers.pop(name, None)
         if peer is None:
             return
         if self._keys.get(peer.life[:8]) == name:
             del self._keys[peer.life[:8]]
         self._unwatch(peer)
-        if len(self._dead) == self._dead.maxlen:
-            self._dead_set.discard(self._dead[0])
-        self._dead.append(peer.life)
-        self._dead_set.add(peer.life)
+        if final:
+            if len(self._dead) == self._dead.maxlen:
+                self._dead_set.discard(self._dead[0])
+            self._dead.append(peer.life)
+            self._dead_set.add(peer.life)
         if why != "restarted":
             log.warning("worker %s %s: dropping what it held", name, why)
         self._gone(name)
@@ -180,7 +188,7 @@ class Membership:
                 continue
             silent = now - peer.seen
             if silent > self.dead_after:
-                self.drop(peer.name, f"silent for {silent:.1f}s")
+                self.drop(peer.name, f"silent for {silent:.1f}s", final=False)
             elif silent > self.suspect_after and not peer.suspect:
                 peer.suspect = True
                 log.warning(

@@ -580,51 +580,47 @@ class ConnectionManager:
         else:
             self._leave_local(conn, room)
 
+    def _meet(self, peer: str, life: str, intro: dict[str, Any] | None = None) -> bool:
+        """Note ``peer`` living ``life``. Newly met (started, restarted, or
+        heard again after we dropped it): each sends the other its state."""
+        assert self._loop is not None
+        intro = intro or {}
+        new = self.membership.meet(
+            peer,
+            life,
+            self._loop.time(),
+            pid=intro.get("pid", 0),
+            machine=intro.get("machine", ""),
+        )
+        if new:
+            self.tracker.send_sync(peer)
+            self._request_sync(peer)
+        return new
+
     def _apply_peer(self, op: Op) -> None:
         """HELLO, SYNC, BEAT, BYE: who is in the cluster, and since when."""
         peer = op.origin
         if peer == self.worker or self._loop is None:
             return
-        now = self._loop.time()
         membership = self.membership
         if op.kind is OpKind.HELLO:
             hello = ujson.loads(op.payload)
-            if membership.meet(
-                peer,
-                hello["life"],
-                now,
-                pid=hello.get("pid", 0),
-                machine=hello.get("machine", ""),
-            ):
-                # A (re)started process: it needs our state, and may have
-                # ops out before this HELLO (resent after a fault): ask too.
-                self.tracker.send_sync(peer)
-                self._request_sync(peer)
+            self._meet(peer, hello["life"], hello)
         elif op.kind is OpKind.BEAT:
             # "<life> <sample as JSON>": the peer's counters ride on its beat.
             raw_life, _, sample = op.payload.partition(b" ")
-            life = raw_life.decode()
-            if membership.meet(peer, life, now):
-                # A peer we had not met (or had dropped): catch up.
-                self._request_sync(peer)
-            membership.sample(peer, sample, now)
+            self._meet(peer, raw_life.decode())
+            membership.sample(peer, sample, self._loop.time())
         elif op.kind is OpKind.SYNC:
             if op.reason == "request":
                 intro = ujson.loads(op.payload) if op.payload else {}
-                if "life" in intro:
-                    membership.meet(
-                        peer,
-                        intro["life"],
-                        now,
-                        pid=intro.get("pid", 0),
-                        machine=intro.get("machine", ""),
-                    )
-                self.tracker.send_sync(peer)
+                if "life" not in intro or not self._meet(peer, intro["life"], intro):
+                    self.tracker.send_sync(peer)
                 return
             part = ujson.loads(op.payload)
             if membership.is_dead(part["life"]):
                 return
-            membership.meet(peer, part["life"], now)
+            self._meet(peer, part["life"], part)
             if membership.knows(peer, part["life"]):
                 self.tracker.apply_sync(peer, part)
         elif op.kind is OpKind.BYE and membership.knows(peer, op.payload.decode()):
@@ -635,13 +631,10 @@ class ConnectionManager:
             return  # applied here when it happened
         batch = ujson.loads(op.payload)
         batch_life = batch.get("life", "")
-        membership = self.membership
-        if membership.is_dead(batch_life):
-            return  # the last words of a process already dropped
-        if self._loop is not None and membership.meet(
-            op.origin, batch_life, self._loop.time()
-        ):
-            self._request_sync(op.origin)
+        if self.membership.is_dead(batch_life):
+            return  # the last words of a process already gone
+        if self._loop is not None:
+            self._meet(op.origin, batch_life)
         self.tracker.apply_presence(op.origin, batch)
 
     def _apply_query(self, op: Op) -> None:

@@ -167,7 +167,8 @@ async def test_a_killed_node_leaves_no_ghosts() -> None:
 async def test_a_frozen_node_is_suspect_then_dropped() -> None:
     """A node that stops answering but does not exit (SIGSTOP: a hung
     machine, a network partition) is suspect first, then dropped after
-    WS_PEER_TIMEOUT; its members leave."""
+    WS_PEER_TIMEOUT; its members leave. Heard again, it is met again and its
+    members come back."""
     timing = {"TEST_WS_PEER_SUSPECT": "1.5", "TEST_WS_PEER_TIMEOUT": "3"}
     async with two_nodes(extra=timing) as (one, two):
         watchers = await cover(one)
@@ -193,6 +194,11 @@ async def test_a_frozen_node_is_suspect_then_dropped() -> None:
                     leaving=True,
                     room="watch",
                     timeout=20,
+                )
+            os.killpg(two.server.proc.pid, signal.SIGCONT)
+            for watcher in watchers:
+                await presence_of(
+                    watcher, *(back.id for back in frozen), room="watch", timeout=20
                 )
         finally:
             os.killpg(two.server.proc.pid, signal.SIGKILL)
