@@ -84,12 +84,15 @@ class Dispatcher:
         *,
         join: Callable[[Connection, str], None],
         leave: Callable[[Connection, str], None],
+        ready: Callable[[str], Awaitable[None]],
         settled: Callable[[], None],
     ) -> None:
         self.config = config
         self.registry = registry
         self._join = join
         self._leave = leave
+        # Returns once the room's publications reach this process.
+        self._ready = ready
         # Called when the last running task ends (shutdown waits on it).
         self._settled = settled
         self.clock: Callable[[], float] = lambda: 0.0
@@ -211,6 +214,9 @@ class Dispatcher:
                 conn.client_rooms = set()
             conn.client_rooms.add(room)
         self._join(conn, room)
+        # Answered once publications to the room reach it: a message the
+        # client's app sends on "room.joined" is not published into a void.
+        await self._ready(room)
         await conn.send("room.joined", {"room": room})
 
     async def _on_binary(self, conn: Connection, box: Mailbox, data: bytes) -> None:

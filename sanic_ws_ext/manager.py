@@ -139,6 +139,7 @@ class ConnectionManager:
             registry,
             join=self._join_local,
             leave=self._leave_local,
+            ready=delivery.ready,
             settled=self._settled,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -289,8 +290,15 @@ class ConnectionManager:
         self._address(OpKind.DISCONNECT, conn_id, code=code, reason=reason)
 
     async def join(self, conn_id: str, room: str) -> None:
-        """Put a connection, wherever it is, into ``room``."""
+        """Put a connection, wherever it is, into ``room``.
+
+        For a connection of this process, returns once publications to the
+        room reach it (with Redis: once this process is subscribed to the
+        room), so a message published after the join is not missed.
+        """
         self._address(OpKind.JOIN, conn_id, payload=_room(room))
+        if conn_id in self.local.conns:
+            await self.delivery.ready(room)
 
     async def leave(self, conn_id: str, room: str) -> None:
         """Take a connection, wherever it is, out of ``room``."""
@@ -729,11 +737,18 @@ class ConnectionManager:
     def _join_local(self, conn: Connection, room: str) -> None:
         if conn.state is ConnectionState.CLOSED or not self.local.join(conn, room):
             return
+        if len(self.local.rooms[room]) == 1:
+            self.delivery.interest(room, True)  # the first member here
         self.tracker.joined(conn, room)
 
     def _leave_local(self, conn: Connection, room: str) -> None:
         if self.local.leave(conn, room):
-            self.tracker.left(conn, room)
+            self._left(conn, room)
+
+    def _left(self, conn: Connection, room: str) -> None:
+        if room not in self.local.rooms:
+            self.delivery.interest(room, False)  # the last member here
+        self.tracker.left(conn, room)
 
     # -- connections coming and going --------------------------------------
 
@@ -784,7 +799,7 @@ class ConnectionManager:
         if not self.local.remove(conn):
             return
         for room in conn.rooms:
-            self.tracker.left(conn, room)
+            self._left(conn, room)
         self.counters.closed += 1
         self.limits.closed(conn.remote)
         log.debug(

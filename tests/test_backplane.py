@@ -47,7 +47,7 @@ def node_app(
     app, handlers, _ = ws_app(
         make_app, WS_BACKPLANE=url, WS_REDIS_CHANNEL=channel, **config
     )
-    handlers.room("lobby", presence="full", expose_ids=True)
+    handlers.room("lobby", presence="full", expose_ids=True, client_join=True)
     states: asyncio.Queue[str] = asyncio.Queue()
     errors: asyncio.Queue[Exception] = asyncio.Queue()
 
@@ -373,3 +373,92 @@ async def _in_lobby(node: Node, conn_id: str) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- interest routing: a room's messages go only where it has members ---------
+
+
+async def _subscribers(url: str, channel: str) -> int:
+    admin = aioredis.Redis.from_url(url)
+    try:
+        ((_, count),) = await admin.pubsub_numsub(channel)
+        return int(count)
+    finally:
+        await admin.aclose()
+
+
+async def test_a_node_hears_a_room_only_while_it_has_members(
+    make_app: AppFactory,
+) -> None:
+    async with nodes(make_app) as [(a, *_), (b, *_)]:
+        ca, ida = await a.connect()
+        cb, idb = await b.connect()
+        await eventually(lambda: _count(a, 2), "A sees both")
+        channel = a.app.config.WS_REDIS_CHANNEL + ":room:news"
+        await a.ws.join(ida, "news")
+        assert await _subscribers(SHARED_URL, channel) == 1  # A only
+        # The join returns once B listens: a publish right after it arrives.
+        await b.ws.join(idb, "news")
+        assert await _subscribers(SHARED_URL, channel) == 2
+        for i in range(5):
+            await a.ws.publish("news", "n", i)
+        assert [(await cb.expect("n")).data for _ in range(5)] == list(range(5))
+        assert [(await ca.expect("n")).data for _ in range(5)] == list(range(5))
+        # B's last member leaves: after a short linger B unsubscribes, and
+        # A's messages to the room no longer cross to B at all.
+        await b.ws.leave(idb, "news")
+
+        async def unsubscribed() -> bool:
+            return await _subscribers(SHARED_URL, channel) == 1
+
+        await eventually(unsubscribed, "B unsubscribed")
+        await a.ws.publish("news", "n", "not for b")
+        assert (await ca.expect("n")).data == "not for b"
+        # Back in the room: a fresh start, neither a gap nor a duplicate.
+        await b.ws.join(idb, "news")
+        await a.ws.publish("news", "n", "again")
+        assert (await cb.expect("n")).data == "again"
+        await a.ws.broadcast("b", "marker")
+        assert (await cb.recv()).data == "marker"  # type: ignore[union-attr]
+        assert b.backplane.missed == b.backplane.duplicates == 0
+
+
+async def test_a_client_join_is_answered_once_the_room_is_heard(
+    make_app: AppFactory,
+) -> None:
+    async with nodes(make_app) as [(a, *_), (b, *_)]:
+        ca, ida = await a.connect()
+        cb, _ = await b.connect()
+        await a.ws.join(ida, "lobby")
+        await cb.send("room.join", {"room": "lobby"})
+        await cb.expect("room.joined")
+        await ca.send("say", {"room": "lobby", "text": "right away"})
+        assert (await cb.expect("said")).data == "right away"
+
+
+async def test_room_subscriptions_come_back_after_a_redis_restart(
+    make_app: AppFactory,
+) -> None:
+    async with (
+        RedisServer() as redis_server,
+        nodes(make_app, redis_server.url) as [(a, sa, _), (b, sb, _)],
+    ):
+        _, ida = await a.connect()
+        cb, idb = await b.connect()
+        for node, conn_id in ((a, ida), (b, idb)):
+            await node.ws.join(conn_id, "news")
+        for states in (sa, sb):
+            assert await states.get() == "connected"
+        redis_server.kill()
+        await redis_server.start()
+        for states in (sa, sb):
+            assert await asyncio.wait_for(states.get(), units(10)) == "reconnecting"
+            assert await asyncio.wait_for(states.get(), units(10)) == "connected"
+        channel = a.app.config.WS_REDIS_CHANNEL + ":room:news"
+
+        async def both_back() -> bool:
+            return await _subscribers(redis_server.url, channel) == 2
+
+        await eventually(both_back, "both nodes resubscribed to the room")
+        await a.ws.publish("news", "n", "after the restart")
+        assert (await cb.expect("n", units(10))).data == "after the restart"

@@ -147,6 +147,16 @@ class Delivery(Protocol):
     async def stop(self) -> None:
         """Stop delivering; publishing after this is an error."""
 
+    def interest(self, room: str, wanted: bool) -> None:
+        """This process now has (``wanted``) or no longer has members of ``room``.
+
+        A backend that routes by interest receives a room's publications only
+        while some local connection is in it.
+        """
+
+    async def ready(self, room: str) -> None:
+        """Return once publications to ``room`` reach this process (bounded)."""
+
     def hears(self, peer: str) -> bool:
         """Whether ops from ``peer`` can reach us now (False while a link is down).
 

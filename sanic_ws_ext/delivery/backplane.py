@@ -8,7 +8,12 @@ it and carries ops to the other machines only:
 - an op for everyone is applied here and relayed to this machine's workers at
   once (no Redis round trip), and published once to ``<channel>:all``;
 - an op for one process goes to that process's channel
-  ``<channel>:to:<node>/<worker>``, or over the relay if it lives here.
+  ``<channel>:to:<node>/<worker>``, or over the relay if it lives here;
+- a message to a room goes to the room's own channel ``<channel>:room:<room>``,
+  which a process subscribes to only while it has members of that room
+  (interest routing): a machine with no member of a room spends nothing on
+  it, and Redis delivers each room message only to the processes that need
+  it.
 
 Process names are ``<node>/<worker>``; the node id is made once per machine
 (per ``sanic`` main process) and shared by its workers.
@@ -26,9 +31,12 @@ this machine's own workers come back from ``:all`` and are dropped unread
 Delivery guarantees, per sender and receiving process:
 
 - Each Redis message (a batch of one event-loop pass of ops) carries the
-  sender's life and a sequence number per channel. Receivers drop what they
-  have seen (a batch resent after a link failure) and notice gaps: a gap is
-  counted, logged and answered by asking the sender to re-sync its state.
+  sender's life (for a room channel, a life of that room's stream) and a
+  sequence number per channel. A receiver that has just subscribed to a
+  room takes the first message it hears there as its start, not as a gap.
+  Receivers drop what they have seen (a batch resent after a link failure)
+  and notice gaps: a gap is counted, logged and answered by asking the
+  sender to re-sync its state.
 - While Redis is unreachable, outgoing batches wait in a buffer bounded by
   ``WS_BACKPLANE_BUFFER`` bytes (state "reconnecting"); past it new batches
   are dropped and counted (state "down"). After reconnecting, the buffer is
@@ -51,7 +59,7 @@ import itertools
 import logging
 import os
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +103,24 @@ _RESEND_BYTES = 1 << 20
 _FORGET_AFTER = 600.0  # a process silent this long (while connected) is gone
 
 
+#: Room streams a process keeps numbering; past it the least recently used
+#: starts afresh (receivers then see a new stream, not a gap).
+_STREAMS = 65536
+
+
+class _Room:
+    """One room this process has (or just had) members of."""
+
+    __slots__ = ("linger", "subscribed", "wanted")
+
+    def __init__(self) -> None:
+        self.wanted = True
+        #: Set once Redis confirmed the subscription (cleared when the link drops).
+        self.subscribed = asyncio.Event()
+        #: The pending unsubscribe, after the last member left.
+        self.linger: asyncio.TimerHandle | None = None
+
+
 class _Deaf(Exception):
     """The subscriber heard nothing, not even this process's own beat."""
 
@@ -131,6 +157,8 @@ class RedisBackplane:
         self._node_prefix = node + "/"
         self._all = f"{channel}:all"
         self._direct = f"{channel}:to:"
+        self._room_prefix = f"{channel}:room:"
+        self._room_prefix_b = self._room_prefix.encode()
         self._mine = (self._direct + process).encode()
         self._origin = process.encode()
         self._life = int.from_bytes(os.urandom(8), "big")
@@ -155,8 +183,15 @@ class RedisBackplane:
         self._recent_bytes = 0
         self._outbox_bytes = 0
         self._seq: dict[str, int] = {}
-        # (direct channel?, origin) -> (its life, last sequence seen)
-        self._seen: dict[tuple[bool, str], tuple[int, int]] = {}
+        # Room channels we publish to: their stream's life, least recently
+        # used first (bounded: an evicted room starts a new stream).
+        self._streams: OrderedDict[str, int] = OrderedDict()
+        # (channel, origin) -> (its life, last sequence seen)
+        self._seen: dict[tuple[bytes, str], tuple[int, int]] = {}
+        # Rooms with local members, and the subscription state of each.
+        self._rooms: dict[str, _Room] = {}
+        self._pubsub: Any = None
+        self._commands: set[asyncio.Task[None]] = set()
         self._heard: dict[str, float] = {}
         self._expected: set[str] = set()
         self._recovering = False
@@ -217,6 +252,8 @@ class RedisBackplane:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=2 * _IO_TIMEOUT)
             self._task = None
+        for command in list(self._commands):
+            command.cancel()
         for client in (self._pub, self._sub):
             with contextlib.suppress(Exception):
                 await client.aclose(close_connection_pool=True)
@@ -281,7 +318,10 @@ class RedisBackplane:
             record = frame_record(encode_op(op))  # once, for the relay and Redis
         if to is None:
             self.local.publish(op, None, record)
-            channel = self._all
+            if op.kind is OpKind.ROOM_SEND:
+                channel = self._room_prefix + op.target
+            else:
+                channel = self._all
         else:
             channel = self._direct + to
         self._pending.append((channel, record))
@@ -299,10 +339,11 @@ class RedisBackplane:
         self._sealing = False
         pending, self._pending = self._pending, []
         for channel, run in itertools.groupby(pending, key=lambda item: item[0]):
+            life = self._stream(channel)
             for chunk in pack_records([record for _, record in run], _CHUNK):
                 seq = self._seq.get(channel, 0) + 1
                 self._seq[channel] = seq
-                message = pack_message(self._origin, self._life, seq, chunk)
+                message = pack_message(self._origin, life, seq, chunk)
                 if self._dropping or self._outbox_bytes + len(message) > self.buffer:
                     # Dropped with its sequence number spent: receivers see
                     # the gap and ask for a re-sync.
@@ -312,6 +353,93 @@ class RedisBackplane:
                 self._outbox_bytes += len(message)
         if self._wake is not None:
             self._wake.set()
+
+    def _stream(self, channel: str) -> int:
+        """The life under which this process numbers ``channel``'s messages."""
+        if not channel.startswith(self._room_prefix):
+            return self._life
+        streams = self._streams
+        life = streams.get(channel)
+        if life is not None:
+            streams.move_to_end(channel)
+            return life
+        life = int.from_bytes(os.urandom(8), "big")
+        streams[channel] = life
+        self._seq.pop(channel, None)
+        if len(streams) > _STREAMS:
+            evicted, _ = streams.popitem(last=False)
+            self._seq.pop(evicted, None)
+        return life
+
+    # -- interest: subscribing to the rooms this process has members of --------
+
+    def interest(self, room: str, wanted: bool) -> None:
+        room_state = self._rooms.get(room)
+        if wanted:
+            if room_state is None:
+                self._rooms[room] = _Room()
+                self._subscribe([room])
+            else:
+                room_state.wanted = True
+                if room_state.linger is not None:
+                    room_state.linger.cancel()
+                    room_state.linger = None
+        elif room_state is not None and room_state.wanted:
+            # Kept a little: a room whose last member leaves and another
+            # joins (a page reload) is not unsubscribed and resubscribed.
+            room_state.wanted = False
+            assert self._loop is not None
+            room_state.linger = self._loop.call_later(
+                2 * self.beat, self._unsubscribe, room
+            )
+
+    async def ready(self, room: str) -> None:
+        room_state = self._rooms.get(room)
+        if room_state is None or self.state is not LinkState.CONNECTED:
+            return  # nothing to wait for, or an outage: nothing to wait on
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(room_state.subscribed.wait(), _IO_TIMEOUT)
+
+    def _subscribe(self, rooms: list[str]) -> None:
+        pubsub = self._pubsub
+        if pubsub is None or self._loop is None:
+            return  # (re)connecting subscribes every room we want
+        channels = [self._room_prefix + room for room in rooms]
+        self._command(pubsub.subscribe(*channels))
+
+    def _unsubscribe(self, room: str) -> None:
+        room_state = self._rooms.get(room)
+        if room_state is None or room_state.wanted:
+            return
+        del self._rooms[room]
+        channel = self._room_prefix + room
+        # What was heard there is forgotten: a later subscription starts anew.
+        channel_b = channel.encode()
+        for key in [k for k in self._seen if k[0] == channel_b]:
+            del self._seen[key]
+        if self._pubsub is not None:
+            self._command(self._pubsub.unsubscribe(channel))
+
+    def _command(self, command: Any) -> None:
+        """Run a subscriber command; a failure is the link's (it reconnects)."""
+        assert self._loop is not None
+
+        async def run() -> None:
+            try:
+                await command
+            except Exception as exc:
+                log.warning("redis backplane: subscriber command failed (%r)", exc)
+
+        task = self._loop.create_task(run())
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+
+    def _confirmed(self, channel: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        if name.startswith(self._room_prefix):
+            room_state = self._rooms.get(name[len(self._room_prefix) :])
+            if room_state is not None:
+                room_state.subscribed.set()
 
     def _drop(self, chunk: bytes) -> None:
         """Count a message we cannot hold; drop all until the outbox drains.
@@ -360,16 +488,20 @@ class RedisBackplane:
     async def _connect(self) -> Any:
         await asyncio.wait_for(self._pub.ping(), _IO_TIMEOUT)
         pubsub = self._sub.pubsub()
+        rooms = [self._room_prefix + room for room in self._rooms]
         try:
-            await asyncio.wait_for(pubsub.subscribe(self._all, self._mine), _IO_TIMEOUT)
-            # Subscribed once both confirmations are back.
+            await asyncio.wait_for(
+                pubsub.subscribe(self._all, self._mine, *rooms), _IO_TIMEOUT
+            )
+            # Subscribed once every confirmation is back.
             confirmed = 0
-            while confirmed < 2:
+            while confirmed < 2 + len(rooms):
                 reply = await asyncio.wait_for(
                     pubsub.get_message(timeout=None), _IO_TIMEOUT
                 )
                 if reply is not None and reply["type"] == "subscribe":
                     confirmed += 1
+                    self._confirmed(reply["channel"])
         except BaseException:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -432,6 +564,7 @@ class RedisBackplane:
         """Read, send and watch until any of them fails (raises)."""
         assert self._loop is not None
         self._last_heard = self._loop.time()
+        self._pubsub = pubsub
         tasks = {
             asyncio.ensure_future(self._read(pubsub)),
             asyncio.ensure_future(self._send()),
@@ -443,6 +576,9 @@ class RedisBackplane:
                 task.result()
             raise ConnectionError("backplane link task ended")
         finally:
+            self._pubsub = None
+            for room_state in self._rooms.values():
+                room_state.subscribed.clear()
             # Close the socket first: a read blocked inside redis-py ends
             # with an error even where it would not end on cancel alone.
             with contextlib.suppress(Exception):
@@ -459,15 +595,17 @@ class RedisBackplane:
     async def _read(self, pubsub: Any) -> None:
         assert self._loop is not None
         while True:
-            message = await pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=None
-            )
+            message = await pubsub.get_message(timeout=None)
             self._last_heard = self._loop.time()
-            if message is not None and message["type"] == "message":
+            if message is None:
+                continue
+            if message["type"] == "message":
                 try:
                     self._receive(message["channel"], message["data"])
                 except Exception:
                     log.exception("redis backplane: a message could not be read")
+            elif message["type"] == "subscribe":
+                self._confirmed(message["channel"])
 
     async def _watch(self) -> None:
         """Fail the link when the subscriber hears nothing, not even our beat."""
@@ -556,7 +694,7 @@ class RedisBackplane:
         """Wait (bounded) until the processes heard before the outage listen."""
         assert self._loop is not None
         want = len(self._expected)
-        direct = {ch for ch, _ in self._outbox if ch != self._all}
+        direct = {ch for ch, _ in self._outbox if ch.startswith(self._direct)}
         channels = [self._all, *direct]
         if self._resubscribe_deadline is None:
             self._resubscribe_deadline = self._loop.time() + RESUBSCRIBE_WAIT
@@ -589,7 +727,11 @@ class RedisBackplane:
         self._heard[origin] = self._loop.time()
         if origin.startswith(self._node_prefix):
             return  # ours, or this machine's: already delivered over the relay
-        key = (channel == self._mine, origin)
+        if channel.startswith(self._room_prefix_b):
+            room = channel[len(self._room_prefix_b) :].decode()
+            if room not in self._rooms:
+                return  # unsubscribing: nobody here is in that room any more
+        key = (channel, origin)
         last = self._seen.get(key)
         if last is not None and last[0] == life:
             if seq <= last[1]:

@@ -342,6 +342,12 @@ class WorkerRelay:
         self._backlog_bytes = [0] * self.slots
         self._apply = None
 
+    def interest(self, room: str, wanted: bool) -> None:
+        pass  # every process of one machine hears every room
+
+    async def ready(self, room: str) -> None:
+        pass
+
     def hears(self, peer: str) -> bool:
         return True
 
