@@ -122,8 +122,12 @@ async def test_teamchat_rooms_and_users_across_workers() -> None:
                 async def stats() -> Any:
                     return (await http.get(server.url("/admin/stats"))).json()
 
-                figures = await until(stats, lambda s: s["rooms"].get("random") == 1)
-            n = len(everyone)
+                n = len(everyone)
+                # Counts ride on each worker's beat: ask until they caught up.
+                figures = await until(
+                    stats,
+                    lambda s: s["rooms"].get("random") == 1 and s["connections"] == n,
+                )
             assert figures["connections"] == n
             assert figures["rooms"] == {"general": n, "random": 1}
             assert figures["users"] == {"alice": 1, "bob": n - 1}
