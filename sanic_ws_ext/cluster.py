@@ -42,12 +42,19 @@ _DEAD_LIVES = 256
 
 
 def machine_id() -> str:
-    """This machine's identity: its hostname and boot (pids mean nothing elsewhere)."""
+    """Where a pid means the same process: host, boot and pid namespace.
+
+    Containers with the host's network share its hostname and boot id but
+    not its pids: the pid namespace tells them apart.
+    """
+    parts = [socket.gethostname()]
     try:
         with open("/proc/sys/kernel/random/boot_id") as boot:
-            return f"{socket.gethostname()}/{boot.read().strip()}"
+            parts.append(boot.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
     except OSError:
-        return socket.gethostname()
+        pass
+    return "/".join(parts)
 
 
 @dataclass(slots=True)
@@ -95,12 +102,16 @@ class Membership:
         self._keys: dict[str, str] = {}
         self._dead: deque[str] = deque(maxlen=_DEAD_LIVES)
         self._dead_set: set[str] = set()
+        # Lives dropped only for their silence, by name (they may come back).
+        self._silenced: dict[str, str] = {}
+        self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def stop(self) -> None:
+        self._stopped = True
         for peer in self.peers.values():
             self._unwatch(peer)
 
@@ -133,6 +144,13 @@ class Membership:
         if life in self._dead_set:
             return False
         peer = self.peers.get(name)
+        if self._silenced.get(name) == life and peer is not None and peer.life != life:
+            # A late op of a life we dropped for silence, after its name
+            # restarted: that life is over, not back.
+            self._bury(life)
+            return False
+        if self._silenced.get(name) == life:
+            del self._silenced[name]  # the frozen one, heard again
         if peer is not None and peer.life == life:
             if pid and not peer.pid:
                 peer.pid, peer.machine = pid, machine
@@ -168,13 +186,19 @@ class Membership:
             del self._keys[peer.life[:8]]
         self._unwatch(peer)
         if final:
-            if len(self._dead) == self._dead.maxlen:
-                self._dead_set.discard(self._dead[0])
-            self._dead.append(peer.life)
-            self._dead_set.add(peer.life)
+            self._bury(peer.life)
+        else:
+            self._silenced[name] = peer.life
         if why != "restarted":
             log.warning("worker %s %s: dropping what it held", name, why)
         self._gone(name)
+
+    def _bury(self, life: str) -> None:
+        """Ignore ``life``'s ops from now on (the last ``_DEAD_LIVES`` kept)."""
+        if len(self._dead) == self._dead.maxlen:
+            self._dead_set.discard(self._dead[0])
+        self._dead.append(life)
+        self._dead_set.add(life)
 
     # -- liveness ------------------------------------------------------------------
 
@@ -201,7 +225,8 @@ class Membership:
     def _watch(self, peer: Peer) -> None:
         """Watch a peer on this machine through a pidfd: its exit is instant news."""
         if (
-            peer.pidfd >= 0
+            self._stopped
+            or peer.pidfd >= 0
             or peer.machine != self.machine
             or self._loop is None
             or not hasattr(os, "pidfd_open")

@@ -112,6 +112,9 @@ DEFAULTS: dict[str, Any] = {
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _RELAY_TRANSPORTS = ("auto", "seqpacket", "stream")
+#: Smallest WS_MAX_PUBLISH: presence transfers go in parts of half of it,
+#: each holding at least a few entries of WS_PRESENCE_META_MAX.
+_MIN_PUBLISH = 8 * 1024
 # Room for a Redis message's headers next to its largest body.
 _MESSAGE_OVERHEAD = 64 * 1024
 
@@ -261,6 +264,18 @@ class WSConfig:
         assert max_queue is not None and max_publish is not None
         assert max_queue_bytes is not None
         assert buffer is not None
+        if max_publish < _MIN_PUBLISH:
+            raise ConfigError(
+                "WS_MAX_PUBLISH",
+                f"must be at least {_MIN_PUBLISH} bytes (presence transfers are"
+                f" cut into parts of half of it), got {max_publish}",
+            )
+        if meta_max > max_publish // 8:
+            raise ConfigError(
+                "WS_PRESENCE_META_MAX",
+                f"must be at most an eighth of WS_MAX_PUBLISH ({max_publish // 8})"
+                f" so that presence transfers hold several entries, got {meta_max}",
+            )
         if buffer < max_publish + _MESSAGE_OVERHEAD:
             raise ConfigError(
                 "WS_BACKPLANE_BUFFER",

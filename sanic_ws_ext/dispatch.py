@@ -249,10 +249,12 @@ class Dispatcher:
             await self.refuse(conn, exc)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
-            if box.overran and task is not None:
-                # The watchdog's cancel: already logged, the connection is
-                # closing; its disconnect handlers still run after this.
+            if box.overran and task is not None and task.cancelling() <= 1:
+                # The watchdog's cancel (and no shutdown's): already logged,
+                # the connection is closing; its disconnect handlers still
+                # run after this.
                 task.uncancel()
+                box.overran = False
                 return
             if task is not None and task.cancelling():
                 raise  # we are being cancelled (shutdown): stop here
@@ -264,6 +266,11 @@ class Dispatcher:
         except Exception as exc:
             await self._handler_failed(conn, handler, exc)
         finally:
+            task = asyncio.current_task()
+            if box.overran and task is not None and task.cancelling():
+                # The handler swallowed the watchdog's cancel: take it back,
+                # or the next await of this queue would be cancelled too.
+                task.uncancel()
             box.since = 0.0
             box.handler = None
             box.overran = False
@@ -292,8 +299,13 @@ class Dispatcher:
                 conn.id,
             )
             box.overran = True
+            # The messages queued behind it go; the disconnect marker stays,
+            # so the app's on_disconnect handlers still run.
+            closed = CLOSED in box.items
             box.items.clear()
             box.size = 0
+            if closed:
+                box.items.append(CLOSED)
             task.cancel()
             conn.wire.start_close(CloseCode.INTERNAL_ERROR, "handler timeout")
 

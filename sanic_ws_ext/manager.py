@@ -617,8 +617,10 @@ class ConnectionManager:
         elif op.kind is OpKind.BEAT:
             # "<life> <sample as JSON>": the peer's counters ride on its beat.
             raw_life, _, sample = op.payload.partition(b" ")
-            self._meet(peer, raw_life.decode())
-            membership.sample(peer, sample, self._loop.time())
+            life = raw_life.decode()
+            self._meet(peer, life)
+            if membership.knows(peer, life):  # not a late beat of an old life
+                membership.sample(peer, sample, self._loop.time())
         elif op.kind is OpKind.SYNC:
             if op.reason == "request":
                 intro = ujson.loads(op.payload) if op.payload else {}

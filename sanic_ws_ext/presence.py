@@ -113,6 +113,10 @@ class PresenceTable:
         gone = [e for e in (self.remove(ref) for ref in list(refs)) if e is not None]
         return gone
 
+    def forget(self, process: str) -> None:
+        """``process`` is gone: its sync epoch need not be kept."""
+        self._epochs.pop(process, None)
+
     def begin_sync(self, process: str) -> None:
         """A full transfer from ``process`` starts: what it lists is re-marked."""
         self._epochs[process] = self._epochs.get(process, 0) + 1
@@ -159,6 +163,11 @@ class Diffs:
         return bool(self.joins or self.leaves)
 
     def join(self, entry: Entry) -> None:
+        left = self.leaves.get(entry.room)
+        if left is not None and left.pop(entry.ref, None) is not None:
+            if not left:
+                del self.leaves[entry.room]
+            return  # left and came back within the interval: no change
         self.joins.setdefault(entry.room, {})[entry.ref] = entry
 
     def leave(self, entry: Entry) -> None:

@@ -101,6 +101,7 @@ class Tracker:
         self._flusher: Flusher | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._syncs: dict[str, asyncio.Task[None]] = {}
         self._salt = os.urandom(16)
 
     def start(self, loop: asyncio.AbstractEventLoop, flusher: Flusher) -> None:
@@ -185,10 +186,11 @@ class Tracker:
         entry = self.table.remove(ref)
         if entry is not None:
             self._diffs.leave(entry)
-            if self._out_joins.pop(ref, None) is None:
-                # Peers heard of it: they must hear it leave. (One that came
-                # and went within the interval is never published at all.)
-                self._out_leaves.append(ref)
+            # A join not published yet is dropped; the leave is published
+            # all the same: a transfer (SYNC) may have listed the entry.
+            # Peers that never heard of it ignore it.
+            self._out_joins.pop(ref, None)
+            self._out_leaves.append(ref)
 
     def _count_local(self, room: str) -> None:
         count = len(self.local.rooms.get(room, ()))
@@ -234,7 +236,7 @@ class Tracker:
                     len(stale),
                     "y" if len(stale) == 1 else "ies",
                 )
-                self._run(self._remove_slices(stale))
+                self._run(self._remove_slices(stale, origin))
         self._arm()
 
     def drop(self, process: str) -> None:
@@ -242,12 +244,17 @@ class Tracker:
         for room in self.counts.drop_process(process):
             self._recount.add(room)
         refs = list(self.table.by_process.get(process, ()))
+        self.table.forget(process)
         self._run(self._remove_slices(refs))
         self._arm()
 
-    async def _remove_slices(self, refs: list[str]) -> None:
+    async def _remove_slices(self, refs: list[str], synced: str | None = None) -> None:
+        epoch = self.table._epochs.get(synced, 0) if synced else 0
         for start in range(0, len(refs), _SLICE):
             for ref in refs[start : start + _SLICE]:
+                known = self.table.refs.get(ref)
+                if known is None or (synced and known.epoch >= epoch):
+                    continue  # listed again since
                 entry = self.table.remove(ref)
                 if entry is not None:
                     self._diffs.leave(entry)
@@ -258,7 +265,12 @@ class Tracker:
 
     def send_sync(self, to: str) -> None:
         """Send ``to`` everything this process holds, in parts."""
-        self._run(self._sync_parts(to))
+        old = self._syncs.pop(to, None)
+        if old is not None:
+            old.cancel()  # never two transfers to one peer at once
+        task = self._run(self._sync_parts(to))
+        if task is not None:
+            self._syncs[to] = task
 
     async def _sync_parts(self, to: str) -> None:
         mine = list(self.table.by_process.get(self.worker, ()))
@@ -275,6 +287,7 @@ class Tracker:
             self._publish(_with_list(head, "entries", chunk), to, "sync")
             chunk, size, first = [], 0, False
 
+        send(last=False)  # "first" goes out with the snapshot: later batches follow it
         for start in range(0, len(mine), _SLICE):
             for ref in mine[start : start + _SLICE]:
                 entry = self.table.refs.get(ref)
@@ -289,9 +302,10 @@ class Tracker:
         send(last=True)
 
     def _budget(self) -> int:
-        """Bytes of entries per op: half of ``WS_MAX_PUBLISH``, which leaves
-        room around them and keeps every op far from the limit."""
-        return max(16 * 1024, self.config.max_publish // 2)
+        """Bytes of entries per op: under half of ``WS_MAX_PUBLISH`` (at least
+        8 KiB, with entries of at most an eighth of it: config checks both),
+        which leaves room for what goes around them."""
+        return self.config.max_publish // 2 - 512
 
     # -- the interval -----------------------------------------------------------------
 
@@ -315,6 +329,19 @@ class Tracker:
         if not (joins or leaves or counts):
             return
         self._out_joins, self._out_leaves, self._out_counts = {}, [], {}
+        try:
+            self._send_changes(joins, leaves, counts)
+        except Exception:
+            # Not lost: tried again at the next interval (the error is logged
+            # by flush()).
+            self._out_joins = {**joins, **self._out_joins}
+            self._out_leaves = leaves + self._out_leaves
+            self._out_counts = {**counts, **self._out_counts}
+            raise
+
+    def _send_changes(
+        self, joins: dict[str, list[Any]], leaves: list[str], counts: dict[str, int]
+    ) -> None:
         budget = self._budget()
         head: dict[str, Any] = {"life": self.life}
         if counts:
@@ -378,12 +405,13 @@ class Tracker:
             list(wires), frame, (), self.config.max_backpressure, self._flusher
         )
 
-    def _run(self, work: Any) -> None:
+    def _run(self, work: Any) -> Any:
         if self._loop is None:
-            return
+            return None
         task = self._loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- queries ---------------------------------------------------------------------
 

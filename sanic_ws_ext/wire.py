@@ -130,7 +130,10 @@ class FrameParser(ServerProtocol):
 
     def recv_frame(self, frame: Frame) -> None:
         if frame.opcode is Opcode.CLOSE:
-            self.current_size = None
+            # websockets names it current_size since 14, cur_size before.
+            for name in ("current_size", "cur_size"):
+                if hasattr(self, name):
+                    setattr(self, name, None)
         super().recv_frame(frame)
 
 
@@ -452,6 +455,10 @@ class Wire(asyncio.Protocol):
         us, not gone). Where the count cannot be read, the peer is presumed
         alive, as before.
         """
+        if self._transport.get_extra_info("ssl_object") is not None:
+            # TLS in this process: the SSL layer keeps reading into its own
+            # buffer while we are paused, so the kernel's count says nothing.
+            return True
         sock = self._transport.get_extra_info("socket")
         if sock is None:
             return True

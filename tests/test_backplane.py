@@ -172,14 +172,14 @@ async def test_two_nodes_are_one_cluster(make_app: AppFactory) -> None:
 async def test_publish_over_the_limit_is_refused_before_delivery(
     make_app: AppFactory,
 ) -> None:
-    async with nodes(make_app, WS_MAX_PUBLISH=1000) as [(a, _, errors), (b, *_)]:
+    async with nodes(make_app, WS_MAX_PUBLISH=8192) as [(a, _, errors), (b, *_)]:
         ca, ida = await a.connect()
         cb, _ = await b.connect()
         await eventually(lambda: _count(a, 2), "A sees both")
-        big = "x" * 2000
+        big = "x" * 10_000
         with pytest.raises(PublishTooLarge) as refused:
             await a.ws.broadcast("b", big)
-        assert refused.value.limit == 1000
+        assert refused.value.limit == 8192
         # From a handler: the sender gets an error frame, the hook the error.
         await ca.send("broadcast", big)
         assert (await ca.expect("error")).data["code"] == "handler_error"
@@ -238,8 +238,8 @@ async def test_overflow_is_counted_and_the_view_heals(make_app: AppFactory) -> N
         nodes(
             make_app,
             redis_server.url,
-            WS_MAX_PUBLISH=1024,
-            WS_BACKPLANE_BUFFER=1024 + 64 * 1024,
+            WS_MAX_PUBLISH=8192,
+            WS_BACKPLANE_BUFFER=8192 + 64 * 1024,
         ) as [
             (a, sa, _),
             (b, sb, _),

@@ -126,6 +126,8 @@ def test_origins_from_environment_string() -> None:
         ("WS_REDIS_CHANNEL", ""),
         ("WS_REDIS_CHANNEL", "a:b"),
         ("WS_MAX_PUBLISH", 0),
+        ("WS_MAX_PUBLISH", 4096),  # presence transfers need room
+        ("WS_PRESENCE_META_MAX", 1 << 20),  # more than an eighth of WS_MAX_PUBLISH
         ("WS_BACKPLANE_BUFFER", None),
         ("WS_BACKPLANE_BUFFER", 1 << 20),  # smaller than one WS_MAX_PUBLISH
         ("WS_MAX_CONNECTIONS", 0),

@@ -303,3 +303,32 @@ async def _raw_get(port: int, request: bytes) -> bytes:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+# Review of issue 14: the watchdog threw away the disconnect marker queued
+# behind a stuck handler, so on_disconnect never ran.
+async def test_a_client_gone_behind_a_stuck_handler_still_gets_on_disconnect(
+    make_app: AppFactory,
+) -> None:
+    app, handlers, gone = ws_app(
+        make_app,
+        WS_HANDLER_TIMEOUT=units(0.3),
+        WS_RELAY_BEAT=units(0.1),
+        WS_PING_INTERVAL=None,
+    )
+    started = asyncio.Event()
+
+    @handlers.on("hang")
+    async def hang(conn: Connection, msg: Envelope) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with serve(app) as server:
+        client = await WSTestClient.connect(server.ws_url())
+        await client.send("hang")
+        await asyncio.wait_for(started.wait(), units(5))
+        await client.close()  # the tab closes while the handler hangs
+        await until(lambda: not app.ctx.ws.connections)
+        # The watchdog cancels the handler; the disconnect handlers run after.
+        dropped = await asyncio.wait_for(gone.get(), units(10))
+        assert dropped.close_code == 1000

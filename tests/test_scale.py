@@ -100,6 +100,28 @@ async def test_a_state_larger_than_max_publish_reaches_a_new_node(
             await client.close()
 
 
+async def test_a_leave_reaches_a_node_that_a_transfer_told_of_the_join(
+    make_app: AppFactory,
+) -> None:
+    """Review of issue 14: an entry listed by a SYNC and gone before its join
+    was published left a ghost on the receiver (its leave was netted out)."""
+    channel = f"test-{uuid.uuid4().hex[:12]}"
+    async with AsyncExitStack() as stack:
+        a = node(make_app, channel, WS_PRESENCE_INTERVAL=3600)  # flushed by hand
+        a_server = await stack.enter_async_context(serve(a))
+        x = await WSTestClient.connect(a_server.ws_url())
+        await x.send("join", ["lobby"])
+        await x.expect("joined")  # joined, not yet published
+        b = node(make_app, channel)
+        await stack.enter_async_context(serve(b))
+        # B's HELLO makes A send it a transfer, which lists x.
+        await until(lambda: b.ctx.ws.tracker.table.count("lobby")[0] == 1)
+        await x.close()
+        await until(lambda: not a.ctx.ws.connections)
+        a.ctx.ws.tracker.flush()
+        await until(lambda: b.ctx.ws.tracker.table.count("lobby")[0] == 0)
+
+
 async def test_a_peer_dying_with_a_big_room_sends_each_survivor_one_diff(
     make_app: AppFactory,
 ) -> None:
