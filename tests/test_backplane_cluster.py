@@ -277,16 +277,17 @@ async def test_stats_from_one_machine_cover_both() -> None:
             stats = (await http.get(one.server.url("/ws/stats"))).json()
             per = stats["per_worker"]
             conns = {w: e["connections"] for w, e in per.items()}
-            # The broadcast's frames out on machine two's workers, as machine
-            # one sees them: at least one per connection there.
+            # Frames out on machine two's workers, as machine one sees them:
+            # each connection there had its welcome, then the broadcast (the
+            # welcomes alone reach one per connection: a sample from before
+            # the broadcast would do). A worker without a sample yet counts 0.
             sent = sum(
                 per.get(c.worker, {}).get("messages_out", 0)
                 for c in second_node(everyone)
             )
-            # Each worker's figures come on its own beat: wait for the
-            # sender's as well as the others'.
-            heard = per.get(sender.worker, {}).get("messages_in", 0)
-            if conns == want and sent >= len(two.clients) and heard >= 1:
+            # And the sender's worker's sample is from after its request.
+            asked = per.get(sender.worker, {}).get("messages_in", 0)
+            if conns == want and sent >= 2 * len(two.clients) and asked >= 1:
                 break
             assert loop.time() < deadline, f"never settled: {stats}"
             await asyncio.sleep(0.1)

@@ -25,6 +25,7 @@ from .rawws import RawClient
 WARM_UP = 500
 CYCLES = 3000
 AT_ONCE = 25
+POLLS = 400
 
 
 async def churn_once(port: int, n: int) -> None:
@@ -50,16 +51,26 @@ async def churn(port: int, first: int, count: int) -> None:
         )
 
 
-async def settled(http: httpx.AsyncClient, server: SanicProcess) -> dict[str, Any]:
-    """The server's state once only the observer is left (polled: no event
-    crosses the process boundary)."""
+async def settled(
+    http: httpx.AsyncClient, server: SanicProcess, churned: int
+) -> dict[str, Any]:
+    """The server's state once it has finished with the ``churned`` churners.
+
+    ``connections`` alone is not enough: a connection leaves it when its
+    socket goes, and the task that runs its disconnect handlers holds it
+    until that task's turn comes. Read then, the object counts and the task
+    count include those tasks. So wait until every churner's disconnect
+    handler has run. Polled (no event crosses the process boundary), at
+    most ``POLLS`` times and ``units(10)`` seconds.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + units(10)
-    while True:
+    for _ in range(POLLS):
         state: dict[str, Any] = (await http.get(server.url("/state"))).json()
-        if state["connections"] == 1 or loop.time() > deadline:
-            return state
+        if state["disconnected"] >= churned or loop.time() > deadline:
+            break
         await asyncio.sleep(0.05)
+    return state
 
 
 async def test_churn_while_broadcasting_leaves_nothing_behind() -> None:
@@ -82,13 +93,16 @@ async def test_churn_while_broadcasting_leaves_nothing_behind() -> None:
             watching = asyncio.create_task(watch())
             await http.post(server.url("/ticker/start"))
             await churn(server.port, 0, WARM_UP)
-            before = await settled(http, server)
+            before = await settled(http, server, WARM_UP)
 
             await churn(server.port, WARM_UP, CYCLES)
-            after = await settled(http, server)
+            after = await settled(http, server, WARM_UP + CYCLES)
             sent = (await http.post(server.url("/ticker/stop"))).json()["sent"]
             ticks, announced = await asyncio.wait_for(watching, units(10))
 
+        # Every churner's disconnect handler ran, once.
+        assert before["disconnected"] == WARM_UP
+        assert after["disconnected"] == WARM_UP + CYCLES
         # Only the observer is left, everywhere the manager keeps state.
         assert after["connections"] == after["count"] == 1
         assert after["rooms"] == {} and after["members"] == []

@@ -1,7 +1,8 @@
 """The churn test's server: `sanic tests.apps.churn:app --single-process`.
 
 Clients name themselves with ``?user=``; everyone but "observer" joins room
-"churn" (so presence events flow between churners). ``/ticker/start`` starts
+"churn" (so presence events flow between churners), and each churner's
+disconnect handler counts it gone. ``/ticker/start`` starts
 a steady broadcast of numbered ticks, ``/ticker/stop`` ends it and returns
 how many went out; ``/state`` shows what the manager holds, the event loop's
 tasks, the live connection objects and the process's RSS.
@@ -27,6 +28,9 @@ Extend(app).register(WSExtension)
 handlers = WSHandlers(app)
 handlers.room("churn", presence="full")
 ticker: dict[str, Any] = {}
+#: Connections whose disconnect handlers have run: the manager's last step
+#: for a connection (it leaves ``ws.connections`` before that).
+gone = {"count": 0}
 
 
 @handlers.verify
@@ -38,6 +42,11 @@ async def identify(request: Request) -> Accept:
 async def on_connect(conn: Connection) -> None:
     if conn.user != "observer":
         await conn.join("churn")
+
+
+@handlers.on_disconnect
+async def on_disconnect(conn: Connection) -> None:
+    gone["count"] += 1
 
 
 @app.get("/health")
@@ -84,6 +93,7 @@ async def state(request: Request) -> JSONResponse:
     return json(
         {
             "connections": len(ws.connections),
+            "disconnected": gone["count"],
             "count": await ws.count(),
             "rooms": await ws.rooms(),
             "users": await ws.users(),
