@@ -33,6 +33,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any
 
@@ -69,21 +70,28 @@ class LiveServer:
     app: Sanic[Any, Any]
     host: str
     port: int
+    #: Served over TLS (``serve(app, ssl=...)``): the URLs are https/wss.
+    tls: bool = False
 
     def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}{path}"
 
     def ws_url(self, path: str | None = None) -> str:
         if path is None:
             path = self.app.config.get("WS_PATH", "/ws")
-        return f"ws://{self.host}:{self.port}{path}"
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://{self.host}:{self.port}{path}"
 
 
 @asynccontextmanager
 async def serve(
-    app: Sanic[Any, Any], host: str = "127.0.0.1"
+    app: Sanic[Any, Any], host: str = "127.0.0.1", *, ssl: SSLContext | None = None
 ) -> AsyncIterator[LiveServer]:
-    """Serve ``app`` on a free port in this event loop until the block exits."""
+    """Serve ``app`` on a free port in this event loop until the block exits.
+
+    With ``ssl``, over TLS (``wss://``) with that server context.
+    """
     # Several apps may start in one test process (as sanic-testing allows).
     Sanic.test_mode = True
     # Sanic reads port=0 as "default port": bind the ephemeral port ourselves.
@@ -92,7 +100,7 @@ async def serve(
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     # create_server() awaits the listening socket: it is bound on return.
-    server = await app.create_server(sock=sock, return_asyncio_server=True)
+    server = await app.create_server(sock=sock, ssl=ssl, return_asyncio_server=True)
     assert server is not None and server.server is not None
     try:
         await server.startup()
@@ -104,7 +112,7 @@ async def serve(
         await server.server.wait_closed()
         raise
     try:
-        yield LiveServer(app, host, port)
+        yield LiveServer(app, host, port, tls=ssl is not None)
     finally:
         await server.before_stop()
         server.server.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -332,3 +333,44 @@ async def test_a_client_gone_behind_a_stuck_handler_still_gets_on_disconnect(
         # The watchdog cancels the handler; the disconnect handlers run after.
         dropped = await asyncio.wait_for(gone.get(), units(10))
         assert dropped.close_code == 1000
+
+
+# Review of issue 14: with TLS in the server, the SSL layer keeps reading the
+# socket while we are paused, so the kernel's unread count stays at 0 and a
+# live client looked silent (closed 1011 "ping timeout").
+async def test_a_paused_tls_connection_is_presumed_alive(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await made.wait() == 0
+    app, handlers, _ = ws_app(
+        make_app, WS_MAX_QUEUE=2, WS_PING_INTERVAL=None, WS_HANDLER_TIMEOUT=None
+    )
+    release = asyncio.Event()
+
+    @handlers.on("work")
+    async def work(conn: Connection, msg: Envelope) -> None:
+        await release.wait()
+
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context()
+    client_tls.check_hostname = False
+    client_tls.verify_mode = ssl.CERT_NONE
+    async with serve(app, ssl=server_tls) as server:
+        client = await WSTestClient.connect(server.ws_url(), ssl=client_tls)
+        for _ in range(3):
+            await client.send("work")
+        (conn,) = app.ctx.ws.connections.values()
+        await until(lambda: conn.wire.reading_paused)
+        # Asked twice with nothing new in the kernel: a plain socket would
+        # now look silent; TLS says nothing about the peer, so: alive.
+        assert conn.wire.heard_while_paused()
+        assert conn.wire.heard_while_paused()
+        release.set()
+        await client.close()
