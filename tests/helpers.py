@@ -10,6 +10,7 @@ from sanic import Sanic
 from sanic_ext import Extend
 
 from sanic_ws_ext import Connection, WSExtension, WSHandlers
+from sanic_ws_ext.testing import time_unit
 
 AppFactory = Callable[..., Sanic[Any, Any]]
 
@@ -28,3 +29,13 @@ def ws_app(
         gone.put_nowait(conn)
 
     return app, handlers, gone
+
+
+async def until(condition: Callable[[], bool], seconds: float = 20) -> None:
+    """Poll ``condition`` (no event to await) until it holds; fail after
+    ``seconds`` test time units."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds * time_unit()
+    while not condition():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)

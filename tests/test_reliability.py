@@ -15,23 +15,14 @@ from typing import Any
 from sanic import Sanic
 from websockets.frames import Close, Frame, Opcode
 
-from sanic_ws_ext import Connection, Envelope
+from sanic_ws_ext import Connection, Envelope, WSHandlers
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .conftest import units
-from .helpers import ws_app
+from .helpers import until, ws_app
 from .rawws import RawClient
 
 AppFactory = Callable[..., Sanic[Any, Any]]
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
-    """Poll ``condition`` until it holds; fail after ``seconds`` test units."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + units(seconds)
-    while not condition():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
 
 
 # 1. A message of the allowed size could not be sent back: its frame header
@@ -156,15 +147,22 @@ async def test_inbox_is_bounded_in_bytes(make_app: AppFactory) -> None:
 
 # 5a. A handler that never returns made a zombie: inbox full, reading paused,
 # skipped by the heartbeat for ever. WS_HANDLER_TIMEOUT bounds it.
-async def test_stuck_handler_is_cancelled_and_its_connection_closed(
+def watched_app(
     make_app: AppFactory,
-) -> None:
-    app, handlers, gone = ws_app(
+) -> tuple[Sanic[Any, Any], WSHandlers, asyncio.Queue[Connection]]:
+    """Handlers bounded by a short WS_HANDLER_TIMEOUT, checked often."""
+    return ws_app(
         make_app,
         WS_HANDLER_TIMEOUT=units(0.3),
         WS_RELAY_BEAT=units(0.1),
         WS_PING_INTERVAL=None,
     )
+
+
+async def test_stuck_handler_is_cancelled_and_its_connection_closed(
+    make_app: AppFactory,
+) -> None:
+    app, handlers, gone = watched_app(make_app)
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
@@ -311,12 +309,7 @@ async def _raw_get(port: int, request: bytes) -> bytes:
 async def test_a_client_gone_behind_a_stuck_handler_still_gets_on_disconnect(
     make_app: AppFactory,
 ) -> None:
-    app, handlers, gone = ws_app(
-        make_app,
-        WS_HANDLER_TIMEOUT=units(0.3),
-        WS_RELAY_BEAT=units(0.1),
-        WS_PING_INTERVAL=None,
-    )
+    app, handlers, gone = watched_app(make_app)
     started = asyncio.Event()
 
     @handlers.on("hang")

@@ -9,7 +9,6 @@ these tests check counts of frames and what each process ends up knowing.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import uuid
@@ -25,21 +24,13 @@ from sanic_ws_ext import Connection, Envelope
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .conftest import units
-from .helpers import ws_app
+from .helpers import until, ws_app
 from .procs import SanicProcess
 from .rawws import RawClient
 from .redisproc import SHARED_URL
 from .test_cluster import Client, cluster, presence_of, worker_names
 
 AppFactory = Callable[..., Sanic[Any, Any]]
-
-
-async def until(condition: Callable[[], bool], seconds: float = 20) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + units(seconds)
-    while not condition():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
 
 
 def node(make_app: AppFactory, channel: str, **config: Any) -> Sanic[Any, Any]:
