@@ -39,7 +39,7 @@ from .delivery.local import LocalDelivery
 from .delivery.relay import WorkerRelay, choose_transport, make_inboxes, slot_of
 from .endpoint import websocket_endpoint
 from .errors import ConfigError
-from .handlers import HandlerRegistry, WSHandlers, groups_of
+from .handlers import HandlerRegistry, WSHandlers, groups_of, unregistered_blueprints
 from .manager import ConnectionManager
 from .monitoring import add_routes, add_static_route, redact_query_strings
 
@@ -186,6 +186,7 @@ async def _start(app: Sanic[Any, Any]) -> None:
                 f"changed to {now!r} after the extension was registered"
                 f" with {then!r}; set it before registering",
             )
+    _check_blueprints()
     groups: list[WSHandlers] = list(groups_of(app))
     for bp in app.blueprints.values():
         groups.extend(groups_of(bp))
@@ -210,6 +211,29 @@ async def _start(app: Sanic[Any, Any]) -> None:
     )
     app.ctx.ws = manager
     await manager.start()
+
+
+def _check_blueprints() -> None:
+    """Refuse to start with handlers bound to a blueprint no app registered.
+
+    Their handlers would never run, silently. A process serving one app (as
+    ``sanic app:app`` does) refuses to start. In test mode (several apps in
+    one process, as in a test suite) the blueprint may be meant for another
+    app, registered by a later test: a warning instead.
+    """
+    forgotten = unregistered_blueprints()
+    if not forgotten:
+        return
+    bound = "; ".join(f"{bp.name!r} (WSHandlers at {where})" for bp, where in forgotten)
+    problem = (
+        f"handlers are bound to blueprint {bound}, which no app registered, so"
+        " they would never run: register it with app.blueprint(bp) before the"
+        " server starts, or bind the group to the app itself (WSHandlers(app))"
+    )
+    if Sanic.test_mode:
+        log.warning("WSHandlers: %s", problem)
+        return
+    raise ConfigError("WSHandlers", problem)
 
 
 def _require_redis(url: str) -> str:
