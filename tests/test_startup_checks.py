@@ -1,9 +1,11 @@
-"""Mistakes in declaring handlers are named where they are made (issue 23).
+"""Mistakes are named where they are made, in our words (issue 23).
 
 A handler that is not ``async`` is refused when decorated; a group bound to a
 blueprint that no app registered stops ``sanic app:app`` from starting. Both
 used to fail later, far from the cause: on every message ("object NoneType
 can't be used in 'await' expression"), or never (handlers silently unused).
+A client's invalid JSON is answered with where and what, not with the JSON
+library's words.
 """
 
 from __future__ import annotations
@@ -134,3 +136,32 @@ async def test_a_registered_blueprints_handlers_run(make_app: AppFactory) -> Non
         await client.send("ping", 1)
         assert (await client.expect("pong")).data == 1
 
+
+async def test_invalid_json_is_answered_in_our_words(make_app: AppFactory) -> None:
+    """The error frame says what was wrong with the input, and where; not
+    the JSON library's "Unexpected character found when decoding 'null'"."""
+    app = make_app()
+    Extend(app).register(WSExtension)
+    chat = WSHandlers(app)
+
+    @chat.on("chat.send")
+    async def relay(conn: Connection, msg: Envelope) -> None:
+        await conn.send("chat.message", msg.data)
+
+    async with (
+        serve(app) as server,
+        await WSTestClient.connect(server.ws_url()) as client,
+    ):
+        for text, reason in [
+            ("nul", "at character 1: expected a value"),
+            ("{'type': 'chat.send'}", "at character 2: expected a key in double"),
+            ('{"type": "chat.send",}', "at character 22: expected a key in"),
+        ]:
+            await client.send_raw(text)
+            error = (await client.expect("error")).data
+            assert error["code"] == "invalid_json"
+            assert reason in error["reason"], error
+            assert "decoding" not in error["reason"]
+        # The connection stays open.
+        await client.send("chat.send", "still here")
+        assert (await client.expect("chat.message")).data == "still here"
