@@ -46,6 +46,8 @@ async def test_health_is_public_and_stats_are_off_by_default(
             "relay": None,
             "backplane": None,
             "workers": 1,
+            "expected": None,
+            "heard": 1,
         }
         for path in ("stats", "metrics", "dashboard", "dashboard.js"):
             assert (await http.get(server.url(f"/ws/{path}"))).status_code == 404
