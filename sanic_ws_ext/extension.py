@@ -12,7 +12,17 @@ whose app is already extended, it silently does nothing. Importing this
 package therefore wraps ``Extend.register`` once: called on an instance with
 a :class:`WSExtension`, it starts the extension for that instance's app right
 away. Every other use (class calls, other extensions) goes to sanic-ext's own
-method unchanged. That wrapper is the whole footprint on sanic-ext.
+method unchanged.
+
+A second ``Extend(app)`` for one app (two modules each with the one-liner)
+stops sanic-ext with an assertion about its openapi blueprint. So the same
+import wraps ``Extend.__init__``: for an app that already has its ``Extend``,
+the new object shares that one's state and starts only the extensions given
+that are not running yet, instead of starting every built-in one again (which
+is what failed). A second call with other settings (``config=``,
+``built_in_extensions=`` or keywords) raises an error saying to use
+``app.ext``. The first ``Extend(app)`` of an app runs sanic-ext's own code
+unchanged. Those two wrappers are the whole footprint on sanic-ext.
 
 ``startup()`` runs in every process that builds ``Extend`` (main process,
 each worker, the reloader); it only registers the route and listeners.
@@ -22,6 +32,7 @@ processes that serve.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -286,4 +297,49 @@ def _patch_extend_register() -> None:
         setattr(Extend, "register", _Register(current))  # noqa: B010
 
 
+def _extend_again(
+    self: Extend,
+    existing: Extend,
+    extensions: list[Any] | None = None,
+    **settings: Any,
+) -> None:
+    """``Extend(app)`` for an app that has one: share it, start what is new."""
+    if settings.get("built_in_extensions") is True:
+        del settings["built_in_extensions"]  # the default: nothing asked
+    if settings:
+        raise RuntimeError(
+            "Sanic Extensions is already set up for this app (by an earlier"
+            f" Extend(app)); {', '.join(sorted(settings))} can only be given"
+            " the first time. Use app.ext (the existing one) instead, e.g."
+            " app.ext.register(WSExtension)"
+        )
+    # One state for both objects: registering on either is registering once.
+    self.__dict__ = existing.__dict__
+    for ext in [*(extensions or []), *Extend._pre_registry]:
+        kind = ext if isinstance(ext, type) else type(ext)
+        if any(isinstance(e, kind) for e in existing.extensions):
+            continue
+        started = Extension.create(ext, existing.app, existing.config)
+        started._startup(existing)  # type: ignore[no-untyped-call]
+        existing.extensions.append(started)
+
+
+def _patch_extend_init() -> None:
+    original = Extend.__init__
+    if getattr(original, "_sanic_ws_ext", False):
+        return
+
+    @functools.wraps(original)
+    def init(self: Extend, app: Any, *args: Any, **kwargs: Any) -> None:
+        existing = getattr(app, "_ext", None)
+        if isinstance(existing, Extend) and existing is not self and not args:
+            _extend_again(self, existing, **kwargs)
+        else:
+            original(self, app, *args, **kwargs)
+
+    init._sanic_ws_ext = True  # type: ignore[attr-defined]
+    setattr(Extend, "__init__", init)  # noqa: B010
+
+
 _patch_extend_register()
+_patch_extend_init()
