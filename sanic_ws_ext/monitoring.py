@@ -104,8 +104,11 @@ def _check_stats(request: Request, manager: ConnectionManager) -> HTTPResponse |
         given.strip().encode("utf-8", "surrogateescape"), token.encode()
     ):
         return None
+    dashboard = f"{manager.config.path.rstrip('/')}/dashboard#token=<WS_STATS_TOKEN>"
     return text(
-        "Unauthorized: send Authorization: Bearer <WS_STATS_TOKEN>.\n",
+        "Unauthorized: send Authorization: Bearer <WS_STATS_TOKEN>.\n"
+        f"In a browser, open {dashboard}: the dashboard sends the token from"
+        " the URL fragment, which never reaches the server or its logs.\n",
         status=401,
         headers={"www-authenticate": 'Bearer realm="sanic-ws-ext"', **_NO_STORE},
     )

@@ -13,11 +13,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Browser, Page, async_playwright, expect
+from sanic import Sanic
+from sanic_ext import Extend
+
+from sanic_ws_ext import WSExtension
+from sanic_ws_ext.testing import serve
 
 from .conftest import units
 from .procs import SanicProcess, free_port
@@ -156,3 +162,26 @@ async def test_dashboard_shows_every_worker() -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         print(f"screenshot: {ARTIFACTS / 'dashboard.png'}")
+
+
+async def test_dashboard_without_its_token_says_where_it_goes(
+    make_app: Callable[..., Sanic[Any, Any]],
+) -> None:
+    """A 401 from /stats is shown with what to do: add #token= to the URL."""
+    token = "a-dashboard-token-long-enough"
+    app = make_app(WS_STATS=True, WS_STATS_TOKEN=token)
+    Extend(app).register(WSExtension)
+    wait = units(10) * 1000
+    async with serve(app) as server, chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(server.url("/ws/dashboard?interval=200"))
+        state = page.locator("#state")
+        await expect(state).to_contain_text(
+            "open /ws/dashboard#token=<WS_STATS_TOKEN>", timeout=wait
+        )
+        await page.goto(server.url("/ws/dashboard?interval=200#token=wrong"))
+        await page.reload()  # a new fragment alone does not reload the page
+        await expect(state).to_contain_text("not this server's", timeout=wait)
+        await page.goto(server.url(f"/ws/dashboard?interval=200#token={token}"))
+        await page.reload()
+        await expect(state).to_have_text("live", timeout=wait)

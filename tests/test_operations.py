@@ -218,6 +218,8 @@ async def test_stats_token(make_app: AppFactory) -> None:
             refused = await http.get(server.url(path))
             assert refused.status_code == 401
             assert refused.headers["www-authenticate"].startswith("Bearer")
+            # Where to put the token, for a person reading the 401.
+            assert "open /ws/dashboard#token=<WS_STATS_TOKEN>" in refused.text
             wrong = await http.get(
                 server.url(path), headers={"authorization": f"Bearer {TOKEN}x"}
             )
