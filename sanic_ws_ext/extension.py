@@ -33,6 +33,7 @@ processes that serve.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import socket
@@ -253,9 +254,35 @@ def _require_redis(url: str) -> str:
     except ImportError:
         raise ConfigError(
             "WS_BACKPLANE",
-            "a Redis URL needs redis-py: pip install 'sanic-ws-ext[redis]'",
+            "a Redis URL needs redis-py, which is not installed here:"
+            f" {redis_install_hint()} (or pip install 'redis>=5')",
         ) from None
     return url
+
+
+def redis_install_hint() -> str:
+    """The command that adds the ``[redis]`` extra to this installation.
+
+    Run from a clone (``pip install -e .``), the extra comes from that clone;
+    installed from one (a ``file://`` URL, which pip records in the
+    distribution's ``direct_url.json``, PEP 610), from the same URL;
+    otherwise from the package index.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():  # imported from a source tree
+        return f"pip install -e '{root}[redis]'"
+    try:  # the first on sys.path: the one imported
+        raw = distribution("sanic-ws-ext").read_text("direct_url.json")
+        info = json.loads(raw or "{}")
+    except (PackageNotFoundError, ValueError):
+        info = {}
+    url = info.get("url", "") if isinstance(info, dict) else ""
+    if isinstance(url, str) and url.startswith("file://"):
+        return f"pip install 'sanic-ws-ext[redis] @ {url}'"
+    return "pip install 'sanic-ws-ext[redis]'"
 
 
 async def _stop(app: Sanic[Any, Any]) -> None:
