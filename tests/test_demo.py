@@ -1,12 +1,24 @@
-"""The demo runs as the README says, and its chat works (protocol level)."""
+"""The demo runs as the README says, and its chat works (protocol level).
+
+What the page shows is tested in Chromium (tests/test_browser.py); here, what
+a browser cannot see: scripts/demo's install step.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import httpx
 
 from sanic_ws_ext.testing import WSTestClient
 
 from .procs import SanicProcess
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_demo_chat() -> None:
@@ -46,3 +58,40 @@ async def test_demo_chat() -> None:
         await bob.close()
         assert list((await alice.expect("presence.diff")).data["leaves"]) == ["bob"]
         await alice.close()
+
+
+def _fake_venv(root: Path, log: Path) -> None:
+    """A checkout with a .venv whose python and sanic only log their arguments."""
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "demo", root / "scripts" / "demo")
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "sanic"):
+        tool = bin_dir / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
+        tool.chmod(0o755)
+
+
+def test_scripts_demo_installs_only_when_needed(tmp_path: Path) -> None:
+    """A restart must not reinstall (12-20 s of pip each time): only the first
+    run does, and a run after pyproject.toml changed."""
+    log = tmp_path / "calls.log"
+    _fake_venv(tmp_path / "checkout", log)
+    script = tmp_path / "checkout" / "scripts" / "demo"
+
+    def run() -> list[str]:
+        log.write_text("")
+        subprocess.run(["bash", str(script)], check=True, capture_output=True)
+        return log.read_text().splitlines()
+
+    first = run()
+    assert first[0].startswith("python -m pip install") and first[0].endswith("-e .")
+    assert first[1].startswith("sanic demo.server:app --host 127.0.0.1 --port 8000")
+    assert run() == first[1:]  # served at once
+    # pyproject.toml edited after the last install (the stamp is older).
+    stamp = tmp_path / "checkout" / ".venv" / ".sanic-ws-ext-demo-installed"
+    earlier = time.time() - 60
+    os.utime(stamp, (earlier, earlier))
+    assert run() == first
+    assert run() == first[1:]
