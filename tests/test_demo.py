@@ -1,7 +1,8 @@
 """The demo runs as the README says, and its chat works (protocol level).
 
 What the page shows is tested in Chromium (tests/test_browser.py); here, what
-a browser cannot see: scripts/demo's install step.
+a browser cannot see: the icon route, the docstring, and scripts/demo's
+install step.
 """
 
 from __future__ import annotations
@@ -58,6 +59,24 @@ async def test_demo_chat() -> None:
         await bob.close()
         assert list((await alice.expect("presence.diff")).data["leaves"]) == ["bob"]
         await alice.close()
+
+
+async def test_the_page_has_its_icon_and_the_name_form() -> None:
+    """The icon is inline (no request for /favicon.ico from the page), and
+    /favicon.ico is served for pages that do not name one."""
+    async with SanicProcess(
+        "demo.server:app", "--single-process", ready_path="/"
+    ) as server:
+        async with httpx.AsyncClient() as http:
+            page = (await http.get(server.url("/"))).text
+            icon = await http.get(server.url("/favicon.ico"))
+        assert '<link rel="icon" href="data:image/svg+xml,' in page
+        assert icon.status_code == 200
+        assert icon.headers["content-type"] == "image/svg+xml"
+        assert icon.content.startswith(b"<svg")
+        assert '<form id="name-form">' in page and 'id="name"' in page
+    # The module says how to choose a name, as the page does.
+    assert 'the "Your name" box' in (ROOT / "demo" / "server.py").read_text()
 
 
 def _fake_venv(root: Path, log: Path) -> None:
