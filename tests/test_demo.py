@@ -1,13 +1,14 @@
 """The demo runs as the README says, and its chat works (protocol level).
 
 What the page shows is tested in Chromium (tests/test_browser.py); here, what
-a browser cannot see: the icon route, the docstring, and scripts/demo's
-install step.
+a browser cannot see: the icon route, the docstring, scripts/demo's install
+step, and the docs site's port.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -20,6 +21,7 @@ from sanic_ws_ext.testing import WSTestClient
 from .procs import SanicProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+MKDOCS = (ROOT / "mkdocs.yml").read_text()
 
 
 async def test_demo_chat() -> None:
@@ -114,3 +116,15 @@ def test_scripts_demo_installs_only_when_needed(tmp_path: Path) -> None:
     os.utime(stamp, (earlier, earlier))
     assert run() == first
     assert run() == first[1:]
+
+
+def test_the_docs_site_and_the_demo_use_different_ports() -> None:
+    readme = (ROOT / "README.md").read_text()
+    demo_port = re.search(r"bash scripts/demo .*http://127\.0\.0\.1:(\d+)/", readme)
+    assert demo_port is not None
+    dev_addr = re.search(r"^dev_addr: 127\.0\.0\.1:(\d+)$", MKDOCS, re.M)
+    assert dev_addr is not None, "mkdocs.yml sets no dev_addr"
+    assert dev_addr.group(1) != demo_port.group(1)
+    for page in (readme, (ROOT / "docs" / "index.md").read_text()):
+        served = re.findall(r"mkdocs serve.*?http://127\.0\.0\.1:(\d+)/", page, re.S)
+        assert served == [dev_addr.group(1)], served
