@@ -4,6 +4,18 @@ Rooms, a live cluster-wide presence list per room (users, with a count of
 their tabs), the message stream and the connection state, on the embedded
 relay (no Redis needed). Set ``SANIC_WS_BACKPLANE=redis://...`` to run it on
 several machines.
+
+Names: type one in the "Your name" box at the top of the page, or open the
+page as ``/?name=alice``. A chosen name is kept for the browser's other tabs
+(they are then one user, listed once with their number of tabs); without
+one, each tab is a guest of its own (``guest-1a2b``). There are no accounts:
+the verify hook takes the name the page sends (``?name=`` on the websocket
+URL) if it is 1 to 24 letters, digits, spaces, dots, dashes or underscores,
+else gives a guest name.
+
+The page keeps each room's messages while you are in another room (in
+memory: what was said while you were away is not shown), shows a message
+typed while offline greyed until it is sent, and works down to phone widths.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ import secrets
 from pathlib import Path
 
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse, html
+from sanic.response import HTTPResponse, html, raw
 from sanic_ext import Extend
 
 from sanic_ws_ext import (
@@ -36,7 +48,8 @@ _NAME = re.compile(r"[\w .-]{1,24}")
 
 @chat.verify
 async def identify(request: Request) -> Accept:
-    """The name given in ``?name=`` (no accounts in a demo); else a guest name."""
+    """The name the page sends in ``?name=`` (no accounts in a demo); else a
+    guest name."""
     name = request.args.get("name", "").strip()
     if not _NAME.fullmatch(name):
         name = f"guest-{secrets.token_hex(2)}"
@@ -75,8 +88,25 @@ def _room_of(conn: Connection, msg: Envelope) -> str:
 
 
 PAGE = Path(__file__).with_name("index.html").read_text()
+# The page's icon is inline; this is for pages that do not say (the
+# operations dashboard) and for tools that ask anyway.
+ICON = (
+    b"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>"
+    b"<rect width='16' height='16' rx='3' fill='#1f2937'/>"
+    b"<path d='M4 5.5h8M4 8.5h5' stroke='#fff' stroke-width='1.6'"
+    b" stroke-linecap='round'/></svg>"
+)
 
 
 @app.get("/")
 async def index(request: Request) -> HTTPResponse:
     return html(PAGE)
+
+
+@app.get("/favicon.ico")
+async def favicon(request: Request) -> HTTPResponse:
+    return raw(
+        ICON,
+        content_type="image/svg+xml",
+        headers={"cache-control": "public, max-age=86400"},
+    )

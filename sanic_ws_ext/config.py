@@ -5,10 +5,22 @@ works as for any Sanic key). A key the app did not set gets its default when
 the extension is registered. Every value is checked then, and again before the
 server starts; a bad one raises :class:`~sanic_ws_ext.errors.ConfigError`
 naming the key. ``None`` means "no limit" (or "off") where a key allows it.
+
+The ``WS_`` prefix is this extension's: an unknown ``WS_*`` key (a misspelled
+one, most likely) is refused too, naming the closest known key.
+
+The environment gives strings, which Sanic turns into numbers and booleans
+where it can ("off", "no" and "false" become ``False``). So that an optional
+key can be switched off from there, keys that allow ``None`` also take
+``False`` and the strings ``"none"`` and ``"off"`` (any case) for it:
+``SANIC_WS_MAX_MESSAGE_SIZE=none``. Switches (``WS_HEALTH``, ``WS_STATS``) take
+``True``/``False``, ``1``/``0`` and the strings "true", "false", "yes", "no",
+"on" and "off".
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +122,16 @@ DEFAULTS: dict[str, Any] = {
     "WS_STATS_TOKEN": None,
 }
 
+#: ``WS_*`` names that are not settings but may be in ``app.config``: Sanic
+#: copies every ``SANIC_*`` environment variable there, and
+#: ``SANIC_WS_TEST_TIME_UNIT`` is read by :mod:`sanic_ws_ext.testing`.
+NOT_SETTINGS = frozenset({"WS_TEST_TIME_UNIT"})
+
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# Values that mean None for keys that allow it (strings compared lower-cased).
+_OFF_WORDS = frozenset({"none", "off"})
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
 _RELAY_TRANSPORTS = ("auto", "seqpacket", "stream")
 #: Smallest WS_MAX_PUBLISH: presence transfers go in parts of half of it,
 #: each holding at least a few entries of WS_PRESENCE_META_MAX.
@@ -119,22 +140,69 @@ _MIN_PUBLISH = 8 * 1024
 _MESSAGE_OVERHEAD = 64 * 1024
 
 
+def _is_off(value: Any) -> bool:
+    """Whether ``value`` says "none/off" for a key that allows ``None``."""
+    if value is None or value is False:
+        return True
+    return isinstance(value, str) and value.strip().lower() in _OFF_WORDS
+
+
+_OR_NONE = " or None ('none' or 'off' in the environment)"
+
+
 def _number(key: str, value: Any, *, allow_none: bool) -> float | None:
-    if value is None and allow_none:
+    if allow_none and _is_off(value):
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        extra = " or None" if allow_none else ""
+        extra = _OR_NONE if allow_none else ""
         raise ConfigError(key, f"must be a positive number{extra}, got {value!r}")
     return float(value)
 
 
 def _integer(key: str, value: Any, *, allow_none: bool) -> int | None:
-    if value is None and allow_none:
+    if allow_none and _is_off(value):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        extra = " or None" if allow_none else ""
+        extra = _OR_NONE if allow_none else ""
         raise ConfigError(key, f"must be a positive integer{extra}, got {value!r}")
     return value
+
+
+def _switch(key: str, value: Any) -> bool:
+    """``True``/``False``, also as 1/0 or words (from the environment)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ConfigError(
+        key,
+        f"must be True or False ('true' or 'false' in the environment), got {value!r}",
+    )
+
+
+def check_keys(config: Mapping[str, Any]) -> None:
+    """Refuse ``WS_*`` keys this extension does not know, naming the closest."""
+    for key in config:
+        if not isinstance(key, str) or not key.startswith("WS_"):
+            continue
+        if key in DEFAULTS or key in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {close[0]}?"
+            if close
+            else "see docs/reference/config.md for the keys"
+        )
+        raise ConfigError(
+            key,
+            f"is not a sanic-ws-ext setting ({hint}); the WS_ prefix is the"
+            " extension's, so an unknown WS_* key is refused rather than ignored",
+        )
 
 
 def _strings(key: str, value: Any) -> tuple[str, ...]:
@@ -199,6 +267,8 @@ class WSConfig:
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
         """Validate the ``WS_*`` keys of ``config`` (defaults for missing ones)."""
+
+        check_keys(config)
 
         def get(key: str) -> Any:
             return config.get(key, DEFAULTS[key])
@@ -290,11 +360,10 @@ class WSConfig:
             "WS_MESSAGE_BURST", get("WS_MESSAGE_BURST"), allow_none=False
         )
         assert connect_burst is not None and message_burst is not None
-        switches = {key: get(key) for key in ("WS_HEALTH", "WS_STATS")}
-        for key, value in switches.items():
-            if not isinstance(value, bool):
-                raise ConfigError(key, f"must be True or False, got {value!r}")
+        switches = {key: _switch(key, get(key)) for key in ("WS_HEALTH", "WS_STATS")}
         stats_token = get("WS_STATS_TOKEN")
+        if _is_off(stats_token):
+            stats_token = None
         if stats_token is not None and (
             not isinstance(stats_token, str) or len(stats_token) < 16
         ):

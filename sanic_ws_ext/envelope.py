@@ -21,6 +21,7 @@ Rules this codec keeps:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -94,8 +95,8 @@ def decode_envelope(text: str) -> Envelope:
     """
     try:
         obj = ujson.loads(text)
-    except (ValueError, OverflowError, RecursionError) as exc:
-        raise MessageError(ErrorCode.INVALID_JSON, f"not valid JSON: {exc}") from None
+    except (ValueError, OverflowError, RecursionError):
+        raise MessageError(ErrorCode.INVALID_JSON, explain_invalid_json(text)) from None
     # ujson reads NaN and Infinity, and turns numbers past a float's range
     # (1e999, or 309 digits) into infinity; the pattern keeps the walk off
     # the common path.
@@ -137,6 +138,53 @@ def decode_envelope(text: str) -> Envelope:
             ErrorCode.INVALID_ENVELOPE, '"timestamp" must be a finite number'
         )
     return Envelope(type_, obj.get("data"), timestamp)
+
+
+# What the standard library's parser says (the start of its message), in
+# the words of this protocol. ujson's own messages name its internals ("when
+# decoding 'null'") rather than the input; the standard parser, run only
+# once ujson refused a message, says where the input went wrong.
+_PROBLEMS = (
+    ("Expecting value", "expected a value (an object, array, string, number,"
+     " true, false or null)"),
+    ("Expecting property name", "expected a key in double quotes (a trailing"
+     " comma, or a key in single quotes or without quotes?)"),
+    ("Expecting ',' delimiter", "expected ',' or the closing bracket"),
+    ("Expecting ':' delimiter", "expected ':' after the key"),
+    ("Unterminated string", "a string is not closed (missing '\"')"),
+    ("Invalid control character", "a line break or other control character"
+     " inside a string must be escaped"),
+    ("Invalid \\escape", "an unknown escape in a string (after '\\')"),
+    ("Invalid \\uXXXX escape", "a \\u escape needs four hex digits"),
+    ("Extra data", "more text after the end of the JSON value (one envelope"
+     " per message)"),
+)  # fmt: skip
+
+
+def explain_invalid_json(text: str) -> str:
+    """Say, for people, what is wrong with ``text``, which ujson refused."""
+    if not text.strip():
+        return "not valid JSON: the message is empty"
+    try:
+        # strict=False: raw control characters in strings, as ujson allows.
+        json.loads(text, strict=False)
+    except RecursionError:
+        return "not valid JSON here: nested too deeply"
+    except json.JSONDecodeError as exc:
+        where = f"at character {exc.colno}"
+        if exc.lineno > 1:
+            where = f"at line {exc.lineno}, column {exc.colno}"
+        problem = next(
+            (words for prefix, words in _PROBLEMS if exc.msg.startswith(prefix)),
+            exc.msg[:1].lower() + exc.msg[1:],
+        )
+        found = text[exc.pos : exc.pos + 12]
+        near = f" (found {found!r})" if found.strip() else ""
+        return f"not valid JSON {where}: {problem}{near}"
+    except ValueError:
+        pass
+    # Read by the standard parser, not by ujson: what ujson alone refuses.
+    return "not valid JSON here: nested too deeply or a number out of range"
 
 
 def _has_lone_surrogate(obj: Any) -> bool:

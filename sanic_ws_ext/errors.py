@@ -3,7 +3,8 @@
 One root, :class:`WSError`, drawn as a tree::
 
     WSError
-    ├── ConfigError            a WS_* key has a bad value (raised at startup)
+    ├── ConfigError            a WS_* key has a bad value or is unknown, or handlers
+    │                          sit on a blueprint no app registered (at startup)
     ├── Reject                 refuse a connection before the upgrade (HTTP status)
     ├── MessageError           a client's message could not be accepted
     │                          (sent back as an error frame, connection stays open)
@@ -72,7 +73,12 @@ class WSError(Exception):
 
 
 class ConfigError(WSError, ValueError):
-    """A ``WS_*`` configuration key has a value the extension cannot use."""
+    """A setting the extension cannot use, named by ``key``.
+
+    A ``WS_*`` key with a bad value, or a ``WS_*`` key it does not know (a
+    misspelling, with the closest key suggested); ``key`` is ``"WSHandlers"``
+    for handlers bound to a blueprint that no app registered.
+    """
 
     def __init__(self, key: str, problem: str) -> None:
         self.key = key

@@ -12,7 +12,17 @@ whose app is already extended, it silently does nothing. Importing this
 package therefore wraps ``Extend.register`` once: called on an instance with
 a :class:`WSExtension`, it starts the extension for that instance's app right
 away. Every other use (class calls, other extensions) goes to sanic-ext's own
-method unchanged. That wrapper is the whole footprint on sanic-ext.
+method unchanged.
+
+A second ``Extend(app)`` for one app (two modules each with the one-liner)
+stops sanic-ext with an assertion about its openapi blueprint. So the same
+import wraps ``Extend.__init__``: for an app that already has its ``Extend``,
+the new object shares that one's state and starts only the extensions given
+that are not running yet, instead of starting every built-in one again (which
+is what failed). A second call with other settings (``config=``,
+``built_in_extensions=`` or keywords) raises an error saying to use
+``app.ext``. The first ``Extend(app)`` of an app runs sanic-ext's own code
+unchanged. Those two wrappers are the whole footprint on sanic-ext.
 
 ``startup()`` runs in every process that builds ``Extend`` (main process,
 each worker, the reloader); it only registers the route and listeners.
@@ -22,6 +32,8 @@ processes that serve.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import socket
@@ -39,7 +51,7 @@ from .delivery.local import LocalDelivery
 from .delivery.relay import WorkerRelay, choose_transport, make_inboxes, slot_of
 from .endpoint import websocket_endpoint
 from .errors import ConfigError
-from .handlers import HandlerRegistry, WSHandlers, groups_of
+from .handlers import HandlerRegistry, WSHandlers, groups_of, unregistered_blueprints
 from .manager import ConnectionManager
 from .monitoring import add_routes, add_static_route, redact_query_strings
 
@@ -186,6 +198,7 @@ async def _start(app: Sanic[Any, Any]) -> None:
                 f"changed to {now!r} after the extension was registered"
                 f" with {then!r}; set it before registering",
             )
+    _check_blueprints()
     groups: list[WSHandlers] = list(groups_of(app))
     for bp in app.blueprints.values():
         groups.extend(groups_of(bp))
@@ -212,15 +225,64 @@ async def _start(app: Sanic[Any, Any]) -> None:
     await manager.start()
 
 
+def _check_blueprints() -> None:
+    """Refuse to start with handlers bound to a blueprint no app registered.
+
+    Their handlers would never run, silently. A process serving one app (as
+    ``sanic app:app`` does) refuses to start. In test mode (several apps in
+    one process, as in a test suite) the blueprint may be meant for another
+    app, registered by a later test: a warning instead.
+    """
+    forgotten = unregistered_blueprints()
+    if not forgotten:
+        return
+    bound = "; ".join(f"{bp.name!r} (WSHandlers at {where})" for bp, where in forgotten)
+    problem = (
+        f"handlers are bound to blueprint {bound}, which no app registered, so"
+        " they would never run: register it with app.blueprint(bp) before the"
+        " server starts, or bind the group to the app itself (WSHandlers(app))"
+    )
+    if Sanic.test_mode:
+        log.warning("WSHandlers: %s", problem)
+        return
+    raise ConfigError("WSHandlers", problem)
+
+
 def _require_redis(url: str) -> str:
     try:
         import redis.asyncio  # noqa: F401
     except ImportError:
         raise ConfigError(
             "WS_BACKPLANE",
-            "a Redis URL needs redis-py: pip install 'sanic-ws-ext[redis]'",
+            "a Redis URL needs redis-py, which is not installed here:"
+            f" {redis_install_hint()} (or pip install 'redis>=5')",
         ) from None
     return url
+
+
+def redis_install_hint() -> str:
+    """The command that adds the ``[redis]`` extra to this installation.
+
+    Run from a clone (``pip install -e .``), the extra comes from that clone;
+    installed from one (a ``file://`` URL, which pip records in the
+    distribution's ``direct_url.json``, PEP 610), from the same URL;
+    otherwise from the package index.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():  # imported from a source tree
+        return f"pip install -e '{root}[redis]'"
+    try:  # the first on sys.path: the one imported
+        raw = distribution("sanic-ws-ext").read_text("direct_url.json")
+        info = json.loads(raw or "{}")
+    except (PackageNotFoundError, ValueError):
+        info = {}
+    url = info.get("url", "") if isinstance(info, dict) else ""
+    if isinstance(url, str) and url.startswith("file://"):
+        return f"pip install 'sanic-ws-ext[redis] @ {url}'"
+    return "pip install 'sanic-ws-ext[redis]'"
 
 
 async def _stop(app: Sanic[Any, Any]) -> None:
@@ -262,4 +324,49 @@ def _patch_extend_register() -> None:
         setattr(Extend, "register", _Register(current))  # noqa: B010
 
 
+def _extend_again(
+    self: Extend,
+    existing: Extend,
+    extensions: list[Any] | None = None,
+    **settings: Any,
+) -> None:
+    """``Extend(app)`` for an app that has one: share it, start what is new."""
+    if settings.get("built_in_extensions") is True:
+        del settings["built_in_extensions"]  # the default: nothing asked
+    if settings:
+        raise RuntimeError(
+            "Sanic Extensions is already set up for this app (by an earlier"
+            f" Extend(app)); {', '.join(sorted(settings))} can only be given"
+            " the first time. Use app.ext (the existing one) instead, e.g."
+            " app.ext.register(WSExtension)"
+        )
+    # One state for both objects: registering on either is registering once.
+    self.__dict__ = existing.__dict__
+    for ext in [*(extensions or []), *Extend._pre_registry]:
+        kind = ext if isinstance(ext, type) else type(ext)
+        if any(isinstance(e, kind) for e in existing.extensions):
+            continue
+        started = Extension.create(ext, existing.app, existing.config)
+        started._startup(existing)  # type: ignore[no-untyped-call]
+        existing.extensions.append(started)
+
+
+def _patch_extend_init() -> None:
+    original = Extend.__init__
+    if getattr(original, "_sanic_ws_ext", False):
+        return
+
+    @functools.wraps(original)
+    def init(self: Extend, app: Any, *args: Any, **kwargs: Any) -> None:
+        existing = getattr(app, "_ext", None)
+        if isinstance(existing, Extend) and existing is not self and not args:
+            _extend_again(self, existing, **kwargs)
+        else:
+            original(self, app, *args, **kwargs)
+
+    init._sanic_ws_ext = True  # type: ignore[attr-defined]
+    setattr(Extend, "__init__", init)  # noqa: B010
+
+
 _patch_extend_register()
+_patch_extend_init()

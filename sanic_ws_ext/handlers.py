@@ -14,12 +14,21 @@ When the server starts, the extension collects the groups of the app and of
 every blueprint registered on it (the app's first, then blueprints in
 registration order) into one :class:`HandlerRegistry`. The registry is pure:
 it maps events to handler lists; it does no I/O and runs nothing.
+
+Mistakes are refused where they are made: a handler that is not an ``async``
+function raises :class:`TypeError` when it is decorated (it would fail on
+every message otherwise), and a group bound to a blueprint that no app
+registered is reported when the server starts (its handlers would never run;
+see :func:`unregistered_blueprints`).
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .rooms import RoomPolicies, RoomSpec
@@ -75,6 +84,50 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _CTX_KEY = "_sanic_ws_ext_handlers"
 
+# Blueprints groups were bound to, while no app has registered them: id ->
+# (blueprint, where the group was bound). Pruned at each server start of any
+# app; strong references (blueprints cannot be weakly referenced), but only to
+# blueprints never registered, which are module-level objects in practice.
+_UNREGISTERED: dict[int, tuple[Blueprint, str]] = {}
+
+
+def _is_async(handler: object) -> bool:
+    """An ``async def`` function (also behind ``functools.wraps`` or
+    ``partial``), or an object whose ``__call__`` is one."""
+    if not callable(handler):
+        return False
+    return any(
+        inspect.iscoroutinefunction(f)
+        for f in (handler, inspect.unwrap(handler), type(handler).__call__)
+    )
+
+
+def require_async(handler: Any, role: str) -> None:
+    """Refuse ``handler`` unless it is async: name it and say what to do."""
+    if _is_async(handler):
+        return
+    name = getattr(handler, "__qualname__", None) or repr(handler)
+    if not callable(handler):
+        problem = f"{role} must be an async function, got {handler!r}"
+    else:
+        problem = (
+            f"{role} {name} is not an async function: declare it with"
+            " 'async def' (a plain function would fail on every call, since"
+            " the extension awaits what it returns)"
+        )
+    raise TypeError(problem)
+
+
+def _caller() -> str:
+    """``file:line`` of the first frame outside this module (the declaration)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
 #: Envelope types the extension answers itself (unless the app handles them).
 ROOM_TYPES = frozenset({"room.join", "room.leave"})
 
@@ -102,10 +155,20 @@ class WSHandlers:
             self.bind(target)
 
     def bind(self, target: Sanic[Any, Any] | Blueprint) -> WSHandlers:
-        """Attach this group to an app or blueprint (idempotent)."""
+        """Attach this group to an app or blueprint (idempotent).
+
+        A blueprint must be registered on the app (``app.blueprint(bp)``)
+        before the server starts: its groups are collected then, and a
+        blueprint with groups that no app registered stops the server with
+        a :class:`~sanic_ws_ext.errors.ConfigError` naming it.
+        """
         groups: list[WSHandlers] = target.ctx.__dict__.setdefault(_CTX_KEY, [])
         if self not in groups:
             groups.append(self)
+        from sanic import Blueprint
+
+        if isinstance(target, Blueprint) and not target.registered:
+            _UNREGISTERED.setdefault(id(target), (target, _caller()))
         return self
 
     def verify(self, hook: F) -> F:
@@ -116,11 +179,13 @@ class WSHandlers:
         answer with its HTTP status instead. With several hooks, all run in
         order; the last ``user`` given wins and ``meta`` dicts are merged.
         """
+        require_async(hook, "verify hook")
         self.verify_hooks.append(hook)
         return hook
 
     def on_connect(self, handler: F) -> F:
         """Run ``handler(conn)`` once the connection is open."""
+        require_async(handler, "on_connect handler")
         self.connect.append(handler)
         return handler
 
@@ -130,6 +195,7 @@ class WSHandlers:
         ``message`` is an :class:`~sanic_ws_ext.envelope.Envelope` for text
         frames and ``bytes`` for binary frames.
         """
+        require_async(handler, "on_message handler")
         self.message.append(handler)
         return handler
 
@@ -139,6 +205,7 @@ class WSHandlers:
             raise TypeError(f"message type must be a non-empty str, got {type!r}")
 
         def register(handler: F) -> F:
+            require_async(handler, f"on({type!r}) handler")
             self.typed.setdefault(type, []).append(handler)
             return handler
 
@@ -146,6 +213,7 @@ class WSHandlers:
 
     def on_binary(self, handler: F) -> F:
         """Run ``handler(conn, data)`` for every binary frame."""
+        require_async(handler, "on_binary handler")
         self.binary.append(handler)
         return handler
 
@@ -154,11 +222,13 @@ class WSHandlers:
 
         ``conn.close_code`` and ``conn.close_reason`` say why.
         """
+        require_async(handler, "on_disconnect handler")
         self.disconnect.append(handler)
         return handler
 
     def on_error(self, handler: F) -> F:
         """Run ``handler(conn, exc)`` when a handler raised or a message was refused."""
+        require_async(handler, "on_error handler")
         self.error.append(handler)
         return handler
 
@@ -188,6 +258,8 @@ class WSHandlers:
         ``expose_ids`` adds each member's connection id and worker to its
         presence metadata. Rooms no declaration matches have no presence.
         """
+        if not isinstance(client_join, bool):
+            require_async(client_join, f"room({pattern!r}) client_join guard")
         spec = RoomSpec.declare(
             pattern, presence=presence, client_join=client_join, expose_ids=expose_ids
         )
@@ -195,6 +267,7 @@ class WSHandlers:
         index = len(self.room_specs) - 1
 
         def guard(handler: F) -> F:
+            require_async(handler, f"room({pattern!r}) guard")
             self.room_specs[index] = replace(spec, client_join=handler)
             return handler
 
@@ -211,6 +284,7 @@ class WSHandlers:
         with ``conn.join``). ``room.leave`` takes a client out of rooms it
         joined itself, never out of one the server put it in.
         """
+        require_async(guard, "on_join guard")
         self.room_guards.append(guard)
         return guard
 
@@ -221,6 +295,7 @@ class WSHandlers:
         or ``"down"`` (the buffer overflowed; ops are being dropped). Runs in
         every worker, for that worker's own link.
         """
+        require_async(hook, "on_backplane hook")
         self.backplane.append(hook)
         return hook
 
@@ -229,6 +304,18 @@ def groups_of(target: Sanic[Any, Any] | Blueprint) -> list[WSHandlers]:
     """The groups bound to an app or blueprint."""
     groups: list[WSHandlers] = target.ctx.__dict__.get(_CTX_KEY, [])
     return groups
+
+
+def unregistered_blueprints() -> list[tuple[Blueprint, str]]:
+    """Blueprints with groups bound that no app registered, with where bound.
+
+    Their handlers would never run. Blueprints registered since are
+    forgotten here (a registration is never undone).
+    """
+    for key, (bp, _) in list(_UNREGISTERED.items()):
+        if bp.registered or not groups_of(bp):
+            del _UNREGISTERED[key]
+    return list(_UNREGISTERED.values())
 
 
 class HandlerRegistry:

@@ -44,6 +44,7 @@ from .cluster import Membership
 from .config import WSConfig
 from .connection import Connection, ConnectionState
 from .delivery import Delivery, LinkState, Op, OpKind
+from .delivery.relay import slot_of
 from .dispatch import CLOSED, OPENED, Dispatcher, cancel_tasks
 from .envelope import encode_envelope
 from .errors import CloseCode
@@ -150,6 +151,9 @@ class ConnectionManager:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        # Every worker of this machine was heard at least once since this
+        # process started (readiness; see health()).
+        self._whole = False
         # Cluster-wide questions awaiting answers: id -> (answers, expected).
         self._questions: dict[str, tuple[dict[str, Any], set[str], asyncio.Event]] = {}
 
@@ -169,6 +173,7 @@ class ConnectionManager:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
         if self.delivery.clustered:
             self._publish(OpKind.HELLO, payload=self._introduction())
+        self._check_whole()
         # Also in one process: each beat samples the counters (the rates).
         self._peer_beat = loop.call_later(self.config.relay_beat, self._beat_peers)
 
@@ -434,17 +439,52 @@ class ConnectionManager:
         """
         delivery = self.delivery.status()
         machine = delivery.get("machine", delivery)
+        expected = self._expected(delivery)
+        heard = self._heard_here()
+        if not self._whole and (expected is None or heard >= expected):
+            self._whole = True
         return {
             "alive": True,
-            # Ready to take connections: started, and not shutting down. A
-            # backplane outage does not make a worker unready: every machine
+            # Ready to take connections: started, not shutting down, and
+            # every worker of this machine heard at least once (while some
+            # still boot, the cluster-wide calls would miss them). A worker
+            # restarting later does not make the others unready: they serve
+            # meanwhile. A backplane outage does not either: every machine
             # sees it at once, and each still serves its own clients.
-            "ready": self._loop is not None and not self._closing,
+            "ready": self._loop is not None and not self._closing and self._whole,
             "delivery": delivery["name"],
             "relay": machine.get("state") if machine["name"] == "relay" else None,
             "backplane": self.backplane_state,
             "workers": 1 + len(self.membership.peers),
+            # This machine's workers: how many the relay has slots for (None
+            # without a relay), and how many this process hears now (itself
+            # included).
+            "expected": expected,
+            "heard": heard,
         }
+
+    @staticmethod
+    def _expected(status: dict[str, Any]) -> int | None:
+        """This machine's worker slots, from the delivery's status; else None."""
+        machine = status.get("machine", status)
+        slots = machine.get("slots") if machine.get("name") == "relay" else None
+        return slots if isinstance(slots, int) else None
+
+    def _heard_here(self) -> int:
+        """Workers of this machine this process hears now, itself included."""
+        node = self.worker.rpartition("/")[0]  # "" without Redis
+        slots = {slot_of(self.worker)}
+        for name in self.membership.peers:
+            if name.rpartition("/")[0] == node:
+                slots.add(slot_of(name))
+        slots.discard(None)
+        return max(1, len(slots))
+
+    def _check_whole(self) -> None:
+        """Note once every worker of this machine has been heard (readiness)."""
+        if not self._whole:
+            expected = self._expected(self.delivery.status())
+            self._whole = expected is None or self._heard_here() >= expected
 
     def stats(self) -> dict[str, Any]:
         """Cluster-wide figures, from this process's view, JSON-able.
@@ -603,6 +643,7 @@ class ConnectionManager:
         if new:
             self.tracker.send_sync(peer)
             self._request_sync(peer)
+            self._check_whole()
         return new
 
     def _apply_peer(self, op: Op) -> None:

@@ -3,7 +3,8 @@
 Routes, next to the websocket endpoint (``WS_PATH``, ``/ws`` by default):
 
 - ``<WS_PATH>/health`` (``WS_HEALTH``, on): liveness and readiness for load
-  balancers; 200, or 503 while the worker shuts down. Names no client.
+  balancers; 200, or 503 until every worker of the machine is heard and while
+  the worker shuts down. Names no client.
 - ``<WS_PATH>/stats`` (JSON), ``<WS_PATH>/metrics`` (Prometheus text) and
   ``<WS_PATH>/dashboard`` (``WS_STATS``, off): cluster-wide figures, whichever
   worker answers. With ``WS_STATS_TOKEN`` set, stats and metrics need
@@ -87,7 +88,7 @@ def _manager(request: Request) -> ConnectionManager:
 
 
 async def serve_health(request: Request) -> HTTPResponse:
-    """``<WS_PATH>/health``: 200 when ready, 503 while shutting down."""
+    """``<WS_PATH>/health``: 200 when ready, else 503 (booting, shutting down)."""
     body = _manager(request).health()
     return json(body, status=200 if body["ready"] else 503, headers=_NO_STORE)
 
@@ -103,8 +104,11 @@ def _check_stats(request: Request, manager: ConnectionManager) -> HTTPResponse |
         given.strip().encode("utf-8", "surrogateescape"), token.encode()
     ):
         return None
+    dashboard = f"{manager.config.path.rstrip('/')}/dashboard#token=<WS_STATS_TOKEN>"
     return text(
-        "Unauthorized: send Authorization: Bearer <WS_STATS_TOKEN>.\n",
+        "Unauthorized: send Authorization: Bearer <WS_STATS_TOKEN>.\n"
+        f"In a browser, open {dashboard}: the dashboard sends the token from"
+        " the URL fragment, which never reaches the server or its logs.\n",
         status=401,
         headers={"www-authenticate": 'Bearer realm="sanic-ws-ext"', **_NO_STORE},
     )

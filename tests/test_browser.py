@@ -2,22 +2,33 @@
 
 Debian's `chromium` (``.ci/run`` installs it when missing), driven by
 Playwright for Python. Two pages see each other in the presence list,
-exchange messages in a room, and, when the server is restarted, both
-reconnect by themselves and carry on. A screenshot of the chat is saved
-(its path is printed with the test's output). The operations dashboard of a
-4-worker app shows each worker's connections (screenshot: dashboard.png).
+exchange messages in a room, keep each room's log when switching rooms,
+and, when the server is restarted, both reconnect by themselves and carry
+on; a message typed meanwhile shows as pending until it is sent. Names are
+chosen in a form; tabs of one browser are guests of their own until a name
+is chosen, then one user; at 420 px wide the messages stay readable. A
+screenshot of the chat is saved (its path is printed with the test's
+output), and one of the narrow page. The operations dashboard of a 4-worker
+app shows each worker's connections (screenshot: dashboard.png).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Browser, Page, async_playwright, expect
+from sanic import Sanic
+from sanic_ext import Extend
+
+from sanic_ws_ext import WSExtension
+from sanic_ws_ext.testing import serve
 
 from .conftest import units
 from .procs import SanicProcess, free_port
@@ -65,6 +76,11 @@ async def say(page: Page, text: str) -> None:
     await page.click("#send")
 
 
+async def enter(page: Page, room: str) -> None:
+    await page.click(f'#rooms button[data-room="{room}"]')
+    await expect(page.locator("#room-title")).to_have_text(f"#{room}")
+
+
 async def both_online(alice: Page, bob: Page, wait: float) -> None:
     """Both pages are connected and list both users in the room."""
     for page in (alice, bob):
@@ -87,13 +103,40 @@ async def test_two_pages_chat_and_survive_a_server_restart(tmp_path: Path) -> No
             await expect(bob.locator("#log .msg").last).to_have_text(
                 "alicehello bob", timeout=wait
             )
+            # Each room keeps its log: bob speaks in #random, and finds the
+            # lobby's messages when he comes back (and #random's later).
+            await enter(bob, "random")
+            await expect(bob.locator("#log .msg")).to_have_count(0)
+            await say(bob, "anyone in random?")
+            await expect(bob.locator("#log .msg").last).to_have_text(
+                "bobanyone in random?", timeout=wait
+            )
+            await enter(bob, "lobby")
+            await expect(bob.locator("#log .msg")).to_have_text(["alicehello bob"])
+            await enter(bob, "random")
+            await expect(bob.locator("#log .msg")).to_have_text(
+                ["bobanyone in random?"]
+            )
+            await enter(bob, "lobby")
+            await both_online(alice, bob, wait)
         # The server is gone: both pages notice and keep trying.
         for page in (alice, bob):
             await expect(page.locator("#state")).to_have_class(
                 "reconnecting", timeout=wait
             )
+        # Typed while offline: queued by the client, shown greyed as pending.
+        await say(alice, "typed while offline")
+        pending = alice.locator("#log .msg.pending")
+        await expect(pending).to_have_count(1)
+        await expect(pending).to_contain_text("typed while offline")
+        await expect(pending).to_have_css("opacity", "0.5")
         async with demo(port):  # a new server on the same address
             await both_online(alice, bob, wait)  # rooms were re-joined
+            # Sent once connected: the server's echo replaces the pending line.
+            await expect(pending).to_have_count(0, timeout=wait)
+            await expect(
+                alice.locator("#log .msg", has_text="typed while offline")
+            ).to_have_text("alicetyped while offline")
             await say(bob, "still here?")
             await expect(alice.locator("#log .msg").last).to_have_text(
                 "bobstill here?", timeout=wait
@@ -107,6 +150,84 @@ async def test_two_pages_chat_and_survive_a_server_restart(tmp_path: Path) -> No
             ARTIFACTS.mkdir(exist_ok=True)
             shutil.copy(shot, ARTIFACTS / "chat.png")
             print(f"screenshot: {ARTIFACTS / 'chat.png'}")
+
+
+async def test_names_tabs_and_a_narrow_screen() -> None:
+    """A name is chosen in a visible form; tabs of one browser are guests of
+    their own until then, one user with its tabs counted after; at 420 px the
+    message column stays usable and long words wrap; nothing is a 404 (the
+    page's icon is inline)."""
+    port = free_port()
+    wait = units(20) * 1000
+    async with chromium() as browser, demo(port):
+        context = await browser.new_context(viewport={"width": 420, "height": 740})
+        failed: list[str] = []
+        asked: list[str] = []
+        context.on("request", lambda r: asked.append(r.url))
+        context.on(
+            "response", lambda r: failed.append(r.url) if r.status >= 400 else None
+        )
+        one = await context.new_page()
+        two = await context.new_page()
+        for page in (one, two):
+            await page.goto(f"http://127.0.0.1:{port}/")
+            await expect(page.locator("#state")).to_have_text("open", timeout=wait)
+            await expect(page.locator("#me")).to_have_text(
+                re.compile(r"^guest-"), timeout=wait
+            )
+        guests = [await page.locator("#me").inner_text() for page in (one, two)]
+        assert guests[0] != guests[1], "two tabs, two guests"
+        views = [(one, guests[0], guests[1]), (two, guests[1], guests[0])]
+        for page, mine, other in views:
+            await expect(page.locator("#members li.me")).to_have_text(
+                f"{mine} (you)", timeout=wait
+            )
+            listed = page.locator(f'#members li[data-user="{other}"]')
+            await expect(listed).to_have_text(other, timeout=wait)
+
+        # The form at the top chooses a name: the tab reconnects under it.
+        await expect(one.locator("#name")).to_be_visible()
+        await one.fill("#name", "dana")
+        await one.click("#rename")
+        await expect(one.locator("#me")).to_have_text("dana", timeout=wait)
+        await expect(one.locator("#members li.me")).to_have_text(
+            "dana (you)", timeout=wait
+        )
+        await expect(two.locator('#members li[data-user="dana"]')).to_have_count(
+            1, timeout=wait
+        )
+        assert "name=dana" in one.url  # a reload keeps it
+        # A new tab of this browser is dana too: one user, two tabs.
+        three = await context.new_page()
+        await three.goto(f"http://127.0.0.1:{port}/")
+        for page in (one, three):
+            await expect(page.locator("#members li.me")).to_have_text(
+                "dana (you, 2 tabs)", timeout=wait
+            )
+        await expect(two.locator("#members li.me")).to_have_text(f"{guests[1]} (you)")
+
+        # 420 px wide: the message column keeps most of the width, the input
+        # stays usable, and a long word wraps instead of overflowing.
+        box = await one.locator("#stream").bounding_box()
+        assert box is not None and box["width"] >= 300, box
+        text_box = await one.locator("#text").bounding_box()
+        assert text_box is not None and text_box["width"] >= 150, text_box
+        word = "w" * 300
+        await say(one, word)
+        await expect(one.locator("#log .msg").last).to_have_text(
+            f"dana{word}", timeout=wait
+        )
+        overflow = await one.locator("#log").evaluate(
+            "log => log.scrollWidth - log.clientWidth"
+        )
+        assert overflow <= 0, f"the log overflows by {overflow} px"
+        ARTIFACTS.mkdir(exist_ok=True)
+        await one.screenshot(path=str(ARTIFACTS / "chat-420px.png"))
+        print(f"screenshot: {ARTIFACTS / 'chat-420px.png'}")
+
+        assert not failed, f"failed requests: {failed}"
+        assert not [url for url in asked if url.endswith("/favicon.ico")]
+        await context.close()
 
 
 async def test_dashboard_shows_every_worker() -> None:
@@ -156,3 +277,26 @@ async def test_dashboard_shows_every_worker() -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         print(f"screenshot: {ARTIFACTS / 'dashboard.png'}")
+
+
+async def test_dashboard_without_its_token_says_where_it_goes(
+    make_app: Callable[..., Sanic[Any, Any]],
+) -> None:
+    """A 401 from /stats is shown with what to do: add #token= to the URL."""
+    token = "a-dashboard-token-long-enough"
+    app = make_app(WS_STATS=True, WS_STATS_TOKEN=token)
+    Extend(app).register(WSExtension)
+    wait = units(10) * 1000
+    async with serve(app) as server, chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(server.url("/ws/dashboard?interval=200"))
+        state = page.locator("#state")
+        await expect(state).to_contain_text(
+            "open /ws/dashboard#token=<WS_STATS_TOKEN>", timeout=wait
+        )
+        await page.goto(server.url("/ws/dashboard?interval=200#token=wrong"))
+        await page.reload()  # a new fragment alone does not reload the page
+        await expect(state).to_contain_text("not this server's", timeout=wait)
+        await page.goto(server.url(f"/ws/dashboard?interval=200#token={token}"))
+        await page.reload()
+        await expect(state).to_have_text("live", timeout=wait)

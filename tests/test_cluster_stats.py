@@ -16,6 +16,7 @@ import httpx
 import ujson
 
 from .conftest import units
+from .procs import SanicProcess
 from .prom import Metrics, parse
 from .rawws import RawClient
 from .test_cluster import WORKERS, Cluster, cluster, drain, worker_names
@@ -86,6 +87,8 @@ async def test_stats_and_metrics_are_cluster_wide_from_any_worker() -> None:
             "relay": "ok",
             "backplane": None,
             "workers": WORKERS,
+            "expected": WORKERS,
+            "heard": WORKERS,
         }
 
         # Settled: every worker's connections, and its sample says that each
@@ -215,3 +218,35 @@ async def test_rates_and_slow_clients_across_workers() -> None:
         assert stats["messages_out_per_second"] > 0
         for client in c.clients:  # every message arrived
             assert len(await drain(client, "burst", n)) == n
+
+
+async def test_not_ready_until_every_worker_of_the_machine_is_heard() -> None:
+    """While 3 of 4 workers still boot, the one serving says so: 503, with
+    how many workers it hears and how many the machine runs. A load balancer
+    sending clients then would get a server whose cluster-wide answers
+    (counts, members, users) miss the workers still booting."""
+    slow = units(3)
+    async with (
+        SanicProcess(
+            "tests.apps.slow_boot:app",
+            "--workers",
+            str(WORKERS),
+            ready_path="/up",  # any worker serving, the first one here
+            env={"SLOW_BOOT_SECONDS": str(slow)},
+        ) as server,
+        httpx.AsyncClient() as http,
+    ):
+        early = await http.get(server.url("/ws/health"), headers=FRESH)
+        assert early.status_code == 503, early.text
+        body = early.json()
+        assert body["ready"] is False and body["alive"] is True
+        assert body["expected"] == WORKERS and body["heard"] < WORKERS
+
+        async def health() -> httpx.Response:
+            return await http.get(server.url("/ws/health"), headers=FRESH)
+
+        ready = await until(health, lambda r: r.status_code == 200, "ready")
+        assert ready.json()["ready"] is True
+        assert ready.json()["heard"] == ready.json()["expected"] == WORKERS
+        # Every worker booted: stop from here (see SanicProcess.stop).
+        await server.wait_serving("/ws/health")

@@ -182,3 +182,102 @@ async def test_backplane_changed_after_registration_fails_start(
     with pytest.raises(ConfigError, match="WS_BACKPLANE"):
         async with serve(app):
             pass
+
+
+# -- mistakes named at start-up (issue 23) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("WS_MAX_CONNECTION", "WS_MAX_CONNECTIONS"),
+        ("WS_PING_INTERVALL", "WS_PING_INTERVAL"),
+        ("WS_HANDLER_TIMOUT", "WS_HANDLER_TIMEOUT"),
+        ("WS_ALLOWED_ORIGIN", "WS_ALLOWED_ORIGINS"),
+    ],
+)
+def test_a_misspelled_key_is_refused_naming_the_close_match(
+    key: str, meant: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        WSConfig.from_mapping({key: 5})
+    assert refused.value.key == key
+    assert f"did you mean {meant}?" in str(refused.value)
+
+
+def test_an_unknown_ws_key_without_a_close_match_points_to_the_reference() -> None:
+    with pytest.raises(ConfigError, match=r"docs/reference/config\.md"):
+        WSConfig.from_mapping({"WS_FROBNICATE": 1})
+    # Sanic copies SANIC_WS_TEST_TIME_UNIT into app.config: not a setting.
+    WSConfig.from_mapping({"WS_TEST_TIME_UNIT": 2.0, "OTHER_KEY": 1})
+
+
+def test_a_misspelled_key_stops_registration(make_app: AppFactory) -> None:
+    app = make_app(WS_MAX_MESAGE_SIZE=1024)
+    with pytest.raises(ConfigError, match="did you mean WS_MAX_MESSAGE_SIZE"):
+        Extend(app).register(WSExtension)
+
+
+async def test_a_misspelled_key_set_after_registering_stops_the_start(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    Extend(app).register(WSExtension)
+    app.config.WS_PRESENCE_INTERVALL = 0.5
+    with pytest.raises(ConfigError, match="did you mean WS_PRESENCE_INTERVAL"):
+        async with serve(app):
+            pass
+
+
+@pytest.mark.parametrize("off", [None, False, "none", "off", "None", " OFF "])
+def test_optional_keys_take_none_and_off(off: Any) -> None:
+    config = WSConfig.from_mapping(
+        {
+            "WS_MAX_CONNECTIONS": off,
+            "WS_PING_INTERVAL": off,
+            "WS_MAX_MESSAGE_SIZE": off,
+            "WS_HANDLER_TIMEOUT": off,
+            "WS_MESSAGE_RATE": off,
+            "WS_STATS_TOKEN": off,
+        }
+    )
+    assert config.max_connections is None
+    assert config.ping_interval is None
+    assert config.max_message_size is None
+    assert config.handler_timeout is None
+    assert config.message_rate is None
+    assert config.stats_token is None
+
+
+@pytest.mark.parametrize("key", ["WS_PING_TIMEOUT", "WS_MAX_QUEUE", "WS_PATH"])
+def test_keys_without_none_still_refuse_off(key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        WSConfig.from_mapping({key: "off"})
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [("true", True), ("False", False), ("yes", True), ("off", False), (1, True)],
+)
+def test_switches_take_words(value: Any, want: bool) -> None:
+    assert WSConfig.from_mapping({"WS_STATS": value}).stats is want
+
+
+async def test_none_and_off_from_the_environment(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `SANIC_WS_*=none` would be set for a deployment: Sanic reads the
+    environment when the app is made ("off" arrives as False)."""
+    monkeypatch.setenv("SANIC_WS_MAX_CONNECTIONS", "none")
+    monkeypatch.setenv("SANIC_WS_PING_INTERVAL", "off")
+    monkeypatch.setenv("SANIC_WS_MAX_MESSAGE_SIZE", "None")
+    monkeypatch.setenv("SANIC_WS_STATS", "true")
+    app = make_app()
+    assert app.config.WS_PING_INTERVAL is False  # Sanic's reading of "off"
+    Extend(app).register(WSExtension)
+    async with serve(app):
+        config = app.ctx.ws.config
+        assert config.max_connections is None
+        assert config.ping_interval is None
+        assert config.max_message_size is None
+        assert config.stats is True

@@ -1,12 +1,27 @@
-"""The demo runs as the README says, and its chat works (protocol level)."""
+"""The demo runs as the README says, and its chat works (protocol level).
+
+What the page shows is tested in Chromium (tests/test_browser.py); here, what
+a browser cannot see: the icon route, the docstring, scripts/demo's install
+step, and the docs site's port.
+"""
 
 from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import httpx
 
 from sanic_ws_ext.testing import WSTestClient
 
 from .procs import SanicProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+MKDOCS = (ROOT / "mkdocs.yml").read_text()
 
 
 async def test_demo_chat() -> None:
@@ -46,3 +61,70 @@ async def test_demo_chat() -> None:
         await bob.close()
         assert list((await alice.expect("presence.diff")).data["leaves"]) == ["bob"]
         await alice.close()
+
+
+async def test_the_page_has_its_icon_and_the_name_form() -> None:
+    """The icon is inline (no request for /favicon.ico from the page), and
+    /favicon.ico is served for pages that do not name one."""
+    async with SanicProcess(
+        "demo.server:app", "--single-process", ready_path="/"
+    ) as server:
+        async with httpx.AsyncClient() as http:
+            page = (await http.get(server.url("/"))).text
+            icon = await http.get(server.url("/favicon.ico"))
+        assert '<link rel="icon" href="data:image/svg+xml,' in page
+        assert icon.status_code == 200
+        assert icon.headers["content-type"] == "image/svg+xml"
+        assert icon.content.startswith(b"<svg")
+        assert '<form id="name-form">' in page and 'id="name"' in page
+    # The module says how to choose a name, as the page does.
+    assert 'the "Your name" box' in (ROOT / "demo" / "server.py").read_text()
+
+
+def _fake_venv(root: Path, log: Path) -> None:
+    """A checkout with a .venv whose python and sanic only log their arguments."""
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "demo", root / "scripts" / "demo")
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "sanic"):
+        tool = bin_dir / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
+        tool.chmod(0o755)
+
+
+def test_scripts_demo_installs_only_when_needed(tmp_path: Path) -> None:
+    """A restart must not reinstall (12-20 s of pip each time): only the first
+    run does, and a run after pyproject.toml changed."""
+    log = tmp_path / "calls.log"
+    _fake_venv(tmp_path / "checkout", log)
+    script = tmp_path / "checkout" / "scripts" / "demo"
+
+    def run() -> list[str]:
+        log.write_text("")
+        subprocess.run(["bash", str(script)], check=True, capture_output=True)
+        return log.read_text().splitlines()
+
+    first = run()
+    assert first[0].startswith("python -m pip install") and first[0].endswith("-e .")
+    assert first[1].startswith("sanic demo.server:app --host 127.0.0.1 --port 8000")
+    assert run() == first[1:]  # served at once
+    # pyproject.toml edited after the last install (the stamp is older).
+    stamp = tmp_path / "checkout" / ".venv" / ".sanic-ws-ext-demo-installed"
+    earlier = time.time() - 60
+    os.utime(stamp, (earlier, earlier))
+    assert run() == first
+    assert run() == first[1:]
+
+
+def test_the_docs_site_and_the_demo_use_different_ports() -> None:
+    readme = (ROOT / "README.md").read_text()
+    demo_port = re.search(r"bash scripts/demo .*http://127\.0\.0\.1:(\d+)/", readme)
+    assert demo_port is not None
+    dev_addr = re.search(r"^dev_addr: 127\.0\.0\.1:(\d+)$", MKDOCS, re.M)
+    assert dev_addr is not None, "mkdocs.yml sets no dev_addr"
+    assert dev_addr.group(1) != demo_port.group(1)
+    for page in (readme, (ROOT / "docs" / "index.md").read_text()):
+        served = re.findall(r"mkdocs serve.*?http://127\.0\.0\.1:(\d+)/", page, re.S)
+        assert served == [dev_addr.group(1)], served

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from sanic_ws_ext import DEFAULTS
@@ -52,3 +54,28 @@ def test_the_readmes_links_to_the_docs_resolve() -> None:
     assert links
     for link in links:
         assert (ROOT / link).is_file(), f"README.md links to missing {link}"
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+
+
+def test_getting_starteds_test_runs_under_plain_pytest(tmp_path: Path) -> None:
+    """The page's test, with the page's own app and handlers, passes under
+    pytest with no plugin and no configuration, as a newcomer runs it."""
+    turn_on, handlers = _python_blocks(DOCS / "getting-started.md")[:2]
+    test = next(
+        b for b in _python_blocks(DOCS / "getting-started.md") if "def test_" in b
+    )
+    module = "\n".join([turn_on, handlers, "app.blueprint(bp)\n", test])
+    (tmp_path / "test_getting_started.py").write_text(module)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # none of ours
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout

@@ -82,6 +82,43 @@ def test_decode_refuses_bad_input(text: str, code: str) -> None:
     assert info.value.reason
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "not valid JSON: the message is empty"),
+        ("  \n", "not valid JSON: the message is empty"),
+        (
+            "nul",
+            "not valid JSON at character 1: expected a value (an object, array,"
+            " string, number, true, false or null) (found 'nul')",
+        ),
+        (
+            "{'type': 'chat'}",
+            "not valid JSON at character 2: expected a key in double quotes",
+        ),
+        ('{"type": "chat",}', "at character 17: expected a key in double quotes"),
+        ('{"type" "chat"}', "at character 9: expected ':' after the key"),
+        ('{"type": "chat"', "at character 16: expected ',' or the closing bracket"),
+        ('{"type": "chat', "at character 10: a string is not closed"),
+        ('{"type": "a\\q"}', "at character 12: an unknown escape in a string"),
+        ('{"type": "\\u12"}', "at character 12: a \\u escape needs four hex"),
+        ('{"type": "a"} {"type": "b"}', "at character 15: more text after the end"),
+        ('{"type":\n "a"\n x}', "at line 3, column 2: expected ','"),
+        ("[" * 5000 + "]" * 5000, "not valid JSON here: nested too deeply"),
+        # Raw control characters in strings are allowed (as ujson does): the
+        # reason names the real problem, the trailing text.
+        ('{"type": "a\x01"} x', "at character 16: more text after the end"),
+    ],
+)
+def test_invalid_json_is_explained_in_our_words(text: str, reason: str) -> None:
+    with pytest.raises(MessageError) as refused:
+        decode_envelope(text)
+    assert refused.value.code == ErrorCode.INVALID_JSON
+    assert reason in refused.value.reason
+    # Never the parser's own words ("when decoding 'null'").
+    assert "decoding" not in refused.value.reason
+
+
 def test_surrogate_pairs_and_escaped_backslashes_pass() -> None:
     # A pair is one character; "\\\\ud800" is a backslash and five letters.
     env = decode_envelope('{"type":"t","data":["\\ud83d\\ude00","\\\\ud800"]}')

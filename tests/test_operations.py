@@ -46,6 +46,8 @@ async def test_health_is_public_and_stats_are_off_by_default(
             "relay": None,
             "backplane": None,
             "workers": 1,
+            "expected": None,
+            "heard": 1,
         }
         for path in ("stats", "metrics", "dashboard", "dashboard.js"):
             assert (await http.get(server.url(f"/ws/{path}"))).status_code == 404
@@ -83,9 +85,11 @@ async def test_health_can_be_switched_off_and_follows_ws_path(
 
 def test_switches_and_token_are_checked() -> None:
     with pytest.raises(ConfigError, match="WS_STATS"):
-        WSConfig.from_mapping({"WS_STATS": "yes"})
+        WSConfig.from_mapping({"WS_STATS": "sometimes"})
     with pytest.raises(ConfigError, match="WS_HEALTH"):
-        WSConfig.from_mapping({"WS_HEALTH": 1})
+        WSConfig.from_mapping({"WS_HEALTH": 2})
+    # Words and 1/0, as the environment gives them.
+    assert WSConfig.from_mapping({"WS_STATS": "yes", "WS_HEALTH": 0}).stats is True
     with pytest.raises(ConfigError, match="WS_STATS_TOKEN") as refused:
         WSConfig.from_mapping({"WS_STATS_TOKEN": "short-secret"})
     assert "short-secret" not in str(refused.value)  # a secret is never echoed
@@ -214,6 +218,8 @@ async def test_stats_token(make_app: AppFactory) -> None:
             refused = await http.get(server.url(path))
             assert refused.status_code == 401
             assert refused.headers["www-authenticate"].startswith("Bearer")
+            # Where to put the token, for a person reading the 401.
+            assert "open /ws/dashboard#token=<WS_STATS_TOKEN>" in refused.text
             wrong = await http.get(
                 server.url(path), headers={"authorization": f"Bearer {TOKEN}x"}
             )

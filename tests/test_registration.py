@@ -61,6 +61,18 @@ def _register_both_ways(app: Sanic[Any, Any]) -> None:
     app.ext.register(WSExtension)
 
 
+def _register_two_one_liners(app: Sanic[Any, Any]) -> None:
+    # Two modules with the README's one-liner: sanic-ext alone stops at the
+    # second Extend(app) (its openapi blueprint, registered twice).
+    Extend(app).register(WSExtension)
+    Extend(app).register(WSExtension)
+
+
+def _register_constructor_then_one_liner(app: Sanic[Any, Any]) -> None:
+    Extend(app, extensions=[WSExtension])
+    Extend(app, extensions=[WSExtension]).register(WSExtension)
+
+
 @pytest.mark.parametrize(
     "register",
     [
@@ -70,6 +82,8 @@ def _register_both_ways(app: Sanic[Any, Any]) -> None:
         _register_pre_registry,
         _register_twice,
         _register_both_ways,
+        _register_two_one_liners,
+        _register_constructor_then_one_liner,
     ],
 )
 async def test_each_registration_serves(
@@ -81,6 +95,27 @@ async def test_each_registration_serves(
     await _assert_live(app)
     routes = [r for r in app.router.routes if r.name.endswith("sanic_ws_ext.endpoint")]
     assert len(routes) == 1, "registering twice must not add a second route"
+
+
+def test_a_second_extend_shares_the_first(make_app: AppFactory) -> None:
+    app = make_app()
+    first = Extend(app)
+    second = Extend(app)
+    second.register(WSExtension)
+    assert app.ext is first
+    assert sum(isinstance(e, WSExtension) for e in first.extensions) == 1
+    # Each built-in extension once: nothing was started twice.
+    names = [e.name for e in first.extensions]
+    assert len(names) == len(set(names))
+
+
+def test_a_second_extend_with_other_settings_says_to_use_app_ext(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    Extend(app)
+    with pytest.raises(RuntimeError, match=r"app\.ext"):
+        Extend(app, built_in_extensions=False)
 
 
 async def test_configured_path(make_app: AppFactory) -> None:

@@ -161,12 +161,21 @@ function render(stats) {
   chart($("connections-chart"), $("connections-legend"), connections);
 }
 
+/** What to do about a 401: the token is missing from the URL, or wrong. */
+function unauthorized() {
+  const here = `${location.pathname}#token=<WS_STATS_TOKEN>`;
+  return token
+    ? "401: the token after #token= is not this server's WS_STATS_TOKEN"
+    : `401: this server wants its WS_STATS_TOKEN: open ${here}`;
+}
+
 async function poll() {
   try {
     const response = await fetch(statsUrl, {
       headers: token ? { authorization: `Bearer ${token}` } : {},
       cache: "no-store",
     });
+    if (response.status === 401) throw new Error(unauthorized());
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     render(await response.json());
     setState("live", "live");
