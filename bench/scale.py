@@ -273,6 +273,11 @@ class LoadClient:
         )
         return self
 
+    def cpu(self) -> float:
+        """The client's own CPU seconds so far."""
+        assert self.proc is not None
+        return _cpu_of(self.proc.pid) or 0.0
+
     async def call(self, command: dict[str, Any], timeout: float = 30) -> Figures:
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
@@ -482,6 +487,7 @@ async def cluster_round(sizes: Sizes, smoke: bool) -> dict[str, float]:
         survivors = [other, *b.pids()]
         before = {**await a.figures(reset=True), **await b.figures(reset=True)}
         cpu_before = a.cpu([other]) + b.cpu()
+        cpu_clients = ca.cpu() + cb.cpu()
         for client in (ca, cb):
             await client.call({"cmd": "mark"})
         os.kill(target, signal.SIGKILL)
@@ -507,6 +513,7 @@ async def cluster_round(sizes: Sizes, smoke: bool) -> dict[str, float]:
         reports = [await c.call(query) for c in (ca, cb)]
         after = {**await a.figures(only=[other]), **await b.figures()}
         out["kill_cpu_s"] = a.cpu([other]) + b.cpu() - cpu_before
+        out["kill_client_cpu_s"] = ca.cpu() + cb.cpu() - cpu_clients
         out["kill_share"] = on_target / m
         out["kill_stall_ms"] = max(after[p]["max_lag_ms"] for p in survivors)
         out["kill_slow_closed"] = sum(
@@ -568,12 +575,14 @@ async def storm_round(sizes: Sizes, first: str) -> dict[str, float]:
                 {"big": True, "ready": "big"} if variant == "big" else {}
             )
             cpu = a.cpu() + b.cpu()
+            cpu_clients = ca.cpu() + cb.cpu()
             results = await asyncio.gather(
                 ca.open(sizes, a.ws_url(), each, **spec),
                 cb.open(sizes, b.ws_url(), sizes.members - each, **spec),
             )
             out[f"storm_{variant}_s"] = max(r["ready_ms"] for r in results) / 1e3
             out[f"storm_{variant}_cpu_s"] = a.cpu() + b.cpu() - cpu
+            out[f"storm_{variant}_client_cpu_s"] = ca.cpu() + cb.cpu() - cpu_clients
             out[f"storm_{variant}_mb"] = sum(r["bytes"] for r in results) / 1e6
             out["storm_retries"] = out.get("storm_retries", 0) + sum(
                 r["failures"] for r in results
@@ -694,11 +703,14 @@ ROWS: list[tuple[str, str, int, str]] = [
     ("kill_tables_right_s", "2. every survivor's table right, s", 2, ""),
     ("kill_client_mb", "2. bytes the clients read from the kill on, MB", 0, ""),
     ("kill_cpu_s", "2. survivors' CPU from the kill to +1 s after right, s", 2, ""),
+    ("kill_client_cpu_s", "2. clients' CPU over the same span, s", 2, ""),
     ("storm_big_s", "3. storm into big: all connected with their state, s", 2, ""),
     ("storm_none_s", "3. storm into no room: all connected, s", 2, ""),
     ("storm_ratio", "3. big / no room", 2, "<= 2"),
     ("storm_big_cpu_s", "3. servers' CPU, storm into big, s", 2, ""),
     ("storm_none_cpu_s", "3. servers' CPU, storm into no room, s", 2, ""),
+    ("storm_big_client_cpu_s", "3. clients' CPU, storm into big, s", 2, ""),
+    ("storm_none_client_cpu_s", "3. clients' CPU, storm into no room, s", 2, ""),
     ("storm_big_mb", "3. bytes the clients read, storm into big, MB", 0, ""),
     ("storm_none_mb", "3. bytes the clients read, storm into no room, MB", 0, ""),
     ("storm_retries", "3. handshakes retried (both storms)", 0, ""),
