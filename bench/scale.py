@@ -390,8 +390,17 @@ async def settled(
         return all(want(f) for f in last.values())
 
     def seen() -> str:
-        keys = ("connections", "table", "big", "count", "members_big", "status")
-        return str({pid: {k: f[k] for k in keys} for pid, f in last.items()})
+        keys = ("worker", "connections", "table", "big", "count", "members_big")
+        return str(
+            {
+                pid: {
+                    **{k: f[k] for k in keys},
+                    "membership": f["status"]["membership"],
+                    "delivery": f["status"]["delivery"].get("state"),
+                }
+                for pid, f in last.items()
+            }
+        )
 
     return await until(what, check, limit, every=0.1, seen=seen)
 
@@ -821,7 +830,7 @@ async def run(
         try:
             keep(await scenario)
         except ScaleError as exc:
-            failed.append(f"{what}: {str(exc)[:600]}")
+            failed.append(f"{what}: {str(exc)[:2000]}")
             print(f"scale: {failed[-1]}", file=sys.stderr, flush=True)
 
     for r in range(rounds):
