@@ -10,8 +10,10 @@ Redis, python-socketio with its Redis manager; and the load client's
 ceiling), one stalled client among 1000 (the others' throughput), chat (100
 clients; the highest rate with p99 <= 100 ms), idle memory (5,000
 connections), the relay between workers, and the Redis backplane between
-machines. Needs ``npm install --prefix bench`` (Node ``ws``) and
-``pip install -e '.[bench]'`` (socketify, python-socketio, uvicorn).
+machines. Cluster scale (``bench/scale.py``: minutes at full size) runs on
+its own; ``--smoke`` includes it. Needs ``npm install --prefix bench`` (Node
+``ws``) and ``pip install -e '.[bench]'`` (socketify, python-socketio,
+uvicorn).
 
 ``--smoke`` runs every scenario tiny, only ours and the naive loop (nothing to
 install but Node), and exits non-zero if any run of ours lost a message: CI
@@ -63,9 +65,9 @@ def machine() -> list[str]:
 
 def script(name: str, *args: str) -> list[str]:
     """Run one of the scripts that measure in their own processes."""
-    out = subprocess.run(
-        [PY, str(BENCH / name), *args], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([PY, str(BENCH / name), *args], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{name} {' '.join(args)} failed:\n{out.stderr[-4000:]}")
     return [line for line in out.stdout.splitlines() if not line.startswith("round ")]
 
 
@@ -95,6 +97,9 @@ def main() -> None:
                 "--paced-seconds", "0.2"]  # fmt: skip
         section("Relay (smoke)", script("relay.py", "--workers", "2", *tiny))
         section("Backplane (smoke)", script("backplane.py", *tiny))
+        # Two nodes of two workers, a worker killed, a storm: exits non-zero
+        # if a member was lost or a view never came right.
+        section("Cluster scale (smoke)", script("scale.py", "--smoke"))
         lost = [
             (server, run)
             for (_, server), runs in results.items()
