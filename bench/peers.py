@@ -32,6 +32,11 @@ PEERS = ["naive", "ours", "websockets", "socketio", "node-ws", "socketify"]
 #: workers over Redis, python-socketio's four uvicorn workers with its Redis
 #: manager.
 SCALED = ["ours-4w", "ours-2x2-redis", "socketio-4w-redis"]
+#: ``BENCH_BEFORE=<dir>``: a checkout of an earlier commit (``git worktree
+#: add <dir> <commit>``). Its ``ours`` and ``ours-4w`` then run as
+#: ``ours-before`` and ``ours-4w-before``, beside today's in the same run, for
+#: a before/after comparison on one machine in one sitting.
+BEFORE = os.environ.get("BENCH_BEFORE")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,11 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         "socketify": [([PY, str(server_dir / "socketify_server.py"), "{port}"], {})],
         "client-ceiling": [(["node", str(server_dir / "ceiling.mjs"), "{port}"], {})],
     }
+    if BEFORE:
+        # Run from the earlier checkout: its package first on the path.
+        before = {"PYTHONPATH": BEFORE, "BENCH_CWD": BEFORE}
+        every["ours-before"] = [(_sanic(ours, 0, "--single-process"), before)]
+        every["ours-4w-before"] = [(_sanic(ours, 0, "--workers", "4"), before)]
     return every[server]
 
 
@@ -103,7 +113,7 @@ def _node(argv: list[str], env: dict[str, str]) -> Iterator[tuple[int, int]]:
         argv[argv.index("--port") + 1] = str(port)
     proc = subprocess.Popen(
         ["taskset", "-c", "0", *argv],
-        cwd=ROOT,
+        cwd=env.get("BENCH_CWD", ROOT),
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,  # never a pipe nobody reads
@@ -132,7 +142,7 @@ def serving(server: str, settle: float = 0.3) -> Iterator[Served]:
     with ExitStack() as stack:
         started = [stack.enter_context(_node(*n)) for n in nodes(server, channel)]
         # Let them finish starting (workers, listeners, Redis subscriptions).
-        time.sleep(max(settle, 2.0) if server in SCALED else settle)
+        time.sleep(max(settle, 2.0) if server in SCALED or "4w" in server else settle)
         yield Served(
             urls=[f"ws://127.0.0.1:{port}{path}" for port, _ in started],
             pids=[pid for _, pid in started],

@@ -186,7 +186,7 @@ class Diffs:
             rooms[room] = {"joins": _by_key(refs.values()), "leaves": {}}
         for room, refs in self.leaves.items():
             diff = rooms.setdefault(room, {"joins": {}, "leaves": {}})
-            diff["leaves"] = _by_key(refs.values())
+            diff["leaves"] = _refs_by_key(refs.values())
         self.joins = {}
         self.leaves = {}
         return rooms
@@ -196,6 +196,15 @@ def _by_key(entries: Any) -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
         grouped.setdefault(entry.key, []).append(entry.meta)
+    return grouped
+
+
+def _refs_by_key(entries: Any) -> dict[str, list[dict[str, Any]]]:
+    """Leaves as ``{key: [{"ref": ref}, ...]}``: members hold the metadata
+    already, so a leave costs its key and ref whatever the metadata's size."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        grouped.setdefault(entry.key, []).append({"ref": entry.ref})
     return grouped
 
 

@@ -97,6 +97,9 @@ class Tracker:
         self._recount: set[str] = set()
         # Each local connection's refs, by room.
         self._refs: dict[str, dict[str, str]] = {}
+        # Removals in slices under way (a dropped peer, a sync's stale
+        # entries): members are told once they are done, in one diff.
+        self._removing = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -250,16 +253,20 @@ class Tracker:
 
     async def _remove_slices(self, refs: list[str], synced: str | None = None) -> None:
         epoch = self.table._epochs.get(synced, 0) if synced else 0
-        for start in range(0, len(refs), _SLICE):
-            for ref in refs[start : start + _SLICE]:
-                known = self.table.refs.get(ref)
-                if known is None or (synced and known.epoch >= epoch):
-                    continue  # listed again since
-                entry = self.table.remove(ref)
-                if entry is not None:
-                    self._diffs.leave(entry)
+        self._removing += 1
+        try:
+            for start in range(0, len(refs), _SLICE):
+                for ref in refs[start : start + _SLICE]:
+                    known = self.table.refs.get(ref)
+                    if known is None or (synced and known.epoch >= epoch):
+                        continue  # listed again since
+                    entry = self.table.remove(ref)
+                    if entry is not None:
+                        self._diffs.leave(entry)
+                await asyncio.sleep(0)
+        finally:
+            self._removing -= 1
             self._arm()
-            await asyncio.sleep(0)
 
     # -- transfers ------------------------------------------------------------------
 
@@ -320,7 +327,13 @@ class Tracker:
         self._timer = None
         try:
             self._publish_changes()
-            self._tell_members()
+            if self._removing:
+                # Half a dead peer's leaves now and half in the next
+                # interval would be two diffs (and twice the frames) where
+                # one does: a removal takes a few loop passes.
+                self._arm()
+            else:
+                self._tell_members()
         except Exception:
             log.exception("websocket presence flush failed")
 

@@ -71,3 +71,32 @@ async def test_stalled_client_is_dropped_others_get_everything(
         for client in readers:
             await client.close()
         stalled.close_socket()
+
+
+async def test_a_fan_out_past_one_passes_budget_reaches_everyone(
+    make_app: AppFactory,
+) -> None:
+    """One event-loop pass writes at most a budget of bytes (4 MiB) and leaves
+    the other connections to the next pass: none may be left behind, and
+    each one's frames stay in order."""
+    app, _, _ = ws_app(make_app, WS_PING_INTERVAL=None)
+    big = "y" * 400_000
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        clients = [await WSTestClient.connect(server.ws_url()) for _ in range(24)]
+        # 24 x 400 KB is 9.6 MB: several passes' worth, written across them.
+        await ws.broadcast("big", {"body": big})
+        await ws.broadcast("after", 1)
+        for client in clients:
+            first = await client.recv(units(10))
+            assert not isinstance(first, bytes)
+            assert (first.type, len(first.data["body"])) == ("big", len(big))
+            second = await client.recv(units(10))
+            assert not isinstance(second, bytes) and second.type == "after"
+        # The loop is not left with a flush it thinks is scheduled: more
+        # small sends still go out.
+        await ws.broadcast("later", 2)
+        for client in clients:
+            message = await client.recv(units(10))
+            assert not isinstance(message, bytes) and message.type == "later"
+            await client.close()

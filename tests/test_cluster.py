@@ -117,6 +117,11 @@ async def cluster(
                 await client.ws.close()
 
 
+#: ref -> connection id, from every meta seen joining: a leave carries its
+#: ref alone (refs are unique in the cluster, so one map serves all clients).
+_CONN_OF_REF: dict[str, str] = {}
+
+
 async def presence_of(
     client: Client,
     *conn_ids: str,
@@ -134,14 +139,19 @@ async def presence_of(
         if frame.type not in ("presence.state", "presence.diff"):
             continue
         assert frame.data["room"] == room
+        joined = frame.data["users" if frame.type == "presence.state" else "joins"]
+        for metas in joined.values():
+            for meta in metas:
+                _CONN_OF_REF[meta["ref"]] = meta["conn"]
         if frame.type == "presence.state":
             groups = [] if leaving else list(frame.data["users"].values())
         else:
             groups = list(frame.data["leaves" if leaving else "joins"].values())
         for metas in groups:
             for meta in metas:
-                if meta["conn"] in waiting:
-                    waiting.discard(meta["conn"])
+                conn = _CONN_OF_REF.get(meta["ref"])
+                if conn in waiting:
+                    waiting.discard(conn)
                     found = dict(meta)
     return found
 

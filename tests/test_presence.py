@@ -8,8 +8,10 @@ from sanic_ws_ext.presence import Counts, Diffs, Entry, PresenceTable, checked_p
 from sanic_ws_ext.rooms import UNDECLARED, RoomPolicies, RoomSpec
 
 
-def entry(ref: str, key: str = "ann", room: str = "r", process: str = "w0") -> Entry:
-    return Entry(room, key, ref, {"ref": ref}, process, f"conn-{ref}")
+def entry(
+    ref: str, key: str = "ann", room: str = "r", process: str = "w0", **meta: str
+) -> Entry:
+    return Entry(room, key, ref, {"ref": ref, **meta}, process, f"conn-{ref}")
 
 
 def test_table_by_room_key_and_process() -> None:
@@ -46,13 +48,15 @@ def test_a_sync_removes_what_it_did_not_list() -> None:
 
 def test_diffs_net_out_and_group_by_key() -> None:
     diffs = Diffs()
-    a, b, c = entry("a"), entry("b", key="bob"), entry("c", room="s")
+    a, b = entry("a", name="Ann"), entry("b", key="bob")
+    c = entry("c", room="s", name="Ann")
     diffs.join(a)
     diffs.join(b)
     diffs.leave(b)  # came and went: never mentioned
     diffs.leave(c)
     assert diffs.take() == {
-        "r": {"joins": {"ann": [{"ref": "a"}]}, "leaves": {}},
+        "r": {"joins": {"ann": [{"ref": "a", "name": "Ann"}]}, "leaves": {}},
+        # A leave is its ref alone: members hold the metadata already.
         "s": {"joins": {}, "leaves": {"ann": [{"ref": "c"}]}},
     }
     assert not diffs and diffs.take() == {}

@@ -135,6 +135,7 @@ async def test_full_presence_is_state_then_diffs_keyed_by_user(
         assert list(diff["joins"]) == list(diff["leaves"]) == ["bob"]
         assert diff["joins"]["bob"][0]["status"] == "away"
         assert diff["joins"]["bob"][0]["ref"] != diff["leaves"]["bob"][0]["ref"]
+        assert set(diff["leaves"]["bob"][0]) == {"ref"}  # the ref alone
 
         # One tab leaving: alice is still there with one meta.
         await a2.close()
