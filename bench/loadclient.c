@@ -58,7 +58,7 @@ static char *rbuf;
 static size_t rbuf_cap;
 static long received;
 static long target = -1;  // when `received` reaches it: the burst is over
-static double last_at;
+static double last_at, first_at;  // the first counted frame: a late start shows
 static long every = 1, skip_count;
 static double *lat;
 static long lat_cap, sampled;
@@ -196,7 +196,7 @@ static int parse_t(const char *p, const char *end, double *out) {
 // A text frame the server sent: counted; one in `every` sampled for latency.
 static void on_message(const char *p, size_t len, double at) {
   if (socketio && (len < 2 || p[0] != '4' || p[1] != '2')) return;  // events only
-  received++;
+  if (received++ == 0) first_at = at;
   last_at = at;
   if (received == target) say_done();
   if (++skip_count < every) return;
@@ -546,9 +546,9 @@ int main(int argc, char **argv) {
   pct(p50, sizeof p50, 0.5);
   pct(p99, sizeof p99, 0.99);
   printf("{\"clients\":%ld,\"k\":%ld,\"received\":%ld,\"expected\":%ld,\"seconds\":%.6f,"
-         "\"rate\":%.1f,\"p50_ms\":%s,\"p99_ms\":%s,\"client_cpu_ms\":%.1f}\n",
+         "\"rate\":%.1f,\"p50_ms\":%s,\"p99_ms\":%s,\"first_ms\":%.3f,\"client_cpu_ms\":%.1f}\n",
          clients, k, received, expected, seconds, seconds > 0 ? received / seconds : 0.0, p50,
-         p99, cpu1 - cpu0);
+         p99, received ? first_at - started : -1.0, cpu1 - cpu0);
   fflush(stdout);
   return received == expected ? 0 : 1;
 }

@@ -48,6 +48,7 @@ const now = () => performance.timeOrigin + performance.now();
 const T_KEY = Buffer.from('"t":');
 let received = 0;
 let lastAt = 0;
+let firstAt = 0; // the first counted frame: a late start shows here
 let target = -1; // when `received` reaches it, the burst is over
 const syncMode = args.sync !== undefined;
 let doneSaid = false;
@@ -99,7 +100,7 @@ function onMessage(buf, start, end, opcode, at) {
   if (opcode !== 1) return; // pings, pongs, binary: not counted
   // Socket.IO: only events count ("42[..."); "2" pings are answered elsewhere.
   if (socketio && (buf[start] !== 52 || buf[start + 1] !== 50)) return;
-  received += 1;
+  if (received++ === 0) firstAt = at;
   lastAt = at;
   if (received === target) sayDone();
   if (++skip < every) return;
@@ -270,6 +271,7 @@ console.log(
     rate: received / seconds,
     p50_ms: pct(0.5),
     p99_ms: pct(0.99),
+    first_ms: firstAt - startedAt,
     client_cpu_ms: clientCpu,
   }),
 );
