@@ -49,7 +49,7 @@ const T_KEY = Buffer.from('"t":');
 let received = 0;
 let lastAt = 0;
 let firstAt = 0; // the first counted frame: a late start shows here
-let target = -1; // when `received` reaches it, the burst is over
+let doneAt = -1; // `received` at the end of the burst
 const syncMode = args.sync !== undefined;
 let doneSaid = false;
 
@@ -102,7 +102,7 @@ function onMessage(buf, start, end, opcode, at) {
   if (socketio && (buf[start] !== 52 || buf[start + 1] !== 50)) return;
   if (received++ === 0) firstAt = at;
   lastAt = at;
-  if (received === target) sayDone();
+  if (received === doneAt) sayDone();
   if (++skip < every) return;
   skip = 0;
   const i = buf.indexOf(T_KEY, start);
@@ -225,8 +225,8 @@ if (args.rate !== undefined) {
   }
   const sendSeconds = (now() - startedAt) / 1000;
   const expectedChat = sent * clients;
-  target = expectedChat;
-  if (received >= target) sayDone();
+  doneAt = expectedChat;
+  if (received >= doneAt) sayDone();
   const drainUntil = now() + 5000;
   while (received < expectedChat && now() < drainUntil) {
     await new Promise((r) => setTimeout(r, 5));
@@ -249,7 +249,7 @@ sampled = 0;
 const expected = clients * k;
 await waitGo();
 const cpu0 = cpuMs();
-target = expected;
+doneAt = expected;
 const startedAt = now();
 sockets[0].write(maskedText(event("go", { k })));
 const deadline = startedAt + timeout;
