@@ -4,13 +4,16 @@
                          [--duration 2] [--rounds 3] [--servers ...]
 
 For each server (pinned to core 0) and each rate R (messages/s per client),
-the Node load client (core 1) sends C*R messages/s for ``--duration`` seconds;
+the load client (core 1; the native one when there is a C compiler, else
+Node's, or as ``--client`` says) sends C*R messages/s for ``--duration`` seconds;
 the server broadcasts each to all C clients. A rate passes when every delivery
 arrived and p99 latency (from the send time stamped in the message) is at
 most 100 ms. Rates rise through the grid until one fails, then ``--refine``
 bisection steps between the last pass and the first failure. Figure: the
 highest passing rate, per round; medians (range); ratios to socketify (uWS)
-and to the naive loop.
+and to the naive loop; beside it, the server's own CPU time per delivered
+message at that rate (all its processes, over the run alone:
+``bench/measure.py``).
 """
 
 from __future__ import annotations
@@ -18,50 +21,64 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from typing import Any
 
-from peers import PEERS, SAMPLE_EVERY, fmt, load_client, run_load, serving
+from fanout import DEFAULT_CLIENT
+from measure import run_load
+from peers import PEERS, SAMPLE_EVERY, fmt, load_client, serving
 
 P99_LIMIT_MS = 100.0
 RATES = [10, 20, 40, 80, 160, 320, 640, 1280]
 
 
-def passes(server: str, clients: int, rate: int, duration: float) -> bool:
+def passes(
+    server: str, clients: int, rate: int, duration: float, client: str
+) -> tuple[bool, dict[str, Any]]:
     samples = int(clients * clients * rate * duration * 1.2 / SAMPLE_EVERY) + 1000
     options = ["--rate", str(rate), "--duration", str(duration)]
     with serving(server) as served:
-        load = load_client(served, clients, *options, "--samples", str(samples))
-        res = run_load(server, load)
+        options += ["--samples", str(samples)]
+        load = load_client(served, clients, *options, client=client)
+        res = run_load(server, load, served.pids)
     p99 = res["p99_ms"] if res["p99_ms"] is not None else float("inf")
     ok = res["received"] == res["expected"] and p99 <= P99_LIMIT_MS
     print(
         f"  {server} R={rate}: {res['received']}/{res['expected']}"
-        f" p99 {p99:.1f} ms {'ok' if ok else 'FAIL'}",
+        f" p99 {p99:.1f} ms {res['cpu_us']:.2f} us/msg {'ok' if ok else 'FAIL'}",
         file=sys.stderr,
         flush=True,
     )
-    return ok
+    return ok, res
 
 
 def highest_rate(
-    server: str, clients: int, rates: list[int], duration: float, refine: int
-) -> int:
-    best, failed = 0, None
+    server: str,
+    clients: int,
+    rates: list[int],
+    duration: float,
+    refine: int,
+    client: str = DEFAULT_CLIENT,
+) -> tuple[int, dict[str, Any] | None]:
+    """The highest passing rate, and the run that passed at it."""
+    best, failed, at_best = 0, None, None
     for rate in rates:
-        if not passes(server, clients, rate, duration):
+        ok, res = passes(server, clients, rate, duration, client)
+        if not ok:
             failed = rate
             break
-        best = rate
+        best, at_best = rate, res
     for _ in range(refine):
         if failed is None:
             break
         mid = (best + failed) // 2
         if mid in (best, failed):
             break
-        if passes(server, clients, mid, duration):
-            best = mid
+        ok, res = passes(server, clients, mid, duration, client)
+        if ok:
+            best, at_best = mid, res
         else:
             failed = mid
-    return best
+    return best, at_best
 
 
 def run(
@@ -71,19 +88,28 @@ def run(
     duration: float,
     rounds: int,
     servers: list[str],
+    client: str = DEFAULT_CLIENT,
+    into: list[dict[str, Any]] | None = None,
 ) -> list[str]:
+    """The table; each passing run at a highest rate is appended to ``into``."""
     best: dict[str, list[int]] = {s: [] for s in servers}
+    cpu: dict[str, list[float]] = {s: [] for s in servers}
     for r in range(rounds):
         for server in servers:
-            best[server].append(highest_rate(server, clients, rates, duration, refine))
+            rate, res = highest_rate(server, clients, rates, duration, refine, client)
+            best[server].append(rate)
+            if res is not None:
+                cpu[server].append(res["cpu_us"])
+                if into is not None:
+                    into.append(res)
         print(f"chat: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     out = [
         f"Chat, {clients} clients, {duration:g} s per rate, p99 <= {P99_LIMIT_MS:g} ms,"
-        f" {rounds} rounds; medians (range).",
+        f" {rounds} rounds; medians (range); load client: {client}.",
         "",
         "| server | highest rate per client (msg/s) | deliveries/s"
-        " | x socketify | x naive |",
-        "| --- | --- | --- | --- | --- |",
+        " | server CPU us/msg | x socketify | x naive |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
 
     def ratio(server: str, base: str) -> str:
@@ -96,7 +122,9 @@ def run(
         med = statistics.median(values)
         out.append(
             f"| {server} | {med:g} ({min(values)} - {max(values)}) |"
-            f" {med * clients * clients:,.0f} | {ratio(server, 'socketify')} |"
+            f" {med * clients * clients:,.0f} |"
+            f" {fmt(cpu[server], 2) if cpu[server] else '-'} |"
+            f" {ratio(server, 'socketify')} |"
             f" {ratio(server, 'naive')} |"
         )
     return out
@@ -110,9 +138,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", nargs="+", default=[*PEERS, "client-ceiling"])
+    parser.add_argument("--client", choices=["native", "node"], default=DEFAULT_CLIENT)
     args = parser.parse_args()
     lines = run(
-        args.clients, args.rates, args.refine, args.duration, args.rounds, args.servers
+        args.clients,
+        args.rates,
+        args.refine,
+        args.duration,
+        args.rounds,
+        args.servers,
+        args.client,
     )
     print("\n".join(lines))
 

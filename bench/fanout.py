@@ -1,97 +1,161 @@
 """Fan-out against the peers: one trigger, K broadcasts of ~100 bytes, C clients.
 
-    python bench/fanout.py [--clients 100 1000] [--k 200] [--rounds 3]
+    python bench/fanout.py [--clients 100 1000] [--k 200 1000] [--rounds 3]
                            [--servers ours naive websockets socketio ...]
+                           [--client native node]
 
-Each server runs alone, pinned to core 0; the Node load client
-(``bench/loadclient.mjs``, raw sockets, frames parsed in place) runs pinned to
-core 1, opens C connections (spread over the server's nodes), sends one
-trigger, and counts C*K frames: delivered messages/s from the trigger to the
-last frame, and latency p50/p99 from the send time stamped in every message.
-Servers interleave round by round; medians with ranges; ratios to the naive
-Sanic loop of the same round. ``client-ceiling`` is not a server: it runs the
-load client against a trivial Node server that sends pre-framed bytes, to
-show the client's own ceiling. The peers are listed in ``bench/peers.py``.
+Each server runs alone, pinned to core 0; the load client runs pinned to core
+1, opens C connections (spread over the server's nodes), sends one trigger,
+and counts C*K frames: delivered messages/s from the trigger to the last
+frame, and latency p50/p99 from the send time stamped in every message. The
+client is the native one (``bench/loadclient.c``, epoll, frames parsed in
+place; built with ``cc`` on first use) when there is a C compiler, else Node's
+(``bench/loadclient.mjs``); ``--client node`` picks Node's, ``--client native
+node`` runs both, interleaved, for a comparison. Beside each figure: the
+server's own CPU time per delivered message (user + system of every server
+process, workers included, over the burst alone; ``bench/measure.py``), and
+the client's CPU over the burst as a share of its wall time. Servers
+interleave round by round; medians with ranges; ratios to the naive Sanic loop
+of the same round. ``client-ceiling`` is not a server: a trivial native server
+(Node's without a compiler) that sends pre-framed bytes, to show the client's
+own ceiling. The peers are listed in ``bench/peers.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from peers import PEERS, fmt, load_client, run_load, serving
+import native
+from measure import run_load
+from peers import PEERS, fmt, load_client, serving
+
+#: The native client when it can be built: the Node one tops out near the
+#: fastest servers (see docs/performance.md).
+DEFAULT_CLIENT = "native" if native.compiler() else "node"
+
+Result = dict[str, Any]
 
 
-def run_one(server: str, clients: int, k: int, stalled: int = 0) -> dict[str, float]:
+def run_one(
+    server: str, clients: int, k: int, stalled: int = 0, client: str = DEFAULT_CLIENT
+) -> Result:
+    # Long enough for the slowest peer's million messages.
+    timeout = 60 + clients * k // 20_000
     with serving(server) as served:
-        options = ["--k", str(k), "--timeout", "60", "--stalled", str(stalled)]
-        load = load_client(served, clients, *options)
-        result = run_load(server, load)
+        options = ["--k", str(k), "--timeout", str(timeout), "--stalled", str(stalled)]
+        load = load_client(served, clients, *options, client=client)
+        result = run_load(server, load, served.pids, limit=timeout + 60)
     if result["received"] != result["expected"]:
         print(f"  {server}: only {result['received']}/{result['expected']}")
     return result
 
 
+def busy(run: Result) -> float:
+    """The client's CPU over the burst, as a share of the burst's wall time."""
+    return 100 * run["client_cpu_ms"] / 1000 / run["seconds"] if run["seconds"] else 0
+
+
 def table(
-    results: dict[tuple[int, str], list[dict[str, float]]],
-    clients: int,
-    servers: list[str],
+    results: dict[str, list[Result]], rows: list[str], base: str = "naive"
 ) -> list[str]:
-    """The markdown table of one client count: medians (range), x naive."""
+    """The markdown table of one (C, K): medians (range), x ``base``.
+
+    ``results`` holds each row's runs, round by round."""
     lines = [
-        "| server | delivered msg/s | x naive | p50 ms | p99 ms | complete |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| server | delivered msg/s | server CPU us/msg | x naive | p50 ms | p99 ms"
+        " | client CPU | complete |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    base = [x["rate"] for x in results.get((clients, "naive"), [])]
-    for server in servers:
-        runs = results[(clients, server)]
+    base_rates = [x["rate"] for x in results.get(base, [])]
+    for row in rows:
+        runs = results[row]
         rates = [x["rate"] for x in runs]
         ratio = "-"
-        if base:
-            ratio = fmt([a / b for a, b in zip(rates, base, strict=True)], 2)
+        if base_rates:
+            ratio = fmt([a / b for a, b in zip(rates, base_rates, strict=True)], 2)
         complete = sum(x["received"] == x["expected"] for x in runs)
         lines.append(
-            f"| {server} | {fmt(rates)} | {ratio} |"
-            f" {fmt([x['p50_ms'] for x in runs], 1)} |"
-            f" {fmt([x['p99_ms'] for x in runs], 1)} | {complete}/{len(runs)} |"
+            f"| {row} | {fmt(rates)} | {fmt([x['cpu_us'] for x in runs], 2)} |"
+            f" {ratio} | {fmt([x['p50_ms'] for x in runs], 1)} |"
+            f" {fmt([x['p99_ms'] for x in runs], 1)} |"
+            f" {fmt([busy(x) for x in runs])}% | {complete}/{len(runs)} |"
         )
     return lines
 
 
-def run(clients: list[int], k: int, rounds: int, servers: list[str]) -> list[str]:
-    results: dict[tuple[int, str], list[dict[str, float]]] = {}
+def run(
+    clients: list[int],
+    ks: list[int],
+    rounds: int,
+    servers: list[str],
+    kinds: tuple[str, ...] = (DEFAULT_CLIENT,),
+) -> list[str]:
+    """Every (C, K) for every server and client kind, interleaved round by round."""
+    label = {
+        (kind, s): s if len(kinds) == 1 else f"{s} [{kind}]"
+        for kind in kinds
+        for s in servers
+    }
+    results: dict[tuple[int, int], dict[str, list[Result]]] = {}
     for r in range(rounds):
-        for c in clients:
-            for server in servers:  # interleaved, round by round
-                results.setdefault((c, server), []).append(run_one(server, c, k))
+        for k in ks:
+            for c in clients:
+                for server in servers:
+                    for kind in kinds:
+                        result = run_one(server, c, k, client=kind)
+                        runs = results.setdefault((c, k), {})
+                        runs.setdefault(label[kind, server], []).append(result)
         print(f"fan-out: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     out = [
-        f"Fan-out, K = {k} messages of ~100 bytes, {rounds} rounds; medians (range)."
+        f"Fan-out, messages of ~100 bytes, {rounds} rounds; medians (range);"
+        f" load client: {', '.join(kinds)}."
     ]
-    for c in clients:
-        out += ["", f"C = {c} clients", "", *table(results, c, servers)]
+    for k in ks:
+        for c in clients:
+            out += ["", f"C = {c} clients, K = {k} ({c * k:,} messages per run)", ""]
+            for kind in kinds:
+                rows = [label[kind, s] for s in servers]
+                if len(kinds) > 1:
+                    out += [f"{kind} client:", ""]
+                base = label.get((kind, "naive"), "naive")
+                out += [*table(results[(c, k)], rows, base), ""]
     return out
 
 
-def stall(clients: int, k: int, rounds: int, server: str = "ours") -> list[str]:
-    """The others' fan-out with one stalled client among them, and without."""
-    runs: dict[int, list[dict[str, float]]] = {0: [], 1: []}
+def stall(
+    clients: int,
+    k: int,
+    rounds: int,
+    server: str = "ours",
+    client: str = DEFAULT_CLIENT,
+    into: list[Result] | None = None,
+) -> list[str]:
+    """The others' fan-out with one stalled client among them, and without.
+
+    Every run is also appended to ``into``, if given (to check for losses)."""
+    runs: dict[int, list[Result]] = {0: [], 1: []}
     for r in range(rounds):
         # Interleaved, and in turn first: the second run of a pair is often
         # a little slower, whichever it is.
         for stalled in (0, 1) if r % 2 == 0 else (1, 0):
-            runs[stalled].append(run_one(server, clients, k, stalled))
+            runs[stalled].append(run_one(server, clients, k, stalled, client))
         print(f"stall: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    if into is not None:
+        into += runs[0] + runs[1]
     rates = {s: [x["rate"] for x in v] for s, v in runs.items()}
     ratios = [a / b for a, b in zip(rates[1], rates[0], strict=True)]
     return [
         f"{server}, C = {clients} clients reading and K = {k}; medians (range)"
         f" of {rounds} rounds.",
         "",
-        "| stalled clients | delivered msg/s to the others | p99 ms | complete |",
-        "| --- | --- | --- | --- |",
+        "| stalled clients | delivered msg/s to the others | server CPU us/msg"
+        " | p99 ms | complete |",
+        "| --- | --- | --- | --- | --- |",
         *(
-            f"| {s} | {fmt(rates[s])} | {fmt([x['p99_ms'] for x in v], 1)} |"
+            f"| {s} | {fmt(rates[s])} | {fmt([x['cpu_us'] for x in v], 2)} |"
+            f" {fmt([x['p99_ms'] for x in v], 1)} |"
             f" {sum(x['received'] == x['expected'] for x in v)}/{len(v)} |"
             for s, v in runs.items()
         ),
@@ -103,17 +167,24 @@ def stall(clients: int, k: int, rounds: int, server: str = "ours") -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--k", type=int, default=200)
+    parser.add_argument("--k", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", nargs="+", default=[*PEERS, "client-ceiling"])
+    parser.add_argument(
+        "--client", nargs="+", choices=["native", "node"], default=[DEFAULT_CLIENT]
+    )
     parser.add_argument(
         "--stall", action="store_true", help="ours with one stalled client and without"
     )
     args = parser.parse_args()
     if args.stall:
-        print("\n".join(stall(max(args.clients), args.k, args.rounds)))
+        for kind in args.client:
+            print(f"{kind} client:")
+            lines = stall(max(args.clients), max(args.k), args.rounds, client=kind)
+            print("\n".join(lines))
     else:
-        print("\n".join(run(args.clients, args.k, args.rounds, args.servers)))
+        kinds = tuple(args.client)
+        print("\n".join(run(args.clients, args.k, args.rounds, args.servers, kinds)))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,14 @@
 // nothing, the server must not let them slow the others). Prints one JSON line: delivered messages/s
 // (C*K over the time from the trigger to the last frame) and latency p50/p99
 // (receive time minus "t", sampled on every message). Exits non-zero if not
-// every frame arrived within --timeout seconds.
+// every frame arrived within --timeout seconds. With --sync 1 it prints
+// {"phase":"ready"} once connected and settled, starts when a line arrives on
+// stdin, and prints {"phase":"done"} the moment the last frame is in (before
+// its result): bench/measure.py reads the servers' CPU counters at those two
+// points. bench/loadclient.c is the same client in C, and much faster.
 
 import crypto from "node:crypto";
+import fs from "node:fs";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 
@@ -43,6 +48,30 @@ const now = () => performance.timeOrigin + performance.now();
 const T_KEY = Buffer.from('"t":');
 let received = 0;
 let lastAt = 0;
+let firstAt = 0; // the first counted frame: a late start shows here
+let doneAt = -1; // `received` at the end of the burst
+const syncMode = args.sync !== undefined;
+let doneSaid = false;
+
+// Synchronous writes: the caller must hear "done" before anything else runs.
+function sayDone() {
+  if (syncMode && !doneSaid) {
+    doneSaid = true;
+    fs.writeSync(1, '{"phase":"done"}\n');
+  }
+}
+
+async function waitGo() {
+  if (!syncMode) return;
+  fs.writeSync(1, '{"phase":"ready"}\n');
+  await new Promise((resolve) => process.stdin.once("data", resolve));
+  process.stdin.pause();
+}
+
+const cpuMs = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+};
 // Latency samples kept (chat mode: pass --samples for C*C*rate*duration/every).
 const latencies = new Float64Array(Number(args.samples ?? clients * k));
 let sampled = 0;
@@ -71,8 +100,9 @@ function onMessage(buf, start, end, opcode, at) {
   if (opcode !== 1) return; // pings, pongs, binary: not counted
   // Socket.IO: only events count ("42[..."); "2" pings are answered elsewhere.
   if (socketio && (buf[start] !== 52 || buf[start + 1] !== 50)) return;
-  received += 1;
+  if (received++ === 0) firstAt = at;
   lastAt = at;
+  if (received === doneAt) sayDone();
   if (++skip < every) return;
   skip = 0;
   const i = buf.indexOf(T_KEY, start);
@@ -178,6 +208,8 @@ if (args.rate !== undefined) {
   await new Promise((r) => setTimeout(r, 200));
   received = 0;
   sampled = 0;
+  await waitGo();
+  const cpu0 = cpuMs();
   const startedAt = now();
   let sent = 0;
   const target = rate * clients * duration;
@@ -193,15 +225,19 @@ if (args.rate !== undefined) {
   }
   const sendSeconds = (now() - startedAt) / 1000;
   const expectedChat = sent * clients;
+  doneAt = expectedChat;
+  if (received >= doneAt) sayDone();
   const drainUntil = now() + 5000;
   while (received < expectedChat && now() < drainUntil) {
     await new Promise((r) => setTimeout(r, 5));
   }
+  sayDone();
+  const clientCpu = cpuMs() - cpu0;
   const sorted = latencies.subarray(0, sampled).sort();
   const pct = (p) => (sampled ? sorted[Math.min(sampled - 1, Math.floor(sampled * p))] : null);
   console.log(JSON.stringify({
     clients, rate, sent, sendSeconds, received, expected: expectedChat,
-    p50_ms: pct(0.5), p99_ms: pct(0.99),
+    p50_ms: pct(0.5), p99_ms: pct(0.99), client_cpu_ms: clientCpu,
   }));
   for (const s of sockets) s.destroy();
   process.exit(0);
@@ -211,12 +247,17 @@ await new Promise((r) => setTimeout(r, 200));
 received = 0;
 sampled = 0;
 const expected = clients * k;
+await waitGo();
+const cpu0 = cpuMs();
+doneAt = expected;
 const startedAt = now();
 sockets[0].write(maskedText(event("go", { k })));
 const deadline = startedAt + timeout;
 while (received < expected && now() < deadline) {
   await new Promise((r) => setTimeout(r, 2));
 }
+sayDone();
+const clientCpu = cpuMs() - cpu0;
 const seconds = (lastAt - startedAt) / 1000;
 const sorted = latencies.subarray(0, sampled).sort();
 const pct = (p) => (sampled ? sorted[Math.min(sampled - 1, Math.floor(sampled * p))] : null);
@@ -230,6 +271,8 @@ console.log(
     rate: received / seconds,
     p50_ms: pct(0.5),
     p99_ms: pct(0.99),
+    first_ms: firstAt - startedAt,
+    client_cpu_ms: clientCpu,
   }),
 );
 for (const s of sockets) s.destroy();

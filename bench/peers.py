@@ -5,7 +5,9 @@ several nodes stand for several machines sharing one Redis. Every server
 process runs pinned to core 0 (worker processes inherit the affinity); the
 Node load client runs pinned to core 1 and spreads its connections over the
 nodes. Redis, when a peer uses it, is the machine's shared server and is not
-pinned. Loopback only; servers are ended by PID (their process group).
+pinned. Loopback only; servers are ended by PID (their process group). The
+load client is Node's (``bench/loadclient.mjs``) or the native one
+(``bench/loadclient.c``, built by ``bench/native.py``); so is the ceiling.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import native
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -76,7 +80,10 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         "socketio-4w-redis": [(_uvicorn(0, "--workers", "4"), sio_redis)],
         "node-ws": [(["node", str(server_dir / "node_ws.mjs"), "{port}"], {})],
         "socketify": [([PY, str(server_dir / "socketify_server.py"), "{port}"], {})],
-        "client-ceiling": [(["node", str(server_dir / "ceiling.mjs"), "{port}"], {})],
+        "client-ceiling": [(_ceiling(), {})],
+        "client-ceiling-node": [
+            (["node", str(server_dir / "ceiling.mjs"), "{port}"], {})
+        ],
     }
     if BEFORE:
         # Run from the earlier checkout: its package first on the path.
@@ -84,6 +91,14 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         every["ours-before"] = [(_sanic(ours, 0, "--single-process"), before)]
         every["ours-4w-before"] = [(_sanic(ours, 0, "--workers", "4"), before)]
     return every[server]
+
+
+def _ceiling() -> list[str]:
+    """The native ceiling server (cheaper than any client), else the Node one."""
+    binary = native.build("ceiling")
+    if binary is None:
+        return ["node", str(BENCH / "servers" / "ceiling.mjs"), "{port}"]
+    return [str(binary), "{port}"]
 
 
 def free_port() -> int:
@@ -156,10 +171,18 @@ def serving(server: str, settle: float = 0.3) -> Iterator[Served]:
 SAMPLE_EVERY = 8
 
 
-def load_client(served: Served, clients: int, *options: str) -> list[str]:
-    """The Node load client's command, pinned to core 1."""
+def load_client(
+    served: Served, clients: int, *options: str, client: str = "node"
+) -> list[str]:
+    """The load client's command (``client``: node or native), pinned to core 1."""
+    program = ["node", str(BENCH / "loadclient.mjs")]
+    if client == "native":
+        binary = native.build("loadclient")
+        if binary is None:
+            raise RuntimeError("the native load client needs a C compiler (cc)")
+        program = [str(binary)]
     return [
-        "taskset", "-c", "1", "node", str(BENCH / "loadclient.mjs"),
+        "taskset", "-c", "1", *program,
         "--url", ",".join(served.urls), "--proto", served.proto,
         "--clients", str(clients), "--every", str(SAMPLE_EVERY), *options,
     ]  # fmt: skip
