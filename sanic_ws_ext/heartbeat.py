@@ -1,0 +1,143 @@
+"""The two heartbeats of a process: one for its clients, one for its peers.
+
+Each is one timer for the whole process, never a timer per connection.
+
+Rules this module keeps:
+
+- :class:`Heartbeat` (the clients'): every ``min(WS_PING_INTERVAL,
+  WS_PING_TIMEOUT, 5 s) / 5`` seconds (the timing in the configuration
+  reference) it sweeps every connection. Any frame received is a sign of
+  life (the wire notes when); a connection silent for ``WS_PING_INTERVAL``
+  is pinged (the same two bytes for all), and one still silent
+  ``WS_PING_TIMEOUT`` after the ping is aborted with 1011 "ping timeout".
+  A connection whose reading is paused cannot have its pong read: it is
+  alive while the kernel holds more from its peer than at the last sweep.
+  ``WS_PING_INTERVAL = None`` runs no timer.
+- :class:`PeerBeat` (the cluster's): every ``WS_RELAY_BEAT``, in one process
+  too, it samples this process's counters (a new rate interval), sends the
+  sample to the peers as our BEAT, and runs the checks that need no timer
+  of their own: handlers past ``WS_HANDLER_TIMEOUT``, peers gone silent. A
+  failing beat is logged and the next one still comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .errors import CloseCode
+from .wire import ConnectionState
+
+if TYPE_CHECKING:
+    from .cluster import Membership
+    from .config import WSConfig
+    from .dispatch import Dispatcher
+    from .health import Health
+    from .index import LocalIndex
+    from .outbox import Outbox
+
+__all__ = ["Heartbeat", "PeerBeat"]
+
+log = logging.getLogger("sanic.root.sanic_ws_ext")
+
+
+class Heartbeat:
+    """Pings silent connections of this process, and closes the dead ones."""
+
+    def __init__(
+        self, config: WSConfig, local: LocalIndex, *, clock: Callable[[], float]
+    ) -> None:
+        self.config = config
+        self.local = local
+        # The clock the wires note times with (tests may replace it).
+        self._clock = clock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        if self.config.ping_interval is not None:
+            self._timer = loop.call_later(self._tick(), self._beat)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> float:
+        """Seconds between sweeps: a fifth of the tightest timing."""
+        assert self.config.ping_interval is not None
+        return min(self.config.ping_interval, self.config.ping_timeout, 5.0) / 5
+
+    def _beat(self) -> None:
+        assert self._loop is not None and self.config.ping_interval is not None
+        try:
+            self.sweep()
+        except Exception:
+            log.exception("websocket heartbeat sweep failed")
+        self._timer = self._loop.call_later(self._tick(), self._beat)
+
+    def sweep(self) -> None:
+        """Ping the silent, abort the dead: one pass over every connection."""
+        assert self.config.ping_interval is not None
+        now = self._clock()
+        interval = self.config.ping_interval
+        timeout = self.config.ping_timeout
+        for wire in list(self.local.wires.values()):
+            if wire.state is not ConnectionState.OPEN:
+                continue
+            if wire.reading_paused and wire.heard_while_paused():
+                # Paused, its pongs cannot reach us; but the kernel holds
+                # more from the peer than last time: it is alive.
+                wire.last_seen = now
+                wire.ping_sent = 0.0
+                continue
+            if wire.ping_sent:
+                if now - wire.ping_sent > timeout:
+                    wire.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
+            elif now - wire.last_seen >= interval and wire.send_ping():
+                wire.ping_sent = now
+
+
+class PeerBeat:
+    """This process's beat to its peers, and the checks timed by it."""
+
+    def __init__(
+        self,
+        config: WSConfig,
+        health: Health,
+        outbox: Outbox,
+        dispatcher: Dispatcher,
+        membership: Membership,
+    ) -> None:
+        self.config = config
+        self.health = health
+        self.outbox = outbox
+        self.dispatcher = dispatcher
+        self.membership = membership
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timer = loop.call_later(self.config.relay_beat, self._beat)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _beat(self) -> None:
+        assert self._loop is not None
+        try:
+            # Each beat starts a new rate interval, in one process too.
+            self.outbox.beat(self.health.sample(rates=True))
+            now = self._loop.time()
+            self.dispatcher.watch(now)
+            self.membership.check(now)
+        except Exception:
+            log.exception("websocket relay beat failed")
+        finally:
+            self._timer = self._loop.call_later(self.config.relay_beat, self._beat)

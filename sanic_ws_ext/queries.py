@@ -1,0 +1,196 @@
+"""Cluster-wide questions: who is in a room, which rooms and users exist.
+
+Membership of rooms without presence, and users, are known only to the
+process holding the connections: nothing about them is replicated, so the
+cluster is asked when an app wants them.
+
+Rules this module keeps:
+
+- A question is one ``QUERY`` op to every process; each answers for its own
+  connections with one ``REPLY`` to the asker, and the asker answers for
+  itself without publishing.
+- The asker waits for live (not suspect) peers only, at most
+  ``WS_QUERY_TIMEOUT``, then answers with what it has (and logs who was
+  silent): one stuck process cannot hang a call. A peer dropped meanwhile is
+  no longer waited for (:meth:`Queries.forget`); a late reply is ignored.
+- Rooms with full presence are answered from this process's presence table
+  at once, without asking anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ujson
+
+from .delivery import Op, OpKind
+
+if TYPE_CHECKING:
+    from .cluster import Membership
+    from .config import WSConfig
+    from .index import LocalIndex
+    from .outbox import Outbox
+    from .tracker import Tracker
+
+__all__ = ["Member", "Queries"]
+
+log = logging.getLogger("sanic.root.sanic_ws_ext")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One connection in a room, as :meth:`ConnectionManager.members` lists it.
+
+    ``presence`` is the metadata members of rooms with full presence see
+    (empty for other rooms).
+    """
+
+    id: str
+    user: str | None
+    worker: str
+    presence: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "worker": self.worker,
+            "presence": self.presence,
+        }
+
+
+class Queries:
+    """Asks the cluster, and answers its questions for this process."""
+
+    def __init__(
+        self,
+        config: WSConfig,
+        local: LocalIndex,
+        membership: Membership,
+        tracker: Tracker,
+        outbox: Outbox,
+        *,
+        worker: str,
+    ) -> None:
+        self.config = config
+        self.local = local
+        self.membership = membership
+        self.tracker = tracker
+        self.outbox = outbox
+        self.worker = worker
+        # Questions awaiting answers: id -> (answers, expected, all answered).
+        self._waiting: dict[str, tuple[dict[str, Any], set[str], asyncio.Event]] = {}
+
+    # -- asking ----------------------------------------------------------------
+
+    async def members(self, room: str) -> list[Member]:
+        """The members of ``room``, cluster-wide."""
+        if self.tracker.full(room):
+            return [
+                Member(
+                    id=e.conn,
+                    user=None if e.key.startswith("~") else e.key,
+                    worker=e.process,
+                    presence={k: v for k, v in e.meta.items() if k != "ref"},
+                )
+                for e in self.tracker.table.entries(room)
+            ]
+        answers = await self.ask({"q": "members", "room": room})
+        return [
+            Member(m["id"], m["user"], m["worker"])
+            for found in answers.values()
+            for m in found or ()
+        ]
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with a member, and its size."""
+        return _sum_sizes(await self.ask({"q": "rooms"}))
+
+    async def users(self) -> dict[str, int]:
+        """Every connected user, and their number of connections."""
+        return _sum_sizes(await self.ask({"q": "users"}))
+
+    async def ask(self, question: dict[str, Any]) -> dict[str, Any]:
+        """Ask every live process (this one included); their answers by name."""
+        answers: dict[str, Any] = {self.worker: self.answer(question)}
+        expected = set(self.membership.alive())
+        if not expected or not self.outbox.clustered:
+            return answers
+        qid = uuid.uuid4().hex
+        done = asyncio.Event()
+        self._waiting[qid] = (answers, expected, done)
+        try:
+            self.outbox.publish(
+                OpKind.QUERY, payload=ujson.dumps({"id": qid, **question}).encode()
+            )
+            try:
+                await asyncio.wait_for(done.wait(), self.config.query_timeout)
+            except TimeoutError:
+                log.warning(
+                    "cluster question %r: no answer from %s within %gs",
+                    question.get("q"),
+                    ", ".join(sorted(expected)),
+                    self.config.query_timeout,
+                )
+        finally:
+            del self._waiting[qid]
+        return answers
+
+    def forget(self, peer: str) -> None:
+        """``peer`` was dropped: no question waits for it any more."""
+        for _, expected, done in self._waiting.values():
+            expected.discard(peer)
+            if not expected:
+                done.set()
+
+    # -- answering ---------------------------------------------------------------
+
+    def answer(self, question: dict[str, Any]) -> Any:
+        """This process's part of a cluster-wide question."""
+        kind = question.get("q")
+        if kind == "members":
+            wires = self.local.rooms.get(str(question.get("room")), ())
+            return [
+                {"id": w.conn.id, "user": w.conn.user, "worker": self.worker}
+                for w in wires
+            ]
+        if kind == "rooms":
+            return {room: len(wires) for room, wires in self.local.rooms.items()}
+        if kind == "users":
+            return {user: len(wires) for user, wires in self.local.users.items()}
+        return None
+
+    def on_query(self, op: Op) -> None:
+        """A peer asks: answer it alone."""
+        if op.origin == self.worker:
+            return
+        question = ujson.loads(op.payload)
+        answer = {"id": question.get("id"), "answer": self.answer(question)}
+        self.outbox.publish(
+            OpKind.REPLY, payload=ujson.dumps(answer).encode(), to=op.origin
+        )
+
+    def on_reply(self, op: Op) -> None:
+        """A peer answered one of our questions."""
+        reply = ujson.loads(op.payload)
+        waiting = self._waiting.get(reply.get("id"))
+        if waiting is None:
+            return  # too late: the question timed out
+        answers, expected, done = waiting
+        answers[op.origin] = reply.get("answer")
+        expected.discard(op.origin)
+        if not expected:
+            done.set()
+
+
+def _sum_sizes(answers: dict[str, Any]) -> dict[str, int]:
+    """Each process's ``{name: size}`` answer, summed over processes."""
+    totals: dict[str, int] = {}
+    for found in answers.values():
+        for name, size in found.items():
+            totals[name] = totals.get(name, 0) + size
+    return totals
