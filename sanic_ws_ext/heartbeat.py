@@ -6,10 +6,11 @@ Rules this module keeps:
 
 - :class:`Heartbeat` (the clients'): every ``min(WS_PING_INTERVAL,
   WS_PING_TIMEOUT, 5 s) / 5`` seconds (the timing in the configuration
-  reference) it sweeps every connection. Any frame received is a sign of
-  life (the wire notes when); a connection silent for ``WS_PING_INTERVAL``
-  is pinged (the same two bytes for all), and one still silent
-  ``WS_PING_TIMEOUT`` after the ping is aborted with 1011 "ping timeout".
+  reference) it sweeps every connection, a slice per loop pass. Any frame
+  received is a sign of life (the wire notes when); a connection silent
+  for ``WS_PING_INTERVAL`` is pinged (the same two bytes for all), and one
+  still silent ``WS_PING_TIMEOUT`` after the ping is aborted with 1011
+  "ping timeout".
   A connection whose reading is paused cannot have its pong read: it is
   alive while the kernel holds more from its peer than at the last sweep.
   ``WS_PING_INTERVAL = None`` runs no timer.
@@ -23,8 +24,9 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .errors import CloseCode
@@ -37,10 +39,14 @@ if TYPE_CHECKING:
     from .health import Health
     from .index import LocalIndex
     from .outbox import Outbox
+    from .wire import Wire
 
 __all__ = ["Heartbeat", "PeerBeat"]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
+
+#: Connections checked per loop pass by the ping sweep (about 1.5 ms).
+_SWEEP_SLICE = 5000
 
 
 class Heartbeat:
@@ -54,7 +60,9 @@ class Heartbeat:
         # The clock the wires note times with (tests may replace it).
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        # The connections of the sweep under way, not visited yet.
+        self._todo: Iterator[Wire] = iter(())
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -72,20 +80,34 @@ class Heartbeat:
         return min(self.config.ping_interval, self.config.ping_timeout, 5.0) / 5
 
     def _beat(self) -> None:
-        assert self._loop is not None and self.config.ping_interval is not None
+        """Start a sweep over every connection of the moment."""
+        self._todo = iter(list(self.local.wires.values()))
+        self._step()
+
+    def _step(self) -> None:
+        """Sweep the next slice; the rest in the next loop pass, so 100,000
+        connections (about 30 ms of checks, and a ping for every one that
+        connected in the same storm) never hold the loop at once."""
+        assert self._loop is not None
         try:
-            self.sweep()
+            done = self.sweep(itertools.islice(self._todo, _SWEEP_SLICE)) < _SWEEP_SLICE
         except Exception:
             log.exception("websocket heartbeat sweep failed")
-        self._timer = self._loop.call_later(self._tick(), self._beat)
+            done = True
+        if done:
+            self._timer = self._loop.call_later(self._tick(), self._beat)
+        else:
+            self._timer = self._loop.call_soon(self._step)
 
-    def sweep(self) -> None:
-        """Ping the silent, abort the dead: one pass over every connection."""
+    def sweep(self, wires: Iterable[Wire]) -> int:
+        """Ping the silent, abort the dead, among ``wires``; how many were seen."""
         assert self.config.ping_interval is not None
         now = self._clock()
         interval = self.config.ping_interval
         timeout = self.config.ping_timeout
-        for wire in list(self.local.wires.values()):
+        seen = 0
+        for wire in wires:
+            seen += 1
             if wire.state is not ConnectionState.OPEN:
                 continue
             if wire.reading_paused and wire.heard_while_paused():
@@ -99,6 +121,7 @@ class Heartbeat:
                     wire.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
             elif now - wire.last_seen >= interval and wire.send_ping():
                 wire.ping_sent = now
+        return seen
 
 
 class PeerBeat:

@@ -13,7 +13,7 @@ from sanic_ws_ext import CloseCode, Connection
 from sanic_ws_ext.testing import serve
 
 from .conftest import units
-from .helpers import ws_app
+from .helpers import until, ws_app
 from .rawws import RawClient
 
 AppFactory = Callable[..., Sanic[Any, Any]]
@@ -89,3 +89,38 @@ async def test_busy_peer_is_not_pinged(make_app: AppFactory) -> None:
         assert frame.opcode is Opcode.TEXT
         busy.close_socket()
         silent.close_socket()
+
+
+async def test_a_sweep_in_slices_reaches_every_connection(
+    make_app: AppFactory, monkeypatch: Any
+) -> None:
+    """The sweep checks a slice of connections per loop pass (5,000): with
+    slices of 2, two answering peers fill the first slice, and the five
+    silent ones after them are still each pinged and closed."""
+    monkeypatch.setattr("sanic_ws_ext.heartbeat._SWEEP_SLICE", 2)
+    app, gone = build(make_app)
+    async with serve(app) as server:
+        answering = [await RawClient.connect(server.host, server.port) for _ in "ab"]
+        pongs = [0, 0]
+
+        async def answer(i: int) -> None:
+            while True:
+                frame = await answering[i].read_frame(units(5))
+                assert frame.opcode is Opcode.PING
+                answering[i].send_frame(Opcode.PONG, bytes(frame.data))
+                pongs[i] += 1
+
+        answers = [asyncio.create_task(answer(i)) for i in range(2)]
+        silent = [await RawClient.connect(server.host, server.port) for _ in range(5)]
+        for raw in silent:
+            assert (await raw.read_frame(units(5))).opcode is Opcode.PING
+        closed = [await asyncio.wait_for(gone.get(), units(5)) for _ in silent]
+        assert {c.close_reason for c in closed} == {"ping timeout"}
+        seen = min(pongs)
+        await until(lambda: min(pongs) >= seen + 2)  # still pinged, still here
+        assert not any(task.done() for task in answers)
+        for task in answers:
+            task.cancel()
+        assert len(app.ctx.ws.connections) == 2 and gone.empty()
+        for raw in [*silent, *answering]:
+            raw.close_socket()
