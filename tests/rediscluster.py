@@ -9,6 +9,7 @@ cluster is made with ``redis-cli --cluster create``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -86,11 +87,13 @@ class RedisCluster:
                 return False
             if sum(hi - lo + 1 for lo, hi, _, _ in views[0]) != SLOTS:
                 return False
-            # Every replica follows its master, and its link is up.
+            # Every master has its replicas, and their links are up.
             for _, _, _, replicas in views[0]:
+                if len(replicas) != self.replicas:
+                    return False
                 for port in replicas:
                     info = await self.command(port, "INFO", "replication")
-                    if b"master_link_status:up" not in info:
+                    if info.get("master_link_status") != "up":  # parsed by redis-py
                         return False
             return True
 
@@ -102,7 +105,7 @@ class RedisCluster:
     async def command(self, port: int, *args: Any) -> Any:
         client = aioredis.Redis(port=port)
         try:
-            return await client.execute_command(*args)
+            return await client.execute_command(*args)  # type: ignore[no-untyped-call]
         finally:
             await client.aclose()
 
@@ -194,7 +197,9 @@ class RedisCluster:
             node.dir.cleanup()
 
 
-async def _until(check: Any, what: str, seconds: float = 60) -> None:
+async def _until(
+    check: Callable[[], Awaitable[bool]], what: str, seconds: float = 60
+) -> None:
     """Poll other processes' state (no event to await), bounded in time."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds * time_unit()

@@ -25,7 +25,7 @@ from .test_backplane_cluster import act_as_one
 
 
 def _room_prefix(node: Node) -> str:
-    return node.app.config.WS_REDIS_CHANNEL + ":room:"
+    return f"{node.app.config.WS_REDIS_CHANNEL}:room:"
 
 
 async def test_two_nodes_over_a_redis_cluster(make_app: AppFactory) -> None:

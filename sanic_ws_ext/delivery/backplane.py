@@ -234,7 +234,7 @@ class RedisBackplane:
             self.url,
             message=self._deliver,
             confirmed=self._confirmed,
-            heard=self._heard,
+            heard=self._subscriber_read,
         )
         await self.local.start(apply, events)
         self._task = loop.create_task(self._run())
@@ -437,7 +437,9 @@ class RedisBackplane:
             try:
                 await command
             except Exception as exc:
-                log.warning("redis backplane: subscriber command failed (%r)", exc)
+                log.warning(
+                    "redis backplane: subscriber command failed (%s)", _describe(exc)
+                )
 
         task = self._loop.create_task(run())
         self._commands.add(task)
@@ -520,7 +522,7 @@ class RedisBackplane:
                 anchor=self._anchor,
                 message=self._deliver,
                 confirmed=self._confirmed,
-                heard=self._heard,
+                heard=self._subscriber_read,
             )
         self._link_chosen = True
 
@@ -553,10 +555,10 @@ class RedisBackplane:
             self._down_since = now
             self._requeue_recent(now)
             log.warning(
-                "redis backplane: %s %s (%r); retrying",
+                "redis backplane: %s %s (%s); retrying",
                 "link lost to" if self._ever_up else "cannot connect to",
                 _redact(self.url),
-                cause,
+                _describe(cause),
             )
             if not self._recovering:
                 # Who must be listening again before our buffer goes out.
@@ -566,10 +568,10 @@ class RedisBackplane:
                 self._resubscribe_deadline = None
         elif attempt % 10 == 0:
             log.warning(
-                "redis backplane: still reconnecting to %s (%d attempts, %r)",
+                "redis backplane: still reconnecting to %s (%d attempts, %s)",
                 _redact(self.url),
                 attempt,
-                cause,
+                _describe(cause),
             )
         if self.state is LinkState.CONNECTED:
             self._set_state(
@@ -615,7 +617,7 @@ class RedisBackplane:
             if stuck:
                 log.error("redis backplane: %d link task(s) did not stop", len(stuck))
 
-    def _heard(self) -> None:
+    def _subscriber_read(self) -> None:
         """The subscriber that carries ``:all`` read something."""
         assert self._loop is not None
         self._last_heard = self._loop.time()
@@ -778,6 +780,11 @@ class RedisBackplane:
             self._events.link(state)
         except Exception:
             log.exception("redis backplane: a state hook failed")
+
+
+def _describe(exc: BaseException | None) -> str:
+    """An error with its message: redis-py 8's repr leaves the message out."""
+    return "no error" if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def _redact(url: str) -> str:

@@ -370,6 +370,11 @@ class ClusterLink:
 
     async def connect(self, rooms: Sequence[str], plain: Sequence[str]) -> None:
         loop = asyncio.get_running_loop()
+        # After a fault, every connection is new: a pooled one to a node that
+        # restarted would fail its next command and make a second outage.
+        for redis in self._pubs.values():
+            with contextlib.suppress(Exception):
+                await redis.connection_pool.disconnect()
         topology = await self._discover()
         self.topology = topology
         await self._forget({*topology.masters, *topology.replicas, self._seed})
