@@ -236,6 +236,37 @@ async def test_killed_subscribers_resubscribe_on_every_shard(
             assert (await cb.expect(room, units(10))).data == "heard again"
 
 
+async def test_a_silent_shard_is_taken_for_deaf(make_app: AppFactory) -> None:
+    """A master that keeps its connections open but answers nothing (CLIENT
+    PAUSE) is not heard for the deafness bound: the link reconnects, once
+    the master answers again, and delivery goes on.
+
+    A paused master still delivers what the cluster bus brings (the other
+    process's beats on `:all`), so a process at home there goes deaf only
+    once that process has: the pause lasts for both bounds and then some.
+    """
+    async with (
+        RedisCluster() as cluster,
+        nodes(make_app, cluster.url) as [(a, sa, _), (b, sb, _)],
+    ):
+        _, ida = await a.connect()
+        cb, idb = await b.connect()
+        prefix = _room_prefix(a)
+        rooms = await cluster.one_room_per_shard(prefix)
+        quiet = min(rooms)
+        for node, conn_id in ((a, ida), (b, idb)):
+            await node.ws.join(conn_id, rooms[quiet])
+        for states in (sa, sb):
+            assert await states.get() == "connected"
+        # The bound is max(5 beats, 2 s); writes from us pause too.
+        await cluster.command(quiet, "CLIENT", "PAUSE", int(units(8) * 1000), "ALL")
+        for states in (sa, sb):
+            assert await asyncio.wait_for(states.get(), units(10)) == "reconnecting"
+            assert await asyncio.wait_for(states.get(), units(30)) == "connected"
+        await a.ws.publish(rooms[quiet], "n", "after the pause")
+        assert (await cb.expect("n", units(10))).data == "after the pause"
+
+
 async def test_two_sanic_nodes_of_two_workers_over_a_redis_cluster() -> None:
     async with RedisCluster() as cluster:
         await act_as_one(cluster.url)
