@@ -97,6 +97,8 @@ DEFAULTS: dict[str, Any] = {
     # workers under `sanic --workers N`, local in a single process), "local",
     # or a Redis URL ("redis://host:6379/0", "rediss://...", "unix://...")
     # to join every machine using the same URL and channel into one cluster.
+    # A node of a Redis Cluster (Redis 7+) is recognised at the first
+    # connection: rooms then go over its shards with sharded pub/sub.
     "WS_BACKPLANE": "auto",
     # How the relay carries ops between the workers of one machine: "auto"
     # (SOCK_SEQPACKET inboxes where the system can make them, as on Linux;

@@ -23,10 +23,16 @@ SHARED_URL = "redis://127.0.0.1:6379/0"
 
 
 class RedisServer:
-    """``redis-server`` on a free port; :meth:`kill` and :meth:`start` again."""
+    """``redis-server`` on a free port; :meth:`kill` and :meth:`start` again.
 
-    def __init__(self) -> None:
+    ``options`` are more ``redis-server`` arguments; files it keeps (a
+    cluster node's ``nodes.conf``) are in its own temporary directory, so a
+    restart finds them.
+    """
+
+    def __init__(self, *options: str) -> None:
         self.port = free_port()
+        self.options = options
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir = tempfile.TemporaryDirectory()
 
@@ -39,6 +45,7 @@ class RedisServer:
         args = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", self.dir.name,
+            *self.options,
         ]  # fmt: skip
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
             args,

@@ -64,7 +64,12 @@ def node_of(client: Client) -> str:
 
 
 async def test_two_nodes_of_two_workers_act_as_one() -> None:
-    async with two_nodes() as (one, two):
+    await act_as_one(SHARED_URL)
+
+
+async def act_as_one(url: str) -> None:
+    """Two nodes on ``url``: sends of every kind, rooms and presence across them."""
+    async with two_nodes(url) as (one, two):
         first = await cover(one)
         second = await cover(two)
         everyone = first + second

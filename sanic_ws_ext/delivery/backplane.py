@@ -18,6 +18,12 @@ it and carries ops to the other machines only:
 Process names are ``<node>/<worker>``; the node id is made once per machine
 (per ``sanic`` main process) and shared by its workers.
 
+On a Redis Cluster (found at the first connection: see
+:mod:`~sanic_ws_ext.delivery.redislink`), room channels are sharded pub/sub
+on the shard owning their slot, and ``:all`` and the per-process channels
+stay plain, published through one node per process so that they keep their
+order. The rest of this module does not care which it is.
+
 Subscriptions: every worker process holds one subscriber connection with two
 channels (``:all`` and its own), so a machine with N workers holds N. A
 single subscriber per machine re-relaying to its workers would send each op
@@ -41,8 +47,9 @@ Delivery guarantees, per sender and receiving process:
   ``WS_BACKPLANE_BUFFER`` bytes (state "reconnecting"); past it new batches
   are dropped and counted (state "down"). After reconnecting, the buffer is
   sent once the processes heard before the outage have resubscribed (Redis
-  ``PUBSUB NUMSUB``, bounded wait), so a restart shorter than the buffer
-  loses nothing.
+  ``PUBSUB NUMSUB``, summed over a cluster's nodes; bounded wait), so a
+  restart shorter than the buffer loses nothing. A process subscribes to
+  ``:all`` after its rooms, so counting it there means its rooms are heard.
 - The link is never silently deaf: every process hears its own beat through
   Redis; a subscriber that hears nothing for several beats is torn down and
   reconnected, and so is one on any error. Reconnects back off exponentially
@@ -65,6 +72,7 @@ from typing import Any
 
 from ..errors import PublishTooLarge
 from . import NO_EVENTS, Delivery, DeliveryEvents, LinkState, Op, OpKind
+from .redislink import IO_TIMEOUT, ClusterLink, Deaf, SingleLink
 from .wire import (
     apply_records,
     encode_op,
@@ -92,7 +100,7 @@ HEARING_GRACE = RETRY_CAP + RESUBSCRIBE_WAIT
 DEAF_BEATS = 5
 _CHUNK = 64 * 1024  # records packed per Redis message (a bigger op goes alone)
 _BATCH = 256  # messages per pipeline round trip
-_IO_TIMEOUT = 5.0  # seconds for connecting and for a publish round trip
+_IO_TIMEOUT = IO_TIMEOUT  # seconds for connecting and for a publish round trip
 _START_WAIT = 2.0  # seconds start() waits for the first connection
 _PRUNE_EVERY = 60.0  # seconds between sweeps of what we keep per process
 # Redis acknowledges a PUBLISH before its subscribers have the bytes: a crash
@@ -119,10 +127,6 @@ class _Room:
         self.subscribed = asyncio.Event()
         #: The pending unsubscribe, after the last member left.
         self.linger: asyncio.TimerHandle | None = None
-
-
-class _Deaf(Exception):
-    """The subscriber heard nothing, not even this process's own beat."""
 
 
 class RedisBackplane:
@@ -156,6 +160,7 @@ class RedisBackplane:
         self.beat = beat
         self._node_prefix = node + "/"
         self._all = f"{channel}:all"
+        self._anchor = f"{channel}:link"  # on a cluster only; see redislink
         self._direct = f"{channel}:to:"
         self._room_prefix = f"{channel}:room:"
         self._room_prefix_b = self._room_prefix.encode()
@@ -190,7 +195,11 @@ class RedisBackplane:
         self._seen: dict[tuple[bytes, str], tuple[int, int]] = {}
         # Rooms with local members, and the subscription state of each.
         self._rooms: dict[str, _Room] = {}
-        self._pubsub: Any = None
+        # The connections: one server's until the first connection finds a
+        # Redis Cluster (decided once).
+        self._link: SingleLink | ClusterLink | None = None
+        self._link_chosen = False
+        self._linked = False  # connected and subscribed: commands may go
         self._commands: set[asyncio.Task[None]] = set()
         self._heard: dict[str, float] = {}
         self._expected: set[str] = set()
@@ -207,8 +216,6 @@ class RedisBackplane:
         self._drained: asyncio.Event | None = None
         self._connected_once: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._pub: Any = None
-        self._sub: Any = None
 
     # -- the relay's hook, passed through -----------------------------------
 
@@ -223,10 +230,12 @@ class RedisBackplane:
         self._events = events
         self._wake = asyncio.Event()
         self._connected_once = asyncio.Event()
-        self._pub = _client(self.url, socket_timeout=_IO_TIMEOUT, max_connections=2)
-        # No read timeout on the subscriber: silence is not a fault here;
-        # deafness is caught by not hearing our own beat.
-        self._sub = _client(self.url, socket_timeout=None, max_connections=1)
+        self._link = SingleLink(
+            self.url,
+            message=self._deliver,
+            confirmed=self._confirmed,
+            heard=self._subscriber_read,
+        )
         await self.local.start(apply, events)
         self._task = loop.create_task(self._run())
         try:
@@ -254,9 +263,8 @@ class RedisBackplane:
             self._task = None
         for command in list(self._commands):
             command.cancel()
-        for client in (self._pub, self._sub):
-            with contextlib.suppress(Exception):
-                await client.aclose(close_connection_pool=True)
+        if self._link is not None:
+            await self._link.close()
         await self.local.stop()
         self._apply = None
         self.state = LinkState.DOWN  # no hooks: the manager is stopping
@@ -284,6 +292,8 @@ class RedisBackplane:
             "name": self.name,
             "state": self.state.value,
             "node": self.node,
+            # 1 on one Redis, the masters of a Redis Cluster; None until known.
+            "shards": self._link.shards if self._link_chosen and self._link else None,
             "reconnects": self.reconnects,
             "buffered_bytes": self._outbox_bytes,
             "lost": self.lost,
@@ -401,11 +411,10 @@ class RedisBackplane:
             await asyncio.wait_for(room_state.subscribed.wait(), _IO_TIMEOUT)
 
     def _subscribe(self, rooms: list[str]) -> None:
-        pubsub = self._pubsub
-        if pubsub is None or self._loop is None:
+        if not self._linked or self._link is None or not rooms:
             return  # (re)connecting subscribes every room we want
         channels = [self._room_prefix + room for room in rooms]
-        self._command(pubsub.subscribe(*channels))
+        self._command(self._link.subscribe(channels))
 
     def _unsubscribe(self, room: str) -> None:
         room_state = self._rooms.get(room)
@@ -417,8 +426,8 @@ class RedisBackplane:
         channel_b = channel.encode()
         for key in [k for k in self._seen if k[0] == channel_b]:
             del self._seen[key]
-        if self._pubsub is not None:
-            self._command(self._pubsub.unsubscribe(channel))
+        if self._linked and self._link is not None:
+            self._command(self._link.unsubscribe(channel))
 
     def _command(self, command: Any) -> None:
         """Run a subscriber command; a failure is the link's (it reconnects)."""
@@ -428,14 +437,16 @@ class RedisBackplane:
             try:
                 await command
             except Exception as exc:
-                log.warning("redis backplane: subscriber command failed (%r)", exc)
+                log.warning(
+                    "redis backplane: subscriber command failed (%s)", _describe(exc)
+                )
 
         task = self._loop.create_task(run())
         self._commands.add(task)
         task.add_done_callback(self._commands.discard)
 
-    def _confirmed(self, channel: bytes | str) -> None:
-        name = channel.decode() if isinstance(channel, bytes) else channel
+    def _confirmed(self, channel: bytes) -> None:
+        name = channel.decode()
         if name.startswith(self._room_prefix):
             room_state = self._rooms.get(name[len(self._room_prefix) :])
             if room_state is not None:
@@ -465,48 +476,55 @@ class RedisBackplane:
         assert self._loop is not None
         attempt = 0
         while True:
-            pubsub: Any = None
             cause: BaseException | None = None
             try:
-                pubsub = await self._connect()
+                rooms = await self._connect()
                 self._link_up(attempt)
                 attempt = 0
-                await self._serve(pubsub)
+                await self._serve(rooms)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any fault means: reconnect
                 cause = exc
             finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                if self._link is not None:
+                    await self._link.release()
             self._link_down(cause, attempt)
             delay = min(RETRY_CAP, RETRY_FIRST * 2**attempt) * random.uniform(0.5, 1)
             attempt += 1
             await asyncio.sleep(delay)  # the backoff itself
 
-    async def _connect(self) -> Any:
-        await asyncio.wait_for(self._pub.ping(), _IO_TIMEOUT)
-        pubsub = self._sub.pubsub()
-        rooms = [self._room_prefix + room for room in self._rooms]
-        try:
-            await asyncio.wait_for(
-                pubsub.subscribe(self._all, self._mine, *rooms), _IO_TIMEOUT
+    async def _connect(self) -> list[str]:
+        """Connect and subscribe; the rooms subscribed to."""
+        assert self._link is not None
+        if not self._link_chosen:
+            await self._choose_link()
+        rooms = list(self._rooms)
+        await self._link.connect(
+            [self._room_prefix + room for room in rooms],
+            [self._all, self._mine.decode()],
+        )
+        return rooms
+
+    async def _choose_link(self) -> None:
+        """At the first connection: one Redis, or the shards of a Redis Cluster."""
+        assert isinstance(self._link, SingleLink)
+        if await self._link.serves_cluster():
+            await self._link.close()
+            self._link = ClusterLink(
+                self.url,
+                room_prefix=self._room_prefix,
+                # Plain channels go through the master owning this name's
+                # slot: homes spread over the masters.
+                home_key=self._mine.decode(),
+                # Subscribed on every master so that each connection is
+                # read; nothing is published to it.
+                anchor=self._anchor,
+                message=self._deliver,
+                confirmed=self._confirmed,
+                heard=self._subscriber_read,
             )
-            # Subscribed once every confirmation is back.
-            confirmed = 0
-            while confirmed < 2 + len(rooms):
-                reply = await asyncio.wait_for(
-                    pubsub.get_message(timeout=None), _IO_TIMEOUT
-                )
-                if reply is not None and reply["type"] == "subscribe":
-                    confirmed += 1
-                    self._confirmed(reply["channel"])
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-            raise
-        return pubsub
+        self._link_chosen = True
 
     def _link_up(self, attempts: int) -> None:
         assert self._loop is not None and self._connected_once is not None
@@ -537,10 +555,10 @@ class RedisBackplane:
             self._down_since = now
             self._requeue_recent(now)
             log.warning(
-                "redis backplane: %s %s (%r); retrying",
+                "redis backplane: %s %s (%s); retrying",
                 "link lost to" if self._ever_up else "cannot connect to",
                 _redact(self.url),
-                cause,
+                _describe(cause),
             )
             if not self._recovering:
                 # Who must be listening again before our buffer goes out.
@@ -550,23 +568,31 @@ class RedisBackplane:
                 self._resubscribe_deadline = None
         elif attempt % 10 == 0:
             log.warning(
-                "redis backplane: still reconnecting to %s (%d attempts, %r)",
+                "redis backplane: still reconnecting to %s (%d attempts, %s)",
                 _redact(self.url),
                 attempt,
-                cause,
+                _describe(cause),
             )
         if self.state is LinkState.CONNECTED:
             self._set_state(
                 LinkState.DOWN if self._dropping else LinkState.RECONNECTING
             )
 
-    async def _serve(self, pubsub: Any) -> None:
+    async def _serve(self, rooms: list[str]) -> None:
         """Read, send and watch until any of them fails (raises)."""
-        assert self._loop is not None
+        assert self._loop is not None and self._link is not None
+        link = self._link
         self._last_heard = self._loop.time()
-        self._pubsub = pubsub
+        self._linked = True
+        # Rooms wanted or dropped while connecting (their subscription
+        # commands found no link): catch up now.
+        self._subscribe(
+            [r for r, st in self._rooms.items() if not st.subscribed.is_set()]
+        )
+        for room in set(rooms) - self._rooms.keys():
+            self._command(link.unsubscribe(self._room_prefix + room))
         tasks = {
-            asyncio.ensure_future(self._read(pubsub)),
+            asyncio.ensure_future(link.read()),
             asyncio.ensure_future(self._send()),
             asyncio.ensure_future(self._watch()),
         }
@@ -576,13 +602,12 @@ class RedisBackplane:
                 task.result()
             raise ConnectionError("backplane link task ended")
         finally:
-            self._pubsub = None
+            self._linked = False
             for room_state in self._rooms.values():
                 room_state.subscribed.clear()
-            # Close the socket first: a read blocked inside redis-py ends
+            # Close the sockets first: a read blocked inside redis-py ends
             # with an error even where it would not end on cancel alone.
-            with contextlib.suppress(Exception):
-                await pubsub.connection.disconnect(nowait=True)
+            await link.disconnect()
             for task in tasks:
                 task.cancel()
             ended, stuck = await asyncio.wait(tasks, timeout=_IO_TIMEOUT)
@@ -592,20 +617,16 @@ class RedisBackplane:
             if stuck:
                 log.error("redis backplane: %d link task(s) did not stop", len(stuck))
 
-    async def _read(self, pubsub: Any) -> None:
+    def _subscriber_read(self) -> None:
+        """The subscriber that carries ``:all`` read something."""
         assert self._loop is not None
-        while True:
-            message = await pubsub.get_message(timeout=None)
-            self._last_heard = self._loop.time()
-            if message is None:
-                continue
-            if message["type"] == "message":
-                try:
-                    self._receive(message["channel"], message["data"])
-                except Exception:
-                    log.exception("redis backplane: a message could not be read")
-            elif message["type"] == "subscribe":
-                self._confirmed(message["channel"])
+        self._last_heard = self._loop.time()
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        try:
+            self._receive(channel, data)
+        except Exception:
+            log.exception("redis backplane: a message could not be read")
 
     async def _watch(self) -> None:
         """Fail the link when the subscriber hears nothing, not even our beat."""
@@ -621,7 +642,9 @@ class RedisBackplane:
                 self._last_heard = now
             silent = now - self._last_heard
             if silent > deaf_after:
-                raise _Deaf(f"nothing heard for {silent:.1f} s")
+                raise Deaf(f"nothing heard for {silent:.1f} s")
+            assert self._link is not None
+            await self._link.watch(deaf_after)  # each shard's connection
             if now - pruned > _PRUNE_EVERY:
                 pruned = now
                 self._prune(now)
@@ -659,12 +682,10 @@ class RedisBackplane:
                 self._recovering = False
                 self._resubscribe_deadline = None
             batch = list(itertools.islice(self._outbox, _BATCH))
-            pipe = self._pub.pipeline(transaction=False)
-            for channel, message in batch:
-                pipe.publish(channel, message)
             # On failure the batch stays queued and goes again after the
             # reconnect; receivers drop what they already got.
-            await pipe.execute()
+            assert self._link is not None
+            await self._link.publish(batch)
             now = self._loop.time() if self._loop is not None else 0.0
             for _ in batch:
                 channel, message = self._outbox.popleft()
@@ -699,11 +720,9 @@ class RedisBackplane:
         if self._resubscribe_deadline is None:
             self._resubscribe_deadline = self._loop.time() + RESUBSCRIBE_WAIT
         deadline = self._resubscribe_deadline
+        assert self._link is not None
         while True:
-            counts = {
-                (ch.decode() if isinstance(ch, bytes) else ch): n
-                for ch, n in await self._pub.pubsub_numsub(*channels)
-            }
+            counts = await self._link.numsub(channels)
             if counts.get(self._all, 0) >= want and all(
                 counts.get(ch, 0) for ch in direct
             ):
@@ -763,23 +782,9 @@ class RedisBackplane:
             log.exception("redis backplane: a state hook failed")
 
 
-def _client(url: str, **options: Any) -> Any:
-    """A redis-py asyncio client whose faults we see, not retried silently."""
-    from redis.asyncio import ConnectionPool, Redis
-    from redis.asyncio.connection import parse_url
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    kwargs: dict[str, Any] = dict(parse_url(url))
-    # Ours win over the URL's query string: these are what make faults visible.
-    kwargs.update(
-        options,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=_IO_TIMEOUT,
-        socket_keepalive=True,
-        health_check_interval=0,
-    )
-    return Redis(connection_pool=ConnectionPool(**kwargs))
+def _describe(exc: BaseException | None) -> str:
+    """An error with its message: redis-py 8's repr leaves the message out."""
+    return "no error" if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 def _redact(url: str) -> str:
