@@ -95,8 +95,11 @@ async def test_two_nodes_over_a_redis_cluster(make_app: AppFactory) -> None:
         await a.ws.publish(room, room, "again")
         assert (await cb.expect(room)).data == "again"
         for node in (a, b):
+            # Not "no reconnect": on a loaded machine (load average 18 seen)
+            # a beat can go unheard for longer than the deafness check
+            # allows, and the link is renewed. That must lose and repeat
+            # nothing, which is what is checked.
             assert node.backplane.missed == node.backplane.duplicates == 0
-            assert node.backplane.reconnects == 0
         await ca.close()
         await cb.close()
 
