@@ -50,9 +50,11 @@ from .envelope import encode_envelope
 from .errors import CloseCode
 from .frames import data_frame, raw_body
 from .handlers import Accept, HandlerRegistry
+from .history import Page, Position, parse_since
 from .index import LocalIndex
 from .limits import ClientLimits
 from .presence import checked_presence
+from .sequencer import Sequencer
 from .stats import DELIVERY_COUNTERS, Counters, RateMeter, cluster_stats
 from .tracker import Tracker
 from .wire import Flusher, Wire, fan_out
@@ -135,6 +137,14 @@ class ConnectionManager:
             life=self.life,
             publish=self._publish_presence,
         )
+        #: History rooms: numbering, keeping, replaying (its own module).
+        self.sequencer = Sequencer(
+            config,
+            registry.rooms,
+            self.local,
+            publish=self._publish,
+            join=self._join_local,
+        )
         self.dispatcher = Dispatcher(
             config,
             registry,
@@ -142,6 +152,7 @@ class ConnectionManager:
             leave=self._leave_local,
             ready=delivery.ready,
             settled=self._settled,
+            recover=self.sequencer.join,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
@@ -169,6 +180,7 @@ class ConnectionManager:
         self.membership.start(loop)
         self.tracker.start(loop, self._flusher)
         await self.delivery.start(self.apply, self)
+        self.sequencer.start(loop, self.delivery.status())
         if self.config.ping_interval is not None:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
         if self.delivery.clustered:
@@ -250,19 +262,48 @@ class ConnectionManager:
 
     async def publish(
         self, room: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
-    ) -> None:
-        """Send an envelope to every member of ``room``, on any worker."""
-        self._publish(
-            OpKind.ROOM_SEND,
-            target=room,
-            payload=encode_envelope(type, data),
-            exclude=exclude,
+    ) -> Position | None:
+        """Send an envelope to every member of ``room``, on any worker.
+
+        For a room declared with ``history=``, returns the publication's
+        position once the room's sequencer numbered it (raises
+        ``SequencerUnavailable`` if it did not answer within
+        ``WS_QUERY_TIMEOUT``); for other rooms None, at once.
+        """
+        body = encode_envelope(type, data)
+        spec = self.sequencer.spec(room)
+        if spec is not None:
+            return await self.sequencer.publish(room, spec, body, exclude)
+        self._publish(OpKind.ROOM_SEND, target=room, payload=body, exclude=exclude)
+        return None
+
+    async def history(
+        self,
+        room: str,
+        since: Position | dict[str, Any] | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """What ``room`` (declared with ``history=``) keeps after ``since``.
+
+        At most ``limit`` publications, oldest first: the first ones after
+        ``since``, or the latest ones without it (or when ``since`` cannot
+        be continued: then ``recovered`` is False).
+        """
+        spec = self.sequencer.spec(room)
+        if spec is None:
+            raise ValueError(f"room {room!r} is not declared with history=")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        return await self.sequencer.fetch(
+            room, spec, parse_since(since), min(limit, spec.size)
         )
 
     async def publish_raw(
         self, room: str, payload: str | bytes, *, exclude: Iterable[str] = ()
     ) -> None:
         """Send a raw text or binary frame to every member of ``room``."""
+        if self.sequencer.spec(room) is not None:
+            raise TypeError(f"room {room!r} keeps history: publish envelopes to it")
         body, binary = raw_body(payload)
         self._publish(
             OpKind.ROOM_SEND, target=room, payload=body, binary=binary, exclude=exclude
@@ -428,6 +469,7 @@ class ConnectionManager:
             "connections": len(self.local),
             "membership": self.membership.status(),
             "presence": self.tracker.status(),
+            "history": self.sequencer.status(),
             "delivery": self.delivery.status(),
         }
 
@@ -600,10 +642,13 @@ class ConnectionManager:
         if not wires:
             return
         assert self._flusher is not None
+        exclude = op.exclude
+        if self.sequencer.holds and op.kind is OpKind.ROOM_SEND:
+            exclude = self.sequencer.exclude(op.target, exclude)  # replays pending
         self.counters.messages_out += fan_out(
             list(wires),
             data_frame(op.payload, op.binary),
-            op.exclude,
+            exclude,
             self.config.max_backpressure,
             self._flusher,
         )
@@ -721,11 +766,15 @@ class ConnectionManager:
         OpKind.PRESENCE: _apply_presence,
         OpKind.QUERY: _apply_query,
         OpKind.REPLY: _apply_reply,
+        OpKind.SEQUENCE: lambda self, op: self.sequencer.apply(op),
+        OpKind.FETCH: lambda self, op: self.sequencer.apply(op),
+        OpKind.HISTORY: lambda self, op: self.sequencer.apply(op),
     }
 
     def _peer_gone(self, peer: str) -> None:
         """A peer was dropped: forget what it held; its questions need no answer."""
         self.tracker.drop(peer)
+        self.sequencer.peer_gone(peer)
         for _, expected, done in self._questions.values():
             expected.discard(peer)
             if not expected:
@@ -767,6 +816,7 @@ class ConnectionManager:
                 self._publish(OpKind.BEAT, payload=payload)
             now = self._loop.time()
             self.dispatcher.watch(now)
+            self.sequencer.sweep(now)
             self.membership.check(now)
         except Exception:
             log.exception("websocket relay beat failed")
