@@ -179,8 +179,8 @@ class ConnectionManager:
         self.dispatcher.start(loop)
         self.membership.start(loop)
         self.tracker.start(loop, self._flusher)
+        self.sequencer.start(loop, self.delivery.status())  # may refuse the backend
         await self.delivery.start(self.apply, self)
-        self.sequencer.start(loop, self.delivery.status())
         if self.config.ping_interval is not None:
             self._heartbeat = loop.call_later(self._tick(), self._beat)
         if self.delivery.clustered:

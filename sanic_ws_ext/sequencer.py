@@ -254,8 +254,14 @@ class Sequencer:
                 entries = [] if join else room_log.latest(limit)
             else:
                 entries = found if join else found[:limit]
-        if join and _replay_bytes(entries) > (self._config.max_backpressure or 1 << 62):
-            ok, entries = False, []  # more than the client could ever take
+        if join:
+            if _replay_bytes(entries) > (self._config.max_backpressure or 1 << 62):
+                ok, entries = False, []  # more than the client could ever take
+        else:
+            # A page crosses processes: about WS_MAX_PUBLISH at most (callers
+            # page on with since=the last one's position).
+            newest = since is None or not ok  # the latest ones, else the next ones
+            entries = _page(entries, self._config.max_publish, newest=newest)
         position = room_log.position
         return {"offset": position.offset, "epoch": position.epoch, "ok": ok}, entries
 
@@ -413,6 +419,21 @@ def _name(slot: int) -> str:
 def _question(since: Position | None, limit: int, *, join: bool) -> bytes:
     raw = None if since is None else [since.offset, since.epoch]
     return ujson.dumps({"since": raw, "limit": limit, "join": join}).encode()
+
+
+def _page(entries: list[bytes], budget: int, *, newest: bool) -> list[bytes]:
+    """The oldest (or newest) of ``entries`` within ``budget`` bytes, one at least."""
+    total = 0
+    ordered = reversed(entries) if newest else iter(entries)
+    kept = 0
+    for entry in ordered:
+        total += len(entry)
+        if total > budget and kept:
+            break
+        kept += 1
+    if kept == len(entries):
+        return entries
+    return entries[len(entries) - kept :] if newest else entries[:kept]
 
 
 def _replay_bytes(entries: list[bytes]) -> int:

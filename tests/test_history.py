@@ -10,7 +10,14 @@ import ujson
 from sanic import Sanic
 from sanic_ext import Extend
 
-from sanic_ws_ext import Connection, Envelope, History, WSExtension, WSHandlers
+from sanic_ws_ext import (
+    ConfigError,
+    Connection,
+    Envelope,
+    History,
+    WSExtension,
+    WSHandlers,
+)
 from sanic_ws_ext.history import Position, RoomLog, parse_since, stamp
 from sanic_ws_ext.testing import WSTestClient, serve
 
@@ -272,3 +279,23 @@ async def test_server_side_history(make_app: AppFactory) -> None:
             await ws.history("chat:5", since={"offset": -3, "epoch": "e"})
         with pytest.raises(TypeError):
             await ws.publish_raw("chat:5", "raw")
+
+
+async def test_a_page_is_bounded_in_bytes(make_app: AppFactory) -> None:
+    app = build(make_app, WS_MAX_PUBLISH=8192)
+    async with serve(app):
+        ws = app.ctx.ws
+        for i in range(10):
+            await ws.publish("chat:6", "said", f"{i}" + "x" * 3000)
+        latest = await ws.history("chat:6")
+        assert [p["offset"] for p in latest.publications] == [9, 10]
+        epoch = latest.position.epoch
+        first = await ws.history("chat:6", since={"offset": 0, "epoch": epoch})
+        assert [p["offset"] for p in first.publications] == [1, 2]
+
+
+async def test_history_rooms_refuse_the_redis_backplane(make_app: AppFactory) -> None:
+    app = build(make_app, WS_BACKPLANE="redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="history"):
+        async with serve(app):
+            pass
