@@ -24,10 +24,12 @@ from .errors import (
     MessageError,
     PublishTooLarge,
     Reject,
+    SequencerUnavailable,
     WSError,
 )
 from .extension import WSExtension
 from .handlers import Accept, WSHandlers
+from .history import History, Page, Position
 from .manager import ConnectionManager
 
 __all__ = [
@@ -40,9 +42,13 @@ __all__ = [
     "ConnectionState",
     "Envelope",
     "ErrorCode",
+    "History",
     "MessageError",
+    "Page",
+    "Position",
     "PublishTooLarge",
     "Reject",
+    "SequencerUnavailable",
     "WSConfig",
     "WSError",
     "WSExtension",

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .index import LocalIndex
     from .outbox import Outbox
     from .queries import Queries
+    from .sequencer import Sequencer
     from .stats import Counters
     from .tracker import Tracker
     from .wire import Flusher
@@ -54,6 +55,7 @@ class Applier:
         tracker: Tracker,
         queries: Queries,
         outbox: Outbox,
+        sequencer: Sequencer,
         *,
         worker: str,
         join: Callable[[Connection, str], None],
@@ -67,6 +69,7 @@ class Applier:
         self.tracker = tracker
         self.queries = queries
         self.outbox = outbox
+        self.sequencer = sequencer
         self.worker = worker
         # Put a local connection in a room, or take it out.
         self._join = join
@@ -91,6 +94,9 @@ class Applier:
             OpKind.PRESENCE: self._presence,
             OpKind.QUERY: queries.on_query,
             OpKind.REPLY: queries.on_reply,
+            OpKind.SEQUENCE: sequencer.apply,
+            OpKind.FETCH: sequencer.apply,
+            OpKind.HISTORY: sequencer.apply,
         }
 
     def start(self, loop: asyncio.AbstractEventLoop, flusher: Flusher) -> None:
@@ -124,10 +130,13 @@ class Applier:
         if not wires:
             return
         assert self._flusher is not None
+        exclude = op.exclude
+        if self.sequencer.holds and op.kind is OpKind.ROOM_SEND:
+            exclude = self.sequencer.exclude(op.target, exclude)  # replays pending
         self.counters.messages_out += fan_out(
             list(wires),
             data_frame(op.payload, op.binary),
-            op.exclude,
+            exclude,
             self.config.max_backpressure,
             self._flusher,
         )
@@ -175,6 +184,7 @@ class Applier:
     def peer_gone(self, peer: str) -> None:
         """A peer was dropped: forget what it held; its questions need no answer."""
         self.tracker.drop(peer)
+        self.sequencer.peer_gone(peer)
         self.queries.forget(peer)
 
     def _peer(self, op: Op) -> None:

@@ -27,6 +27,7 @@ from .envelope import Envelope, decode_envelope, error_envelope
 from .errors import CloseCode, ErrorCode, MessageError
 from .frames import OP_TEXT, encode_frame
 from .handlers import ROOM_TYPES, HandlerRegistry
+from .history import History, Position, parse_since
 from .rooms import UNDECLARED
 from .wire import ConnectionState
 
@@ -86,6 +87,7 @@ class Dispatcher:
         leave: Callable[[Connection, str], None],
         ready: Callable[[str], Awaitable[None]],
         settled: Callable[[], None],
+        recover: Callable[[Connection, str, History, Position | None], Awaitable[None]],
     ) -> None:
         self.config = config
         self.registry = registry
@@ -95,6 +97,8 @@ class Dispatcher:
         self._ready = ready
         # Called when the last running task ends (shutdown waits on it).
         self._settled = settled
+        # Joins a history room: replay, then ``room.joined`` (sequencer.py).
+        self._recover = recover
         self.clock: Callable[[], float] = lambda: 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Each busy connection's task.
@@ -194,6 +198,12 @@ class Dispatcher:
             await conn.send("room.left", {"room": room})
             return
         spec, params = self.registry.rooms.lookup(room)
+        since = None
+        if spec.history is not None:
+            try:
+                since = parse_since(data.get("since"))
+            except ValueError as exc:
+                raise MessageError(ErrorCode.INVALID_ENVELOPE, str(exc)) from None
         if spec is UNDECLARED:
             # Rooms nobody declared: the on_join guards decide, if any.
             guards = self.registry.room_guards
@@ -213,6 +223,9 @@ class Dispatcher:
             if conn.client_rooms is None:
                 conn.client_rooms = set()
             conn.client_rooms.add(room)
+        if spec.history is not None:
+            await self._recover(conn, room, spec.history, since)
+            return
         self._join(conn, room)
         # Answered once publications to the room reach it: a message the
         # client's app sends on "room.joined" is not published into a void.

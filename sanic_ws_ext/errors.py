@@ -29,6 +29,7 @@ __all__ = [
     "MessageError",
     "PublishTooLarge",
     "Reject",
+    "SequencerUnavailable",
     "WSError",
 ]
 
@@ -131,3 +132,12 @@ class PublishTooLarge(WSError, ValueError):
         )
         self.size = size
         self.limit = limit
+
+
+class SequencerUnavailable(WSError, TimeoutError):
+    """The process numbering a history room did not answer in time.
+
+    Raised by ``publish`` and ``history`` for a room declared with
+    ``history=`` while its sequencer restarts (waits at most
+    ``WS_QUERY_TIMEOUT``); the publication may or may not have been made.
+    """

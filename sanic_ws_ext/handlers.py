@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .history import History
 from .rooms import RoomPolicies, RoomSpec
 
 if TYPE_CHECKING:
@@ -239,6 +240,7 @@ class WSHandlers:
         presence: str = "off",
         client_join: bool | Callable[..., Awaitable[bool]] = False,
         expose_ids: bool = False,
+        history: int | str | History | None = None,
     ) -> Callable[[F], F]:
         """Declare the rooms matching ``pattern`` and their policy.
 
@@ -257,11 +259,21 @@ class WSHandlers:
 
         ``expose_ids`` adds each member's connection id and worker to its
         presence metadata. Rooms no declaration matches have no presence.
+
+        ``history`` keeps the room's publications and numbers them, so that
+        a client that reconnects gets what it missed: a size, ``"latest"``
+        (the last one, given to each member on joining) or a
+        :class:`~sanic_ws_ext.History` with a size, a time to live and how
+        many a member gets on joining (docs/howto/history.md).
         """
         if not isinstance(client_join, bool):
             require_async(client_join, f"room({pattern!r}) client_join guard")
         spec = RoomSpec.declare(
-            pattern, presence=presence, client_join=client_join, expose_ids=expose_ids
+            pattern,
+            presence=presence,
+            client_join=client_join,
+            expose_ids=expose_ids,
+            history=history,
         )
         self.room_specs.append(spec)
         index = len(self.room_specs) - 1

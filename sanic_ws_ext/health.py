@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .cluster import Membership
     from .delivery import Delivery
     from .index import LocalIndex
+    from .sequencer import Sequencer
     from .stats import Counters
     from .tracker import Tracker
 
@@ -43,6 +44,7 @@ class Health:
         local: LocalIndex,
         membership: Membership,
         tracker: Tracker,
+        sequencer: Sequencer,
         delivery: Delivery,
         *,
         worker: str,
@@ -52,6 +54,7 @@ class Health:
         self.local = local
         self.membership = membership
         self.tracker = tracker
+        self.sequencer = sequencer
         self.delivery = delivery
         self.worker = worker
         self._clock = clock
@@ -72,6 +75,7 @@ class Health:
             "connections": len(self.local),
             "membership": self.membership.status(),
             "presence": self.tracker.status(),
+            "history": self.sequencer.status(),
             "delivery": self.delivery.status(),
         }
 

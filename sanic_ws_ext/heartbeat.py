@@ -17,7 +17,8 @@ Rules this module keeps:
 - :class:`PeerBeat` (the cluster's): every ``WS_RELAY_BEAT``, in one process
   too, it samples this process's counters (a new rate interval), sends the
   sample to the peers as our BEAT, and runs the checks that need no timer
-  of their own: handlers past ``WS_HANDLER_TIMEOUT``, peers gone silent. A
+  of their own: handlers past ``WS_HANDLER_TIMEOUT``, history logs idle too
+  long, peers gone silent. A
   failing beat is logged and the next one still comes.
 """
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from .health import Health
     from .index import LocalIndex
     from .outbox import Outbox
+    from .sequencer import Sequencer
     from .wire import Wire
 
 __all__ = ["Heartbeat", "PeerBeat"]
@@ -134,12 +136,14 @@ class PeerBeat:
         outbox: Outbox,
         dispatcher: Dispatcher,
         membership: Membership,
+        sequencer: Sequencer,
     ) -> None:
         self.config = config
         self.health = health
         self.outbox = outbox
         self.dispatcher = dispatcher
         self.membership = membership
+        self.sequencer = sequencer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -159,6 +163,7 @@ class PeerBeat:
             self.outbox.beat(self.health.sample(rates=True))
             now = self._loop.time()
             self.dispatcher.watch(now)
+            self.sequencer.sweep(now)
             self.membership.check(now)
         except Exception:
             log.exception("websocket relay beat failed")

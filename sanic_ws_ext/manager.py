@@ -60,11 +60,13 @@ from .frames import raw_body
 from .handlers import Accept, HandlerRegistry
 from .health import Health
 from .heartbeat import Heartbeat, PeerBeat
+from .history import Page, Position, parse_since
 from .index import LocalIndex
 from .limits import ClientLimits
 from .outbox import Outbox
 from .presence import checked_presence
 from .queries import Member, Queries
+from .sequencer import Sequencer
 from .sessions import Sessions
 from .stats import Counters
 from .tracker import Tracker
@@ -134,6 +136,14 @@ class ConnectionManager:
         sessions = self._sessions = Sessions(
             config, self.local, self.counters, self.limits, self.tracker, delivery
         )
+        #: History rooms: numbering, keeping, replaying (its own module).
+        self.sequencer = Sequencer(
+            config,
+            registry.rooms,
+            self.local,
+            publish=self._outbox.publish,
+            join=sessions.join,
+        )
         self.dispatcher = Dispatcher(
             config,
             registry,
@@ -141,6 +151,7 @@ class ConnectionManager:
             leave=sessions.leave,
             ready=delivery.ready,
             settled=sessions.settled,
+            recover=self.sequencer.join,
         )
         self._queries = Queries(
             config,
@@ -155,6 +166,7 @@ class ConnectionManager:
             self.local,
             self.membership,
             self.tracker,
+            self.sequencer,
             delivery,
             worker=worker,
             clock=clock,
@@ -167,6 +179,7 @@ class ConnectionManager:
             self.tracker,
             self._queries,
             self._outbox,
+            self.sequencer,
             worker=worker,
             join=sessions.join,
             leave=sessions.leave,
@@ -174,7 +187,12 @@ class ConnectionManager:
         )
         self._heartbeat = Heartbeat(config, self.local, clock=clock)
         self._peer_beat = PeerBeat(
-            config, self._health, self._outbox, self.dispatcher, self.membership
+            config,
+            self._health,
+            self._outbox,
+            self.dispatcher,
+            self.membership,
+            self.sequencer,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
@@ -193,6 +211,7 @@ class ConnectionManager:
         self.membership.start(loop)
         self.tracker.start(loop, self._flusher)
         self._applier.start(loop, self._flusher)
+        self.sequencer.start(loop, self.delivery.status())  # may refuse the backend
         await self.delivery.start(self._applier.apply, self)
         self._heartbeat.start(loop)
         self._outbox.hello()
@@ -256,19 +275,50 @@ class ConnectionManager:
 
     async def publish(
         self, room: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
-    ) -> None:
-        """Send an envelope to every member of ``room``, on any worker."""
+    ) -> Position | None:
+        """Send an envelope to every member of ``room``, on any worker.
+
+        For a room declared with ``history=``, returns the publication's
+        position once the room's sequencer numbered it (raises
+        ``SequencerUnavailable`` if it did not answer within
+        ``WS_QUERY_TIMEOUT``); for other rooms None, at once.
+        """
+        body = encode_envelope(type, data)
+        spec = self.sequencer.spec(room)
+        if spec is not None:
+            return await self.sequencer.publish(room, spec, body, exclude)
         self._outbox.publish(
-            OpKind.ROOM_SEND,
-            target=room,
-            payload=encode_envelope(type, data),
-            exclude=exclude,
+            OpKind.ROOM_SEND, target=room, payload=body, exclude=exclude
+        )
+        return None
+
+    async def history(
+        self,
+        room: str,
+        since: Position | dict[str, Any] | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """What ``room`` (declared with ``history=``) keeps after ``since``.
+
+        At most ``limit`` publications, oldest first: the first ones after
+        ``since``, or the latest ones without it (or when ``since`` cannot
+        be continued: then ``recovered`` is False).
+        """
+        spec = self.sequencer.spec(room)
+        if spec is None:
+            raise ValueError(f"room {room!r} is not declared with history=")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        return await self.sequencer.fetch(
+            room, spec, parse_since(since), min(limit, spec.size)
         )
 
     async def publish_raw(
         self, room: str, payload: str | bytes, *, exclude: Iterable[str] = ()
     ) -> None:
         """Send a raw text or binary frame to every member of ``room``."""
+        if self.sequencer.spec(room) is not None:
+            raise TypeError(f"room {room!r} keeps history: publish envelopes to it")
         body, binary = raw_body(payload)
         self._outbox.publish(
             OpKind.ROOM_SEND, target=room, payload=body, binary=binary, exclude=exclude

@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from .history import History
+
 if TYPE_CHECKING:
     from .connection import Connection
 
@@ -56,6 +58,9 @@ class RoomSpec:
     client_join: bool | JoinGuard = False
     #: Show members' connection ids and worker names in presence frames.
     expose_ids: bool = False
+    #: What the room keeps of its publications (None: nothing; see
+    #: :mod:`sanic_ws_ext.history`).
+    history: History | None = None
     _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -66,6 +71,7 @@ class RoomSpec:
         presence: str = "off",
         client_join: bool | JoinGuard = False,
         expose_ids: bool = False,
+        history: object = None,
     ) -> RoomSpec:
         if not isinstance(pattern, str) or not pattern:
             raise TypeError(f"a room pattern must be a non-empty str, got {pattern!r}")
@@ -86,7 +92,14 @@ class RoomSpec:
                 for i, part in enumerate(parts)
             )
             regex = re.compile(f"^{source}$")
-        return cls(pattern, presence, client_join, expose_ids, regex)  # type: ignore[arg-type]
+        return cls(
+            pattern,
+            presence,  # type: ignore[arg-type]
+            client_join,
+            expose_ids,
+            History.of(history),
+            regex,
+        )
 
     def match(self, room: str) -> dict[str, str] | None:
         """The pattern's parameters if ``room`` matches, else None."""
@@ -157,6 +170,9 @@ class RoomPolicies:
 
     def presence(self, room: str) -> PresenceMode:
         return self.lookup(room)[0].presence
+
+    def history(self, room: str) -> History | None:
+        return self.lookup(room)[0].history
 
     def declared(self) -> list[RoomSpec]:
         return [*self._exact.values(), *self._patterns]

@@ -292,6 +292,14 @@ class WSTestClient:
         self.connection = connection
         # Messages expect() passed over, kept for later recv()/expect() calls.
         self._skipped: list[Envelope | bytes] = []
+        #: History rooms: the last position seen per room (``{"offset",
+        #: "epoch"}``, from publications and ``room.joined``). Copy it into
+        #: a new client to resume where this one was: ``join`` sends it.
+        self.positions: dict[str, dict[str, Any]] = {}
+        #: Publications of history rooms dropped as already seen, and the
+        #: times an offset skipped ahead (something was missed).
+        self.duplicates = 0
+        self.gaps = 0
 
     @classmethod
     async def connect(
@@ -340,11 +348,65 @@ class WSTestClient:
         return await self._receive(timeout)
 
     async def _receive(self, timeout: float | None) -> Envelope | bytes:
-        raw = await asyncio.wait_for(self.connection.recv(), timeout or 5 * time_unit())
-        if isinstance(raw, bytes):
-            return raw
-        obj = ujson.loads(raw)
-        return Envelope(obj["type"], obj.get("data"), obj.get("timestamp"))
+        """The next message, less publications of history rooms already seen."""
+        while True:
+            raw = await asyncio.wait_for(
+                self.connection.recv(), timeout or 5 * time_unit()
+            )
+            if isinstance(raw, bytes):
+                return raw
+            obj = ujson.loads(raw)
+            if self._seen(obj):
+                self.duplicates += 1
+                continue
+            return Envelope(obj["type"], obj.get("data"), obj.get("timestamp"))
+
+    def _seen(self, obj: Any) -> bool:
+        """Note a history position; True for a publication already had."""
+        if not isinstance(obj, dict):
+            return False
+        room, offset, epoch = obj.get("room"), obj.get("offset"), obj.get("epoch")
+        if isinstance(room, str) and isinstance(offset, int):
+            known = self.positions.get(room)
+            if known is not None and known["epoch"] == epoch:
+                if offset <= known["offset"]:
+                    return True
+                if offset > known["offset"] + 1:
+                    self.gaps += 1
+            self.positions[room] = {"offset": offset, "epoch": epoch}
+        elif obj.get("type") == "room.joined" and isinstance(obj.get("data"), dict):
+            data = obj["data"]
+            if isinstance(data.get("position"), dict):
+                self.positions[data["room"]] = dict(data["position"])
+        return False
+
+    async def join(
+        self, room: str, *, resume: bool = True, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Join ``room`` (``room.join``) and return the ``room.joined`` data.
+
+        For a history room, with ``resume`` the last position known
+        (:attr:`positions`) is sent as ``since``: what was missed arrives
+        before ``room.joined`` (kept for :meth:`recv`), and its
+        ``recovered`` says whether it all could be.
+        """
+        data: dict[str, Any] = {"room": room}
+        known = self.positions.get(room)
+        if resume and known is not None:
+            data["since"] = known
+        await self.send("room.join", data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or 5 * time_unit())
+        for i, message in enumerate(self._skipped):
+            if _joined(message, room):
+                return self._skipped.pop(i).data  # type: ignore[union-attr, no-any-return]
+        while True:
+            message = await self._receive(max(0.0, deadline - loop.time()))
+            if _joined(message, room):
+                return message.data  # type: ignore[union-attr, no-any-return]
+            if isinstance(message, Envelope) and message.type == "error":
+                raise AssertionError(f"room.join {room!r} refused: {message.data}")
+            self._skipped.append(message)
 
     async def expect(self, type: str, timeout: float | None = None) -> Envelope:
         """The next envelope of ``type``.
@@ -392,3 +454,12 @@ class WSTestClient:
             drain.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await drain
+
+
+def _joined(message: Envelope | bytes, room: str) -> bool:
+    return (
+        isinstance(message, Envelope)
+        and message.type == "room.joined"
+        and isinstance(message.data, dict)
+        and message.data.get("room") == room
+    )

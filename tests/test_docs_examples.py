@@ -225,3 +225,59 @@ async def test_the_quickstart_page_chats_and_reconnects() -> None:
                 await expect(page.locator("#log li").last).to_contain_text(
                     "after the restart", timeout=wait
                 )
+
+
+# -- history_chat: history rooms (howto/history.md) ----------------------------------
+
+
+async def test_history_chat_resumes_and_catches_up() -> None:
+    async with example("history_chat:app", "--workers", "2") as server:
+        url = server.ws_url()
+        async with await WSTestClient.connect(url) as ticker:
+            assert (await ticker.join("ticker:ACME"))["position"]["offset"] == 0
+        async with await WSTestClient.connect(url) as alice:
+            await alice.join("chat:1")
+            for text in ("one", "two"):
+                await alice.send("chat.send", {"id": 1, "text": text})
+                assert (await alice.expect("chat.sent")).data is not None
+            assert [
+                (await alice.expect("chat.message")).data["text"] for _ in "ab"
+            ] == [
+                "one",
+                "two",
+            ]
+            positions = dict(alice.positions)
+            async with await WSTestClient.connect(url) as bob:
+                await bob.join("chat:1")
+                await bob.send("chat.send", {"id": 1, "text": "three"})
+                await bob.expect("chat.sent")
+        async with await WSTestClient.connect(url) as back:
+            back.positions = positions
+            assert (await back.join("chat:1"))["recovered"] is True
+            assert (await back.expect("chat.message")).data["text"] == "three"
+            # A new page gets the latest (on_join) before room.joined.
+            async with await WSTestClient.connect(url) as fresh:
+                await fresh.send("room.join", {"room": "chat:1"})
+                first = await fresh.recv()
+                assert first.data["text"] == "one"  # type: ignore[union-attr]
+        async with httpx.AsyncClient() as http:
+            page = (await http.get(server.url("/rooms/chat:1/history"))).json()
+            assert page["recovered"] is True and page["position"]["offset"] == 3
+            assert [p["data"]["text"] for p in page["publications"]] == [
+                "one",
+                "two",
+                "three",
+            ]
+            epoch = page["position"]["epoch"]
+            stale = await http.get(
+                server.url("/rooms/chat:1/history"),
+                params={"offset": "1", "epoch": "another"},
+            )
+            assert stale.json()["recovered"] is False
+            tail = await http.get(
+                server.url("/rooms/chat:1/history"),
+                params={"offset": "2", "epoch": epoch},
+            )
+            assert [p["offset"] for p in tail.json()["publications"]] == [3]
+            bad = await http.get(server.url("/rooms/plain/history"))
+            assert bad.status_code == 400

@@ -17,9 +17,13 @@ def test_all_is_pinned() -> None:
             "ConnectionState",
             "Envelope",
             "ErrorCode",
+            "History",
             "MessageError",
+            "Page",
+            "Position",
             "PublishTooLarge",
             "Reject",
+            "SequencerUnavailable",
             "WSConfig",
             "WSError",
             "WSExtension",
@@ -36,5 +40,6 @@ def test_exceptions_share_one_root() -> None:
         sanic_ws_ext.Reject,
         sanic_ws_ext.MessageError,
         sanic_ws_ext.PublishTooLarge,
+        sanic_ws_ext.SequencerUnavailable,
     ):
         assert issubclass(exc, sanic_ws_ext.WSError)

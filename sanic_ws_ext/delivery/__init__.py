@@ -58,6 +58,10 @@ class OpKind(IntEnum):
     # A cluster-wide question and its answers (JSON {"id", ...}).
     QUERY = 17
     REPLY = 18
+    # History rooms (sanic_ws_ext.sequencer); target: room, reason: request id.
+    SEQUENCE = 19  # to the room's sequencer: number, keep and publish payload
+    FETCH = 20  # to the room's sequencer: JSON {"since", "limit", "join"}
+    HISTORY = 21  # the answer to either: JSON header, newline, framed entries
 
 
 class Op(NamedTuple):

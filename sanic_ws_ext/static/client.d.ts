@@ -126,6 +126,29 @@ export class PresenceStore<M extends { ref: string } = PresenceMeta> {
   onLeave(callback: PresenceCallback<M>): () => void;
 }
 
+/** Where a history room's stream is: the last offset, in an epoch. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** The data of `room.joined`, which `join()` resolves to. */
+export interface RoomJoined {
+  room: string;
+  /** History rooms: the position now (null while the room's keeper restarts). */
+  position?: Position | null;
+  /** History rooms re-joined with a position: whether everything missed came. */
+  recovered?: boolean;
+}
+
+/** `on("room.recovery", ...)`: after a history room was re-joined, or its epoch changed. */
+export interface Recovery {
+  room: string;
+  /** False: something was missed and cannot be replayed; reload the room's state. */
+  recovered: boolean;
+  position: Position | null;
+}
+
 export class WSClient {
   constructor(url?: string, options?: WSClientOptions);
   readonly url: string;
@@ -133,16 +156,21 @@ export class WSClient {
   readonly status: Status;
   readonly queue: SendQueue;
   readonly rooms: Set<string>;
+  /** History rooms: the position of the last publication taken, per room. */
+  readonly positions: Map<string, Position>;
   stableMs: number;
   /** The Svelte store contract: `$client` is the current Status. */
   subscribe(run: (status: Status) => void): () => void;
   on(type: "binary", handler: (data: ArrayBuffer) => void): () => void;
   /** Text frames that are not envelopes. */
   on(type: "text", handler: (text: string) => void): () => void;
+  /** A history room was re-joined with a position (or its epoch changed). */
+  on(type: "room.recovery", handler: (recovery: Recovery) => void): () => void;
   on<T = unknown>(type: string, handler: (data: T, envelope: Envelope<T>) => void): () => void;
   send(type: string, data?: unknown): void;
   sendBinary(data: ArrayBuffer | ArrayBufferView | Blob): void;
-  join(room: string): void;
+  /** Resolves to the room's next `room.joined` data (re-joined after reconnects, with `since`). */
+  join(room: string): Promise<RoomJoined>;
   /** Also empties the room's presence store. */
   leave(room: string): void;
   /** The room's presence store (the same one each call); it does not join the room. */

@@ -7,6 +7,7 @@
 //   ws.join("lobby");                          // re-joined after reconnects
 //   ws.subscribe((status) => ...);             // a Svelte store: $ws.state
 //   const lobby = ws.presence("lobby");        // a Svelte store: $lobby.list
+//   const { recovered } = await ws.join("chat:1"); // a history room: resumes
 //
 // It does not reconnect after a close the server meant (1000, or an app code
 // 4000-4999, such as a kick); pass `shouldReconnect(code)` to decide otherwise.
@@ -82,6 +83,10 @@ export class WSClient {
     this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff ?? {}) };
     this.queue = new SendQueue(options.queueLimit ?? 1000);
     this.rooms = new Set();
+    /** History rooms: the position of the last publication taken, per room. */
+    this.positions = new Map();
+    this._recovering = new Set(); // rooms re-joined after a gap, until room.joined
+    this._joining = new Map(); // room -> resolvers of join() promises
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._random = options.random ?? Math.random;
     this._shouldReconnect = options.shouldReconnect ?? shouldReconnect;
@@ -150,16 +155,25 @@ export class WSClient {
    * Join a room (the server's `on_join` guard decides); kept across
    * reconnects. Rooms are state, not messages: while offline only the wanted
    * set changes, and on each connect the client joins exactly that set, before
-   * anything queued is sent.
+   * anything queued is sent. Resolves to the next `room.joined` data of the
+   * room: for a history room `{room, position, recovered}` (`recovered` only
+   * when a position was sent, as after a reconnect).
    */
   join(room) {
     this.rooms.add(room);
-    if (this._isOpen()) this._socket.send(roomFrame("room.join", room));
+    const joined = new Promise((resolve) => {
+      if (!this._joining.has(room)) this._joining.set(room, []);
+      this._joining.get(room).push(resolve);
+    });
+    if (this._isOpen()) this._socket.send(this._joinFrame(room));
+    return joined;
   }
 
   /** Leave a room; its presence store is cleared (the server's `room.left` does it too). */
   leave(room) {
     this.rooms.delete(room);
+    this.positions.delete(room);
+    this._recovering.delete(room);
     this._presences.get(room)?._clear();
     if (this._isOpen()) this._socket.send(roomFrame("room.leave", room));
   }
@@ -208,10 +222,69 @@ export class WSClient {
       for (const h of handlers("text")) safely(h, event.data);
       return;
     }
+    if (!this._fresh(envelope)) return; // a history room's publication already had
     // The stores first, so that an app's handler of these frames sees them updated.
     if (PRESENCE_FRAMES.has(envelope.type)) safely(() => this._presenceFrame(envelope));
     for (const h of handlers(envelope.type)) safely(h, envelope.data, envelope);
     for (const h of handlers("*")) safely(h, envelope.data, envelope);
+    if (envelope.type === "room.joined") this._joined(envelope.data);
+  }
+
+  // -- history rooms ------------------------------------------------------------
+
+  _joinFrame(room) {
+    const since = this.positions.get(room);
+    const data = since ? { room, since: { offset: since.offset, epoch: since.epoch } } : { room };
+    return JSON.stringify({ type: "room.join", data });
+  }
+
+  /**
+   * Whether to hand `envelope` to the app. A publication of a history room
+   * (top-level `room` and integer `offset`) already had is dropped; one past
+   * a gap is dropped too, and the room re-joined from the last position: the
+   * server replays the missing ones and this one, in order. One of a new
+   * epoch (the history was lost) is taken, and reported as not recovered.
+   */
+  _fresh(envelope) {
+    const { room, offset, epoch } = envelope;
+    if (typeof room !== "string" || !Number.isInteger(offset)) return true;
+    const known = this.positions.get(room);
+    if (known && known.epoch === epoch) {
+      if (offset <= known.offset) return false;
+      if (offset > known.offset + 1) {
+        if (!this._recovering.has(room) && this._isOpen()) {
+          this._recovering.add(room);
+          this._socket.send(this._joinFrame(room));
+        }
+        return false;
+      }
+    }
+    this.positions.set(room, { offset, epoch });
+    if (known && known.epoch !== epoch) {
+      this._report({ room, recovered: false, position: { offset, epoch } });
+    }
+    return true;
+  }
+
+  _joined(data) {
+    const room = data?.room;
+    if (typeof room !== "string") return;
+    this._recovering.delete(room);
+    const position = data.position;
+    if (position && Number.isInteger(position.offset)) {
+      this.positions.set(room, { offset: position.offset, epoch: position.epoch });
+    } else if (position === null) {
+      this.positions.delete(room); // the room's keeper restarts: the next publication tells
+    }
+    if ("recovered" in data) this._report({ room, recovered: data.recovered, position });
+    const waiting = this._joining.get(room);
+    this._joining.delete(room);
+    for (const resolve of waiting ?? []) resolve(data);
+  }
+
+  /** `on("room.recovery", ({room, recovered, position}) => ...)`: after a resume. */
+  _report(recovery) {
+    for (const h of [...(this._handlers.get("room.recovery") ?? [])]) safely(h, recovery);
   }
 
   _presenceFrame({ type, data }) {
@@ -244,7 +317,8 @@ export class WSClient {
       // Rooms first (the server forgot them with the old connection), then
       // what was sent while offline, in order.
       this._openedAt = this._now();
-      for (const room of this.rooms) socket.send(roomFrame("room.join", room));
+      this._recovering.clear();
+      for (const room of this.rooms) socket.send(this._joinFrame(room));
       this.queue.flush((frame) => socket.send(frame));
       this._set({ state: "open", closeCode: null });
     };

@@ -1,0 +1,440 @@
+"""History rooms across processes: who numbers each room, and asking it.
+
+A part the manager owns (like the tracker); it publishes through the
+manager's ``_publish`` and never imports the manager.
+
+Rules this module keeps:
+
+- One sequencer per room: the relay slot ``crc32(room) % slots`` (this
+  process in one process). A slot's worker restarted by Sanic is the same
+  slot, so every process agrees on the sequencer without asking anyone; what
+  the dead process kept is lost, and its rooms start new epochs.
+- A publication to a history room goes to its sequencer (``SEQUENCE``),
+  which numbers it, keeps it, publishes it to the room as an ordinary
+  ``ROOM_SEND`` of its own, and answers the publisher with the position
+  (``HISTORY``). Every numbered publication of a room therefore comes from one
+  sender, and the relay keeps one sender's order: offsets reach every
+  process in order.
+- A client joining with ``since``: its process puts it in the room at once
+  but holds the room's live publications back from it, and asks the
+  sequencer (``FETCH``). The answer leaves the sequencer after every
+  publication it numbered before, and arrives after them (one sender, in
+  order): everything held back is in the answer. In one step, without
+  yielding, the process sends the replay, ``room.joined`` and stops holding;
+  what arrives next is newer. No gap, no duplicate at the seam.
+- Never a 1008 for a replay: one that does not fit the client's
+  backpressure limit is answered ``recovered: false``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ujson
+
+from .delivery import OpKind
+from .delivery.relay import slot_of
+from .delivery.wire import frame_record, iter_records
+from .envelope import encode_envelope
+from .errors import ConfigError, SequencerUnavailable
+from .frames import data_frame
+from .history import History, Page, Position, RoomLog
+from .wire import ConnectionState
+
+if TYPE_CHECKING:
+    from .config import WSConfig
+    from .connection import Connection
+    from .index import LocalIndex
+    from .rooms import RoomPolicies
+
+__all__ = ["Sequencer"]
+
+log = logging.getLogger("sanic.root.sanic_ws_ext")
+
+#: A room's log with nothing kept, untouched this long (seconds), is dropped:
+#: rooms come and go. Its next use starts a new epoch (clients holding the
+#: old one are answered ``recovered: false``, never given wrong offsets).
+_IDLE = 60.0
+#: Bytes a replayed frame costs beyond its body (the frame header, at most).
+_FRAME_OVERHEAD = 10
+
+Publish = Callable[..., None]
+
+
+@dataclass(slots=True)
+class _Request:
+    """A question to another process's sequencer, awaiting its answer."""
+
+    slot: int
+    future: asyncio.Future[tuple[dict[str, Any], list[bytes]]]
+    #: For a client's join: its connection id, room and since.
+    join: tuple[str, str, Position | None] | None = None
+
+
+class Sequencer:
+    """Numbers, keeps and replays the publications of history rooms."""
+
+    def __init__(
+        self,
+        config: WSConfig,
+        rooms: RoomPolicies,
+        local: LocalIndex,
+        *,
+        publish: Publish,
+        join: Callable[[Connection, str], None],
+    ) -> None:
+        self._config = config
+        self._rooms = rooms
+        self._local = local
+        self._publish = publish
+        self._join = join
+        #: The logs of the rooms this process sequences.
+        self.logs: dict[str, RoomLog] = {}
+        self._pending: dict[str, _Request] = {}
+        #: Room -> connection id -> the join request holding its live
+        #: publications back.
+        self.holds: dict[str, dict[str, str]] = {}
+        self._slots = 1
+        self._slot = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.clock: Callable[[], float] = lambda: 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop, delivery: dict[str, Any]) -> None:
+        """Bind to the loop; ``delivery`` is the backend's ``status()``."""
+        self._loop = loop
+        self.clock = loop.time
+        if delivery.get("name") == "redis" and any(
+            spec.history for spec in self._rooms.declared()
+        ):
+            raise ConfigError(
+                "WS_BACKPLANE",
+                "rooms with history= do not work with WS_BACKPLANE=redis yet: "
+                "each machine would number them on its own",
+            )
+        if delivery.get("name") == "relay":
+            self._slots = int(delivery["slots"])
+            self._slot = int(delivery["slot"])
+
+    def spec(self, room: str) -> History | None:
+        return self._rooms.history(room)
+
+    def _home(self, room: str) -> int | None:
+        """The slot sequencing ``room``; None when it is this process."""
+        if self._slots <= 1:
+            return None
+        slot = zlib.crc32(room.encode()) % self._slots
+        return None if slot == self._slot else slot
+
+    # -- what apps call ------------------------------------------------------------
+
+    async def publish(
+        self, room: str, spec: History, body: bytes, exclude: Iterable[str]
+    ) -> Position:
+        """Publish ``body`` (an encoded envelope) to ``room``; its position."""
+        home = self._home(room)
+        if home is None:
+            return self._sequence(room, spec, body, frozenset(exclude))
+        rid, future = self._ask(home)
+        self._publish(
+            OpKind.SEQUENCE,
+            target=room,
+            payload=body,
+            exclude=exclude,
+            reason=rid,
+            to=_name(home),
+        )
+        header, _ = await self._wait(rid, future)
+        return Position(header["offset"], header["epoch"])
+
+    async def fetch(
+        self, room: str, spec: History, since: Position | None, limit: int
+    ) -> Page:
+        """What ``room`` keeps after ``since`` (at most ``limit``)."""
+        home = self._home(room)
+        if home is None:
+            header, entries = self._answer(room, spec, since, limit, join=False)
+        else:
+            rid, future = self._ask(home)
+            self._publish(
+                OpKind.FETCH,
+                target=room,
+                payload=_question(since, limit, join=False),
+                reason=rid,
+                to=_name(home),
+            )
+            header, entries = await self._wait(rid, future)
+        return Page(
+            Position(header["offset"], header["epoch"]),
+            bool(header["ok"]),
+            [ujson.loads(entry) for entry in entries],
+        )
+
+    async def join(
+        self, conn: Connection, room: str, spec: History, since: Position | None
+    ) -> None:
+        """A client's ``room.join`` of a history room; answers ``room.joined``."""
+        rid = uuid.uuid4().hex
+        self.holds.setdefault(room, {})[conn.id] = rid
+        self._join(conn, room)
+        home = self._home(room)
+        if home is None:
+            header, entries = self._answer(room, spec, since, 0, join=True)
+            self._joined(conn.id, room, rid, since, header, entries)
+            return
+        _, future = self._ask(home, rid, (conn.id, room, since))
+        self._publish(
+            OpKind.FETCH,
+            target=room,
+            payload=_question(since, 0, join=True),
+            reason=rid,
+            to=_name(home),
+        )
+        try:
+            await self._wait(rid, future)
+        except SequencerUnavailable:
+            # The sequencer restarts: what it kept is lost anyway. Live
+            # publications flow again; the client learns the new epoch from
+            # them.
+            self._release(room, conn.id, rid)
+            data: dict[str, Any] = {"room": room, "position": None}
+            if since is not None:
+                data["recovered"] = False
+            conn.send_frame(data_frame(encode_envelope("room.joined", data), False))
+
+    def exclude(self, room: str, exclude: frozenset[str]) -> frozenset[str]:
+        """``exclude`` plus the members whose live publications are held back."""
+        held = self.holds.get(room)
+        return exclude.union(held) if held else exclude
+
+    # -- the sequencer's side --------------------------------------------------------
+
+    def _log(self, room: str) -> RoomLog:
+        found = self.logs.get(room)
+        if found is None:
+            found = self.logs[room] = RoomLog(self.clock())
+        return found
+
+    def _sequence(
+        self, room: str, spec: History, body: bytes, exclude: frozenset[str]
+    ) -> Position:
+        room_log = self._log(room)
+        now = self.clock()
+        room_log.expire(now, spec.ttl)
+        stamped = room_log.append(room, body, now, spec)
+        self._publish(OpKind.ROOM_SEND, target=room, payload=stamped, exclude=exclude)
+        return room_log.position
+
+    def _answer(
+        self,
+        room: str,
+        spec: History,
+        since: Position | None,
+        limit: int,
+        *,
+        join: bool,
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """The header and entries answering a fetch of ``room``."""
+        room_log = self._log(room)
+        now = self.clock()
+        room_log.expire(now, spec.ttl)
+        room_log.touched = now
+        ok = True
+        if since is None:
+            entries = room_log.latest(spec.on_join if join else limit)
+        else:
+            found = room_log.after(since)
+            if found is None:
+                ok = False
+                entries = [] if join else room_log.latest(limit)
+            else:
+                entries = found if join else found[:limit]
+        if join:
+            if _replay_bytes(entries) > (self._config.max_backpressure or 1 << 62):
+                ok, entries = False, []  # more than the client could ever take
+        else:
+            # A page crosses processes: about WS_MAX_PUBLISH at most (callers
+            # page on with since=the last one's position).
+            newest = since is None or not ok  # the latest ones, else the next ones
+            entries = _page(entries, self._config.max_publish, newest=newest)
+        position = room_log.position
+        return {"offset": position.offset, "epoch": position.epoch, "ok": ok}, entries
+
+    def apply(self, op: Any) -> None:
+        """A SEQUENCE, FETCH or HISTORY op (the manager routes them here)."""
+        if op.kind is OpKind.HISTORY:
+            self._answered(op.reason, op.payload)
+            return
+        spec = self.spec(op.target)
+        if spec is None:
+            # Declarations differ between processes: nothing sane to answer.
+            log.error(
+                "history op for %r from %s, not a history room here",
+                op.target,
+                op.origin,
+            )
+            return
+        if op.kind is OpKind.SEQUENCE:
+            position = self._sequence(op.target, spec, op.payload, op.exclude)
+            header: dict[str, Any] = position.as_dict()
+            entries: list[bytes] = []
+        else:
+            question = ujson.loads(op.payload)
+            raw = question.get("since")
+            since = None if raw is None else Position(int(raw[0]), str(raw[1]))
+            header, entries = self._answer(
+                op.target,
+                spec,
+                since,
+                int(question.get("limit", 0)),
+                join=bool(question.get("join")),
+            )
+        payload = ujson.dumps(header).encode() + b"\n"
+        payload += b"".join(frame_record(entry) for entry in entries)
+        self._publish(OpKind.HISTORY, payload=payload, reason=op.reason, to=op.origin)
+
+    # -- answers -----------------------------------------------------------------
+
+    def _ask(
+        self,
+        slot: int,
+        rid: str | None = None,
+        join: tuple[str, str, Position | None] | None = None,
+    ) -> tuple[str, asyncio.Future[tuple[dict[str, Any], list[bytes]]]]:
+        assert self._loop is not None
+        rid = rid or uuid.uuid4().hex
+        future: asyncio.Future[tuple[dict[str, Any], list[bytes]]] = (
+            self._loop.create_future()
+        )
+        self._pending[rid] = _Request(slot, future, join)
+        return rid, future
+
+    async def _wait(
+        self, rid: str, future: asyncio.Future[tuple[dict[str, Any], list[bytes]]]
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        timeout = self._config.query_timeout
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise SequencerUnavailable(
+                f"the sequencer of this room did not answer within {timeout:g}s"
+            ) from None
+        finally:
+            self._pending.pop(rid, None)
+
+    def _answered(self, rid: str, payload: bytes) -> None:
+        request = self._pending.pop(rid, None)
+        if request is None or request.future.done():
+            return  # too late: the caller gave up
+        head, _, rest = payload.partition(b"\n")
+        header = ujson.loads(head)
+        entries = list(iter_records(rest))
+        if request.join is not None:
+            conn_id, room, since = request.join
+            # Now, before any later op is applied: the seam.
+            self._joined(conn_id, room, rid, since, header, entries)
+        request.future.set_result((header, entries))
+
+    def _joined(
+        self,
+        conn_id: str,
+        room: str,
+        rid: str,
+        since: Position | None,
+        header: dict[str, Any],
+        entries: list[bytes],
+    ) -> None:
+        """Send a joining client its replay and ``room.joined``; stop holding."""
+        self._release(room, conn_id, rid)
+        conn = self._local.conns.get(conn_id)
+        if conn is None or conn.state is not ConnectionState.OPEN:
+            return
+        if room not in conn.rooms:
+            return  # taken out meanwhile (ws.leave): nothing to join
+        ok = bool(header["ok"])
+        limit = self._config.max_backpressure
+        if (
+            limit is not None
+            and entries
+            and _replay_bytes(entries) + conn.wire.backlog > limit
+        ):
+            ok, entries = False, []  # would be dropped as a slow consumer
+        if since is not None and not ok:
+            entries = []
+        for entry in entries:
+            conn.send_frame(data_frame(entry, False))
+        data: dict[str, Any] = {
+            "room": room,
+            "position": {"offset": header["offset"], "epoch": header["epoch"]},
+        }
+        if since is not None:
+            data["recovered"] = ok
+        conn.send_frame(data_frame(encode_envelope("room.joined", data), False))
+
+    def _release(self, room: str, conn_id: str, rid: str) -> None:
+        held = self.holds.get(room)
+        if held is not None and held.get(conn_id) == rid:
+            del held[conn_id]
+            if not held:
+                del self.holds[room]
+
+    # -- upkeep ------------------------------------------------------------------------
+
+    def peer_gone(self, peer: str) -> None:
+        """A process was dropped: questions to its slot will not be answered."""
+        slot = slot_of(peer)
+        for request in list(self._pending.values()):
+            if request.slot == slot and not request.future.done():
+                request.future.set_exception(
+                    SequencerUnavailable(f"the sequencer {peer} is gone")
+                )
+
+    def sweep(self, now: float) -> None:
+        """Once per beat: expire old publications, drop idle empty logs."""
+        for room, room_log in list(self.logs.items()):
+            spec = self.spec(room)
+            room_log.expire(now, spec.ttl if spec is not None else 0.0)
+            if not room_log.entries and now - room_log.touched > _IDLE:
+                del self.logs[room]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "rooms": len(self.logs),
+            "kept": sum(len(room_log.entries) for room_log in self.logs.values()),
+            "bytes": sum(room_log.bytes for room_log in self.logs.values()),
+            "waiting": len(self._pending),
+        }
+
+
+def _name(slot: int) -> str:
+    """A process name the relay routes to ``slot`` (it reads the slot alone)."""
+    return f"Sanic-Server-{slot}-0"
+
+
+def _question(since: Position | None, limit: int, *, join: bool) -> bytes:
+    raw = None if since is None else [since.offset, since.epoch]
+    return ujson.dumps({"since": raw, "limit": limit, "join": join}).encode()
+
+
+def _page(entries: list[bytes], budget: int, *, newest: bool) -> list[bytes]:
+    """The oldest (or newest) of ``entries`` within ``budget`` bytes, one at least."""
+    total = 0
+    ordered = reversed(entries) if newest else iter(entries)
+    kept = 0
+    for entry in ordered:
+        total += len(entry)
+        if total > budget and kept:
+            break
+        kept += 1
+    if kept == len(entries):
+        return entries
+    return entries[len(entries) - kept :] if newest else entries[:kept]
+
+
+def _replay_bytes(entries: list[bytes]) -> int:
+    return sum(len(entry) + _FRAME_OVERHEAD for entry in entries)
