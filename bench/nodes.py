@@ -22,8 +22,13 @@ Designs, all in one run, interleaved round by round (the order rotates):
 - ``cluster``: today's code over a Redis Cluster of three masters;
 - ``before-cluster``: 5b7bee7 over the same cluster (plain pub/sub, which
   the cluster forwards to every node);
+- ``two``: today's code, the same rooms, clients and messages on 2 nodes
+  (node ``i``'s rooms on node ``i mod 2``: every shared room still on 2
+  nodes, over one Redis): what a node does per delivered message should not
+  grow from 2 nodes to 8;
 - ``one``: today's code, every room and client on one node (over one
-  Redis): the node CPU per delivered message that many nodes should match.
+  Redis): no message crosses nodes, the floor of node CPU per delivered
+  message.
 
 ``BENCH_BEFORE=<dir>``: a checkout of 5b7bee7 (``git worktree add <dir>
 5b7bee7``), as for ``bench/peers.py``; without it the package is extracted
@@ -43,10 +48,13 @@ phase, from counters read before and after it:
   others' rooms); the Redis servers are private to the run, so the nodes are
   all their subscribers. On a cluster, plain publishes also cross the bus:
   bus messages per publish come from ``CLUSTER INFO``.
-- Redis CPU: user + system time of the ``redis-server`` processes started
-  here, from /proc, per room message the clients published.
-- Node CPU per delivered message: the nodes' user + system time over the
-  phase, over the messages the clients received.
+- Redis CPU: CPU time of the ``redis-server`` processes started here, from
+  /proc, per room message the clients published (and idle, per second).
+- Node CPU per delivered message: the nodes' CPU time over the phase, over
+  the messages the clients received; and the same less what the nodes spent
+  idle for as long (measured for ``idle`` seconds before the phases, no
+  traffic: beats, heartbeats, pings), which grows with the number of nodes,
+  not with messages.
 - Latency: from the publisher's stamp to each member's arrival (one client
   process, one clock); p50 and p99 over every delivery.
 
@@ -74,6 +82,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +97,7 @@ from tests.redisproc import RedisServer  # noqa: E402
 
 #: The last commit before interest routing.
 BEFORE_COMMIT = "5b7bee7"
-DESIGNS = ["before", "after", "cluster", "before-cluster", "one"]
+DESIGNS = ["before", "after", "cluster", "before-cluster", "two", "one"]
 #: What --smoke runs: both designs and both kinds of Redis, in seconds.
 SMOKE_DESIGNS = ["before", "after", "cluster"]
 PHASES = ["pairs", "mixed"]
@@ -130,6 +139,9 @@ class Sizes:
     seconds: float  # per phase
     settle: float  # after every client is in its room
     idle: float  # then measured with no traffic
+
+    def count(self, design: str) -> int:
+        return {"one": 1, "two": 2}.get(design, self.nodes)
 
     def layout(self, nodes: int) -> list[tuple[int, str]]:
         """(node, room) of every room side: ``nodes`` 1 puts all on node 0."""
@@ -263,6 +275,29 @@ class Client:
             self.log.close()
 
 
+class Node(SanicProcess):
+    """A node, ended with SIGKILL to its process group (by PID).
+
+    A graceful stop took ~5 s per design on this machine and is not what is
+    measured; the log is still checked for tracebacks, as SanicProcess does.
+    """
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.log.seek(0)
+            log = self.log.read().decode(errors="replace")
+            if exc is None and "Traceback" in log:
+                raise BenchError(f"a node logged a traceback:\n{log[-6000:]}")
+        finally:
+            self._kill()
+            self.log.close()
+
+
 async def node_figures(port: int) -> Figures:
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection("127.0.0.1", port), 10
@@ -286,7 +321,7 @@ async def node_figures(port: int) -> Figures:
 @asynccontextmanager
 async def nodes(
     count: int, url: str, channel: str, package: Path
-) -> AsyncIterator[list[SanicProcess]]:
+) -> AsyncIterator[list[Node]]:
     """``count`` nodes on ``url`` running the package in ``package``."""
     env = {
         "PYTHONPATH": str(BENCH / "servers"),
@@ -296,7 +331,7 @@ async def nodes(
     if package != ROOT:
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # a checkout of before stays as it was
     procs = [
-        SanicProcess("nodes_app:app", "--single-process", env=env, cwd=package)
+        Node("nodes_app:app", "--single-process", env=env, cwd=package)
         for _ in range(count)
     ]
     async with AsyncExitStack() as stack:
@@ -332,7 +367,7 @@ async def measure(
     design: str, sizes: Sizes, redis: Redis, package: Path, run_id: str
 ) -> dict[str, Figures]:
     """One design: start its nodes, fill the rooms, run each phase."""
-    count = 1 if design == "one" else sizes.nodes
+    count = sizes.count(design)
     async with (
         nodes(count, redis.url, f"nodes-{run_id}", package) as procs,
         Client() as client,
@@ -349,7 +384,11 @@ async def measure(
         first = await snapshot(redis, procs, client)
         await asyncio.sleep(sizes.idle)
         last = await snapshot(redis, procs, client)
-        idle = (last["node_cpu"] - first["node_cpu"]) / (last["at"] - first["at"])
+        span = last["at"] - first["at"]
+        idle = {
+            "node": (last["node_cpu"] - first["node_cpu"]) / span,
+            "redis": (last["redis"]["cpu"] - first["redis"]["cpu"]) / span,
+        }
         out: dict[str, Figures] = {}
         for phase in PHASES:
             n = max(1, int(sizes.rate * sizes.seconds))
@@ -366,12 +405,13 @@ async def measure(
                 sizes.seconds + 40,
             )
             last = await snapshot(redis, procs, client)
-            out[phase] = figures(first, last, result)
-            out[phase]["idle_ms"] = idle * 1000  # CPU ms per second, all nodes
+            out[phase] = figures(first, last, result, idle)
         return out
 
 
-def figures(first: Figures, last: Figures, result: Figures) -> Figures:
+def figures(
+    first: Figures, last: Figures, result: Figures, idle: dict[str, float]
+) -> Figures:
     def d(key: str, sub: str | None = None) -> float:
         if sub is not None:
             return float(last[key][sub] - first[key][sub])
@@ -389,6 +429,12 @@ def figures(first: Figures, last: Figures, result: Figures) -> Figures:
         "bus_per_publish": d("redis", "bus") / publishes,
         "redis_us": d("redis", "cpu") / sent * 1e6,
         "node_us": d("node_cpu") / max(1, result["received"]) * 1e6,
+        # Less what the nodes spend idle (beats, timers) over as long.
+        "node_busy_us": (d("node_cpu") - idle["node"] * d("at"))
+        / max(1, result["received"])
+        * 1e6,
+        "node_idle_ms": idle["node"] * 1000,  # CPU ms per second, all nodes
+        "redis_idle_ms": idle["redis"] * 1000,
         "client_share": d("client_cpu") / max(1e-9, d("at")),
     }
 
@@ -445,15 +491,23 @@ def fmt(values: list[float], digits: int) -> str:
     return f"{med:,.{digits}f} ({min(values):,.{digits}f} - {max(values):,.{digits}f})"
 
 
-COLUMNS = [
-    ("Redis msgs per publish", "per_publish", 2),
-    ("Redis msgs per room msg", "per_message", 2),
-    ("bus msgs per publish", "bus_per_publish", 2),
-    ("Redis CPU µs per room msg", "redis_us", 1),
-    ("node CPU µs per delivered", "node_us", 1),
-    ("nodes idle, CPU ms/s", "idle_ms", 0),
-    ("p50 ms", "p50", 1),
-    ("p99 ms", "p99", 1),
+#: Two tables per phase: what Redis carried, and what the nodes did.
+TABLES = [
+    [
+        ("Redis msgs per publish", "per_publish", 2),
+        ("publishes per room msg", "publishes_per_message", 2),
+        ("Redis msgs per room msg", "per_message", 2),
+        ("bus msgs per publish", "bus_per_publish", 2),
+        ("Redis CPU µs per room msg", "redis_us", 1),
+        ("Redis idle, CPU ms/s", "redis_idle_ms", 1),
+    ],
+    [
+        ("node CPU µs per delivered", "node_us", 1),
+        ("less idle", "node_busy_us", 1),
+        ("nodes idle, CPU ms/s", "node_idle_ms", 0),
+        ("p50 ms", "p50", 1),
+        ("p99 ms", "p99", 1),
+    ],
 ]
 
 
@@ -469,16 +523,20 @@ def table(results: Results, sizes: Sizes, designs: list[str]) -> list[str]:
             f"**{phase}**: {some['sent']:,} room messages at {sizes.rate:,}/s to"
             f" {rooms}; medians (range) over {len(results[(designs[0], phase)])}"
             " rounds.",
-            "",
-            "| design | nodes | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
-            "| --- | --- |" + " --- |" * len(COLUMNS),
         ]
-        for design in designs:
-            runs = results[(design, phase)]
-            count = 1 if design == "one" else sizes.nodes
-            cells = [fmt([float(f[key] or 0) for f in runs], digits)
-                     for _, key, digits in COLUMNS]  # fmt: skip
-            lines.append(f"| {design} | {count} | " + " | ".join(cells) + " |")
+        for columns in TABLES:
+            lines += [
+                "",
+                "| design | nodes | " + " | ".join(c for c, _, _ in columns) + " |",
+                "| --- | --- |" + " --- |" * len(columns),
+            ]
+            for design in designs:
+                runs = results[(design, phase)]
+                cells = [fmt([float(f[key] or 0) for f in runs], digits)
+                         for _, key, digits in columns]  # fmt: skip
+                lines.append(
+                    f"| {design} | {sizes.count(design)} | " + " | ".join(cells) + " |"
+                )
         lines.append("")
     share = max(f["client_share"] for runs in results.values() for f in runs)
     lines.append(f"The load client used at most {share:.0%} of a core over a phase.")
