@@ -421,7 +421,7 @@ def figures(
     sent = result["sent"]
     return {
         **result,
-        "lost": result["expected"] - result["received"] + result["extra"],
+        "lost": result["missing"] + result["duplicates"],
         "node_errors": d("missed") + d("lost"),
         "per_publish": d("delivered") / publishes,
         "per_message": d("delivered") / sent,

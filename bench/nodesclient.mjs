@@ -13,8 +13,9 @@
 //   turn), stamped with the send time. Every member of a room, sender
 //   included, should get each one back as "msg". Answers once all arrived,
 //   or at the timeout: {"sent", "expected", "received", "p50", "p99", "max"}
-//   (latency in ms, from the stamp to the arrival), "extra" (more than
-//   expected: a duplicate) and "seconds" (first send to last arrival).
+//   (latency in ms, from the stamp to the arrival), "missing" (messages a
+//   member never got), "duplicates" (got twice) and "seconds" (first send to
+//   last arrival).
 // Closing stdin closes every socket and exits. Only the `ws` package (npm
 // install --prefix bench); the rates here are modest, so plain JSON parsing
 // is not the limit. Every wait is bounded by its timeout.
@@ -32,14 +33,18 @@ function answer(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
-function onFrame(data) {
+function onFrame(ws, data) {
   const env = JSON.parse(data);
   if (env.type !== "msg" || current === null || env.data.phase !== current.phase) return;
   current.received += 1;
+  // Per member, by message: a loss and a duplicate never cancel out.
+  if (ws.seen.has(env.data.n)) current.duplicates += 1;
+  else ws.seen.add(env.data.n);
   const late = now() - env.data.t;
   if (current.lat.length < current.lat.capacity) current.lat.push(late);
   current.lastAt = now();
-  if (current.received >= current.expected && current.sent === current.count) {
+  const unique = current.received - current.duplicates;
+  if (unique >= current.expected && current.sent === current.count) {
     current.done();
   }
 }
@@ -47,9 +52,11 @@ function onFrame(data) {
 function openOne(url, room, deadline) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`${url}?room=${encodeURIComponent(room)}`);
+    ws.seen = new Set(); // message numbers of the phase being measured
+    ws.expect = 0;
     const timer = setTimeout(() => reject(new Error(`no welcome from ${url}`)), deadline - now());
     ws.on("message", (data) => {
-      if (ws.welcomed) return onFrame(data);
+      if (ws.welcomed) return onFrame(ws, data);
       if (JSON.parse(data).type === "welcome") {
         ws.welcomed = true;
         clearTimeout(timer);
@@ -86,9 +93,13 @@ function run({ phase, rooms, rate, count, timeout }) {
     lat.capacity = 2_000_000;
     const turn = new Map(rooms.map((r) => [r, 0]));
     const phaseState = {
-      phase, count, lat, sent: 0, expected: 0, received: 0, lastAt: 0,
+      phase, count, lat, sent: 0, expected: 0, received: 0, duplicates: 0, lastAt: 0,
       done: () => finish(),
     };
+    for (const ws of sockets) {
+      ws.seen.clear();
+      ws.expect = 0;
+    }
     current = phaseState;
     const started = now();
     const perTick = Math.max(1, Math.round(rate / 1000));
@@ -104,14 +115,15 @@ function run({ phase, rooms, rate, count, timeout }) {
         const ws = list[turn.get(room) % list.length];
         turn.set(room, turn.get(room) + 1);
         phaseState.expected += list.length;
-        phaseState.sent += 1;
-        ws.send(JSON.stringify({ type: "pub", data: { room, phase, t: now() } }));
+        for (const member of list) member.expect += 1;
+        const n = phaseState.sent++;
+        ws.send(JSON.stringify({ type: "pub", data: { room, phase, n, t: now() } }));
       }
       if (phaseState.sent < count) {
         ticks += 1;
         // Paced against the start, so a late tick does not lower the rate.
         setTimeout(tick, Math.max(0, started + ticks * tickMs - now()));
-      } else if (phaseState.received >= phaseState.expected) {
+      } else if (phaseState.received - phaseState.duplicates >= phaseState.expected) {
         finish();
       }
     }
@@ -127,7 +139,8 @@ function run({ phase, rooms, rate, count, timeout }) {
         sent: phaseState.sent,
         expected: phaseState.expected,
         received: phaseState.received,
-        extra: Math.max(0, phaseState.received - phaseState.expected),
+        missing: sockets.reduce((sum, ws) => sum + ws.expect - ws.seen.size, 0),
+        duplicates: phaseState.duplicates,
         p50: at(0.5),
         p99: at(0.99),
         max: lat.length ? lat[lat.length - 1] : null,
