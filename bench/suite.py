@@ -13,7 +13,9 @@ figure), the two load clients compared on the same servers, one stalled
 client among 1000 (the others' throughput), chat (100
 clients; the highest rate with p99 <= 100 ms), idle memory (5,000
 connections), the relay between workers, and the Redis backplane between
-machines. Cluster scale (``bench/scale.py``: minutes at full size) runs on
+machines, and many nodes (``bench/nodes.py``: 8 nodes over one Redis and
+over a Redis Cluster, interest routing against the single channel of
+5b7bee7). Cluster scale (``bench/scale.py``: minutes at full size) runs on
 its own; ``--smoke`` includes it. Needs ``npm install --prefix bench`` (Node
 ``ws``) and ``pip install -e '.[bench]'`` (socketify, python-socketio,
 uvicorn).
@@ -114,6 +116,9 @@ def main() -> None:
         # Two nodes of two workers, a worker killed, a storm: exits non-zero
         # if a member was lost or a view never came right.
         section("Cluster scale (smoke)", script("scale.py", "--smoke"))
+        # Three nodes per design, before and after, one Redis and a cluster:
+        # exits non-zero if a room message was lost or came twice.
+        section("Many nodes (smoke)", script("nodes.py", "--smoke"))
         lost = [run for run in checked if run["received"] != run["expected"]]
         if not passed:  # a chat run that lost a message (or was late) fails
             lost.append({"chat": "ours failed 5 msg/s per client"})
@@ -147,6 +152,10 @@ def main() -> None:
         relay += script("relay.py", "--workers", workers, "--rounds", str(rounds))
     section("Relay between workers", relay)
     section("Redis backplane", script("backplane.py", "--rounds", str(rounds)))
+    section(
+        "Many nodes: interest routing against one channel",
+        script("nodes.py", "--rounds", str(rounds)),
+    )
     text = "\n".join(report)
     print(text)
     if args.out:
