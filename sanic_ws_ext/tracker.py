@@ -256,6 +256,10 @@ class Tracker:
         self._removing += 1
         try:
             for start in range(0, len(refs), _SLICE):
+                if start:
+                    await asyncio.sleep(0)  # a slice per loop pass
+                # No pass after the last slice: when the table is right, the
+                # removal is over, and a flush then tells members at once.
                 for ref in refs[start : start + _SLICE]:
                     known = self.table.refs.get(ref)
                     if known is None or (synced and known.epoch >= epoch):
@@ -263,7 +267,6 @@ class Tracker:
                     entry = self.table.remove(ref)
                     if entry is not None:
                         self._diffs.leave(entry)
-                await asyncio.sleep(0)
         finally:
             self._removing -= 1
             self._arm()
