@@ -14,6 +14,14 @@ Rules this module keeps:
 - Writing never waits. Frames are appended to the wire's pending list and the
   :class:`Flusher` writes each wire's pending frames in one
   ``transport.write`` per event-loop pass.
+- The transport never holds much: a flush gives it at most ``_WIRE_CHUNK``
+  bytes, and none while it holds any (its high-water mark is 0: it pauses
+  the wire until it has written everything).
+  What the transport buffers, the event loop writes in its own I/O phase
+  for every socket that turns writable, unbounded by the Flusher's budget:
+  thousands of members each holding a 150 KB presence diff there made one
+  loop pass of 130 ms (issue 14). Held in the pending list instead, the rest
+  goes out through the Flusher, a budget per pass.
 - Unsent bytes (pending plus the transport's buffer) are bounded by
   ``WS_MAX_BACKPRESSURE`` plus one frame: a frame is refused only when the
   backlog already passed the bound, so a client that keeps up can receive
@@ -176,6 +184,20 @@ _PASS_LIMIT = 2 << 20
 #: loop about 15 ms; issue 14 allows 50.
 _WRITE_BUDGET = _PASS_LIMIT
 
+#: What one ``transport.write`` costs beyond its bytes, in bytes of the
+#: budget: a send on loopback is a system call and the TCP path of both
+#: ends, about 8 us on a loaded 2-core machine, the time of ~1 KB at
+#: 130 MB/s. Without it, a pass of small presence diffs to 1,400 members
+#: was 2 MiB in 1,400 writes, 30 ms of CPU (bench/scale.py, issue 14).
+_WRITE_COST = 1 << 10
+
+#: Bytes one flush hands one transport. The transport pauses us when the
+#: kernel did not take all of it and we give it nothing more until it has
+#: written the rest, so it never holds more than one chunk; the kernel takes
+#: a chunk in one ``send`` while the client keeps up. Broadcasts of small
+#: messages never reach it in a pass.
+_WIRE_CHUNK = 64 << 10
+
 
 class Flusher:
     """Writes every wire's pending frames once per event-loop pass.
@@ -220,9 +242,8 @@ class Flusher:
         budget = _WRITE_BUDGET
         while dirty and budget > 0:
             wire = dirty.popleft()
-            budget -= wire._pending_bytes
             try:
-                wire._flush()
+                budget -= wire._flush() + _WRITE_COST
             except Exception:
                 # One broken socket must not stall the others in this batch.
                 log.exception("websocket %s: write failed", wire.conn.id)
@@ -257,6 +278,7 @@ class Wire(asyncio.Protocol):
         "ping_sent",
         "reading_paused",
         "state",
+        "writing_paused",
     )
 
     def __init__(
@@ -280,7 +302,14 @@ class Wire(asyncio.Protocol):
         #: Loop time of the heartbeat's unanswered ping, or 0.0.
         self.ping_sent = 0.0
         self.reading_paused = False
-        self._pending: list[bytes] = []
+        # The transport pauses us as soon as the kernel leaves it anything
+        # to hold, and resumes us once it has written all of it: it never
+        # holds more than the rest of one chunk.
+        transport.set_write_buffer_limits(high=0)
+        #: The transport holds bytes the kernel did not take: nothing more
+        #: is handed to it until it calls resume_writing.
+        self.writing_paused = transport.get_write_buffer_size() > 0
+        self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         # The transport's own buffer size as of the last flush.
         self._written = 0
@@ -347,12 +376,26 @@ class Wire(asyncio.Protocol):
         self._pending_bytes = queued + len(frame)
         return True
 
-    def _flush(self) -> None:
+    def _flush(self) -> int:
+        """Hand the transport up to ``_WIRE_CHUNK`` pending bytes; how many."""
         pending = self._pending
-        if not pending or self.state is ConnectionState.CLOSED:
-            return
+        if not pending or self.writing_paused or self.state is ConnectionState.CLOSED:
+            # Paused: resume_writing marks this wire again.
+            return 0
         transport = self._transport
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        if len(data) > _WIRE_CHUNK:
+            # A view, not a copy: one frame is shared by every member.
+            view = memoryview(data)
+            transport.write(view[:_WIRE_CHUNK])
+            rest = view[_WIRE_CHUNK:]
+            self._pending = [rest]
+            self._pending_bytes = len(rest)
+            self._written = transport.get_write_buffer_size()
+            if not self.writing_paused:
+                self._flusher.mark(self)
+            return _WIRE_CHUNK
+        transport.write(data)
         self._pending = []
         self._pending_bytes = 0
         self._written = transport.get_write_buffer_size()
@@ -360,6 +403,17 @@ class Wire(asyncio.Protocol):
             # The peer answered our close (or failed the protocol): the
             # server closes TCP once the close frame is out.
             transport.close()
+        return len(data)
+
+    # -- flow control of outgoing bytes (the transport calls these) --------
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self._pending and self.state is not ConnectionState.CLOSED:
+            self._flusher.mark(self)
 
     def _send_control(self, chunks: list[bytes]) -> None:
         """Queue what the protocol object wants sent (pong, close, EOF)."""
@@ -633,6 +687,8 @@ def fan_out(
     exclude: Collection[str],
     limit: int | None,
     flusher: Flusher,
+    *,
+    account: bool = True,
 ) -> int:
     """Queue ``frame`` for every open wire of ``wires`` whose id is not in ``exclude``.
 
@@ -640,6 +696,10 @@ def fan_out(
     :meth:`Wire.send_frame` inlined, with the limit (``WS_MAX_BACKPRESSURE``)
     and the flusher read once for all. A wire that may be past the limit
     takes the full path, which drops it if it is. Returns how many took it.
+
+    ``account=False``: leave the writing to the flusher's next pass, however
+    much was queued (for a caller that is no handler's loop and has work of
+    its own in this pass, the presence tracker).
     """
     queued = 0
     size = len(frame)
@@ -657,5 +717,6 @@ def fan_out(
         pending.append(frame)
         wire._pending_bytes = pending_bytes + size
         queued += 1
-    flusher.account(size * queued)
+    if account:
+        flusher.account(size * queued)
     return queued
