@@ -37,6 +37,7 @@ __all__ = [
     "Envelope",
     "decode_envelope",
     "encode_envelope",
+    "encode_envelope_json",
     "error_envelope",
     "now_ms",
 ]
@@ -81,6 +82,16 @@ def encode_envelope(
     return ujson.dumps(
         payload, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False
     ).encode()
+
+
+def encode_envelope_json(type: str, data: bytes) -> bytes:
+    """:func:`encode_envelope` of data already encoded as JSON (by this
+    package, with the same options), stamped now."""
+    return b'{"type":%s,"data":%s,"timestamp":%d}' % (
+        ujson.dumps(type, ensure_ascii=False, escape_forward_slashes=False).encode(),
+        data,
+        now_ms(),
+    )
 
 
 def error_envelope(code: str, reason: str) -> bytes:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import ujson
 
-from .envelope import encode_envelope
+from .envelope import encode_envelope, encode_envelope_json
 from .frames import OP_TEXT, encode_frame
 from .presence import Counts, Diffs, Entry, PresenceTable
 from .wire import fan_out
@@ -389,7 +389,7 @@ class Tracker:
             fresh = newcomers.pop(room, set())
             others = members - fresh if fresh else members
             if others:
-                sent += self._send(others, "presence.diff", {"room": room, **diff})
+                sent += self._send(others, "presence.diff", diff)
             if fresh:
                 sent += self._send(fresh & members, "presence.state", self._state(room))
         for room, fresh in newcomers.items():  # joined, nothing else changed
@@ -411,14 +411,30 @@ class Tracker:
                 )
         self.counters.messages_out += sent
 
-    def _state(self, room: str) -> dict[str, Any]:
-        return {"room": room, "users": self.table.state(room)}
+    def _state(self, room: str) -> bytes:
+        return self.table.state(room)
 
-    def _send(self, wires: Iterable[Wire], type_: str, data: dict[str, Any]) -> int:
+    def _send(
+        self, wires: Iterable[Wire], type_: str, data: dict[str, Any] | bytes
+    ) -> int:
+        """``data``: a dict, or JSON already encoded (diffs and states: see
+        :func:`~sanic_ws_ext.presence._by_key` for why)."""
         assert self._flusher is not None
-        frame = encode_frame(OP_TEXT, encode_envelope(type_, data))
+        body = (
+            encode_envelope_json(type_, data)
+            if isinstance(data, bytes)
+            else encode_envelope(type_, data)
+        )
+        frame = encode_frame(OP_TEXT, body)
+        # Written by the flusher's passes, not in this one: telling every
+        # room's members is work enough for one loop pass.
         return fan_out(
-            list(wires), frame, (), self.config.max_backpressure, self._flusher
+            list(wires),
+            frame,
+            (),
+            self.config.max_backpressure,
+            self._flusher,
+            account=False,
         )
 
     def _run(self, work: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import ujson
 
 from sanic_ws_ext.presence import Counts, Diffs, Entry, PresenceTable, checked_presence
 from sanic_ws_ext.rooms import UNDECLARED, RoomPolicies, RoomSpec
@@ -20,9 +21,9 @@ def test_table_by_room_key_and_process() -> None:
     assert table.add(entry("2"))  # a second tab: same key
     assert table.add(entry("3", key="bob", process="w1"))
     assert not table.add(entry("3", key="bob", process="w1"))  # known ref
-    assert table.state("r") == {
-        "ann": [{"ref": "1"}, {"ref": "2"}],
-        "bob": [{"ref": "3"}],
+    assert ujson.loads(table.state("r")) == {
+        "room": "r",
+        "users": {"ann": [{"ref": "1"}, {"ref": "2"}], "bob": [{"ref": "3"}]},
     }
     assert table.count("r") == (3, 2)
     removed = table.remove("1")
@@ -54,10 +55,15 @@ def test_diffs_net_out_and_group_by_key() -> None:
     diffs.join(b)
     diffs.leave(b)  # came and went: never mentioned
     diffs.leave(c)
-    assert diffs.take() == {
-        "r": {"joins": {"ann": [{"ref": "a", "name": "Ann"}]}, "leaves": {}},
+    taken = {room: ujson.loads(data) for room, data in diffs.take().items()}
+    assert taken == {
+        "r": {
+            "room": "r",
+            "joins": {"ann": [{"ref": "a", "name": "Ann"}]},
+            "leaves": {},
+        },
         # A leave is its ref alone: members hold the metadata already.
-        "s": {"joins": {}, "leaves": {"ann": [{"ref": "c"}]}},
+        "s": {"room": "s", "joins": {}, "leaves": {"ann": [{"ref": "c"}]}},
     }
     assert not diffs and diffs.take() == {}
 
@@ -102,3 +108,21 @@ def test_room_patterns() -> None:
     assert policies.lookup("other")[0] is UNDECLARED
     with pytest.raises(ValueError, match="twice"):
         policies.add(RoomSpec.declare("doc:{x}"))
+
+
+def test_diff_and_state_escape_keys_and_metadata() -> None:
+    """Built as bytes, they are still JSON whatever the key or metadata holds."""
+    table = PresenceTable()
+    diffs = Diffs()
+    odd = 'quote " back \\ slash / line\n é 😀'
+    for ref in ("1", "2"):
+        e = entry(ref, key=odd, room=odd, name=odd)
+        table.add(e)
+        diffs.join(e)
+    expected = [{"ref": "1", "name": odd}, {"ref": "2", "name": odd}]
+    assert ujson.loads(table.state(odd)) == {"room": odd, "users": {odd: expected}}
+    assert ujson.loads(diffs.take()[odd]) == {
+        "room": odd,
+        "joins": {odd: expected},
+        "leaves": {},
+    }
