@@ -76,10 +76,13 @@ class LagSampler:
             busy = time.thread_time() - cpu_before
             if busy > self.worst_cpu:
                 self.worst_cpu = busy
+                WORST_WINDOW[:] = WINDOW
+            WINDOW.clear()
 
     def reset(self) -> None:
         self.worst = 0.0
         self.worst_cpu = 0.0
+        WORST_WINDOW.clear()
         self.since = time.monotonic()
 
 
@@ -91,8 +94,17 @@ lag = LagSampler()
 SLOWEST: dict[str, float] = {}
 
 
+#: With BENCH_TRACE=1: the CPU (ms) of each traced call and collection
+#: since the lag sampler's current window began, and the same for the
+#: window that set ``worst_cpu``: what the worst stall was made of (the rest
+#: of it is untraced work: the event loop's own I/O, other callbacks).
+WINDOW: list[tuple[str, float]] = []
+WORST_WINDOW: list[tuple[str, float]] = []
+
+
 def _record(label: str, wall: float, cpu: float) -> None:
     """Keep the longest call of ``label`` by the wall clock, with its CPU."""
+    WINDOW.append((label, round(cpu * 1000, 1)))
     if wall * 1000 > SLOWEST.get(label, 0.0):
         SLOWEST[label] = round(wall * 1000, 1)
         SLOWEST[label + ".cpu"] = round(cpu * 1000, 1)
@@ -133,9 +145,15 @@ if TRACE:
     from sanic_ws_ext.cluster import Membership
     from sanic_ws_ext.manager import ConnectionManager
     from sanic_ws_ext.tracker import Tracker
-    from sanic_ws_ext.wire import Flusher
+    from sanic_ws_ext.delivery.backplane import RedisBackplane
+    from sanic_ws_ext.heartbeat import Heartbeat
+    from sanic_ws_ext.wire import Flusher, Wire
 
     for owner, name in [
+        (RedisBackplane, "_subscriber_read"),
+        (Heartbeat, "sweep"),
+        (Wire, "resume_writing"),
+        (Wire, "data_received"),
         (Tracker, "flush"),
         (Tracker, "_publish_changes"),
         (Tracker, "_tell_members"),
@@ -189,6 +207,8 @@ async def figures(reset: bool, light: bool = False) -> dict[str, Any]:
         "slow_closed": ws.counters.slow_closed,
         "cpu_s": time.process_time(),
         "slowest_ms": dict(SLOWEST),
+        "worst_window_ms": sorted(WORST_WINDOW, key=lambda c: -c[1])[:6],
+        "worst_window_calls": collections.Counter(c[0] for c in WORST_WINDOW),
     }
     if not light:
         found.update(
@@ -212,6 +232,28 @@ async def figures(reset: bool, light: bool = False) -> dict[str, Any]:
     elif TRACE and not light:
         _record("figures", time.perf_counter() - start, time.thread_time() - cpu)
     return found
+
+
+@app.get("/bench/census")
+async def census_route(request: Request) -> JSONResponse:
+    """What a full garbage collection walks here, and what it costs: the
+    objects the collector tracks, by type, and one ``gc.collect()`` timed
+    (a stall of its own: never asked while one is being measured)."""
+    objects = gc.get_objects()
+    kinds = collections.Counter(type(o).__name__ for o in objects)
+    del objects
+    start, cpu = time.perf_counter(), time.thread_time()
+    gc.collect()
+    return json(
+        {
+            "tracked": sum(kinds.values()),
+            "frozen": gc.get_freeze_count(),
+            "full_collection_ms": (time.perf_counter() - start) * 1000,
+            "full_collection_cpu_ms": (time.thread_time() - cpu) * 1000,
+            "kinds": dict(kinds.most_common(40)),
+            "connections": len(app.ctx.ws.connections),
+        }
+    )
 
 
 @app.get("/bench/figures")
