@@ -582,7 +582,7 @@ async def cluster_round(sizes: Sizes, smoke: bool) -> dict[str, float]:
                 slowest = after[pid]["slowest_ms"]
                 objects = (after[pid].get("gc_objects"), after[pid].get("gc_kinds"))
                 stall = after[pid]["max_busy_ms"]
-                window = (after[pid]["worst_window_ms"], after[pid]["worst_window_calls"])
+                window = after[pid]["worst_window_ms"], after[pid]["worst_window_calls"]
                 print(
                     f"  kill: {pid} stall {stall:.1f} ms, of it traced {window};"
                     f" gc objects {objects}"

@@ -143,10 +143,10 @@ TRACE = os.environ.get("BENCH_TRACE") == "1"
 if TRACE:
     _trace_gc()
     from sanic_ws_ext.cluster import Membership
-    from sanic_ws_ext.manager import ConnectionManager
-    from sanic_ws_ext.tracker import Tracker
     from sanic_ws_ext.delivery.backplane import RedisBackplane
     from sanic_ws_ext.heartbeat import Heartbeat
+    from sanic_ws_ext.manager import ConnectionManager
+    from sanic_ws_ext.tracker import Tracker
     from sanic_ws_ext.wire import Flusher, Wire
 
     for owner, name in [
