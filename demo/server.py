@@ -13,9 +13,12 @@ the verify hook takes the name the page sends (``?name=`` on the websocket
 URL) if it is 1 to 24 letters, digits, spaces, dots, dashes or underscores,
 else gives a guest name.
 
-The page keeps each room's messages while you are in another room (in
-memory: what was said while you were away is not shown), shows a message
-typed while offline greyed until it is sent, and works down to phone widths.
+Each room keeps its last 200 messages for an hour (``history=``): a page
+entering a room is shown the latest 50, and a page that comes back to a room,
+or reconnects after a network drop or a server restart, is sent what it
+missed, each message once; when the server no longer has them (after a
+restart the history starts again), the page says so. It shows a message typed
+while offline greyed until it is sent, and works down to phone widths.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sanic_ws_ext import (
     Accept,
     Connection,
     Envelope,
+    History,
     MessageError,
     WSExtension,
     WSHandlers,
@@ -56,9 +60,15 @@ async def identify(request: Request) -> Accept:
     return Accept(user=name, presence={"name": name})
 
 
-# Every room of the demo: full presence, and any client may join.
+# Every room of the demo: full presence, any client may join, and a history
+# that brings a page back up to date (kept by the workers: lost on a restart).
 for _room in ROOMS:
-    chat.room(_room, presence="full", client_join=True)
+    chat.room(
+        _room,
+        presence="full",
+        client_join=True,
+        history=History(size=200, ttl=3600, on_join=50),
+    )
 
 
 @chat.on_connect

@@ -37,7 +37,9 @@ async def test_demo_chat() -> None:
         alice = await WSTestClient.connect(server.ws_url() + "?name=alice")
         assert (await alice.expect("chat.welcome")).data["name"] == "alice"
         await alice.send("room.join", {"room": "lobby"})
-        assert (await alice.expect("room.joined")).data == {"room": "lobby"}
+        # A history room: the answer says where its stream is.
+        joined = (await alice.expect("room.joined")).data
+        assert joined["room"] == "lobby" and set(joined) == {"room", "position"}
         state = (await alice.expect("presence.state")).data
         assert state["users"]["alice"][0]["name"] == "alice"
         bob = await WSTestClient.connect(server.ws_url() + "?name=bob")
@@ -60,6 +62,14 @@ async def test_demo_chat() -> None:
         assert (await bob.expect("error")).data["code"] == "room_refused"
         await bob.close()
         assert list((await alice.expect("presence.diff")).data["leaves"]) == ["bob"]
+        # A page opened later is shown the room's latest messages first.
+        carol = await WSTestClient.connect(server.ws_url() + "?name=carol")
+        await carol.expect("chat.welcome")
+        await carol.send("room.join", {"room": "lobby"})
+        recent = (await carol.expect("chat.message")).data
+        assert (recent["from"], recent["text"]) == ("alice", "hi bob")
+        await carol.expect("room.joined")
+        await carol.close()
         await alice.close()
 
 

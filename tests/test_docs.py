@@ -43,6 +43,10 @@ def test_every_page_is_in_the_nav_and_included_files_exist() -> None:
     assert pages <= in_nav, f"pages missing from mkdocs.yml's nav: {pages - in_nav}"
     assert in_nav <= pages, f"nav entries with no page: {in_nav - pages}"
     for page in DOCS.rglob("*.md"):
+        # A snippet line a formatter mangled ("--8 < --") is shown as text.
+        assert not re.search(r"^\s*--8 +<", page.read_text(), re.M), (
+            f"{page.name}: a snippet include written '--8 <': it is shown as text"
+        )
         for included in re.findall(r'^\s*--8<-- "([^"]+)"', page.read_text(), re.M):
             path = included.split(":")[0]  # "file.py:section"
             assert (ROOT / path).is_file(), f"{page.name} includes missing {path}"

@@ -158,8 +158,15 @@ export class WSClient {
    * anything queued is sent. Resolves to the next `room.joined` data of the
    * room: for a history room `{room, position, recovered}` (`recovered` only
    * when a position was sent, as after a reconnect).
+   *
+   * `since` (a history room's `{offset, epoch}`, such as `positions.get(room)`
+   * saved before a `leave`): resume from there, as after a reconnect; the
+   * publications missed since come before `room.joined`.
    */
-  join(room) {
+  join(room, { since } = {}) {
+    if (since && Number.isInteger(since.offset) && typeof since.epoch === "string") {
+      this.positions.set(room, { offset: since.offset, epoch: since.epoch });
+    }
     this.rooms.add(room);
     const joined = new Promise((resolve) => {
       if (!this._joining.has(room)) this._joining.set(room, []);

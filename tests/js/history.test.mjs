@@ -143,3 +143,29 @@ test("leaving forgets the position; plain rooms are untouched", () => {
   socket().receive(JSON.stringify({ room: 5, offset: "x", type: "said", data: "odd" }));
   assert.deepEqual(got, ["plain", "odd"]);
 });
+
+test("join with since resumes a room left earlier, from the saved position", async () => {
+  const { ws, socket } = client();
+  socket().open();
+  ws.join("chat:1");
+  joined(socket(), { room: "chat:1", position: { offset: 3, epoch: "e1" } });
+  const saved = ws.positions.get("chat:1");
+  ws.leave("chat:1");
+  assert.equal(ws.positions.has("chat:1"), false);
+  const got = [];
+  ws.on("msg", (data) => got.push(data));
+  const answer = ws.join("chat:1", { since: saved });
+  assert.deepEqual(sentFrames(socket()).at(-1), {
+    type: "room.join",
+    data: { room: "chat:1", since: { offset: 3, epoch: "e1" } },
+  });
+  publication(socket(), "chat:1", 3, "already had");
+  publication(socket(), "chat:1", 4, "missed");
+  joined(socket(), { room: "chat:1", recovered: true, position: { offset: 4, epoch: "e1" } });
+  assert.deepEqual(got, ["missed"]);
+  assert.equal((await answer).recovered, true);
+  // A since that is no position is ignored: a plain join.
+  ws.leave("chat:1");
+  ws.join("chat:1", { since: { offset: "3" } });
+  assert.deepEqual(sentFrames(socket()).at(-1), { type: "room.join", data: { room: "chat:1" } });
+});
