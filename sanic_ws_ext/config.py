@@ -52,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "WS_KEEP_HEADERS": (),
     # Seconds to wait for the client's close reply before dropping the socket.
     "WS_CLOSE_TIMEOUT": 10.0,
+    # A sender that queued more than 2 MiB without letting the event loop run
+    # yields, then waits while receivers that are reading hold more than half
+    # of WS_MAX_BACKPRESSURE; a receiver whose socket took nothing for this
+    # many seconds is not waited for (None: never wait, only yield).
+    "WS_DRAIN_TIMEOUT": 1.0,
     # Incoming messages queued per connection while its handlers run; past it
     # the server stops reading from that socket until the queue drains.
     "WS_MAX_QUEUE": 64,
@@ -246,6 +251,7 @@ class WSConfig:
     allowed_origins: tuple[str, ...]
     keep_headers: tuple[str, ...]
     close_timeout: float
+    drain_timeout: float | None
     max_queue: int
     max_queue_bytes: int
     handler_timeout: float | None
@@ -399,6 +405,9 @@ class WSConfig:
                 h.lower() for h in _strings("WS_KEEP_HEADERS", get("WS_KEEP_HEADERS"))
             ),
             close_timeout=close_timeout,
+            drain_timeout=_number(
+                "WS_DRAIN_TIMEOUT", get("WS_DRAIN_TIMEOUT"), allow_none=True
+            ),
             max_queue=max_queue,
             max_queue_bytes=max_queue_bytes,
             handler_timeout=_number(

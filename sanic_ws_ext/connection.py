@@ -114,12 +114,19 @@ class Connection:
     # -- sending ---------------------------------------------------------
 
     async def send(self, type: str, data: Any = None) -> None:
-        """Send one envelope to this connection (never waits on the socket)."""
+        """Send one envelope to this connection.
+
+        Returns at once, unless this process queued more than 2 MiB without
+        letting the event loop run: then it waits for readers that are
+        reading (see ``WS_DRAIN_TIMEOUT``), never for this socket alone.
+        """
         self.wire.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data)))
+        await self.wire.pace()
 
     async def send_raw(self, payload: str | bytes) -> None:
-        """Send a raw text (``str``) or binary (``bytes``) frame."""
+        """Send a raw text (``str``) or binary (``bytes``) frame (as :meth:`send`)."""
         self.wire.send_frame(data_frame(*raw_body(payload)))
+        await self.wire.pace()
 
     def send_frame(self, frame: bytes) -> bool:
         """Queue an already-framed message; ``False`` if it was not accepted."""

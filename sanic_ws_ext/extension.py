@@ -121,7 +121,9 @@ async def _freeze(app: Sanic[Any, Any]) -> None:
     still freed by reference counting; only a reference cycle among them
     would never be, and startup's garbage is collected just before.
     """
-    if WSConfig.from_mapping(app.config).gc_freeze:
+    # Not in a test process (sanic-testing, testing.serve): what it builds
+    # test after test must stay collectable.
+    if WSConfig.from_mapping(app.config).gc_freeze and not Sanic.test_mode:
         gc.collect()
         gc.freeze()
 

@@ -250,11 +250,13 @@ class ConnectionManager:
     async def send(self, conn_id: str, type: str, data: Any = None) -> None:
         """Send an envelope to one connection, wherever it is."""
         self._outbox.address(OpKind.SEND, conn_id, payload=encode_envelope(type, data))
+        await self._pace()
 
     async def send_raw(self, conn_id: str, payload: str | bytes) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame to one connection."""
         body, binary = raw_body(payload)
         self._outbox.address(OpKind.SEND, conn_id, payload=body, binary=binary)
+        await self._pace()
 
     async def broadcast(
         self, type: str, data: Any = None, *, exclude: Iterable[str] = ()
@@ -263,6 +265,7 @@ class ConnectionManager:
         self._outbox.publish(
             OpKind.BROADCAST, payload=encode_envelope(type, data), exclude=exclude
         )
+        await self._pace()
 
     async def broadcast_raw(
         self, payload: str | bytes, *, exclude: Iterable[str] = ()
@@ -272,6 +275,7 @@ class ConnectionManager:
         self._outbox.publish(
             OpKind.BROADCAST, payload=body, binary=binary, exclude=exclude
         )
+        await self._pace()
 
     async def publish(
         self, room: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
@@ -290,6 +294,7 @@ class ConnectionManager:
         self._outbox.publish(
             OpKind.ROOM_SEND, target=room, payload=body, exclude=exclude
         )
+        await self._pace()
         return None
 
     async def history(
@@ -323,6 +328,7 @@ class ConnectionManager:
         self._outbox.publish(
             OpKind.ROOM_SEND, target=room, payload=body, binary=binary, exclude=exclude
         )
+        await self._pace()
 
     async def send_user(
         self, user: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
@@ -334,6 +340,7 @@ class ConnectionManager:
             payload=encode_envelope(type, data),
             exclude=exclude,
         )
+        await self._pace()
 
     async def send_user_raw(
         self, user: str, payload: str | bytes, *, exclude: Iterable[str] = ()
@@ -343,6 +350,15 @@ class ConnectionManager:
         self._outbox.publish(
             OpKind.USER_SEND, target=user, payload=body, binary=binary, exclude=exclude
         )
+        await self._pace()
+
+    async def _pace(self) -> None:
+        """After queuing: let the loop run, and wait for readers, once this
+        process queued more than a pass's worth without yielding
+        (:meth:`~sanic_ws_ext.wire.Flusher.pace`, ``WS_DRAIN_TIMEOUT``)."""
+        if self._flusher is not None:
+            config = self.config
+            await self._flusher.pace(config.max_backpressure, config.drain_timeout)
 
     async def disconnect(
         self, conn_id: str, code: int = CloseCode.NORMAL, reason: str = ""

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import fcntl
 import io
 import logging
@@ -211,19 +212,90 @@ class Flusher:
     gathers what is queued meanwhile.
     """
 
-    __slots__ = ("_dirty", "_loop", "_queued", "_scheduled")
+    __slots__ = (
+        "_dirty",
+        "_loop",
+        "_paused",
+        "_queued",
+        "_resumed",
+        "_scheduled",
+        "_unyielded",
+        "behind",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._dirty: deque[Wire] = deque()
         self._scheduled = False
         self._queued = 0
+        # Bytes queued since the event loop last ran one of our passes: a
+        # sender past _PASS_LIMIT of them yields at its next await (pace()).
+        self._unyielded = 0
+        # Wires whose transport holds bytes the kernel did not take, with the
+        # loop time they paused: their readers are behind, or stalled.
+        self._paused: dict[Wire, float] = {}
+        self._resumed = asyncio.Event()
+        #: Set by a send that left some wire past half of WS_MAX_BACKPRESSURE:
+        #: the sender's next await paces (see pace()).
+        self.behind = False
 
     def account(self, size: int) -> None:
         """Count ``size`` bytes queued; past the pass limit, write them now."""
         self._queued += size
+        self._unyielded += size
         if self._queued >= _PASS_LIMIT:
             self.flush()
+
+    def paused(self, wire: Wire) -> None:
+        self._paused[wire] = self._loop.time()
+
+    def resumed(self, wire: Wire) -> None:
+        """``wire``'s transport wrote everything (or the wire is gone)."""
+        if self._paused.pop(wire, None) is not None:
+            self._resumed.set()
+
+    async def pace(self, limit: int | None, patience: float | None) -> None:
+        """What an ``await`` on a send does: nothing, unless this sender queued
+        more than ``_PASS_LIMIT`` bytes without letting the loop run, or left
+        a receiver with more than half of ``limit`` unsent.
+
+        Then it lets the loop run (sockets written, clients read), and waits
+        while some reader that is reading holds more than half of ``limit``
+        (``WS_MAX_BACKPRESSURE``) unsent: a handler broadcasting in a loop
+        goes at the pace of its readers instead of closing them all 1008
+        (issue 18). A reader whose socket took nothing for ``patience``
+        seconds (``WS_DRAIN_TIMEOUT``) is not waited for: the sender goes
+        on, and that reader passes the limit and is dropped, as before.
+        """
+        if self._unyielded < _PASS_LIMIT and not self.behind:
+            return
+        await asyncio.sleep(0)
+        self._unyielded = 0
+        self.behind = False
+        if limit is None or patience is None:
+            return
+        soft = limit // 2
+        while True:
+            if any(wire.backlog > soft for wire in self._dirty):
+                # Behind on our own passes (a pass hands a socket 64 KiB at
+                # most): let them run.
+                await asyncio.sleep(0)
+                continue
+            now = self._loop.time()
+            heavy = [
+                since
+                for wire, since in self._paused.items()
+                if now - since < patience and wire.backlog > soft
+            ]
+            if not heavy:
+                return
+            self._resumed.clear()
+            # Woken by any resume; at the latest when the longest-paused of
+            # them stops counting as a reader.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._resumed.wait(), min(heavy) + patience - now
+                )
 
     def mark(self, wire: Wire) -> None:
         self._dirty.append(wire)
@@ -233,6 +305,7 @@ class Flusher:
 
     def _pass(self) -> None:
         self._scheduled = False
+        self._unyielded = 0
         self.flush()
 
     def flush(self) -> None:
@@ -338,6 +411,7 @@ class Wire(asyncio.Protocol):
         if self.state is not ConnectionState.OPEN or not self._enqueue(frame):
             return False
         self._host.counters.messages_out += 1
+        self._flusher.account(len(frame))
         return True
 
     def send_ping(self) -> bool:
@@ -374,6 +448,8 @@ class Wire(asyncio.Protocol):
             self._flusher.mark(self)
         self._pending.append(frame)
         self._pending_bytes = queued + len(frame)
+        if limit is not None and queued + self._written > limit >> 1:
+            self._flusher.behind = True
         return True
 
     def _flush(self) -> int:
@@ -409,11 +485,18 @@ class Wire(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self._flusher.paused(self)
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._flusher.resumed(self)
         if self._pending and self.state is not ConnectionState.CLOSED:
             self._flusher.mark(self)
+
+    async def pace(self) -> None:
+        """What ``await conn.send(...)`` does after queuing: :meth:`Flusher.pace`."""
+        config = self._host.config
+        await self._flusher.pace(config.max_backpressure, config.drain_timeout)
 
     def _send_control(self, chunks: list[bytes]) -> None:
         """Queue what the protocol object wants sent (pong, close, EOF)."""
@@ -505,6 +588,7 @@ class Wire(asyncio.Protocol):
                 self.close_reason = "connection lost"
         self._pending = []
         self._pending_bytes = 0
+        self._flusher.resumed(self)  # never waited for again
         self._host.wire_lost(self.conn)
 
     # -- flow control of incoming messages --------------------------------
@@ -704,13 +788,17 @@ def fan_out(
     queued = 0
     size = len(frame)
     is_open = ConnectionState.OPEN
+    # Past half of the limit, the sender is told to pace (Flusher.pace).
+    soft = limit >> 1 if limit is not None else 0
     for wire in wires:
         if wire.state is not is_open or (exclude and wire.conn.id in exclude):
             continue
         pending_bytes = wire._pending_bytes
-        if limit is not None and pending_bytes + wire._written > limit:
-            queued += wire._enqueue(frame)
-            continue
+        if limit is not None and pending_bytes + wire._written > soft:
+            flusher.behind = True
+            if pending_bytes + wire._written > limit:
+                queued += wire._enqueue(frame)
+                continue
         pending = wire._pending
         if not pending:
             flusher.mark(wire)

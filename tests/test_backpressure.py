@@ -100,3 +100,44 @@ async def test_a_fan_out_past_one_passes_budget_reaches_everyone(
             message = await client.recv(units(10))
             assert not isinstance(message, bytes) and message.type == "later"
             await client.close()
+
+
+async def test_a_sender_in_a_loop_goes_at_its_readers_pace(
+    make_app: AppFactory,
+) -> None:
+    """Issue 18, point 5: a sender that broadcasts megabytes in a loop, with
+    no await but its sends, closes none of the clients that keep reading (it
+    waits for them), and a client that reads nothing is still dropped."""
+    app, _, gone = ws_app(
+        make_app,
+        WS_MAX_BACKPRESSURE=LIMIT,
+        WS_PING_INTERVAL=None,
+        WS_DRAIN_TIMEOUT=units(2),
+    )
+    burst = 2200  # ~4 KB each: ~8.8 MB to each reader, 34 times the limit
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        stalled = await RawClient.connect(server.host, server.port, rcvbuf=4096)
+        (stalled_id,) = ws.connections
+        readers = [await WSTestClient.connect(server.ws_url()) for _ in range(10)]
+        received = [0] * len(readers)
+
+        async def read_all(i: int, client: WSTestClient) -> None:
+            for expected in range(burst):
+                message = await client.recv(units(30))
+                assert not isinstance(message, bytes)
+                assert message.data["seq"] == expected  # all of them, in order
+                received[i] += 1
+
+        reading = [asyncio.create_task(read_all(i, c)) for i, c in enumerate(readers)]
+        for seq in range(burst):  # as a handler would: nothing else awaited
+            await ws.broadcast("tick", {"seq": seq, "body": BODY})
+        await asyncio.gather(*reading)
+        assert received == [burst] * len(readers)
+        dropped = await asyncio.wait_for(gone.get(), units(10))
+        assert dropped.id == stalled_id
+        assert dropped.close_reason == "slow consumer"
+        assert len(ws.connections) == len(readers)
+        for client in readers:
+            await client.close()
+        stalled.close_socket()

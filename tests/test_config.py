@@ -25,6 +25,8 @@ def test_defaults() -> None:
     assert config.accept == {"text", "binary"}
     assert config.allowed_origins == ()
     assert config.close_timeout == 10.0
+    assert config.drain_timeout == 1.0
+    assert config.gc_freeze is True
     assert set(DEFAULTS) == {
         "WS_PATH",
         "WS_PING_INTERVAL",
@@ -35,6 +37,7 @@ def test_defaults() -> None:
         "WS_ALLOWED_ORIGINS",
         "WS_KEEP_HEADERS",
         "WS_CLOSE_TIMEOUT",
+        "WS_DRAIN_TIMEOUT",
         "WS_MAX_QUEUE",
         "WS_MAX_QUEUE_BYTES",
         "WS_HANDLER_TIMEOUT",
@@ -58,6 +61,7 @@ def test_defaults() -> None:
         "WS_HEALTH",
         "WS_STATS",
         "WS_STATS_TOKEN",
+        "WS_GC_FREEZE",
     }
     assert config.redis_url is None
     assert config.relay_transport == "auto"
