@@ -350,9 +350,12 @@ class WSTestClient:
     async def _receive(self, timeout: float | None) -> Envelope | bytes:
         """The next message, less publications of history rooms already seen."""
         while True:
-            raw = await asyncio.wait_for(
-                self.connection.recv(), timeout or 5 * time_unit()
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns
+            # a message that arrived as its caller was cancelled and drops
+            # the cancellation, so a reader task could not be stopped while
+            # messages flowed (tests/test_history_cluster.py hung on it).
+            async with asyncio.timeout(timeout or 5 * time_unit()):
+                raw = await self.connection.recv()
             if isinstance(raw, bytes):
                 return raw
             obj = ujson.loads(raw)
@@ -428,9 +431,8 @@ class WSTestClient:
     async def wait_closed(self, timeout: float | None = None) -> tuple[int | None, str]:
         """Wait until the server closes; returns its close code and reason."""
         with contextlib.suppress(ConnectionClosed):
-            await asyncio.wait_for(
-                self._drain_until_closed(), timeout or 5 * time_unit()
-            )
+            async with asyncio.timeout(timeout or 5 * time_unit()):
+                await self._drain_until_closed()
         rcvd = self.connection.protocol.close_rcvd
         if rcvd is None:
             return None, ""
