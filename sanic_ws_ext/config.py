@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "WS_KEEP_HEADERS": (),
     # Seconds to wait for the client's close reply before dropping the socket.
     "WS_CLOSE_TIMEOUT": 10.0,
-    # A sender that queued more than 2 MiB without letting the event loop run
+    # A sender that queued more than its pass limit (2 to 8 MiB) unwritten
     # yields, then waits while receivers that are reading hold more than half
     # of WS_MAX_BACKPRESSURE; a receiver whose socket took nothing for this
     # many seconds is not waited for (None: never wait, only yield).

@@ -116,9 +116,10 @@ class Connection:
     async def send(self, type: str, data: Any = None) -> None:
         """Send one envelope to this connection.
 
-        Returns at once, unless this process queued more than 2 MiB without
-        letting the event loop run: then it waits for readers that are
-        reading (see ``WS_DRAIN_TIMEOUT``), never for this socket alone.
+        Returns at once, unless this process queued more than its pass limit
+        (2 to 8 MiB) without letting the event loop run: then it waits for
+        readers that are reading (see ``WS_DRAIN_TIMEOUT``), never for this
+        socket alone.
         """
         self.wire.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data)))
         await self.wire.pace()

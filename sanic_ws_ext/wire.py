@@ -168,29 +168,33 @@ class WireHost(Protocol):
         """The socket is gone; ``conn``'s close code and reason are final."""
 
 
-#: Bytes of broadcast frames queued in one event-loop pass after which the
-#: Flusher writes at once instead of at the end of the pass. A handler that
-#: broadcasts in a loop would otherwise hold every frame until it returns:
-#: measured with 1000 clients and 200 broadcasts (bench/fanout.py), no limit
-#: gave a p99 of 135 ms; 2 MiB gave 65 ms and 15% more messages/s (the load
-#: client starts reading while the server still produces); 512 KiB cut
-#: throughput by a third (too many small writes).
-_PASS_LIMIT = 2 << 20
-
-#: Bytes one flush writes before leaving the other wires to the next
-#: event-loop pass: a flush the pass limit starts writes about what was
-#: queued since the last one, while one huge fan-out (a presence diff to
-#: every member of a big room) is written over many passes. At the 130 MB/s
-#: of loopback writes measured on a loaded 2-core machine, 2 MiB holds the
-#: loop about 15 ms; issue 14 allows 50.
-_WRITE_BUDGET = _PASS_LIMIT
+#: Bytes of frames queued in one event-loop pass after which the Flusher
+#: writes at once instead of at the end of the pass (and a sender in a loop
+#: yields at its next await), and bytes one flush writes before leaving the
+#: other wires to the next pass. A handler that broadcasts in a loop would
+#: otherwise hold every frame until it returns (no limit: p99 135 ms with
+#: 1,000 clients and 200 broadcasts, bench/fanout.py), and one huge fan-out
+#: (a presence diff to every member of a big room) would hold the loop.
+#:
+#: The limit grows with the wires waiting, _PER_WIRE each, from _PASS_MIN to
+#: _PASS_MAX: what a flush costs is mostly one ``send`` per socket, so each
+#: socket's write must carry many frames. With a fixed 2 MiB, 1,000 clients
+#: got ~2 KB (20 frames) per write and the writes were 40% of the server's
+#: CPU; 8 KB per write cut the CPU per delivered message from 0.67-0.87 to
+#: 0.25-0.36 us in the same runs (docs/performance.md). 100 clients keep
+#: 2 MiB: their writes are large already, and a pass stays short.
+_PASS_MIN = 2 << 20
+_PASS_MAX = 8 << 20
+_PER_WIRE = 8 << 10
 
 #: What one ``transport.write`` costs beyond its bytes, in bytes of the
-#: budget: a send on loopback is a system call and the TCP path of both
-#: ends, about 8 us on a loaded 2-core machine, the time of ~1 KB at
-#: 130 MB/s. Without it, a pass of small presence diffs to 1,400 members
-#: was 2 MiB in 1,400 writes, 30 ms of CPU (bench/scale.py, issue 14).
-_WRITE_COST = 1 << 10
+#: pass budget: a send on loopback is a system call and the TCP path of both
+#: ends, about 8 us on a loaded 2-core machine, while the bytes cost ~3 ns
+#: each. Without it a pass of small presence diffs to 1,400 members was
+#: 1,400 writes, 30 ms of CPU (bench/scale.py, issue 14); with it a pass
+#: holds at most ~2,000 writes (_PASS_MAX over this), as it did when the
+#: budget was 2 MiB and a write cost 1 KiB.
+_WRITE_COST = 4 << 10
 
 #: Bytes one flush hands one transport. The transport pauses us when the
 #: kernel did not take all of it and we give it nothing more until it has
@@ -205,7 +209,7 @@ class Flusher:
 
     One ``call_soon`` per pass for all connections, not one per connection:
     uWebSockets calls this corking. One callback writes at most
-    ``_WRITE_BUDGET`` bytes and leaves the other wires for the next pass, so
+    the pass limit's bytes and leaves the other wires for the next pass, so
     a huge fan-out (a presence diff of 200 KB to 1,700 members is 340 MB)
     never holds the loop for more than a few milliseconds. A wire's frames
     are always written together and in order, and a wire waiting its turn
@@ -229,7 +233,7 @@ class Flusher:
         self._scheduled = False
         self._queued = 0
         # Bytes queued since the event loop last ran one of our passes: a
-        # sender past _PASS_LIMIT of them yields at its next await (pace()).
+        # sender past the pass limit yields at its next await (pace()).
         self._unyielded = 0
         # Wires whose transport holds bytes the kernel did not take, with the
         # loop time they paused: their readers are behind, or stalled.
@@ -239,11 +243,15 @@ class Flusher:
         #: the sender's next await paces (see pace()).
         self.behind = False
 
+    def limit(self) -> int:
+        """The pass limit: _PER_WIRE for each wire waiting, within bounds."""
+        return min(_PASS_MAX, max(_PASS_MIN, len(self._dirty) * _PER_WIRE))
+
     def account(self, size: int) -> None:
         """Count ``size`` bytes queued; past the pass limit, write them now."""
         self._queued += size
         self._unyielded += size
-        if self._queued >= _PASS_LIMIT:
+        if self._queued >= _PASS_MIN and self._queued >= self.limit():
             self.flush()
 
     def paused(self, wire: Wire) -> None:
@@ -256,7 +264,7 @@ class Flusher:
 
     async def pace(self, limit: int | None, patience: float | None) -> None:
         """What an ``await`` on a send does: nothing, unless this sender queued
-        more than ``_PASS_LIMIT`` bytes without letting the loop run, or left
+        more than the pass limit without letting the loop run, or left
         a receiver with more than half of ``limit`` unsent.
 
         Then it lets the loop run (sockets written, clients read), and waits
@@ -267,7 +275,9 @@ class Flusher:
         seconds (``WS_DRAIN_TIMEOUT``) is not waited for: the sender goes
         on, and that reader passes the limit and is dropped, as before.
         """
-        if self._unyielded < _PASS_LIMIT and not self.behind:
+        if (
+            self._unyielded < _PASS_MIN or self._unyielded < self.limit()
+        ) and not self.behind:
             return
         await asyncio.sleep(0)
         self._unyielded = 0
@@ -312,7 +322,7 @@ class Flusher:
         """Write the dirty wires, up to the budget; schedule the rest."""
         self._queued = 0
         dirty = self._dirty
-        budget = _WRITE_BUDGET
+        budget = self.limit()
         while dirty and budget > 0:
             wire = dirty.popleft()
             try:
