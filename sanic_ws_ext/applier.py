@@ -78,6 +78,8 @@ class Applier:
         self._met = met
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
+        # Joins of history rooms in progress (sent by another process).
+        self._history_joins: set[asyncio.Task[None]] = set()
         # Bound once: the lookup runs for every op.
         self._by_kind: dict[OpKind, Callable[[Op], None]] = {
             OpKind.BROADCAST: self._broadcast,
@@ -157,6 +159,17 @@ class Applier:
             return
         room = op.payload.decode()
         if op.kind is OpKind.JOIN:
+            spec = self.sequencer.spec(room)
+            if spec is not None and room not in conn.rooms and self._loop:
+                # A history room: the connection is told its position
+                # (room.joined), from which its client resumes after a
+                # reconnect. The join itself is the task's first step.
+                task = self._loop.create_task(
+                    self.sequencer.join(conn, room, spec, None)
+                )
+                self._history_joins.add(task)
+                task.add_done_callback(self._history_joins.discard)
+                return
             self._join(conn, room)
         else:
             self._leave(conn, room)

@@ -198,13 +198,23 @@ class Dispatcher:
             await conn.send("room.left", {"room": room})
             return
         spec, params = self.registry.rooms.lookup(room)
+        # A history room the server put this connection in: a join with
+        # `since` is its client resuming (after a reconnect), not a request
+        # to enter; the guards already had their say when the server joined.
+        resuming = (
+            spec.history is not None
+            and room in conn.rooms
+            and (conn.client_rooms is None or room not in conn.client_rooms)
+        )
         since = None
         if spec.history is not None:
             try:
                 since = parse_since(data.get("since"))
             except ValueError as exc:
                 raise MessageError(ErrorCode.INVALID_ENVELOPE, str(exc)) from None
-        if spec is UNDECLARED:
+        if resuming:
+            pass
+        elif spec is UNDECLARED:
             # Rooms nobody declared: the on_join guards decide, if any.
             guards = self.registry.room_guards
             if not guards:

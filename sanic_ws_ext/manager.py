@@ -372,9 +372,19 @@ class ConnectionManager:
         For a connection of this process, returns once publications to the
         room reach it (with Redis: once this process is subscribed to the
         room), so a message published after the join is not missed.
+
+        A room declared with ``history=`` also sends the connection
+        ``room.joined`` with the room's position (``{"room", "position"}``),
+        as a client's own join does: its client resumes from there after a
+        reconnect (for a connection of this process, returns after that).
         """
+        conn = self.local.conns.get(conn_id)
+        spec = self.sequencer.spec(room)
+        if conn is not None and spec is not None and room not in conn.rooms:
+            await self.sequencer.join(conn, room, spec, None)
+            return
         self._outbox.address(OpKind.JOIN, conn_id, payload=_room(room))
-        if conn_id in self.local.conns:
+        if conn is not None:
             await self.delivery.ready(room)
 
     async def leave(self, conn_id: str, room: str) -> None:

@@ -278,6 +278,9 @@ export class WSClient {
     if (typeof room !== "string") return;
     this._recovering.delete(room);
     const position = data.position;
+    if (!this.rooms.has(room) && !("recovered" in data) && this._resumeServerJoin(room, position)) {
+      return;
+    }
     if (position && Number.isInteger(position.offset)) {
       this.positions.set(room, { offset: position.offset, epoch: position.epoch });
     } else if (position === null) {
@@ -287,6 +290,26 @@ export class WSClient {
     const waiting = this._joining.get(room);
     this._joining.delete(room);
     for (const resolve of waiting ?? []) resolve(data);
+  }
+
+  /**
+   * A history room the server put this connection in (after a reconnect,
+   * say) is ahead of the last publication this client took: resume from its
+   * own position (the server lets a member do that without asking its
+   * guards). The live publications meanwhile are past a gap: dropped, then
+   * replayed. Returns whether it resumes.
+   */
+  _resumeServerJoin(room, position) {
+    const known = this.positions.get(room);
+    if (!known || !position || !Number.isInteger(position.offset)) return false;
+    if (known.epoch !== position.epoch) {
+      this._report({ room, recovered: false, position });
+      return false;
+    }
+    if (known.offset >= position.offset || !this._isOpen()) return false;
+    this._recovering.add(room);
+    this._socket.send(this._joinFrame(room));
+    return true;
   }
 
   /** `on("room.recovery", ({room, recovered, position}) => ...)`: after a resume. */
