@@ -124,6 +124,8 @@ class Applier:
             op.exclude,
             self.config.max_backpressure,
             self._flusher,
+            volatile=op.volatile,
+            key=op.reason or None,
         )
 
     def _group_send(self, op: Op) -> None:
@@ -141,12 +143,16 @@ class Applier:
             exclude,
             self.config.max_backpressure,
             self._flusher,
+            volatile=op.volatile,
+            key=op.reason or None,
         )
 
     def _send(self, op: Op) -> None:
         conn = self.local.conns.get(op.target)
         if conn is not None:
-            conn.wire.send_frame(data_frame(op.payload, op.binary))
+            conn.wire.send_frame(
+                data_frame(op.payload, op.binary), op.volatile, op.reason or None
+            )
 
     def _disconnect(self, op: Op) -> None:
         conn = self.local.conns.get(op.target)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .envelope import encode_envelope
 from .errors import CloseCode
 from .frames import OP_TEXT, data_frame, encode_frame, raw_body
-from .wire import ConnectionState, Wire
+from .wire import ConnectionState, Wire, send_key
 
 if TYPE_CHECKING:
     from .dispatch import Mailbox
@@ -113,20 +113,34 @@ class Connection:
 
     # -- sending ---------------------------------------------------------
 
-    async def send(self, type: str, data: Any = None) -> None:
+    async def send(
+        self,
+        type: str,
+        data: Any = None,
+        *,
+        volatile: bool = False,
+        key: str | None = None,
+    ) -> None:
         """Send one envelope to this connection.
 
         Returns at once, unless this process queued more than its pass limit
         (2 to 8 MiB) without letting the event loop run: then it waits for
         readers that are reading (see ``WS_DRAIN_TIMEOUT``), never for this
-        socket alone.
+        socket alone. ``volatile`` and ``key``: as for the manager's sends.
         """
-        self.wire.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data)))
+        frame = encode_frame(OP_TEXT, encode_envelope(type, data))
+        self.wire.send_frame(frame, volatile, send_key(key))
         await self.wire.pace()
 
-    async def send_raw(self, payload: str | bytes) -> None:
+    async def send_raw(
+        self,
+        payload: str | bytes,
+        *,
+        volatile: bool = False,
+        key: str | None = None,
+    ) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame (as :meth:`send`)."""
-        self.wire.send_frame(data_frame(*raw_body(payload)))
+        self.wire.send_frame(data_frame(*raw_body(payload)), volatile, send_key(key))
         await self.wire.pace()
 
     def send_frame(self, frame: bytes) -> bool:

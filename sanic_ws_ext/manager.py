@@ -70,7 +70,7 @@ from .sequencer import Sequencer
 from .sessions import Sessions
 from .stats import Counters
 from .tracker import Tracker
-from .wire import Flusher, Wire
+from .wire import Flusher, Wire, send_key
 
 __all__ = ["ConnectionManager", "Member"]
 
@@ -247,52 +247,126 @@ class ConnectionManager:
         """The connection with this id, if this process holds it."""
         return self.local.conns.get(conn_id)
 
-    async def send(self, conn_id: str, type: str, data: Any = None) -> None:
-        """Send an envelope to one connection, wherever it is."""
-        self._outbox.address(OpKind.SEND, conn_id, payload=encode_envelope(type, data))
+    async def send(
+        self,
+        conn_id: str,
+        type: str,
+        data: Any = None,
+        *,
+        volatile: bool = False,
+        key: str | None = None,
+    ) -> None:
+        """Send an envelope to one connection, wherever it is.
+
+        Every send takes ``volatile`` (skip a receiver with more than
+        ``WS_VOLATILE_BACKLOG`` unsent instead of adding to its backlog) and
+        ``key`` (a newer frame of the same key replaces one still unsent on
+        a connection): for cursors, ticks and progress, where only the
+        latest matters.
+        """
+        self._outbox.address(
+            OpKind.SEND,
+            conn_id,
+            payload=encode_envelope(type, data),
+            volatile=volatile,
+            reason=send_key(key) or "",
+        )
         await self._pace()
 
-    async def send_raw(self, conn_id: str, payload: str | bytes) -> None:
+    async def send_raw(
+        self,
+        conn_id: str,
+        payload: str | bytes,
+        *,
+        volatile: bool = False,
+        key: str | None = None,
+    ) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame to one connection."""
         body, binary = raw_body(payload)
-        self._outbox.address(OpKind.SEND, conn_id, payload=body, binary=binary)
+        self._outbox.address(
+            OpKind.SEND,
+            conn_id,
+            payload=body,
+            binary=binary,
+            volatile=volatile,
+            reason=send_key(key) or "",
+        )
         await self._pace()
 
     async def broadcast(
-        self, type: str, data: Any = None, *, exclude: Iterable[str] = ()
+        self,
+        type: str,
+        data: Any = None,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send an envelope to every connection but those in ``exclude`` (ids)."""
         self._outbox.publish(
-            OpKind.BROADCAST, payload=encode_envelope(type, data), exclude=exclude
+            OpKind.BROADCAST,
+            payload=encode_envelope(type, data),
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 
     async def broadcast_raw(
-        self, payload: str | bytes, *, exclude: Iterable[str] = ()
+        self,
+        payload: str | bytes,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send a raw text or binary frame to every connection but ``exclude``."""
         body, binary = raw_body(payload)
         self._outbox.publish(
-            OpKind.BROADCAST, payload=body, binary=binary, exclude=exclude
+            OpKind.BROADCAST,
+            payload=body,
+            binary=binary,
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 
     async def publish(
-        self, room: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
+        self,
+        room: str,
+        type: str,
+        data: Any = None,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> Position | None:
         """Send an envelope to every member of ``room``, on any worker.
 
         For a room declared with ``history=``, returns the publication's
         position once the room's sequencer numbered it (raises
         ``SequencerUnavailable`` if it did not answer within
-        ``WS_QUERY_TIMEOUT``); for other rooms None, at once.
+        ``WS_QUERY_TIMEOUT``); for other rooms None, at once. A history
+        room's publications are neither volatile nor keyed (every member
+        gets each, in order): ``ValueError``.
         """
         body = encode_envelope(type, data)
         spec = self.sequencer.spec(room)
         if spec is not None:
+            if volatile or key is not None:
+                raise ValueError(
+                    f"room {room!r} keeps history: its publications cannot be "
+                    "volatile or keyed"
+                )
             return await self.sequencer.publish(room, spec, body, exclude)
         self._outbox.publish(
-            OpKind.ROOM_SEND, target=room, payload=body, exclude=exclude
+            OpKind.ROOM_SEND,
+            target=room,
+            payload=body,
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
         return None
@@ -319,19 +393,38 @@ class ConnectionManager:
         )
 
     async def publish_raw(
-        self, room: str, payload: str | bytes, *, exclude: Iterable[str] = ()
+        self,
+        room: str,
+        payload: str | bytes,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send a raw text or binary frame to every member of ``room``."""
         if self.sequencer.spec(room) is not None:
             raise TypeError(f"room {room!r} keeps history: publish envelopes to it")
         body, binary = raw_body(payload)
         self._outbox.publish(
-            OpKind.ROOM_SEND, target=room, payload=body, binary=binary, exclude=exclude
+            OpKind.ROOM_SEND,
+            target=room,
+            payload=body,
+            binary=binary,
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 
     async def send_user(
-        self, user: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
+        self,
+        user: str,
+        type: str,
+        data: Any = None,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send an envelope to every connection of ``user`` (the verify identity)."""
         self._outbox.publish(
@@ -339,16 +432,30 @@ class ConnectionManager:
             target=user,
             payload=encode_envelope(type, data),
             exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 
     async def send_user_raw(
-        self, user: str, payload: str | bytes, *, exclude: Iterable[str] = ()
+        self,
+        user: str,
+        payload: str | bytes,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send a raw text or binary frame to every connection of ``user``."""
         body, binary = raw_body(payload)
         self._outbox.publish(
-            OpKind.USER_SEND, target=user, payload=body, binary=binary, exclude=exclude
+            OpKind.USER_SEND,
+            target=user,
+            payload=body,
+            binary=binary,
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 

@@ -71,6 +71,7 @@ __all__ = [
     "WireHost",
     "fan_out",
     "fragment_limit",
+    "send_key",
 ]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
@@ -346,6 +347,7 @@ class Wire(asyncio.Protocol):
         "_flusher",
         "_fragments",
         "_host",
+        "_keyed",
         "_pending",
         "_pending_bytes",
         "_proto",
@@ -394,6 +396,8 @@ class Wire(asyncio.Protocol):
         self.writing_paused = transport.get_write_buffer_size() > 0
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
+        # Keyed frames still in _pending: key -> index (None until one is).
+        self._keyed: dict[str, int] | None = None
         # The transport's own buffer size as of the last flush.
         self._written = 0
         self._fragments: PartialMessage | None = None
@@ -412,17 +416,56 @@ class Wire(asyncio.Protocol):
 
     # -- sending ---------------------------------------------------------
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Queue an already-framed message; ``False`` if it was not accepted.
+    def send_frame(
+        self, frame: bytes, volatile: bool = False, key: str | None = None
+    ) -> bool:
+        """Queue an already-framed message; ``False`` if no new frame was
+        queued (refused, skipped as volatile, or replacing a keyed one).
 
         Every data frame to one socket comes through here (broadcasts through
         :func:`fan_out`), so this is where ``messages_out`` counts.
         """
-        if self.state is not ConnectionState.OPEN or not self._enqueue(frame):
+        if volatile or key is not None:
+            if not self.offer(frame, volatile, key):
+                return False
+        elif self.state is not ConnectionState.OPEN or not self._enqueue(frame):
             return False
         self._host.counters.messages_out += 1
         self._flusher.account(len(frame))
         return True
+
+    def offer(self, frame: bytes, volatile: bool, key: str | None) -> int:
+        """Queue a frame of a volatile or keyed send; 1 if it is a new one.
+
+        Volatile: not queued (0) when this socket already has more than
+        ``WS_VOLATILE_BACKLOG`` unsent, so it never adds to a slow client's
+        way to 1008. Keyed: replaces the unsent frame of the same key, in its
+        place (0); a key's frames are never both sent unless the first one
+        was already written. Counts ``volatile_skipped`` and ``replaced``;
+        the caller counts ``messages_out`` and accounts the bytes.
+        """
+        if self.state is not ConnectionState.OPEN:
+            return 0
+        host = self._host
+        if volatile and self.backlog > host.config.volatile_backlog:
+            host.counters.volatile_skipped += 1
+            return 0
+        keyed = self._keyed
+        if key is not None and keyed is not None:
+            at = keyed.get(key)
+            if at is not None:
+                pending = self._pending
+                self._pending_bytes += len(frame) - len(pending[at])
+                pending[at] = frame
+                host.counters.replaced += 1
+                return 0
+        if not self._enqueue(frame):
+            return 0
+        if key is not None:
+            if keyed is None:
+                keyed = self._keyed = {}
+            keyed[key] = len(self._pending) - 1
+        return 1
 
     def send_ping(self) -> bool:
         """Queue the heartbeat's ping (a control frame: not a message)."""
@@ -476,6 +519,7 @@ class Wire(asyncio.Protocol):
             transport.write(view[:_WIRE_CHUNK])
             rest = view[_WIRE_CHUNK:]
             self._pending = [rest]
+            self._keyed = None
             self._pending_bytes = len(rest)
             self._written = transport.get_write_buffer_size()
             if not self.writing_paused:
@@ -484,6 +528,7 @@ class Wire(asyncio.Protocol):
         transport.write(data)
         self._pending = []
         self._pending_bytes = 0
+        self._keyed = None
         self._written = transport.get_write_buffer_size()
         if self._eof_pending:
             # The peer answered our close (or failed the protocol): the
@@ -570,6 +615,7 @@ class Wire(asyncio.Protocol):
         self.state = ConnectionState.CLOSING
         self._pending = []
         self._pending_bytes = 0
+        self._keyed = None
         self._transport.abort()
 
     def _set_close(self, code: int, reason: str) -> None:
@@ -598,6 +644,7 @@ class Wire(asyncio.Protocol):
                 self.close_reason = "connection lost"
         self._pending = []
         self._pending_bytes = 0
+        self._keyed = None
         self._flusher.resumed(self)  # never waited for again
         self._host.wire_lost(self.conn)
 
@@ -775,6 +822,17 @@ class Wire(asyncio.Protocol):
             host.wire_message(self.conn, text)
 
 
+#: Longest key of a keyed send, in characters.
+MAX_KEY = 200
+
+
+def send_key(key: str | None) -> str | None:
+    """``key`` of a send, checked: a string of 1 to ``MAX_KEY`` characters."""
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
+        raise ValueError(f"key must be a string of 1 to {MAX_KEY} characters")
+    return key
+
+
 def fan_out(
     wires: Iterable[Wire],
     frame: bytes,
@@ -783,6 +841,8 @@ def fan_out(
     flusher: Flusher,
     *,
     account: bool = True,
+    volatile: bool = False,
+    key: str | None = None,
 ) -> int:
     """Queue ``frame`` for every open wire of ``wires`` whose id is not in ``exclude``.
 
@@ -797,6 +857,14 @@ def fan_out(
     """
     queued = 0
     size = len(frame)
+    if volatile or key is not None:
+        # Not the hot path: each receiver decides (Wire.offer).
+        for wire in wires:
+            if not (exclude and wire.conn.id in exclude):
+                queued += wire.offer(frame, volatile, key)
+        if account:
+            flusher.account(size * queued)
+        return queued
     is_open = ConnectionState.OPEN
     # Past half of the limit, the sender is told to pace (Flusher.pace).
     soft = limit >> 1 if limit is not None else 0

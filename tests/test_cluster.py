@@ -189,10 +189,16 @@ async def test_broadcast_send_disconnect_count_across_workers(transport: str) ->
             await http.post(c.server.url("/later"), json={"from": "task"})
         for client in c.clients:
             assert (await client.ws.expect("b")).data == {"from": "task"}
+        # Volatile and keyed: every reader keeps up, so every one gets it.
+        await a.do("broadcast", data="latest", volatile=True, key="k")
+        for client in c.clients:
+            assert (await client.ws.expect("b")).data == "latest"
         # Send to an id on another worker.
         far = next(x for x in c.clients if x.worker != a.worker)
         await a.do("send", to=far.id, data=42)
         assert (await far.ws.expect("direct")).data == 42
+        await a.do("send", to=far.id, data=43, volatile=True, key="k")
+        assert (await far.ws.expect("direct")).data == 43
         # Disconnect an id on another worker.
         await a.do("disconnect", to=far.id)
         assert await far.ws.wait_closed() == (4000, "kicked")

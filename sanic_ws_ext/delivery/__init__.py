@@ -71,6 +71,10 @@ class Op(NamedTuple):
     framing happens once in each receiving process. ``origin`` is the name of
     the process that published it. A named tuple: ops are made and read
     hundreds of thousands of times a second on the relay's hot path.
+
+    The four sends (BROADCAST, SEND, ROOM_SEND, USER_SEND) may be
+    ``volatile`` (skipped for a receiver that is behind) and carry a key in
+    ``reason`` (a newer frame of the same key replaces an unsent one).
     """
 
     kind: OpKind
@@ -81,6 +85,7 @@ class Op(NamedTuple):
     code: int = 1000
     reason: str = ""
     origin: str = ""
+    volatile: bool = False
 
 
 class LinkState(StrEnum):

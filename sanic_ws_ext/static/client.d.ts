@@ -26,10 +26,13 @@ export class SendQueue {
   constructor(limit?: number);
   limit: number;
   items: Frame[];
+  /** Each item's key (undefined: none). */
+  keys: (string | undefined)[];
   /** Frames dropped because the queue was full (oldest first). */
   dropped: number;
   readonly length: number;
-  push(frame: Frame): void;
+  /** With a key: replaces the queued frame of that key, in its place. */
+  push(frame: Frame, key?: string): void;
   flush(send: (frame: Frame) => void): void;
 }
 
@@ -167,7 +170,11 @@ export class WSClient {
   /** A history room was re-joined with a position (or its epoch changed). */
   on(type: "room.recovery", handler: (recovery: Recovery) => void): () => void;
   on<T = unknown>(type: string, handler: (data: T, envelope: Envelope<T>) => void): () => void;
-  send(type: string, data?: unknown): void;
+  /**
+   * Queued while not connected, except `volatile` sends (dropped); a queued
+   * send with the same `key` is replaced by the newer one.
+   */
+  send(type: string, data?: unknown, options?: { volatile?: boolean; key?: string }): void;
   sendBinary(data: ArrayBuffer | ArrayBufferView | Blob): void;
   /** Resolves to the room's next `room.joined` data (re-joined after reconnects, with `since`). */
   join(room: string): Promise<RoomJoined>;

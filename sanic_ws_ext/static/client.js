@@ -43,12 +43,23 @@ export class SendQueue {
   constructor(limit = 1000) {
     this.limit = limit;
     this.items = [];
+    this.keys = []; // each item's key, or undefined
     this.dropped = 0;
   }
-  push(frame) {
+  /** Queue `frame`; with a `key`, it replaces a queued frame of that key, in its place. */
+  push(frame, key) {
+    if (key !== undefined) {
+      const at = this.keys.indexOf(key);
+      if (at >= 0) {
+        this.items[at] = frame;
+        return;
+      }
+    }
     this.items.push(frame);
+    this.keys.push(key);
     while (this.items.length > this.limit) {
       this.items.shift();
+      this.keys.shift();
       this.dropped += 1;
     }
   }
@@ -57,6 +68,7 @@ export class SendQueue {
     while (this.items.length) {
       send(this.items[0]);
       this.items.shift();
+      this.keys.shift();
     }
   }
   get length() {
@@ -141,9 +153,13 @@ export class WSClient {
     return () => this._handlers.get(type)?.delete(handler);
   }
 
-  /** Send an envelope; queued while not connected. */
-  send(type, data = null) {
-    this._send(JSON.stringify({ type, data }));
+  /**
+   * Send an envelope; queued while not connected. `volatile`: dropped instead
+   * of queued while not connected (cursors, typing). `key`: while queued, a
+   * newer send with the same key replaces it (only the latest matters).
+   */
+  send(type, data = null, { volatile = false, key } = {}) {
+    this._send(JSON.stringify({ type, data }), { volatile, key });
   }
 
   /** Send a binary frame (ArrayBuffer, typed array or Blob); queued while offline. */
@@ -203,13 +219,13 @@ export class WSClient {
     return this._socket !== null && this._socket.readyState === 1;
   }
 
-  _send(frame) {
+  _send(frame, { volatile = false, key } = {}) {
     const socket = this._socket;
     if (socket && socket.readyState === 1) {
       this.queue.flush((f) => socket.send(f)); // anything left from a failed flush first
       socket.send(frame);
-    } else {
-      this.queue.push(frame);
+    } else if (!volatile) {
+      this.queue.push(frame, key);
     }
   }
 

@@ -48,8 +48,17 @@ async def do(conn: Connection, msg: Envelope) -> None:
     args: dict[str, Any] = msg.data
     op = args["op"]
     result: Any = None
+    # Volatile and keyed sends travel as flags of the op (issue 18).
+    volatile: bool = args.get("volatile", False)
+    key: str | None = args.get("key")
     if op == "broadcast":
-        await ws.broadcast("b", args["data"], exclude=args.get("exclude", ()))
+        await ws.broadcast(
+            "b",
+            args["data"],
+            exclude=args.get("exclude", ()),
+            volatile=volatile,
+            key=key,
+        )
     elif op == "burst":
         # No yield of its own: awaiting the sends paces it to its readers.
         for i in range(args["n"]):
@@ -61,7 +70,7 @@ async def do(conn: Connection, msg: Envelope) -> None:
             if i % 10 == 9:
                 await asyncio.sleep(args["pause"])
     elif op == "send":
-        await ws.send(args["to"], "direct", args["data"])
+        await ws.send(args["to"], "direct", args["data"], volatile=volatile, key=key)
     elif op == "send_user":
         await ws.send_user(args["user"], "for_user", args["data"])
     elif op == "join":
