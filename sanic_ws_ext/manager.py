@@ -46,8 +46,6 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from websockets.server import ServerProtocol
-
 from .applier import Applier
 from .cluster import Membership
 from .config import WSConfig
@@ -600,7 +598,6 @@ class ConnectionManager:
     def accept(
         self,
         transport: asyncio.Transport,
-        proto: ServerProtocol,
         accepted: Accept,
         *,
         remote: str,
@@ -608,7 +605,7 @@ class ConnectionManager:
     ) -> Connection:
         """Adopt an upgraded socket (called by the endpoint after the 101)."""
         assert self._flusher is not None, "ConnectionManager.start() was not awaited"
-        wire = Wire(self, transport, proto, self._flusher)
+        wire = Wire(self, transport, self._flusher)
         conn = Connection(
             # The process's key first: any process can route to it.
             id=self.membership.key + uuid.uuid4().hex[:24],

@@ -1,10 +1,11 @@
 """The socket engine: one upgraded socket, bytes in and frames out.
 
 After the upgrade the extension takes the socket from Sanic
-(``transport.set_protocol``) and hands it to a :class:`Wire`, which parses
-frames with the websockets library's sans-I/O ``ServerProtocol``. No task,
-lock or timer exists per idle connection. The app never sees a ``Wire``: it
-holds a :class:`~sanic_ws_ext.connection.Connection`, which delegates here.
+(``transport.set_protocol``) and hands it to a :class:`Wire`, which reads
+frames with a :class:`~sanic_ws_ext.frames.FrameReader` and runs the closing
+handshake itself. No task, lock or timer exists per idle connection. The
+app never sees a ``Wire``: it holds a
+:class:`~sanic_ws_ext.connection.Connection`, which delegates here.
 
 Rules this module keeps:
 
@@ -49,13 +50,22 @@ from collections.abc import Callable, Collection, Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.server import ServerProtocol
-
 from .envelope import error_envelope
 from .errors import CloseCode, ErrorCode
-from .frames import OP_TEXT, PING_FRAME, encode_frame
+from .frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    PING_FRAME,
+    FrameError,
+    FrameReader,
+    close_payload,
+    encode_frame,
+    parse_close,
+)
 from .limits import take
 
 if TYPE_CHECKING:
@@ -66,7 +76,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ConnectionState",
     "Flusher",
-    "FrameParser",
     "Wire",
     "WireHost",
     "fan_out",
@@ -127,25 +136,6 @@ class PartialMessage:
             return self._text.getvalue()
         assert self._binary is not None
         return self._binary
-
-
-class FrameParser(ServerProtocol):
-    """websockets' server protocol, with a close allowed between fragments.
-
-    RFC 6455, 5.4: control frames may come between the fragments of a
-    message, and a close ends the connection, unfinished message included.
-    websockets answers that close with 1002 "incomplete fragmented message";
-    a conforming server echoes it (Autobahn case 7.1.5). The partial message
-    is dropped by :class:`Wire`.
-    """
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.CLOSE:
-            # websockets names it current_size since 14, cur_size before.
-            for name in ("current_size", "cur_size"):
-                if hasattr(self, name):
-                    setattr(self, name, None)
-        super().recv_frame(frame)
 
 
 class ConnectionState(Enum):
@@ -342,6 +332,8 @@ class Wire(asyncio.Protocol):
     """The asyncio protocol of one upgraded socket, and its sending state."""
 
     __slots__ = (
+        "_close_rcvd",
+        "_close_sent",
         "_close_timer",
         "_eof_pending",
         "_flusher",
@@ -350,7 +342,7 @@ class Wire(asyncio.Protocol):
         "_keyed",
         "_pending",
         "_pending_bytes",
-        "_proto",
+        "_reader",
         "_tokens",
         "_tokens_at",
         "_transport",
@@ -370,14 +362,13 @@ class Wire(asyncio.Protocol):
         self,
         host: WireHost,
         transport: asyncio.Transport,
-        proto: ServerProtocol,
         flusher: Flusher,
     ) -> None:
         #: The app's handle for this socket (set by the connection itself).
         self.conn: Connection
         self._host = host
         self._transport = transport
-        self._proto = proto
+        self._reader = FrameReader(host.config.max_message_size)
         self._flusher = flusher
         self.state = ConnectionState.OPEN
         self.close_code: int | None = None
@@ -402,6 +393,10 @@ class Wire(asyncio.Protocol):
         self._written = 0
         self._fragments: PartialMessage | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        # The close frames exchanged: (code, reason), None until then.
+        self._close_rcvd: tuple[int, str] | None = None
+        self._close_sent: tuple[int, str] | None = None
+        # Close TCP once what is pending is written (the server closes first).
         self._eof_pending = False
         # Bytes unread in the kernel when the heartbeat last looked, while
         # reading is paused (-1: not looked at since the pause).
@@ -553,20 +548,19 @@ class Wire(asyncio.Protocol):
         config = self._host.config
         await self._flusher.pace(config.max_backpressure, config.drain_timeout)
 
-    def _send_control(self, chunks: list[bytes]) -> None:
-        """Queue what the protocol object wants sent (pong, close, EOF)."""
-        for chunk in chunks:
-            if self._transport.is_closing():
-                # Aborted (a ping flood past WS_MAX_BACKPRESSURE, say) or
-                # closed: the rest has nowhere to go.
-                return
-            if chunk:
-                self._enqueue(chunk)
-            else:  # websockets' SEND_EOF marker
-                self._eof_pending = True
-                if not self._pending:
-                    self._flusher.mark(self)
-                    self._pending.append(b"")
+    def _send_close(self, payload: bytes, code: int, reason: str) -> None:
+        """Queue our close frame (once); nothing but it follows."""
+        if self._close_sent is None and not self._transport.is_closing():
+            self._close_sent = (code, reason)
+            self._enqueue(encode_frame(OP_CLOSE, payload))
+
+    def _close_tcp(self) -> None:
+        """Close TCP once what is pending is written."""
+        self._eof_pending = True
+        if not self._pending and not self._transport.is_closing():
+            # Nothing pending: an empty write makes the flush close it.
+            self._flusher.mark(self)
+            self._pending.append(b"")
 
     # -- closing ---------------------------------------------------------
 
@@ -574,13 +568,12 @@ class Wire(asyncio.Protocol):
         """Start the closing handshake; frames queued before it are sent first."""
         if self.state is not ConnectionState.OPEN:
             return
-        if self._proto.state is not State.OPEN:
+        if self._close_rcvd is not None or self._eof_pending:
             # The peer is already gone (EOF) or closing: nothing to handshake.
             self.abort(code, reason)
             return
-        self._proto.send_close(code, reason)
         self._set_close(code, reason)
-        self._send_control(self._proto.data_to_send())
+        self._send_close(close_payload(code, reason), code, reason)
         self._enter_closing()
 
     def _enter_closing(self) -> None:
@@ -605,7 +598,8 @@ class Wire(asyncio.Protocol):
         self._fragments = None
         self._set_close(code, reason)
         self._enter_closing()
-        self._proto.fail(code, reason)
+        self._send_close(close_payload(code, reason), code, reason)
+        self._close_tcp()
 
     def abort(self, code: int, reason: str) -> None:
         """Drop the socket now, unsent frames included."""
@@ -631,14 +625,11 @@ class Wire(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        proto = self._proto
         if self.close_code is None:
-            if proto.close_rcvd is not None:
-                self.close_code = proto.close_rcvd.code
-                self.close_reason = proto.close_rcvd.reason
-            elif proto.close_sent is not None:
-                self.close_code = proto.close_sent.code
-                self.close_reason = proto.close_sent.reason
+            if self._close_rcvd is not None:
+                self.close_code, self.close_reason = self._close_rcvd
+            elif self._close_sent is not None:
+                self.close_code, self.close_reason = self._close_sent
             else:
                 self.close_code = CloseCode.ABNORMAL
                 self.close_reason = "connection lost"
@@ -732,58 +723,67 @@ class Wire(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_seen = self._host.clock()
         self.ping_sent = 0.0
-        proto = self._proto
-        proto.receive_data(data)
-        self._process(proto)
+        if self._eof_pending or self._close_rcvd is not None:
+            return  # closed by the peer, or failed: nothing more is read
+        reader = self._reader
+        self._process(reader.feed(data))
+        error = reader.error
+        if error is not None and self._close_rcvd is None:
+            self._fail(error.code, error.reason)
 
     def eof_received(self) -> bool | None:
-        proto = self._proto
-        proto.receive_eof()
-        self._process(proto)
-        return None  # let the transport close itself
+        # The peer closed TCP: with a close frame before it or not, the
+        # connection is over; the transport closes itself.
+        self._enter_closing()
+        return None
 
-    def _process(self, proto: ServerProtocol) -> None:
+    def _process(self, frames: list[tuple[int, bool, bytes]]) -> None:
         config = self._host.config
-        for frame in proto.events_received():
-            if not isinstance(frame, Frame):  # handshake events; none once OPEN
-                continue
+        for opcode, fin, payload in frames:
+            if opcode == OP_CLOSE:
+                self._fragments = None  # a message the peer never finished
+                self._peer_closed(payload)
+                return  # nothing after a close is read
             if self.state is not ConnectionState.OPEN:
-                break  # failed or closing: what follows is not read
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                text = opcode is Opcode.TEXT
+                continue  # failed or closing: only the peer's close matters
+            if opcode in (OP_TEXT, OP_BINARY):
+                text = opcode == OP_TEXT
                 kind = "text" if text else "binary"
                 if kind not in config.accept:
                     # Refused at its first frame: nothing of it is buffered.
                     self._fail(
                         CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not accepted"
                     )
-                elif frame.fin:
-                    self._message(text, frame.data)
+                elif fin:
+                    self._message(text, payload)
                 else:
                     self._fragments = PartialMessage(text)
-                    self._fragment(frame)
-            elif opcode is Opcode.CONT and self._fragments is not None:
-                self._fragment(frame)
-            elif opcode is Opcode.CLOSE:
-                self._fragments = None  # a message the peer never finished
-            elif (
-                opcode is Opcode.PING or opcode is Opcode.PONG
-            ) and config.message_rate is not None:
-                # Control frames cost a parse and, for pings, a reply: a flood
-                # of them spends the same budget as messages. The pong itself
-                # is the protocol's, already queued.
-                self._over_rate(control=True)
-        if proto.parser_exc is not None and proto.close_sent is not None:
-            self._set_close(proto.close_sent.code, proto.close_sent.reason)
-        out = proto.data_to_send()
-        if out:
-            self._send_control(out)
-        if proto.state is not State.OPEN and self.state is ConnectionState.OPEN:
-            # The peer started the close or sent EOF, or the parser failed.
-            self._enter_closing()
+                    self._fragment(payload, fin)
+            elif opcode == OP_CONT:
+                if self._fragments is not None:
+                    self._fragment(payload, fin)
+            else:  # ping or pong
+                if opcode == OP_PING and not self._transport.is_closing():
+                    self._enqueue(encode_frame(OP_PONG, payload))
+                if config.message_rate is not None:
+                    # Control frames cost a parse and, for pings, a reply: a
+                    # flood of them spends the same budget as messages.
+                    self._over_rate(control=True)
 
-    def _fragment(self, frame: Frame) -> None:
+    def _peer_closed(self, payload: bytes) -> None:
+        """The peer's close frame: echo it (unless ours went first), close TCP."""
+        try:
+            code, reason = parse_close(payload)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        self._close_rcvd = (code, reason)
+        # RFC 6455 5.5.1: answer with a close frame, echoing its code.
+        self._send_close(payload[:2], code, reason)
+        self._enter_closing()
+        self._close_tcp()
+
+    def _fragment(self, payload: bytes, fin: bool) -> None:
         partial = self._fragments
         assert partial is not None
         limit = fragment_limit(self._host.config.max_message_size)
@@ -791,11 +791,11 @@ class Wire(asyncio.Protocol):
             self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
         try:
-            partial.add(frame.data, frame.fin)
+            partial.add(payload, fin)
         except UnicodeDecodeError:
             self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
             return
-        if frame.fin:
+        if fin:
             self._fragments = None
             message = partial.message()
             self._message(isinstance(message, str), message)
