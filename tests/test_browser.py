@@ -446,7 +446,7 @@ async def test_requests_both_ways_in_chromium(
             return {"failed": getattr(exc, "code", type(exc).__name__)}
 
     @app.get("/")
-    async def page(request: Any) -> Any:
+    async def blank(request: Any) -> Any:
         return html("<!doctype html><title>requests</title>")
 
     async with serve(app) as server, chromium() as browser:
