@@ -395,6 +395,77 @@ async def test_direct_api_errors(make_app: AppFactory) -> None:
         async with client:
             assert await client.request("direct") is None
     assert len(seen) == 3
+    with pytest.raises(ValueError, match="reply"):
+        h.on("reply")
     assert issubclass(RequestTimeout, TimeoutError)
     assert issubclass(ClientGone, ConnectionError)
     assert MAX_ASKS >= 64
+
+
+class _Wire:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.id = "k" * 8 + "conn"
+        self.asks: dict[str, tuple[str, float]] | None = None
+        self.wire = _Wire()
+
+
+class _Route:
+    def route(self, conn_id: str) -> str:
+        return "here"
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.published: list[dict[str, Any]] = []
+
+    def publish(self, kind: Any, **fields: Any) -> None:
+        self.published.append({"kind": kind, **fields})
+
+
+async def test_what_a_holder_keeps_per_connection_is_bounded() -> None:
+    """Asked by a process whose requests time out, and never answered: the
+    holder prunes expired entries and keeps at most MAX_ASKS."""
+    from sanic_ws_ext.delivery import Op, OpKind
+    from sanic_ws_ext.envelope import Reply
+    from sanic_ws_ext.index import LocalIndex
+    from sanic_ws_ext.requests import Requests
+
+    local = LocalIndex()
+    conn = _Conn()
+    local.conns[conn.id] = conn  # type: ignore[assignment]
+    outbox = _Outbox()
+    requests = Requests(local, _Route(), outbox, worker="here")  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    requests.start(loop)
+
+    def ask(ref: str, timeout: int) -> None:
+        requests.on_ask(
+            Op(OpKind.ASK, b"{}", False, conn.id, code=timeout, reason=ref, origin="a")
+        )
+
+    for i in range(MAX_ASKS * 2):
+        ask(f"r{i}", 60)
+    assert conn.asks is not None and len(conn.asks) == MAX_ASKS
+    assert f"r{MAX_ASKS * 2 - 1}" in conn.asks and "r0" not in conn.asks
+    # Expired ones go first: with every entry past its time, one is left.
+    conn.asks = {ref: (o, loop.time() - 1) for ref, (o, _) in conn.asks.items()}
+    ask("fresh", 60)
+    assert list(conn.asks) == ["fresh"]
+    assert len(conn.wire.frames) == MAX_ASKS * 2 + 1
+    # The reply goes to the asker, once; the closing tells the others.
+    ask("other", 60)
+    requests.replied(conn, Reply("fresh", True, 1))  # type: ignore[arg-type]
+    requests.replied(conn, Reply("fresh", True, 2))  # type: ignore[arg-type]
+    requests.lost(conn)  # type: ignore[arg-type]
+    answers = [(p["reason"], p["code"], p["to"]) for p in outbox.published]
+    assert answers == [("fresh", 0, "a"), ("other", 1, "a")]
+    assert conn.asks is None
