@@ -196,7 +196,8 @@ export class WSClient {
    * the handler returned). Rejects with a `RequestError`: the server's code
    * and reason on `ok: false`, "timeout" after `timeout` ms (default 10000,
    * for the whole request, retries included), "disconnected" when the
-   * connection drops after it was sent, "closed" on `close()`. A request
+   * connection drops after it was sent, "closed" on `close()` (at once
+   * after it, until `connect()`). A request
    * made while offline waits for the connection (its timeout runs). With
    * `retries` > 0, a request the connection dropped under is sent again,
    * with the same ref, once reconnected (up to `retries` times): the server
@@ -204,6 +205,9 @@ export class WSClient {
    * `msg.ref` to do the work once.
    */
   request(type, data = null, { timeout = DEFAULT_REQUEST_TIMEOUT, retries = 0 } = {}) {
+    if (this._stopped) {
+      return Promise.reject(new RequestError("closed", "the client was closed"));
+    }
     const ref = `${this._refBase}.${++this._refSeq}`;
     const frame = JSON.stringify({ type, data, ref });
     return new Promise((resolve, reject) => {

@@ -134,6 +134,15 @@ test("close() rejects every pending request", async () => {
   await assert.rejects(sentOne, { code: "disconnected" });
   await assert.rejects(offline, { code: "closed" });
   assert.equal(timers.size, 0);
+  // Closed for good: a new request fails at once, until connect().
+  await assert.rejects(ws.request("c"), { code: "closed" });
+  assert.equal(timers.size, 0);
+  ws.connect();
+  socket().open();
+  const again = ws.request("d");
+  assert.equal(JSON.parse(socket().sent[0]).type, "d");
+  ws.close();
+  await assert.rejects(again, { code: "closed" });
 });
 
 test("onRequest answers the server's requests", async () => {
