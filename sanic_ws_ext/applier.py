@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .index import LocalIndex
     from .outbox import Outbox
     from .queries import Queries
+    from .requests import Requests
     from .sequencer import Sequencer
     from .stats import Counters
     from .tracker import Tracker
@@ -56,6 +57,7 @@ class Applier:
         queries: Queries,
         outbox: Outbox,
         sequencer: Sequencer,
+        requests: Requests,
         *,
         worker: str,
         join: Callable[[Connection, str], None],
@@ -70,6 +72,7 @@ class Applier:
         self.queries = queries
         self.outbox = outbox
         self.sequencer = sequencer
+        self.requests = requests
         self.worker = worker
         # Put a local connection in a room, or take it out.
         self._join = join
@@ -99,6 +102,8 @@ class Applier:
             OpKind.SEQUENCE: sequencer.apply,
             OpKind.FETCH: sequencer.apply,
             OpKind.HISTORY: sequencer.apply,
+            OpKind.ASK: requests.on_ask,
+            OpKind.ANSWER: requests.on_answer,
         }
 
     def start(self, loop: asyncio.AbstractEventLoop, flusher: Flusher) -> None:
@@ -205,6 +210,7 @@ class Applier:
         self.tracker.drop(peer)
         self.sequencer.peer_gone(peer)
         self.queries.forget(peer)
+        self.requests.peer_gone(peer)
 
     def _peer(self, op: Op) -> None:
         """HELLO, SYNC, BEAT, BYE: who is in the cluster, and since when."""

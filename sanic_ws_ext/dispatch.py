@@ -13,6 +13,14 @@ Rules this module keeps:
   connection with 1011. No timer exists per call.
 - A handler's exception is logged, answered with an error frame and passed to
   the error hooks; the connection's queue goes on.
+- A message with a ``ref`` is answered by exactly one ``reply``, after every
+  handler it reaches has run (so after the frames they sent): ``ok: true``
+  with the last value other than ``None`` a handler returned, or ``ok:
+  false`` with the first failure (a ``MessageError``'s code and reason,
+  ``handler_error`` for any other exception), instead of error frames.
+- A ``reply`` from the client (to a request of the server's) is taken as it
+  arrives, never queued: a handler awaiting a request to its own connection
+  would otherwise wait behind itself.
 """
 
 from __future__ import annotations
@@ -23,7 +31,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .envelope import Envelope, decode_envelope, error_envelope
+from .envelope import (
+    Envelope,
+    RefusedRequest,
+    Reply,
+    decode_message,
+    encode_reply,
+    error_envelope,
+)
 from .errors import CloseCode, ErrorCode, MessageError
 from .frames import OP_TEXT, encode_frame
 from .handlers import ROOM_TYPES, HandlerRegistry
@@ -49,6 +64,9 @@ _ITEM_OVERHEAD = 64
 
 #: Longest room name a client may ask for.
 MAX_ROOM = 200
+
+#: What :meth:`Dispatcher._run` gives for a call the watchdog cancelled.
+_OVERRAN = RuntimeError("handler ran over WS_HANDLER_TIMEOUT")
 
 
 def queued_size(item: object) -> int:
@@ -83,6 +101,7 @@ class Dispatcher:
         config: WSConfig,
         registry: HandlerRegistry,
         *,
+        replied: Callable[[Connection, Reply], None],
         join: Callable[[Connection, str], None],
         leave: Callable[[Connection, str], None],
         ready: Callable[[str], Awaitable[None]],
@@ -91,6 +110,8 @@ class Dispatcher:
     ) -> None:
         self.config = config
         self.registry = registry
+        # The client answered a request of the server's (requests.py).
+        self._replied = replied
         self._join = join
         self._leave = leave
         # Returns once the room's publications reach this process.
@@ -112,6 +133,8 @@ class Dispatcher:
 
     def queue(self, conn: Connection, item: object) -> None:
         """Queue a message (or a marker) for ``conn``'s handlers."""
+        if type(item) is str and '"reply"' in item and self._take_reply(conn, item):
+            return
         box = conn.mailbox
         if box is None:
             box = conn.mailbox = Mailbox()
@@ -158,28 +181,98 @@ class Dispatcher:
             if not self.tasks:
                 self._settled()
 
+    def _take_reply(self, conn: Connection, text: str) -> bool:
+        """A client's ``reply``, handled now; False for anything else (queued:
+        a reply refused as invalid is answered in its place in the queue)."""
+        try:
+            message = decode_message(text)
+        except MessageError:
+            return False
+        if not isinstance(message, Reply):
+            return False
+        self._replied(conn, message)
+        return True
+
     # -- what arrives ----------------------------------------------------------
 
     async def _on_text(self, conn: Connection, box: Mailbox, text: str) -> None:
         registry = self.registry
         try:
-            envelope = decode_envelope(text)
-            if not registry.handles_text(envelope.type):
-                raise MessageError(
-                    ErrorCode.UNKNOWN_TYPE, f"no handler for type {envelope.type!r}"
-                )
+            envelope = decode_message(text)
         except MessageError as exc:
-            await self.refuse(conn, exc)
+            if isinstance(exc, RefusedRequest):
+                self._refused(conn, exc.ref, exc)
+                await self._run_error_hooks(conn, exc)
+            else:
+                await self.refuse(conn, exc)
             return
+        if isinstance(envelope, Reply):
+            self._replied(conn, envelope)  # one _take_reply did not see
+            return
+        if not registry.handles_text(envelope.type):
+            unknown = MessageError(
+                ErrorCode.UNKNOWN_TYPE, f"no handler for type {envelope.type!r}"
+            )
+            if envelope.ref is None:
+                await self.refuse(conn, unknown)
+            else:
+                self._refused(conn, envelope.ref, unknown)
+                await self._run_error_hooks(conn, unknown)
+            return
+        ref = envelope.ref
+        if ref is None:
+            if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
+                await self._call(conn, box, self._client_room, envelope)
+                return
+            for handler in registry.message:
+                await self._call(conn, box, handler, envelope)
+            for typed in registry.typed.get(envelope.type, ()):
+                await self._call(conn, box, typed, envelope)
+            return
+        # A request: every handler runs as without a ref; one reply at the end.
+        value: Any = None
+        failure: Exception | None = None
         if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
-            await self._call(conn, box, self._client_room, envelope)
-            return
-        for handler in registry.message:
-            await self._call(conn, box, handler, envelope)
-        for typed in registry.typed.get(envelope.type, ()):
-            await self._call(conn, box, typed, envelope)
+            handlers: list[Callable[..., Awaitable[Any]]] = [self._client_room]
+        else:
+            handlers = [*registry.message, *registry.typed.get(envelope.type, ())]
+        for handler in handlers:
+            result, failed = await self._run(conn, box, handler, envelope, quiet=True)
+            if failed is _OVERRAN:
+                return  # the connection is closing: nobody to reply to
+            if failed is not None:
+                failure = failure or failed
+            elif result is not None:
+                value = result
+        if failure is None:
+            try:
+                body = encode_reply(ref, value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.error(
+                    "websocket reply to %r on connection %s: the value handlers"
+                    " returned is not JSON-able",
+                    ref,
+                    conn.id,
+                    exc_info=exc,
+                )
+                await self._run_error_hooks(conn, exc)
+                failure = exc
+            else:
+                conn.send_frame(encode_frame(OP_TEXT, body))
+                return
+        self._refused(conn, ref, failure)
 
-    async def _client_room(self, conn: Connection, envelope: Envelope) -> None:
+    def _refused(self, conn: Connection, ref: str, failure: Exception) -> None:
+        """Answer the request ``ref`` of ``conn`` with ``ok: false``."""
+        if isinstance(failure, MessageError):
+            error = (failure.code, failure.reason)
+        else:
+            error = (ErrorCode.HANDLER_ERROR, "internal error")
+        conn.send_frame(encode_frame(OP_TEXT, encode_reply(ref, error=error)))
+
+    async def _client_room(
+        self, conn: Connection, envelope: Envelope
+    ) -> dict[str, str] | None:
         """``room.join`` / ``room.leave`` from the client itself."""
         data = envelope.data
         room = data.get("room") if isinstance(data, dict) else None
@@ -196,7 +289,7 @@ class Dispatcher:
                 joined.discard(room)
                 self._leave(conn, room)
             await conn.send("room.left", {"room": room})
-            return
+            return {"room": room}
         spec, params = self.registry.rooms.lookup(room)
         # A history room the server put this connection in: a join with
         # `since` is its client resuming (after a reconnect), not a request
@@ -228,19 +321,20 @@ class Dispatcher:
         elif not await spec.may_join(conn, room, params):
             raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
         if conn.state is ConnectionState.CLOSED:
-            return  # gone while a guard awaited: nothing to join
+            return None  # gone while a guard awaited: nothing to join
         if room not in conn.rooms:
             if conn.client_rooms is None:
                 conn.client_rooms = set()
             conn.client_rooms.add(room)
         if spec.history is not None:
             await self._recover(conn, room, spec.history, since)
-            return
+            return {"room": room}
         self._join(conn, room)
         # Answered once publications to the room reach it: a message the
         # client's app sends on "room.joined" is not published into a void.
         await self._ready(room)
         await conn.send("room.joined", {"room": room})
+        return {"room": room}
 
     async def _on_binary(self, conn: Connection, box: Mailbox, data: bytes) -> None:
         registry = self.registry
@@ -261,15 +355,34 @@ class Dispatcher:
         self,
         conn: Connection,
         box: Mailbox,
-        handler: Callable[..., Awaitable[None]],
+        handler: Callable[..., Awaitable[Any]],
         *args: Any,
     ) -> None:
+        await self._run(conn, box, handler, *args)
+
+    async def _run(
+        self,
+        conn: Connection,
+        box: Mailbox,
+        handler: Callable[..., Awaitable[Any]],
+        *args: Any,
+        quiet: bool = False,
+    ) -> tuple[Any, Exception | None]:
+        """Call one handler: what it returned, or how it failed.
+
+        A failure is logged and passed to the error hooks; with ``quiet``
+        (a request, answered by a reply) no error frame is sent.
+        """
         box.since = self.clock()
         box.handler = handler
         try:
-            await handler(conn, *args)
+            return await handler(conn, *args), None
         except MessageError as exc:
-            await self.refuse(conn, exc)
+            if quiet:
+                await self._run_error_hooks(conn, exc)
+            else:
+                await self.refuse(conn, exc)
+            return None, exc
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if box.overran and task is not None and task.cancelling() <= 1:
@@ -278,16 +391,18 @@ class Dispatcher:
                 # run after this.
                 task.uncancel()
                 box.overran = False
-                return
+                return None, _OVERRAN
             if task is not None and task.cancelling():
                 raise  # we are being cancelled (shutdown): stop here
             # The handler's own business (a cancelled future it awaited):
             # a handler failure like any other, not the end of this queue.
             failure = RuntimeError("handler was cancelled")
             failure.__cause__ = exc
-            await self._handler_failed(conn, handler, failure)
+            await self._handler_failed(conn, handler, failure, quiet=quiet)
+            return None, failure
         except Exception as exc:
-            await self._handler_failed(conn, handler, exc)
+            await self._handler_failed(conn, handler, exc, quiet=quiet)
+            return None, exc
         finally:
             task = asyncio.current_task()
             if box.overran and task is not None and task.cancelling():
@@ -333,7 +448,12 @@ class Dispatcher:
             conn.wire.start_close(CloseCode.INTERNAL_ERROR, "handler timeout")
 
     async def _handler_failed(
-        self, conn: Connection, handler: Callable[..., Awaitable[None]], exc: Exception
+        self,
+        conn: Connection,
+        handler: Callable[..., Awaitable[Any]],
+        exc: Exception,
+        *,
+        quiet: bool = False,
     ) -> None:
         log.error(
             "websocket handler %s failed on connection %s",
@@ -341,11 +461,12 @@ class Dispatcher:
             conn.id,
             exc_info=exc,
         )
-        conn.send_frame(
-            encode_frame(
-                OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
+        if not quiet:
+            conn.send_frame(
+                encode_frame(
+                    OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
+                )
             )
-        )
         await self._run_error_hooks(conn, exc)
 
     async def refuse(self, conn: Connection, exc: MessageError) -> None:

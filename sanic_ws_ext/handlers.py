@@ -74,8 +74,8 @@ class Accept:
 
 VerifyHook = Callable[["Request"], Awaitable["Accept | None"]]
 ConnectHandler = Callable[["Connection"], Awaitable[None]]
-MessageHandler = Callable[["Connection", "Envelope | bytes"], Awaitable[None]]
-TypeHandler = Callable[["Connection", "Envelope"], Awaitable[None]]
+MessageHandler = Callable[["Connection", "Envelope | bytes"], Awaitable[Any]]
+TypeHandler = Callable[["Connection", "Envelope"], Awaitable[Any]]
 BinaryHandler = Callable[["Connection", bytes], Awaitable[None]]
 ErrorHandler = Callable[["Connection", Exception], Awaitable[None]]
 BackplaneHook = Callable[["ConnectionManager", str], Awaitable[None]]
@@ -201,9 +201,24 @@ class WSHandlers:
         return handler
 
     def on(self, type: str) -> Callable[[F], F]:
-        """Run ``handler(conn, envelope)`` for envelopes of this ``type``."""
+        """Run ``handler(conn, envelope)`` for envelopes of this ``type``.
+
+        When the client's envelope carries a ``ref`` (a request), what the
+        handler returns is the ``data`` of the ``reply`` (JSON; ``None`` is
+        ``null``), and a :class:`~sanic_ws_ext.errors.MessageError` it raises
+        is the reply's ``ok: false``. With several handlers for a type, all
+        run; the reply holds the last value other than ``None`` they
+        returned, or the first failure. Without a ``ref``, the value is
+        ignored.
+        """
         if not isinstance(type, str) or not type:
             raise TypeError(f"message type must be a non-empty str, got {type!r}")
+        if type == "reply":
+            raise ValueError(
+                "on('reply'): 'reply' envelopes answer the server's requests and"
+                " are taken by the extension (await conn.request(...) returns"
+                " their data); no handler ever sees one"
+            )
 
         def register(handler: F) -> F:
             require_async(handler, f"on({type!r}) handler")

@@ -16,6 +16,8 @@ A facade over parts with one job each, which it owns and wires together
   the route to each connection;
 - :class:`~sanic_ws_ext.tracker.Tracker`: presence of rooms that track it;
 - :class:`~sanic_ws_ext.queries.Queries`: cluster-wide questions;
+- :class:`~sanic_ws_ext.requests.Requests`: requests to clients, and their
+  replies brought back to the asker;
 - :class:`~sanic_ws_ext.health.Health`: readiness, status and figures.
 
 What stays here: the public API, starting and stopping the parts in order,
@@ -64,6 +66,7 @@ from .limits import ClientLimits
 from .outbox import Outbox
 from .presence import checked_presence
 from .queries import Member, Queries
+from .requests import Requests
 from .sequencer import Sequencer
 from .sessions import Sessions
 from .stats import Counters
@@ -142,9 +145,13 @@ class ConnectionManager:
             publish=self._outbox.publish,
             join=sessions.join,
         )
+        self._requests = Requests(
+            self.local, self.membership, self._outbox, worker=worker
+        )
         self.dispatcher = Dispatcher(
             config,
             registry,
+            replied=self._requests.replied,
             join=sessions.join,
             leave=sessions.leave,
             ready=delivery.ready,
@@ -178,6 +185,7 @@ class ConnectionManager:
             self._queries,
             self._outbox,
             self.sequencer,
+            self._requests,
             worker=worker,
             join=sessions.join,
             leave=sessions.leave,
@@ -206,6 +214,7 @@ class ConnectionManager:
         self.clock = loop.time
         self._flusher = Flusher(loop)
         self.dispatcher.start(loop)
+        self._requests.start(loop)
         self.membership.start(loop)
         self.tracker.start(loop, self._flusher)
         self._applier.start(loop, self._flusher)
@@ -457,6 +466,19 @@ class ConnectionManager:
         )
         await self._pace()
 
+    async def request(
+        self, conn_id: str, type: str, data: Any = None, *, timeout: float = 10.0
+    ) -> Any:
+        """Send a request to one connection, wherever it is; the data it replies.
+
+        The reply comes back to this process, whichever holds the connection.
+        Raises :class:`~sanic_ws_ext.errors.RequestFailed` when the client
+        answers ``ok: false``, :class:`~sanic_ws_ext.errors.RequestTimeout`
+        after ``timeout`` seconds, :class:`~sanic_ws_ext.errors.ClientGone`
+        as soon as the connection closes (or its process stops).
+        """
+        return await self._requests.request(conn_id, type, data, timeout)
+
     async def _pace(self) -> None:
         """After queuing: let the loop run, and wait for readers, once this
         process queued more than a pass's worth without yielding
@@ -635,6 +657,8 @@ class ConnectionManager:
         self.dispatcher.queue(conn, message)
 
     def wire_lost(self, conn: Connection) -> None:
+        if conn.asks:
+            self._requests.lost(conn)
         if self._sessions.lost(conn):
             self.dispatcher.queue(conn, CLOSED)
 

@@ -62,6 +62,10 @@ class OpKind(IntEnum):
     SEQUENCE = 19  # to the room's sequencer: number, keep and publish payload
     FETCH = 20  # to the room's sequencer: JSON {"since", "limit", "join"}
     HISTORY = 21  # the answer to either: JSON header, newline, framed entries
+    # Requests to clients (sanic_ws_ext.requests); reason: the request's ref.
+    ASK = 22  # target: connection id; payload: the envelope; code: timeout (s)
+    ANSWER = 23  # to the asker; target: connection id; code 0: payload is the
+    # reply as JSON {"ok", "data"|"error"}; code 1: the connection is gone
 
 
 class Op(NamedTuple):

@@ -14,7 +14,14 @@ from sanic import Request, Sanic, json
 from sanic.response import JSONResponse
 from sanic_ext import Extend
 
-from sanic_ws_ext import Accept, Connection, Envelope, WSExtension, WSHandlers
+from sanic_ws_ext import (
+    Accept,
+    Connection,
+    Envelope,
+    RequestError,
+    WSExtension,
+    WSHandlers,
+)
 
 app = Sanic("cluster")
 app.config.WS_RELAY_BEAT = float(os.environ.get("TEST_RELAY_BEAT", "0.5"))
@@ -89,6 +96,15 @@ async def do(conn: Connection, msg: Envelope) -> None:
         result = await ws.users()
     elif op == "status":
         result = ws.status()
+    elif op == "request":
+        # Ask a connection on any worker; the reply comes back here.
+        try:
+            answer = await ws.request(
+                args["to"], "question", args.get("data"), timeout=args["timeout"]
+            )
+            result = {"data": answer}
+        except RequestError as exc:
+            result = {"error": type(exc).__name__, "code": getattr(exc, "code", None)}
     elif op == "block":
         # A handler that blocks the event loop (a sync call by mistake).
         time.sleep(args["seconds"])  # noqa: ASYNC251 (the point of this op)
