@@ -29,6 +29,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .envelope import (
@@ -220,30 +221,45 @@ class Dispatcher:
                 await self._run_error_hooks(conn, unknown)
             return
         ref = envelope.ref
-        if ref is None:
-            if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
-                await self._call(conn, box, self._client_room, envelope)
-                return
-            for handler in registry.message:
-                await self._call(conn, box, handler, envelope)
-            for typed in registry.typed.get(envelope.type, ()):
-                await self._call(conn, box, typed, envelope)
-            return
-        # A request: every handler runs as without a ref; one reply at the end.
-        value: Any = None
+        quiet = ref is not None  # a request: failures go into its reply
         failure: Exception | None = None
-        if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
-            handlers: list[Callable[..., Awaitable[Any]]] = [self._client_room]
-        else:
-            handlers = [*registry.message, *registry.typed.get(envelope.type, ())]
-        for handler in handlers:
-            result, failed = await self._run(conn, box, handler, envelope, quiet=True)
-            if failed is _OVERRAN:
-                return  # the connection is closing: nobody to reply to
-            if failed is not None:
-                failure = failure or failed
+        for middleware in registry.middleware:
+            result, failure = await self._run(
+                conn, box, middleware, envelope, quiet=quiet
+            )
+            if failure is _OVERRAN:
+                return  # the connection is closing: nobody to answer
+            if failure is not None:
+                break  # refused: no handler runs
+            if isinstance(result, Envelope):
+                envelope = replace(result, ref=ref)
             elif result is not None:
-                value = result
+                failure = TypeError(
+                    f"middleware {getattr(middleware, '__qualname__', middleware)}"
+                    f" returned {type(result).__name__}, not an Envelope or None"
+                )
+                await self._handler_failed(conn, middleware, failure, quiet=quiet)
+                break
+        # One rule: handlers run in order (on_message ones, then typed ones),
+        # and the first that raises stops the rest.
+        value: Any = None
+        if failure is None:
+            if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
+                handlers: list[Callable[..., Awaitable[Any]]] = [self._client_room]
+            else:
+                handlers = [*registry.message, *registry.typed.get(envelope.type, ())]
+            for handler in handlers:
+                result, failure = await self._run(
+                    conn, box, handler, envelope, quiet=quiet
+                )
+                if failure is _OVERRAN:
+                    return
+                if failure is not None:
+                    break
+                if result is not None:
+                    value = result
+        if ref is None:
+            return  # without a ref, a failure was answered with an error frame
         if failure is None:
             try:
                 body = encode_reply(ref, value)
@@ -344,10 +360,11 @@ class Dispatcher:
                 MessageError(ErrorCode.UNKNOWN_TYPE, "no handler for binary frames"),
             )
             return
-        for handler in registry.message:
-            await self._call(conn, box, handler, data)
-        for binary in registry.binary:
-            await self._call(conn, box, binary, data)
+        # The one rule of envelopes: in order, the first that raises stops.
+        for handler in [*registry.message, *registry.binary]:
+            _, failure = await self._run(conn, box, handler, data)
+            if failure is not None:
+                return
 
     # -- calling handlers --------------------------------------------------------
 
