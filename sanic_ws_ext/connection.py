@@ -10,11 +10,12 @@ only as the thing it reports messages for.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from .envelope import encode_envelope
+from .envelope import message_body
 from .errors import CloseCode
-from .frames import OP_TEXT, data_frame, encode_frame, raw_body
+from .frames import data_frame
 from .wire import ConnectionState, Wire, send_key
 
 if TYPE_CHECKING:
@@ -119,33 +120,33 @@ class Connection:
 
     async def send(
         self,
-        type: str,
+        type: str | None = None,
         data: Any = None,
         *,
+        raw: str | bytes | None = None,
         volatile: bool = False,
         key: str | None = None,
     ) -> None:
-        """Send one envelope to this connection.
+        """Send an envelope (``type``, ``data``), or ``raw`` as it is (``str``
+        as text, ``bytes`` as binary), to this connection.
 
         Returns at once, unless this process queued more than its pass limit
         (2 to 8 MiB) without letting the event loop run: then it waits for
         readers that are reading (see ``WS_DRAIN_TIMEOUT``), never for this
         socket alone. ``volatile`` and ``key``: as for the manager's sends.
         """
-        frame = encode_frame(OP_TEXT, encode_envelope(type, data))
+        frame = data_frame(*message_body(type, data, raw))
         self.wire.send_frame(frame, volatile, send_key(key))
         await self.wire.pace()
 
-    async def send_raw(
-        self,
-        payload: str | bytes,
-        *,
-        volatile: bool = False,
-        key: str | None = None,
-    ) -> None:
-        """Send a raw text (``str``) or binary (``bytes``) frame (as :meth:`send`)."""
-        self.wire.send_frame(data_frame(*raw_body(payload)), volatile, send_key(key))
-        await self.wire.pace()
+    async def send_raw(self, payload: str | bytes, **options: Any) -> None:
+        """Deprecated: ``send(raw=payload)``."""
+        warnings.warn(
+            "conn.send_raw(payload) is deprecated: use conn.send(raw=payload)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        await self.send(raw=payload, **options)
 
     async def request(
         self, type: str, data: Any = None, *, timeout: float = 10.0

@@ -40,6 +40,7 @@ from typing import Any
 import ujson
 
 from .errors import ErrorCode, MessageError
+from .frames import raw_body
 
 __all__ = [
     "MAX_REF_LENGTH",
@@ -54,6 +55,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "error_envelope",
+    "message_body",
     "now_ms",
 ]
 
@@ -163,6 +165,23 @@ def encode_envelope_json(type: str, data: bytes) -> bytes:
         data,
         now_ms(),
     )
+
+
+def message_body(
+    type: str | None, data: Any, raw: str | bytes | None
+) -> tuple[bytes, bool]:
+    """What a send carries, and whether it is binary: an envelope of ``type``
+    and ``data``, or ``raw`` as it is (``str`` as text, bytes as binary).
+
+    One or the other: ``TypeError`` for both or neither.
+    """
+    if raw is None:
+        if type is None:
+            raise TypeError("a send needs a type (an envelope) or raw= (a raw frame)")
+        return encode_envelope(type, data), False
+    if type is not None or data is not None:
+        raise TypeError("raw= is sent as it is: give no type or data with it")
+    return raw_body(raw)
 
 
 def error_envelope(code: str, reason: str) -> bytes:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -54,9 +55,8 @@ from .config import WSConfig
 from .connection import Connection
 from .delivery import Delivery, LinkState, Op, OpKind
 from .dispatch import CLOSED, OPENED, Dispatcher, cancel_tasks
-from .envelope import encode_envelope
+from .envelope import message_body
 from .errors import CloseCode
-from .frames import raw_body
 from .handlers import Accept, HandlerRegistry
 from .health import Health
 from .heartbeat import Heartbeat, PeerBeat
@@ -74,6 +74,12 @@ from .tracker import Tracker
 from .wire import Flusher, Wire, send_key
 
 __all__ = ["ConnectionManager", "Member"]
+
+
+def _renamed(old: str, new: str) -> None:
+    """Warn, from the caller's line, that ``old`` is now ``new``."""
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
 
@@ -257,39 +263,24 @@ class ConnectionManager:
     async def send(
         self,
         conn_id: str,
-        type: str,
+        type: str | None = None,
         data: Any = None,
         *,
+        raw: str | bytes | None = None,
         volatile: bool = False,
         key: str | None = None,
     ) -> None:
-        """Send an envelope to one connection, wherever it is.
+        """Send to one connection, wherever it is.
 
-        Every send takes ``volatile`` (skip a receiver with more than
+        Every send carries an envelope (``type`` and ``data``) or ``raw``, a
+        frame sent as it is (``str`` as text, ``bytes`` as binary), and
+        takes ``volatile`` (skip a receiver with more than
         ``WS_VOLATILE_BACKLOG`` unsent instead of adding to its backlog) and
         ``key`` (a newer frame of the same key replaces one still unsent on
         a connection): for cursors, ticks and progress, where only the
         latest matters.
         """
-        self._outbox.address(
-            OpKind.SEND,
-            conn_id,
-            payload=encode_envelope(type, data),
-            volatile=volatile,
-            reason=send_key(key) or "",
-        )
-        await self._pace()
-
-    async def send_raw(
-        self,
-        conn_id: str,
-        payload: str | bytes,
-        *,
-        volatile: bool = False,
-        key: str | None = None,
-    ) -> None:
-        """Send a raw text (``str``) or binary (``bytes``) frame to one connection."""
-        body, binary = raw_body(payload)
+        body, binary = message_body(type, data, raw)
         self._outbox.address(
             OpKind.SEND,
             conn_id,
@@ -302,33 +293,16 @@ class ConnectionManager:
 
     async def broadcast(
         self,
-        type: str,
+        type: str | None = None,
         data: Any = None,
         *,
+        raw: str | bytes | None = None,
         exclude: Iterable[str] = (),
         volatile: bool = False,
         key: str | None = None,
     ) -> None:
-        """Send an envelope to every connection but those in ``exclude`` (ids)."""
-        self._outbox.publish(
-            OpKind.BROADCAST,
-            payload=encode_envelope(type, data),
-            exclude=exclude,
-            volatile=volatile,
-            reason=send_key(key) or "",
-        )
-        await self._pace()
-
-    async def broadcast_raw(
-        self,
-        payload: str | bytes,
-        *,
-        exclude: Iterable[str] = (),
-        volatile: bool = False,
-        key: str | None = None,
-    ) -> None:
-        """Send a raw text or binary frame to every connection but ``exclude``."""
-        body, binary = raw_body(payload)
+        """Send to every connection but those in ``exclude`` (ids)."""
+        body, binary = message_body(type, data, raw)
         self._outbox.publish(
             OpKind.BROADCAST,
             payload=body,
@@ -342,25 +316,29 @@ class ConnectionManager:
     async def publish(
         self,
         room: str,
-        type: str,
+        type: str | None = None,
         data: Any = None,
         *,
+        raw: str | bytes | None = None,
         exclude: Iterable[str] = (),
         volatile: bool = False,
         key: str | None = None,
     ) -> Position | None:
-        """Send an envelope to every member of ``room``, on any worker.
+        """Send to every member of ``room``, on any worker.
 
         For a room declared with ``history=``, returns the publication's
         position once the room's sequencer numbered it (raises
         ``SequencerUnavailable`` if it did not answer within
         ``WS_QUERY_TIMEOUT``); for other rooms None, at once. A history
-        room's publications are neither volatile nor keyed (every member
-        gets each, in order): ``ValueError``.
+        room's publications are envelopes, neither volatile nor keyed
+        (every member gets each, in order): ``TypeError`` for ``raw``,
+        ``ValueError`` for the others.
         """
-        body = encode_envelope(type, data)
+        body, binary = message_body(type, data, raw)
         spec = self.sequencer.spec(room)
         if spec is not None:
+            if raw is not None:
+                raise TypeError(f"room {room!r} keeps history: publish envelopes to it")
             if volatile or key is not None:
                 raise ValueError(
                     f"room {room!r} keeps history: its publications cannot be "
@@ -371,6 +349,7 @@ class ConnectionManager:
             OpKind.ROOM_SEND,
             target=room,
             payload=body,
+            binary=binary,
             exclude=exclude,
             volatile=volatile,
             reason=send_key(key) or "",
@@ -399,62 +378,19 @@ class ConnectionManager:
             room, spec, parse_since(since), min(limit, spec.size)
         )
 
-    async def publish_raw(
-        self,
-        room: str,
-        payload: str | bytes,
-        *,
-        exclude: Iterable[str] = (),
-        volatile: bool = False,
-        key: str | None = None,
-    ) -> None:
-        """Send a raw text or binary frame to every member of ``room``."""
-        if self.sequencer.spec(room) is not None:
-            raise TypeError(f"room {room!r} keeps history: publish envelopes to it")
-        body, binary = raw_body(payload)
-        self._outbox.publish(
-            OpKind.ROOM_SEND,
-            target=room,
-            payload=body,
-            binary=binary,
-            exclude=exclude,
-            volatile=volatile,
-            reason=send_key(key) or "",
-        )
-        await self._pace()
-
     async def send_user(
         self,
         user: str,
-        type: str,
+        type: str | None = None,
         data: Any = None,
         *,
+        raw: str | bytes | None = None,
         exclude: Iterable[str] = (),
         volatile: bool = False,
         key: str | None = None,
     ) -> None:
-        """Send an envelope to every connection of ``user`` (the verify identity)."""
-        self._outbox.publish(
-            OpKind.USER_SEND,
-            target=user,
-            payload=encode_envelope(type, data),
-            exclude=exclude,
-            volatile=volatile,
-            reason=send_key(key) or "",
-        )
-        await self._pace()
-
-    async def send_user_raw(
-        self,
-        user: str,
-        payload: str | bytes,
-        *,
-        exclude: Iterable[str] = (),
-        volatile: bool = False,
-        key: str | None = None,
-    ) -> None:
-        """Send a raw text or binary frame to every connection of ``user``."""
-        body, binary = raw_body(payload)
+        """Send to every connection of ``user`` (the verify identity)."""
+        body, binary = message_body(type, data, raw)
         self._outbox.publish(
             OpKind.USER_SEND,
             target=user,
@@ -478,6 +414,34 @@ class ConnectionManager:
         as soon as the connection closes (or its process stops).
         """
         return await self._requests.request(conn_id, type, data, timeout)
+
+    # The raw twins of before: one release of warnings, then gone.
+
+    async def send_raw(
+        self, conn_id: str, payload: str | bytes, **options: Any
+    ) -> None:
+        """Deprecated: ``send(conn_id, raw=payload)``."""
+        _renamed("ws.send_raw(conn_id, payload)", "ws.send(conn_id, raw=payload)")
+        await self.send(conn_id, raw=payload, **options)
+
+    async def broadcast_raw(self, payload: str | bytes, **options: Any) -> None:
+        """Deprecated: ``broadcast(raw=payload)``."""
+        _renamed("ws.broadcast_raw(payload)", "ws.broadcast(raw=payload)")
+        await self.broadcast(raw=payload, **options)
+
+    async def publish_raw(
+        self, room: str, payload: str | bytes, **options: Any
+    ) -> None:
+        """Deprecated: ``publish(room, raw=payload)``."""
+        _renamed("ws.publish_raw(room, payload)", "ws.publish(room, raw=payload)")
+        await self.publish(room, raw=payload, **options)
+
+    async def send_user_raw(
+        self, user: str, payload: str | bytes, **options: Any
+    ) -> None:
+        """Deprecated: ``send_user(user, raw=payload)``."""
+        _renamed("ws.send_user_raw(user, payload)", "ws.send_user(user, raw=payload)")
+        await self.send_user(user, raw=payload, **options)
 
     async def _pace(self) -> None:
         """After queuing: let the loop run, and wait for readers, once this

@@ -324,7 +324,7 @@ async def test_server_side_history(make_app: AppFactory) -> None:
         with pytest.raises(ValueError):
             await ws.history("chat:5", since={"offset": -3, "epoch": "e"})
         with pytest.raises(TypeError):
-            await ws.publish_raw("chat:5", "raw")
+            await ws.publish("chat:5", raw="raw")
 
 
 async def test_a_page_is_bounded_in_bytes(make_app: AppFactory) -> None:

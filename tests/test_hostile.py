@@ -62,7 +62,7 @@ def hostile_app(
 
         @handlers.on_binary
         async def echo_bytes(conn: Connection, data: bytes) -> None:
-            await conn.send_raw(data)
+            await conn.send(raw=data)
 
     return app, gone
 
@@ -324,7 +324,7 @@ async def test_frame_kind_not_accepted_closes_1003(
             raw.close_socket()
         bystander.send_frame(served, payloads[served])
         assert (await bystander.read_frame()).opcode is served
-        await app.ctx.ws.broadcast_raw(b"news")
+        await app.ctx.ws.broadcast(raw=b"news")
         assert (await bystander.read_frame()).data == b"news"
         async with await WSTestClient.connect(server.ws_url()):
             pass

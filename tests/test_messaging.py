@@ -109,7 +109,7 @@ def build(make_app: AppFactory, **config: Any) -> tuple[Sanic[Any, Any], Recorde
 
     @room.on_binary
     async def echo_bytes(conn: Connection, data: bytes) -> None:
-        await conn.send_raw(data[::-1])
+        await conn.send(raw=data[::-1])
 
     @root.on_error
     async def on_error(conn: Connection, exc: Exception) -> None:
@@ -130,9 +130,9 @@ def build(make_app: AppFactory, **config: Any) -> tuple[Sanic[Any, Any], Recorde
         elif body["kind"] == "broadcast":
             await ws.broadcast("note", body["data"], exclude=body.get("exclude", []))
         elif body["kind"] == "binary":
-            await ws.broadcast_raw(bytes(body["data"], "utf-8"))
+            await ws.broadcast(raw=bytes(body["data"], "utf-8"))
         elif body["kind"] == "text":
-            await ws.send_raw(body["to"], body["data"])
+            await ws.send(body["to"], raw=body["data"])
         elif body["kind"] == "disconnect":
             await ws.disconnect(body["to"], body["code"], body["reason"])
         return json({"count": await ws.count()})
@@ -453,3 +453,34 @@ async def test_a_task_reading_with_the_test_client_ends_when_cancelled(
                 assert isinstance(message, Envelope)
                 got.append(message.data)
         assert got == list(range(30))
+
+
+async def test_one_send_per_target_with_raw_as_an_option(
+    make_app: AppFactory,
+) -> None:
+    """An envelope or ``raw=``, never both; the old ``_raw`` twins still work,
+    with a DeprecationWarning naming the new call."""
+    app = make_app()
+    Extend(app).register(WSExtension)
+    chat = WSHandlers(app)
+    chat.room("r", client_join=True)
+    async with (
+        serve(app) as server,
+        await WSTestClient.connect(server.ws_url()) as client,
+    ):
+        ws = app.ctx.ws
+        await client.join("r")
+        (conn_id,) = ws.connections
+        await ws.send(conn_id, raw="text as it is")
+        await ws.broadcast(raw=b"\x01")
+        await ws.publish("r", raw="to the room")
+        frames = [await client.connection.recv() for _ in range(3)]
+        assert frames == ["text as it is", b"\x01", "to the room"]
+        with pytest.raises(TypeError, match="raw= is sent as it is"):
+            await ws.broadcast("t", raw="both")
+        with pytest.raises(TypeError, match="needs a type"):
+            await ws.broadcast()
+        with pytest.warns(DeprecationWarning, match=r"ws.send\(conn_id, raw=payload\)"):
+            await ws.send_raw(conn_id, "old")
+        with pytest.warns(DeprecationWarning, match=r"conn.send\(raw=payload\)"):
+            await ws.get(conn_id).send_raw("older")

@@ -34,7 +34,7 @@ async def test_largest_allowed_message_echoes(make_app: AppFactory) -> None:
 
     @handlers.on_binary
     async def echo(conn: Connection, data: bytes) -> None:
-        await conn.send_raw(data)
+        await conn.send(raw=data)
 
     async with serve(app) as server:
         client = await WSTestClient.connect(server.ws_url())

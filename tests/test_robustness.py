@@ -38,7 +38,7 @@ async def _backlogged_raw(
     raw = await RawClient.connect(host, port, rcvbuf=4096)
     (conn,) = app.ctx.ws.connections.values()
     while conn.backlog < 256 * 1024:  # past what the kernel buffers took
-        await app.ctx.ws.broadcast_raw(b"x" * 65536)
+        await app.ctx.ws.broadcast(raw=b"x" * 65536)
         await asyncio.sleep(0)  # let the flusher write
     return raw, conn
 
