@@ -524,8 +524,8 @@ class Publisher(_Connection):
             return
         # Every reply is one line: ":<subscribers>\r\n", or "-<error>\r\n".
         if b"-" in data:
-            at = data.index(b"-")
-            self.fail(_error(data[at + 1 :].split(_CRLF, 1)[0].decode("replace")))
+            line = data[data.index(b"-") + 1 :].split(_CRLF, 1)[0]
+            self.fail(_error(line.decode(errors="replace")))
             return
         self._owed -= data.count(b"\n")
         if self._owed <= 0:
@@ -549,6 +549,8 @@ class PySubscriber(_Confirmations):
         self.heard_at = loop.time()
         self._reader: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        # Commands go one at a time, in order (the first one connects).
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, redis: Any, hooks: Hooks) -> PySubscriber:
@@ -563,7 +565,8 @@ class PySubscriber(_Confirmations):
 
     async def _send(self, args: Sequence[Any]) -> None:
         try:
-            await asyncio.wait_for(self._pubsub.execute_command(*args), IO_TIMEOUT)
+            async with self._lock:
+                await asyncio.wait_for(self._pubsub.execute_command(*args), IO_TIMEOUT)
         except Exception as exc:
             self.fail(exc)
             return
