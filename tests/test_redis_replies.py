@@ -324,3 +324,38 @@ async def test_auth_from_the_url() -> None:
                 await pub.publish([("p", b"x")])
         finally:
             pub.close()
+
+
+@pytest.mark.parametrize("unix", [False, True], ids=["tcp-auth", "unix"])
+async def test_a_single_link_over_a_password_or_a_unix_socket(
+    unix: bool, tmp_path: Any
+) -> None:
+    from sanic_ws_ext.delivery.redislink import SingleLink
+
+    sock = tmp_path / "redis.sock"
+    async with RedisServer("--unixsocket", str(sock)) as server:
+        if unix:
+            url = f"unix://{sock}"
+        else:
+            async with aioredis.Redis(port=server.port) as admin:
+                await admin.config_set("requirepass", "s3cret")
+            url = f"redis://:s3cret@127.0.0.1:{server.port}/0"
+        heard = Heard()
+        link = SingleLink(
+            url,
+            message=heard.message,
+            confirmed=heard.confirmed.append,
+            heard=heard.hear,
+        )
+        try:
+            assert not await link.serves_cluster()
+            await link.connect(["p:room:r"], ["p:all"])
+            reading = asyncio.ensure_future(link.read())
+            await link.publish([("p:all", b"1"), ("p:room:r", b"2")])
+            await heard.until(2)
+            assert heard.messages == [(b"p:all", b"1"), (b"p:room:r", b"2")]
+            await link.disconnect()
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(reading, units(5))
+        finally:
+            await link.close()

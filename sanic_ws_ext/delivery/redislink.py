@@ -12,6 +12,11 @@ cluster`` says ``cluster_enabled:1``) of Redis 7 or later gets a
 :class:`ClusterLink`; anything else a :class:`SingleLink`, which is the
 one-server link as it always was.
 
+Messages travel on connections of :mod:`~sanic_ws_ext.delivery.resp` (a
+subscriber and a publisher per server, redis-py's twins for ``rediss://``);
+redis-py's clients send the rest (``PING``, ``INFO``, ``CLUSTER SLOTS``,
+``PUBSUB NUMSUB``).
+
 Channels on a cluster:
 
 - room channels ``<prefix>:room:<room>`` are *sharded* (``SPUBLISH``,
@@ -104,9 +109,10 @@ def client(url: str, **options: Any) -> Any:
         options,
         retry=Retry(NoBackoff(), 0),
         socket_connect_timeout=IO_TIMEOUT,
-        socket_keepalive=True,
         health_check_interval=0,
     )
+    if "path" not in kwargs:  # TCP (a Unix socket's connection takes no keepalive)
+        kwargs["socket_keepalive"] = True
     return Redis(connection_pool=ConnectionPool(**kwargs))
 
 
