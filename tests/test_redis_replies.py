@@ -27,6 +27,7 @@ from sanic_ws_ext.delivery.resp import (
     Replies,
     ReplyError,
     Subscriber,
+    _error,
     command,
 )
 
@@ -297,6 +298,24 @@ async def test_a_closed_connection_fails_both() -> None:
         finally:
             sub.close()
             pub.close()
+
+
+async def test_an_error_reply_fails_a_subscriber() -> None:
+    async with RedisServer() as server:
+        heard = Heard()
+        sub = await Subscriber.open(server.url, None, heard.hooks())
+        try:
+            sub.send("SUBSCRIBE", "p")
+            await sub.until_confirmed(1)
+            sub.send("SSUBSCRIBE")  # no channel: an error reply
+            with pytest.raises(ReplyError, match="wrong number of arguments"):
+                await asyncio.wait_for(sub.wait_failed(), units(5))
+        finally:
+            sub.close()
+    # What a cluster answers when a slot moved or is not served.
+    assert isinstance(_error("MOVED 3999 127.0.0.1:6381"), Moved)
+    assert isinstance(_error("CLUSTERDOWN The cluster is down"), Moved)
+    assert type(_error("ERR other")) is ReplyError
 
 
 async def test_auth_from_the_url() -> None:
