@@ -1,6 +1,7 @@
-"""Publications per second into a history room, next to a plain room.
+"""History rooms: publications per second, recovery at once, memory per message.
 
     python bench/history.py [--workers 4] [--tasks 1,16] [--seconds 3] [--rounds 3]
+                            [--recovery 1000] [--missed 100] [--memory 100000]
 
 A real `sanic --workers N` (bench/servers/history_app.py). One client per
 worker asks its worker to publish into one room for a few seconds from
@@ -9,6 +10,20 @@ a history room's publish waits for the sequencer's answer (a relay round
 trip from the other workers), so this is its worst case; more tasks
 pipeline. One member of the room reads everything and must get every
 publication. Rounds alternate plain and history rooms.
+
+Recovery (``--recovery N``, 0 to skip): a room gets ``--missed`` publications
+after a position; then N clients (``bench/recoveryclient.mjs``, Node, at most
+100 handshakes in flight) connect at once and each joins with that position
+as ``since``: each must get exactly the missed ones, in order, and
+``recovered: true``. Reported: the time from the first connect until the last
+client caught up, per-client times, the largest event-loop stall of any
+worker over the run (each worker's sampler, bench/servers/history_app.py),
+and the workers' CPU (user + system, /proc).
+
+Memory (``--memory M``, 0 to skip): the resident memory of all workers before
+and after M publications (~80-byte payloads) kept by one room of 100,000
+(the most a room may keep), per kept publication. It counts what the store
+holds and what Python's allocator kept from the publishing: an upper bound.
 """
 
 from __future__ import annotations
@@ -16,13 +31,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sanic_ws_ext.testing import SanicProcess, WSTestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import cpu_seconds
+
+BENCH = Path(__file__).resolve().parent
 
 
 async def workers_covered(server: SanicProcess, n: int) -> list[WSTestClient]:
@@ -81,6 +103,92 @@ async def one_round(
         return made / seconds
 
 
+async def probe(workers: list[WSTestClient]) -> list[dict[str, Any]]:
+    """Each worker's pid, RSS and largest loop stall since its last probe."""
+    out = []
+    for client in workers:
+        await client.send("bench.probe")
+        out.append((await client.expect("bench.probed", 60)).data)
+    return out
+
+
+async def recovery_round(
+    server: SanicProcess, workers: list[WSTestClient], room: str, n: int, missed: int
+) -> dict[str, Any]:
+    async with await WSTestClient.connect(server.ws_url()) as first:
+        await first.expect("welcome")
+        left_at = (await first.join(room, resume=False))["position"]
+    await workers[0].send(
+        "bench.publish", {"room": room, "n": missed, "tasks": 8, "pad": 40}
+    )
+    await workers[0].expect("bench.published", 120)
+    await probe(workers)  # the stalls from here on
+    cpu = cpu_seconds([server.pid])
+    command = [
+        "node", str(BENCH / "recoveryclient.mjs"), "--url", server.ws_url(),
+        "--clients", str(n), "--room", room, "--offset", str(left_at["offset"]),
+        "--epoch", left_at["epoch"], "--missed", str(missed), "--timeout", "180",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    result["cpu_s"] = cpu_seconds([server.pid]) - cpu
+    result["stall_ms"] = max(p["stall_ms"] for p in await probe(workers))
+    return result
+
+
+async def recovery(
+    server: SanicProcess, workers: list[WSTestClient], args: argparse.Namespace
+) -> None:
+    runs = [
+        await recovery_round(
+            server, workers, f"history:rec-{r}", args.recovery, args.missed
+        )
+        for r in range(args.rounds)
+    ]
+    for run in runs:
+        print(f"  recovery round: {run}", file=sys.stderr, flush=True)
+
+    def fmt(key: str, digits: int = 0) -> str:
+        values = [float(run[key]) for run in runs]
+        return (
+            f"{statistics.median(values):,.{digits}f}"
+            f" ({min(values):,.{digits}f} - {max(values):,.{digits}f})"
+        )
+
+    right = sum(run["caught_up"] == args.recovery for run in runs)
+    print(
+        f"recovery, {args.recovery} clients x {args.missed} missed, "
+        f"{args.workers} workers: all caught up in {fmt('seconds', 2)} s; per client "
+        f"p50 {fmt('p50_ms')} ms, p99 {fmt('p99_ms')} ms; largest loop stall "
+        f"{fmt('stall_ms', 1)} ms; workers' CPU {fmt('cpu_s', 2)} s; "
+        f"every client exactly right in {right}/{len(runs)} rounds",
+        flush=True,
+    )
+    if right < len(runs):
+        sys.exit("recovery: some client did not get exactly what it missed")
+
+
+async def memory(
+    server: SanicProcess, workers: list[WSTestClient], args: argparse.Namespace
+) -> None:
+    before = sum(p["rss"] for p in await probe(workers))
+    await workers[0].send(
+        "bench.publish", {"room": "deep:1", "n": args.memory, "tasks": 16, "pad": 40}
+    )
+    last = (await workers[0].expect("bench.published", 900)).data
+    assert last is not None and last["offset"] == args.memory, last
+    after = sum(p["rss"] for p in await probe(workers))
+    print(
+        f"memory: {args.memory:,} publications kept: workers' RSS "
+        f"+{(after - before) / 2**20:,.1f} MiB, "
+        f"{(after - before) / args.memory:,.0f} bytes per kept publication",
+        flush=True,
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     server = SanicProcess(
         "bench.servers.history_app:app", "--workers", str(args.workers), strict=False
@@ -104,6 +212,10 @@ async def main(args: argparse.Namespace) -> None:
                 f"{[round(r) for r in rates['history']]}",
                 flush=True,
             )
+        if args.recovery:
+            await recovery(server, publishers, args)
+        if args.memory:
+            await memory(server, publishers, args)
         for client in publishers:
             await client.close()
 
@@ -116,4 +228,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--recovery", type=int, default=1000)
+    parser.add_argument("--missed", type=int, default=100)
+    parser.add_argument("--memory", type=int, default=100_000)
     asyncio.run(main(parser.parse_args()))

@@ -31,7 +31,7 @@ BENCH = ROOT / "bench"
 PY = sys.executable
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
 #: The single-process peers every scenario compares, ours included.
-PEERS = ["naive", "ours", "websockets", "socketio", "node-ws", "socketify"]
+PEERS = ["naive", "bare", "ours", "websockets", "socketio", "node-ws", "socketify"]
 #: Four workers on one core: ours over the relay, ours as two machines of two
 #: workers over Redis, python-socketio's four uvicorn workers with its Redis
 #: manager.
@@ -75,6 +75,7 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         "ours-4w": [(_sanic(ours, 0, "--workers", "4"), {})],
         "ours-2x2-redis": [(_sanic(ours, 0, "--workers", "2"), redis)] * 2,
         "naive": [(_sanic("bench.servers.naive:app", 0, "--single-process"), {})],
+        "bare": [(_sanic("bench.servers.bare:app", 0, "--single-process"), {})],
         "websockets": [([PY, str(server_dir / "wslib.py"), "{port}"], {})],
         "socketio": [(_uvicorn(0), {})],
         "socketio-4w-redis": [(_uvicorn(0, "--workers", "4"), sio_redis)],

@@ -15,7 +15,9 @@ clients; the highest rate with p99 <= 100 ms), idle memory (5,000
 connections), the relay between workers, and the Redis backplane between
 machines, and many nodes (``bench/nodes.py``: 8 nodes over one Redis and
 over a Redis Cluster, interest routing against the single channel of
-5b7bee7). Cluster scale (``bench/scale.py``: minutes at full size) runs on
+5b7bee7), and history rooms (``bench/history.py``: publications per second
+against a plain room, 1,000 clients recovering at once, memory per kept
+publication). Cluster scale (``bench/scale.py``: minutes at full size) runs on
 its own; ``--smoke`` includes it. Needs ``npm install --prefix bench`` (Node
 ``ws``) and ``pip install -e '.[bench]'`` (socketify, python-socketio,
 uvicorn).
@@ -119,6 +121,11 @@ def main() -> None:
         # Three nodes per design, before and after, one Redis and a cluster:
         # exits non-zero if a room message was lost or came twice.
         section("Many nodes (smoke)", script("nodes.py", "--smoke"))
+        # Exits non-zero if a recovering client missed or repeated a message.
+        tiny_history = ["--workers", "2", "--tasks", "4", "--seconds", "0.3",
+                        "--rounds", "1", "--recovery", "20", "--missed", "10",
+                        "--memory", "1000"]  # fmt: skip
+        section("History rooms (smoke)", script("history.py", *tiny_history))
         lost = [run for run in checked if run["received"] != run["expected"]]
         if not passed:  # a chat run that lost a message (or was late) fails
             lost.append({"chat": "ours failed 5 msg/s per client"})
@@ -156,6 +163,7 @@ def main() -> None:
         "Many nodes: interest routing against one channel",
         script("nodes.py", "--rounds", str(rounds)),
     )
+    section("History rooms", script("history.py", "--rounds", str(rounds)))
     text = "\n".join(report)
     print(text)
     if args.out:

@@ -18,12 +18,16 @@ from .config import DEFAULTS, WSConfig
 from .connection import Connection, ConnectionState
 from .envelope import Envelope
 from .errors import (
+    ClientGone,
     CloseCode,
     ConfigError,
     ErrorCode,
     MessageError,
     PublishTooLarge,
     Reject,
+    RequestError,
+    RequestFailed,
+    RequestTimeout,
     SequencerUnavailable,
     WSError,
 )
@@ -35,6 +39,7 @@ from .manager import ConnectionManager
 __all__ = [
     "DEFAULTS",
     "Accept",
+    "ClientGone",
     "CloseCode",
     "ConfigError",
     "Connection",
@@ -48,6 +53,9 @@ __all__ = [
     "Position",
     "PublishTooLarge",
     "Reject",
+    "RequestError",
+    "RequestFailed",
+    "RequestTimeout",
     "SequencerUnavailable",
     "WSConfig",
     "WSError",

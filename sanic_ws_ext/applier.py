@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .index import LocalIndex
     from .outbox import Outbox
     from .queries import Queries
+    from .requests import Requests
     from .sequencer import Sequencer
     from .stats import Counters
     from .tracker import Tracker
@@ -56,6 +57,7 @@ class Applier:
         queries: Queries,
         outbox: Outbox,
         sequencer: Sequencer,
+        requests: Requests,
         *,
         worker: str,
         join: Callable[[Connection, str], None],
@@ -70,6 +72,7 @@ class Applier:
         self.queries = queries
         self.outbox = outbox
         self.sequencer = sequencer
+        self.requests = requests
         self.worker = worker
         # Put a local connection in a room, or take it out.
         self._join = join
@@ -78,6 +81,8 @@ class Applier:
         self._met = met
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
+        # Joins of history rooms in progress (sent by another process).
+        self._history_joins: set[asyncio.Task[None]] = set()
         # Bound once: the lookup runs for every op.
         self._by_kind: dict[OpKind, Callable[[Op], None]] = {
             OpKind.BROADCAST: self._broadcast,
@@ -97,6 +102,8 @@ class Applier:
             OpKind.SEQUENCE: sequencer.apply,
             OpKind.FETCH: sequencer.apply,
             OpKind.HISTORY: sequencer.apply,
+            OpKind.ASK: requests.on_ask,
+            OpKind.ANSWER: requests.on_answer,
         }
 
     def start(self, loop: asyncio.AbstractEventLoop, flusher: Flusher) -> None:
@@ -122,6 +129,8 @@ class Applier:
             op.exclude,
             self.config.max_backpressure,
             self._flusher,
+            volatile=op.volatile,
+            key=op.reason or None,
         )
 
     def _group_send(self, op: Op) -> None:
@@ -139,12 +148,16 @@ class Applier:
             exclude,
             self.config.max_backpressure,
             self._flusher,
+            volatile=op.volatile,
+            key=op.reason or None,
         )
 
     def _send(self, op: Op) -> None:
         conn = self.local.conns.get(op.target)
         if conn is not None:
-            conn.wire.send_frame(data_frame(op.payload, op.binary))
+            conn.wire.send_frame(
+                data_frame(op.payload, op.binary), op.volatile, op.reason or None
+            )
 
     def _disconnect(self, op: Op) -> None:
         conn = self.local.conns.get(op.target)
@@ -157,6 +170,17 @@ class Applier:
             return
         room = op.payload.decode()
         if op.kind is OpKind.JOIN:
+            spec = self.sequencer.spec(room)
+            if spec is not None and room not in conn.rooms and self._loop:
+                # A history room: the connection is told its position
+                # (room.joined), from which its client resumes after a
+                # reconnect. The join itself is the task's first step.
+                task = self._loop.create_task(
+                    self.sequencer.join(conn, room, spec, None)
+                )
+                self._history_joins.add(task)
+                task.add_done_callback(self._history_joins.discard)
+                return
             self._join(conn, room)
         else:
             self._leave(conn, room)
@@ -186,6 +210,7 @@ class Applier:
         self.tracker.drop(peer)
         self.sequencer.peer_gone(peer)
         self.queries.forget(peer)
+        self.requests.peer_gone(peer)
 
     def _peer(self, op: Op) -> None:
         """HELLO, SYNC, BEAT, BYE: who is in the cluster, and since when."""

@@ -52,11 +52,14 @@ DEFAULTS: dict[str, Any] = {
     "WS_KEEP_HEADERS": (),
     # Seconds to wait for the client's close reply before dropping the socket.
     "WS_CLOSE_TIMEOUT": 10.0,
-    # A sender that queued more than 2 MiB without letting the event loop run
+    # A sender that queued more than its pass limit (2 to 8 MiB) unwritten
     # yields, then waits while receivers that are reading hold more than half
     # of WS_MAX_BACKPRESSURE; a receiver whose socket took nothing for this
     # many seconds is not waited for (None: never wait, only yield).
     "WS_DRAIN_TIMEOUT": 1.0,
+    # A volatile send (volatile=True) skips a receiver with more than this
+    # many bytes unsent instead of adding to its backlog.
+    "WS_VOLATILE_BACKLOG": 64 << 10,
     # Incoming messages queued per connection while its handlers run; past it
     # the server stops reading from that socket until the queue drains.
     "WS_MAX_QUEUE": 64,
@@ -252,6 +255,7 @@ class WSConfig:
     keep_headers: tuple[str, ...]
     close_timeout: float
     drain_timeout: float | None
+    volatile_backlog: int
     max_queue: int
     max_queue_bytes: int
     handler_timeout: float | None
@@ -296,6 +300,9 @@ class WSConfig:
             "WS_CLOSE_TIMEOUT", get("WS_CLOSE_TIMEOUT"), allow_none=False
         )
         max_queue = _integer("WS_MAX_QUEUE", get("WS_MAX_QUEUE"), allow_none=False)
+        volatile_backlog = _integer(
+            "WS_VOLATILE_BACKLOG", get("WS_VOLATILE_BACKLOG"), allow_none=False
+        )
         max_queue_bytes = _integer(
             "WS_MAX_QUEUE_BYTES", get("WS_MAX_QUEUE_BYTES"), allow_none=False
         )
@@ -345,7 +352,7 @@ class WSConfig:
         )
         assert timeout is not None and close_timeout is not None and beat is not None
         assert max_queue is not None and max_publish is not None
-        assert max_queue_bytes is not None
+        assert max_queue_bytes is not None and volatile_backlog is not None
         assert buffer is not None
         if max_publish < _MIN_PUBLISH:
             raise ConfigError(
@@ -408,6 +415,7 @@ class WSConfig:
             drain_timeout=_number(
                 "WS_DRAIN_TIMEOUT", get("WS_DRAIN_TIMEOUT"), allow_none=True
             ),
+            volatile_backlog=volatile_backlog,
             max_queue=max_queue,
             max_queue_bytes=max_queue_bytes,
             handler_timeout=_number(

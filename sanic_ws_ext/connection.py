@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .envelope import encode_envelope
 from .errors import CloseCode
 from .frames import OP_TEXT, data_frame, encode_frame, raw_body
-from .wire import ConnectionState, Wire
+from .wire import ConnectionState, Wire, send_key
 
 if TYPE_CHECKING:
     from .dispatch import Mailbox
@@ -41,6 +41,7 @@ class Connection:
     """
 
     __slots__ = (
+        "asks",
         "client_rooms",
         "connected_at",
         "headers",
@@ -90,6 +91,9 @@ class Connection:
         #: members (the verify hook's ``Accept.presence``; see
         #: :meth:`update_presence`).
         self.presence: dict[str, Any] = {}
+        #: Requests sent to it not answered yet: ref -> (the process that
+        #: asked, until when it waits); ``None`` while there are none.
+        self.asks: dict[str, tuple[str, float]] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
@@ -113,20 +117,52 @@ class Connection:
 
     # -- sending ---------------------------------------------------------
 
-    async def send(self, type: str, data: Any = None) -> None:
+    async def send(
+        self,
+        type: str,
+        data: Any = None,
+        *,
+        volatile: bool = False,
+        key: str | None = None,
+    ) -> None:
         """Send one envelope to this connection.
 
-        Returns at once, unless this process queued more than 2 MiB without
-        letting the event loop run: then it waits for readers that are
-        reading (see ``WS_DRAIN_TIMEOUT``), never for this socket alone.
+        Returns at once, unless this process queued more than its pass limit
+        (2 to 8 MiB) without letting the event loop run: then it waits for
+        readers that are reading (see ``WS_DRAIN_TIMEOUT``), never for this
+        socket alone. ``volatile`` and ``key``: as for the manager's sends.
         """
-        self.wire.send_frame(encode_frame(OP_TEXT, encode_envelope(type, data)))
+        frame = encode_frame(OP_TEXT, encode_envelope(type, data))
+        self.wire.send_frame(frame, volatile, send_key(key))
         await self.wire.pace()
 
-    async def send_raw(self, payload: str | bytes) -> None:
+    async def send_raw(
+        self,
+        payload: str | bytes,
+        *,
+        volatile: bool = False,
+        key: str | None = None,
+    ) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame (as :meth:`send`)."""
-        self.wire.send_frame(data_frame(*raw_body(payload)))
+        self.wire.send_frame(data_frame(*raw_body(payload)), volatile, send_key(key))
         await self.wire.pace()
+
+    async def request(
+        self, type: str, data: Any = None, *, timeout: float = 10.0
+    ) -> Any:
+        """Send a request to this client and return the ``data`` it replies.
+
+        The client answers with a ``reply`` envelope carrying the request's
+        ``ref`` (the browser client's ``onRequest`` handlers do). Raises
+        :class:`~sanic_ws_ext.errors.RequestFailed` (``code``, ``reason``)
+        when it answers ``ok: false``,
+        :class:`~sanic_ws_ext.errors.RequestTimeout` (a ``TimeoutError``)
+        after ``timeout`` seconds without a reply, and
+        :class:`~sanic_ws_ext.errors.ClientGone` as soon as the connection
+        closes. A handler may await a request to its own connection: replies
+        do not wait behind the connection's queued messages.
+        """
+        return await self.manager.request(self.id, type, data, timeout=timeout)
 
     def send_frame(self, frame: bytes) -> bool:
         """Queue an already-framed message; ``False`` if it was not accepted."""

@@ -13,6 +13,14 @@ Rules this module keeps:
   connection with 1011. No timer exists per call.
 - A handler's exception is logged, answered with an error frame and passed to
   the error hooks; the connection's queue goes on.
+- A message with a ``ref`` is answered by exactly one ``reply``, after every
+  handler it reaches has run (so after the frames they sent): ``ok: true``
+  with the last value other than ``None`` a handler returned, or ``ok:
+  false`` with the first failure (a ``MessageError``'s code and reason,
+  ``handler_error`` for any other exception), instead of error frames.
+- A ``reply`` from the client (to a request of the server's) is taken as it
+  arrives, never queued: a handler awaiting a request to its own connection
+  would otherwise wait behind itself.
 """
 
 from __future__ import annotations
@@ -21,9 +29,17 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .envelope import Envelope, decode_envelope, error_envelope
+from .envelope import (
+    Envelope,
+    RefusedRequest,
+    Reply,
+    decode_message,
+    encode_reply,
+    error_envelope,
+)
 from .errors import CloseCode, ErrorCode, MessageError
 from .frames import OP_TEXT, encode_frame
 from .handlers import ROOM_TYPES, HandlerRegistry
@@ -49,6 +65,9 @@ _ITEM_OVERHEAD = 64
 
 #: Longest room name a client may ask for.
 MAX_ROOM = 200
+
+#: What :meth:`Dispatcher._run` gives for a call the watchdog cancelled.
+_OVERRAN = RuntimeError("handler ran over WS_HANDLER_TIMEOUT")
 
 
 def queued_size(item: object) -> int:
@@ -83,6 +102,7 @@ class Dispatcher:
         config: WSConfig,
         registry: HandlerRegistry,
         *,
+        replied: Callable[[Connection, Reply], None],
         join: Callable[[Connection, str], None],
         leave: Callable[[Connection, str], None],
         ready: Callable[[str], Awaitable[None]],
@@ -91,6 +111,8 @@ class Dispatcher:
     ) -> None:
         self.config = config
         self.registry = registry
+        # The client answered a request of the server's (requests.py).
+        self._replied = replied
         self._join = join
         self._leave = leave
         # Returns once the room's publications reach this process.
@@ -112,6 +134,8 @@ class Dispatcher:
 
     def queue(self, conn: Connection, item: object) -> None:
         """Queue a message (or a marker) for ``conn``'s handlers."""
+        if type(item) is str and '"reply"' in item and self._take_reply(conn, item):
+            return
         box = conn.mailbox
         if box is None:
             box = conn.mailbox = Mailbox()
@@ -158,28 +182,113 @@ class Dispatcher:
             if not self.tasks:
                 self._settled()
 
+    def _take_reply(self, conn: Connection, text: str) -> bool:
+        """A client's ``reply``, handled now; False for anything else (queued:
+        a reply refused as invalid is answered in its place in the queue)."""
+        try:
+            message = decode_message(text)
+        except MessageError:
+            return False
+        if not isinstance(message, Reply):
+            return False
+        self._replied(conn, message)
+        return True
+
     # -- what arrives ----------------------------------------------------------
 
     async def _on_text(self, conn: Connection, box: Mailbox, text: str) -> None:
         registry = self.registry
         try:
-            envelope = decode_envelope(text)
-            if not registry.handles_text(envelope.type):
-                raise MessageError(
-                    ErrorCode.UNKNOWN_TYPE, f"no handler for type {envelope.type!r}"
-                )
+            envelope = decode_message(text)
         except MessageError as exc:
-            await self.refuse(conn, exc)
+            if isinstance(exc, RefusedRequest):
+                self._refused(conn, exc.ref, exc)
+                await self._run_error_hooks(conn, exc)
+            else:
+                await self.refuse(conn, exc)
             return
-        if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
-            await self._call(conn, box, self._client_room, envelope)
+        if isinstance(envelope, Reply):
+            self._replied(conn, envelope)  # one _take_reply did not see
             return
-        for handler in registry.message:
-            await self._call(conn, box, handler, envelope)
-        for typed in registry.typed.get(envelope.type, ()):
-            await self._call(conn, box, typed, envelope)
+        if not registry.handles_text(envelope.type):
+            unknown = MessageError(
+                ErrorCode.UNKNOWN_TYPE, f"no handler for type {envelope.type!r}"
+            )
+            if envelope.ref is None:
+                await self.refuse(conn, unknown)
+            else:
+                self._refused(conn, envelope.ref, unknown)
+                await self._run_error_hooks(conn, unknown)
+            return
+        ref = envelope.ref
+        quiet = ref is not None  # a request: failures go into its reply
+        failure: Exception | None = None
+        for middleware in registry.middleware:
+            result, failure = await self._run(
+                conn, box, middleware, envelope, quiet=quiet
+            )
+            if failure is _OVERRAN:
+                return  # the connection is closing: nobody to answer
+            if failure is not None:
+                break  # refused: no handler runs
+            if isinstance(result, Envelope):
+                envelope = replace(result, ref=ref)
+            elif result is not None:
+                failure = TypeError(
+                    f"middleware {getattr(middleware, '__qualname__', middleware)}"
+                    f" returned {type(result).__name__}, not an Envelope or None"
+                )
+                await self._handler_failed(conn, middleware, failure, quiet=quiet)
+                break
+        # One rule: handlers run in order (on_message ones, then typed ones),
+        # and the first that raises stops the rest.
+        value: Any = None
+        if failure is None:
+            if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
+                handlers: list[Callable[..., Awaitable[Any]]] = [self._client_room]
+            else:
+                handlers = [*registry.message, *registry.typed.get(envelope.type, ())]
+            for handler in handlers:
+                result, failure = await self._run(
+                    conn, box, handler, envelope, quiet=quiet
+                )
+                if failure is _OVERRAN:
+                    return
+                if failure is not None:
+                    break
+                if result is not None:
+                    value = result
+        if ref is None:
+            return  # without a ref, a failure was answered with an error frame
+        if failure is None:
+            try:
+                body = encode_reply(ref, value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.error(
+                    "websocket reply to %r on connection %s: the value handlers"
+                    " returned is not JSON-able",
+                    ref,
+                    conn.id,
+                    exc_info=exc,
+                )
+                await self._run_error_hooks(conn, exc)
+                failure = exc
+            else:
+                conn.send_frame(encode_frame(OP_TEXT, body))
+                return
+        self._refused(conn, ref, failure)
 
-    async def _client_room(self, conn: Connection, envelope: Envelope) -> None:
+    def _refused(self, conn: Connection, ref: str, failure: Exception) -> None:
+        """Answer the request ``ref`` of ``conn`` with ``ok: false``."""
+        if isinstance(failure, MessageError):
+            error = (failure.code, failure.reason)
+        else:
+            error = (ErrorCode.HANDLER_ERROR, "internal error")
+        conn.send_frame(encode_frame(OP_TEXT, encode_reply(ref, error=error)))
+
+    async def _client_room(
+        self, conn: Connection, envelope: Envelope
+    ) -> dict[str, str] | None:
         """``room.join`` / ``room.leave`` from the client itself."""
         data = envelope.data
         room = data.get("room") if isinstance(data, dict) else None
@@ -196,15 +305,25 @@ class Dispatcher:
                 joined.discard(room)
                 self._leave(conn, room)
             await conn.send("room.left", {"room": room})
-            return
+            return {"room": room}
         spec, params = self.registry.rooms.lookup(room)
+        # A history room the server put this connection in: a join with
+        # `since` is its client resuming (after a reconnect), not a request
+        # to enter; the guards already had their say when the server joined.
+        resuming = (
+            spec.history is not None
+            and room in conn.rooms
+            and (conn.client_rooms is None or room not in conn.client_rooms)
+        )
         since = None
         if spec.history is not None:
             try:
                 since = parse_since(data.get("since"))
             except ValueError as exc:
                 raise MessageError(ErrorCode.INVALID_ENVELOPE, str(exc)) from None
-        if spec is UNDECLARED:
+        if resuming:
+            pass
+        elif spec is UNDECLARED:
             # Rooms nobody declared: the on_join guards decide, if any.
             guards = self.registry.room_guards
             if not guards:
@@ -218,19 +337,20 @@ class Dispatcher:
         elif not await spec.may_join(conn, room, params):
             raise MessageError(ErrorCode.ROOM_REFUSED, f"may not join {room!r}")
         if conn.state is ConnectionState.CLOSED:
-            return  # gone while a guard awaited: nothing to join
+            return None  # gone while a guard awaited: nothing to join
         if room not in conn.rooms:
             if conn.client_rooms is None:
                 conn.client_rooms = set()
             conn.client_rooms.add(room)
         if spec.history is not None:
             await self._recover(conn, room, spec.history, since)
-            return
+            return {"room": room}
         self._join(conn, room)
         # Answered once publications to the room reach it: a message the
         # client's app sends on "room.joined" is not published into a void.
         await self._ready(room)
         await conn.send("room.joined", {"room": room})
+        return {"room": room}
 
     async def _on_binary(self, conn: Connection, box: Mailbox, data: bytes) -> None:
         registry = self.registry
@@ -240,10 +360,11 @@ class Dispatcher:
                 MessageError(ErrorCode.UNKNOWN_TYPE, "no handler for binary frames"),
             )
             return
-        for handler in registry.message:
-            await self._call(conn, box, handler, data)
-        for binary in registry.binary:
-            await self._call(conn, box, binary, data)
+        # The one rule of envelopes: in order, the first that raises stops.
+        for handler in [*registry.message, *registry.binary]:
+            _, failure = await self._run(conn, box, handler, data)
+            if failure is not None:
+                return
 
     # -- calling handlers --------------------------------------------------------
 
@@ -251,15 +372,34 @@ class Dispatcher:
         self,
         conn: Connection,
         box: Mailbox,
-        handler: Callable[..., Awaitable[None]],
+        handler: Callable[..., Awaitable[Any]],
         *args: Any,
     ) -> None:
+        await self._run(conn, box, handler, *args)
+
+    async def _run(
+        self,
+        conn: Connection,
+        box: Mailbox,
+        handler: Callable[..., Awaitable[Any]],
+        *args: Any,
+        quiet: bool = False,
+    ) -> tuple[Any, Exception | None]:
+        """Call one handler: what it returned, or how it failed.
+
+        A failure is logged and passed to the error hooks; with ``quiet``
+        (a request, answered by a reply) no error frame is sent.
+        """
         box.since = self.clock()
         box.handler = handler
         try:
-            await handler(conn, *args)
+            return await handler(conn, *args), None
         except MessageError as exc:
-            await self.refuse(conn, exc)
+            if quiet:
+                await self._run_error_hooks(conn, exc)
+            else:
+                await self.refuse(conn, exc)
+            return None, exc
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if box.overran and task is not None and task.cancelling() <= 1:
@@ -268,16 +408,18 @@ class Dispatcher:
                 # run after this.
                 task.uncancel()
                 box.overran = False
-                return
+                return None, _OVERRAN
             if task is not None and task.cancelling():
                 raise  # we are being cancelled (shutdown): stop here
             # The handler's own business (a cancelled future it awaited):
             # a handler failure like any other, not the end of this queue.
             failure = RuntimeError("handler was cancelled")
             failure.__cause__ = exc
-            await self._handler_failed(conn, handler, failure)
+            await self._handler_failed(conn, handler, failure, quiet=quiet)
+            return None, failure
         except Exception as exc:
-            await self._handler_failed(conn, handler, exc)
+            await self._handler_failed(conn, handler, exc, quiet=quiet)
+            return None, exc
         finally:
             task = asyncio.current_task()
             if box.overran and task is not None and task.cancelling():
@@ -323,7 +465,12 @@ class Dispatcher:
             conn.wire.start_close(CloseCode.INTERNAL_ERROR, "handler timeout")
 
     async def _handler_failed(
-        self, conn: Connection, handler: Callable[..., Awaitable[None]], exc: Exception
+        self,
+        conn: Connection,
+        handler: Callable[..., Awaitable[Any]],
+        exc: Exception,
+        *,
+        quiet: bool = False,
     ) -> None:
         log.error(
             "websocket handler %s failed on connection %s",
@@ -331,11 +478,12 @@ class Dispatcher:
             conn.id,
             exc_info=exc,
         )
-        conn.send_frame(
-            encode_frame(
-                OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
+        if not quiet:
+            conn.send_frame(
+                encode_frame(
+                    OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
+                )
             )
-        )
         await self._run_error_hooks(conn, exc)
 
     async def refuse(self, conn: Connection, exc: MessageError) -> None:

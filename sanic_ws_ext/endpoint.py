@@ -23,14 +23,13 @@ from sanic.response import HTTPResponse, text
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeaderValue
 from websockets.http11 import Request as HandshakeRequest
-from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from .errors import Reject
 from .handlers import Accept
 from .limits import retry_after
 from .presence import checked_presence
 from .sanic_compat import detach, owns_socket
-from .wire import FrameParser
 
 if TYPE_CHECKING:
     from .config import WSConfig
@@ -205,11 +204,10 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     if not owns_socket(request):
         return text("WebSockets need Sanic's own server (not ASGI).\n", status=501)
 
-    # Sanic already parsed the request: start the parser past the handshake
-    # and serialize the response ourselves.
-    proto = FrameParser(
-        max_size=config.max_message_size, state=State.OPEN, logger=_wire_log
-    )
+    # Sanic already parsed the request: websockets checks it and makes the
+    # response (only for the handshake: the Wire reads the frames), and we
+    # serialize it ourselves.
+    proto = ServerProtocol(logger=_wire_log)
     # Only the handshake's own headers: websockets refuses any header value
     # past Latin-1 (a browser's raw UTF-8 cookie, say), and its error would
     # carry that value, cookies included, into the error log.
@@ -251,7 +249,6 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     transport.write(handshake.serialize())
     conn = manager.accept(
         transport,
-        proto,
         accepted,
         remote=remote,
         headers={

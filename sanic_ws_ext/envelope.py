@@ -1,5 +1,9 @@
 """The message envelope: ``{"type": str, "data": any, "timestamp": int}``.
 
+A request carries a ``ref`` too, and is answered by one ``reply`` envelope
+with the same ``ref``: ``{"type": "reply", "ref", "ok": true, "data"}`` or
+``{"type": "reply", "ref", "ok": false, "error": {"code", "reason"}}``.
+
 Pure functions, no I/O. Text frames carry one JSON envelope each; binary frames
 carry raw bytes and bypass this module. ``timestamp`` is milliseconds since the
 Unix epoch (as JavaScript's ``Date.now()``) and is added when absent.
@@ -14,8 +18,13 @@ Rules this codec keeps:
   so one client's hostile numbers cannot break the others' parsers. Incoming
   ``NaN``/``Infinity`` literals, and numbers past a double's range (which
   ujson would read as infinity), are refused as invalid JSON.
-- Unknown keys are ignored: they are reserved for later protocol features
-  (acknowledgements, recovery offsets).
+- ``ref``, when present, must be a string of 1 to :data:`MAX_REF_LENGTH`
+  characters. A message with a valid ``ref`` whose other fields are refused
+  is still answered by a reply (``ok: false``), never left unanswered.
+- A ``reply`` envelope (the client answering the server's request) must have
+  a ``ref`` and a boolean ``ok``; with ``ok: false`` an ``error`` object with
+  a string ``code`` (and ``reason``).
+- Unknown keys are ignored: they are reserved for later protocol features.
 - Encoding is done once per outgoing message, never once per receiver.
 """
 
@@ -33,16 +42,24 @@ import ujson
 from .errors import ErrorCode, MessageError
 
 __all__ = [
+    "MAX_REF_LENGTH",
     "MAX_TYPE_LENGTH",
     "Envelope",
+    "RefusedRequest",
+    "Reply",
     "decode_envelope",
+    "decode_message",
     "encode_envelope",
     "encode_envelope_json",
+    "encode_reply",
+    "encode_request",
     "error_envelope",
     "now_ms",
 ]
 
 MAX_TYPE_LENGTH = 256
+#: Longest ``ref`` a message may carry.
+MAX_REF_LENGTH = 64
 #: Text that may decode to a non-finite float: the literals ujson accepts, an
 #: exponent of 100 or more, or a run of 309 digits.
 _MAY_BE_NON_FINITE = re.compile(r"NaN|Infinity|[eE]\+?0*[1-9]\d\d|\d{309}")
@@ -60,6 +77,60 @@ class Envelope:
     type: str
     data: Any = None
     timestamp: int | float | None = None
+    #: The client's request id, when it asked for a reply (else ``None``).
+    #: A client that retries after a reconnect sends the same ref again: a
+    #: handler may use it to do the work once.
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A client's answer to one of the server's requests."""
+
+    ref: str
+    ok: bool
+    data: Any = None
+    code: str = ""
+    reason: str = ""
+
+
+class RefusedRequest(MessageError):
+    """A message refused whose ``ref`` was readable: answered by a reply."""
+
+    def __init__(self, code: str, reason: str, ref: str) -> None:
+        super().__init__(code, reason)
+        self.ref = ref
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return ujson.dumps(
+        payload, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False
+    ).encode()
+
+
+def encode_request(type: str, data: Any, ref: str) -> bytes:
+    """A server's request to a client: an envelope with a ``ref``."""
+    if not isinstance(type, str) or not type:
+        raise TypeError(f"envelope type must be a non-empty str, got {type!r}")
+    return _dumps({"type": type, "data": data, "ref": ref, "timestamp": now_ms()})
+
+
+def encode_reply(
+    ref: str, data: Any = None, *, error: tuple[str, str] | None = None
+) -> bytes:
+    """The reply to a request with ``ref``: ``ok: true`` with ``data``, or
+    ``ok: false`` with ``error`` (code, reason). Raises as
+    :func:`encode_envelope` when ``data`` is not JSON-able."""
+    if error is None:
+        return _dumps(
+            {"type": "reply", "ref": ref, "ok": True, "data": data,
+             "timestamp": now_ms()}
+        )  # fmt: skip
+    code, reason = error
+    return _dumps(
+        {"type": "reply", "ref": ref, "ok": False,
+         "error": {"code": code, "reason": reason}, "timestamp": now_ms()}
+    )  # fmt: skip
 
 
 def encode_envelope(
@@ -104,6 +175,19 @@ def decode_envelope(text: str) -> Envelope:
 
     Raises :class:`MessageError` with ``invalid_json`` or ``invalid_envelope``.
     """
+    message = decode_message(text)
+    if isinstance(message, Reply):
+        return Envelope("reply", message.data, now_ms(), message.ref)
+    return message
+
+
+def decode_message(text: str) -> Envelope | Reply:
+    """Parse one incoming text message: an envelope, or a ``reply`` to one of
+    the server's requests.
+
+    Raises :class:`MessageError` with ``invalid_json`` or ``invalid_envelope``
+    (a :class:`RefusedRequest` when the message's ``ref`` was readable).
+    """
     try:
         obj = ujson.loads(text)
     except (ValueError, OverflowError, RecursionError):
@@ -127,6 +211,25 @@ def decode_envelope(text: str) -> Envelope:
         raise MessageError(
             ErrorCode.INVALID_ENVELOPE, "a message must be a JSON object"
         )
+    ref = obj.get("ref")
+    if (ref is not None or "ref" in obj) and (
+        not isinstance(ref, str) or not 0 < len(ref) <= MAX_REF_LENGTH
+    ):
+        raise MessageError(
+            ErrorCode.INVALID_ENVELOPE,
+            f'"ref" must be a string of 1 to {MAX_REF_LENGTH} characters',
+        )
+    if obj.get("type") == "reply":
+        return _reply(obj, ref)  # refused by an error frame: no reply to a reply
+    try:
+        return _decoded(obj, ref)
+    except MessageError as exc:
+        if ref is None:
+            raise
+        raise RefusedRequest(exc.code, exc.reason, ref) from None
+
+
+def _decoded(obj: dict[str, Any], ref: str | None) -> Envelope | Reply:
     type_ = obj.get("type")
     if not isinstance(type_, str) or not type_:
         raise MessageError(
@@ -148,7 +251,26 @@ def decode_envelope(text: str) -> Envelope:
         raise MessageError(
             ErrorCode.INVALID_ENVELOPE, '"timestamp" must be a finite number'
         )
-    return Envelope(type_, obj.get("data"), timestamp)
+    return Envelope(type_, obj.get("data"), timestamp, ref)
+
+
+def _reply(obj: dict[str, Any], ref: str | None) -> Reply:
+    if ref is None:
+        raise MessageError(ErrorCode.INVALID_ENVELOPE, 'a "reply" must have a "ref"')
+    ok = obj.get("ok")
+    if not isinstance(ok, bool):
+        raise MessageError(ErrorCode.INVALID_ENVELOPE, '"ok" must be true or false')
+    if ok:
+        return Reply(ref, True, obj.get("data"))
+    error = obj.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    reason = error.get("reason", "") if isinstance(error, dict) else None
+    if not isinstance(code, str) or not code or not isinstance(reason, str):
+        raise MessageError(
+            ErrorCode.INVALID_ENVELOPE,
+            '"error" must be an object with a string "code" and "reason"',
+        )
+    return Reply(ref, False, None, code, reason)
 
 
 # What the standard library's parser says (the start of its message), in

@@ -8,8 +8,12 @@ One root, :class:`WSError`, drawn as a tree::
     ├── Reject                 refuse a connection before the upgrade (HTTP status)
     ├── MessageError           a client's message could not be accepted
     │                          (sent back as an error frame, connection stays open)
-    └── PublishTooLarge        a message bigger than WS_MAX_PUBLISH was sent
-                               through the Redis backplane (raised to the caller)
+    ├── PublishTooLarge        a message bigger than WS_MAX_PUBLISH was sent
+    │                          through the Redis backplane (raised to the caller)
+    └── RequestError           a request to a client (``conn.request``) got no data
+        ├── RequestFailed      the client answered ``ok: false`` (code, reason)
+        ├── RequestTimeout     no reply in time (also a ``TimeoutError``)
+        └── ClientGone         the connection closed, or was not there, first
 
 Errors before the upgrade are :class:`sanic.exceptions.SanicException`
 subclasses with a ``status_code``, so Sanic renders them as HTTP responses.
@@ -23,12 +27,16 @@ from enum import IntEnum
 from sanic.exceptions import SanicException
 
 __all__ = [
+    "ClientGone",
     "CloseCode",
     "ConfigError",
     "ErrorCode",
     "MessageError",
     "PublishTooLarge",
     "Reject",
+    "RequestError",
+    "RequestFailed",
+    "RequestTimeout",
     "SequencerUnavailable",
     "WSError",
 ]
@@ -141,3 +149,27 @@ class SequencerUnavailable(WSError, TimeoutError):
     ``history=`` while its sequencer restarts (waits at most
     ``WS_QUERY_TIMEOUT``); the publication may or may not have been made.
     """
+
+
+class RequestError(WSError):
+    """A request to a client (``conn.request``, ``ws.request``) got no data."""
+
+
+class RequestFailed(RequestError):
+    """The client answered a request with ``ok: false``: its ``code`` and ``reason``."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """The client did not reply within the request's timeout.
+
+    A ``TimeoutError`` too (``asyncio.TimeoutError`` is the same class).
+    """
+
+
+class ClientGone(RequestError, ConnectionError):
+    """The connection closed (or was not open) before the client replied."""

@@ -74,8 +74,9 @@ class Accept:
 
 VerifyHook = Callable[["Request"], Awaitable["Accept | None"]]
 ConnectHandler = Callable[["Connection"], Awaitable[None]]
-MessageHandler = Callable[["Connection", "Envelope | bytes"], Awaitable[None]]
-TypeHandler = Callable[["Connection", "Envelope"], Awaitable[None]]
+MessageHandler = Callable[["Connection", "Envelope | bytes"], Awaitable[Any]]
+TypeHandler = Callable[["Connection", "Envelope"], Awaitable[Any]]
+Middleware = Callable[["Connection", "Envelope"], Awaitable["Envelope | None"]]
 BinaryHandler = Callable[["Connection", bytes], Awaitable[None]]
 ErrorHandler = Callable[["Connection", Exception], Awaitable[None]]
 BackplaneHook = Callable[["ConnectionManager", str], Awaitable[None]]
@@ -144,6 +145,7 @@ class WSHandlers:
     def __init__(self, target: Sanic[Any, Any] | Blueprint | None = None) -> None:
         self.verify_hooks: list[VerifyHook] = []
         self.connect: list[ConnectHandler] = []
+        self.middlewares: list[Middleware] = []
         self.message: list[MessageHandler] = []
         self.typed: dict[str, list[TypeHandler]] = {}
         self.binary: list[BinaryHandler] = []
@@ -190,6 +192,28 @@ class WSHandlers:
         self.connect.append(handler)
         return handler
 
+    def middleware(self, handler: F) -> F:
+        """Run ``handler(conn, envelope)`` before the handlers of every envelope.
+
+        App-wide, whichever group declares it: every envelope a client sends
+        (``room.join`` and ``room.leave`` included, not binary frames nor the
+        client's replies) goes through every middleware before any handler,
+        in the order of their groups (the app's own groups, then its
+        blueprints' in the order they were registered) and, in a group, of
+        their declarations. A middleware may return a new
+        :class:`~sanic_ws_ext.envelope.Envelope`, which the next middleware
+        and the handlers get instead (its ``ref`` is kept), or ``None`` to
+        leave it as it is; raising :class:`~sanic_ws_ext.errors.MessageError`
+        refuses the message: no handler runs, and the client gets the error
+        frame (or, for a request, the ``ok: false`` reply).
+
+        One rule for the whole chain, middleware, ``on_message`` handlers,
+        then typed ones: the first that raises stops the rest.
+        """
+        require_async(handler, "middleware")
+        self.middlewares.append(handler)
+        return handler
+
     def on_message(self, handler: F) -> F:
         """Run ``handler(conn, message)`` for every message.
 
@@ -201,9 +225,24 @@ class WSHandlers:
         return handler
 
     def on(self, type: str) -> Callable[[F], F]:
-        """Run ``handler(conn, envelope)`` for envelopes of this ``type``."""
+        """Run ``handler(conn, envelope)`` for envelopes of this ``type``.
+
+        When the client's envelope carries a ``ref`` (a request), what the
+        handler returns is the ``data`` of the ``reply`` (JSON; ``None`` is
+        ``null``), and a :class:`~sanic_ws_ext.errors.MessageError` it raises
+        is the reply's ``ok: false``. With several handlers for a type, they
+        run in order until one raises; the reply holds the last value other
+        than ``None`` they returned, or that failure. Without a ``ref``, the
+        value is ignored.
+        """
         if not isinstance(type, str) or not type:
             raise TypeError(f"message type must be a non-empty str, got {type!r}")
+        if type == "reply":
+            raise ValueError(
+                "on('reply'): 'reply' envelopes answer the server's requests and"
+                " are taken by the extension (await conn.request(...) returns"
+                " their data); no handler ever sees one"
+            )
 
         def register(handler: F) -> F:
             require_async(handler, f"on({type!r}) handler")
@@ -340,6 +379,7 @@ class HandlerRegistry:
         "disconnect",
         "error",
         "message",
+        "middleware",
         "room_guards",
         "rooms",
         "typed",
@@ -349,6 +389,7 @@ class HandlerRegistry:
     def __init__(self, groups: Iterable[WSHandlers] = ()) -> None:
         self.verify: list[VerifyHook] = []
         self.connect: list[ConnectHandler] = []
+        self.middleware: list[Middleware] = []
         self.message: list[MessageHandler] = []
         self.typed: dict[str, list[TypeHandler]] = {}
         self.binary: list[BinaryHandler] = []
@@ -364,6 +405,7 @@ class HandlerRegistry:
             seen.add(id(group))
             self.verify += group.verify_hooks
             self.connect += group.connect
+            self.middleware += group.middlewares
             self.message += group.message
             for type_, handlers in group.typed.items():
                 self.typed.setdefault(type_, []).extend(handlers)

@@ -16,6 +16,8 @@ A facade over parts with one job each, which it owns and wires together
   the route to each connection;
 - :class:`~sanic_ws_ext.tracker.Tracker`: presence of rooms that track it;
 - :class:`~sanic_ws_ext.queries.Queries`: cluster-wide questions;
+- :class:`~sanic_ws_ext.requests.Requests`: requests to clients, and their
+  replies brought back to the asker;
 - :class:`~sanic_ws_ext.health.Health`: readiness, status and figures.
 
 What stays here: the public API, starting and stopping the parts in order,
@@ -46,8 +48,6 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from websockets.server import ServerProtocol
-
 from .applier import Applier
 from .cluster import Membership
 from .config import WSConfig
@@ -66,11 +66,12 @@ from .limits import ClientLimits
 from .outbox import Outbox
 from .presence import checked_presence
 from .queries import Member, Queries
+from .requests import Requests
 from .sequencer import Sequencer
 from .sessions import Sessions
 from .stats import Counters
 from .tracker import Tracker
-from .wire import Flusher, Wire
+from .wire import Flusher, Wire, send_key
 
 __all__ = ["ConnectionManager", "Member"]
 
@@ -144,9 +145,13 @@ class ConnectionManager:
             publish=self._outbox.publish,
             join=sessions.join,
         )
+        self._requests = Requests(
+            self.local, self.membership, self._outbox, worker=worker
+        )
         self.dispatcher = Dispatcher(
             config,
             registry,
+            replied=self._requests.replied,
             join=sessions.join,
             leave=sessions.leave,
             ready=delivery.ready,
@@ -180,6 +185,7 @@ class ConnectionManager:
             self._queries,
             self._outbox,
             self.sequencer,
+            self._requests,
             worker=worker,
             join=sessions.join,
             leave=sessions.leave,
@@ -208,6 +214,7 @@ class ConnectionManager:
         self.clock = loop.time
         self._flusher = Flusher(loop)
         self.dispatcher.start(loop)
+        self._requests.start(loop)
         self.membership.start(loop)
         self.tracker.start(loop, self._flusher)
         self._applier.start(loop, self._flusher)
@@ -247,52 +254,126 @@ class ConnectionManager:
         """The connection with this id, if this process holds it."""
         return self.local.conns.get(conn_id)
 
-    async def send(self, conn_id: str, type: str, data: Any = None) -> None:
-        """Send an envelope to one connection, wherever it is."""
-        self._outbox.address(OpKind.SEND, conn_id, payload=encode_envelope(type, data))
+    async def send(
+        self,
+        conn_id: str,
+        type: str,
+        data: Any = None,
+        *,
+        volatile: bool = False,
+        key: str | None = None,
+    ) -> None:
+        """Send an envelope to one connection, wherever it is.
+
+        Every send takes ``volatile`` (skip a receiver with more than
+        ``WS_VOLATILE_BACKLOG`` unsent instead of adding to its backlog) and
+        ``key`` (a newer frame of the same key replaces one still unsent on
+        a connection): for cursors, ticks and progress, where only the
+        latest matters.
+        """
+        self._outbox.address(
+            OpKind.SEND,
+            conn_id,
+            payload=encode_envelope(type, data),
+            volatile=volatile,
+            reason=send_key(key) or "",
+        )
         await self._pace()
 
-    async def send_raw(self, conn_id: str, payload: str | bytes) -> None:
+    async def send_raw(
+        self,
+        conn_id: str,
+        payload: str | bytes,
+        *,
+        volatile: bool = False,
+        key: str | None = None,
+    ) -> None:
         """Send a raw text (``str``) or binary (``bytes``) frame to one connection."""
         body, binary = raw_body(payload)
-        self._outbox.address(OpKind.SEND, conn_id, payload=body, binary=binary)
+        self._outbox.address(
+            OpKind.SEND,
+            conn_id,
+            payload=body,
+            binary=binary,
+            volatile=volatile,
+            reason=send_key(key) or "",
+        )
         await self._pace()
 
     async def broadcast(
-        self, type: str, data: Any = None, *, exclude: Iterable[str] = ()
+        self,
+        type: str,
+        data: Any = None,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send an envelope to every connection but those in ``exclude`` (ids)."""
         self._outbox.publish(
-            OpKind.BROADCAST, payload=encode_envelope(type, data), exclude=exclude
+            OpKind.BROADCAST,
+            payload=encode_envelope(type, data),
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 
     async def broadcast_raw(
-        self, payload: str | bytes, *, exclude: Iterable[str] = ()
+        self,
+        payload: str | bytes,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send a raw text or binary frame to every connection but ``exclude``."""
         body, binary = raw_body(payload)
         self._outbox.publish(
-            OpKind.BROADCAST, payload=body, binary=binary, exclude=exclude
+            OpKind.BROADCAST,
+            payload=body,
+            binary=binary,
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 
     async def publish(
-        self, room: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
+        self,
+        room: str,
+        type: str,
+        data: Any = None,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> Position | None:
         """Send an envelope to every member of ``room``, on any worker.
 
         For a room declared with ``history=``, returns the publication's
         position once the room's sequencer numbered it (raises
         ``SequencerUnavailable`` if it did not answer within
-        ``WS_QUERY_TIMEOUT``); for other rooms None, at once.
+        ``WS_QUERY_TIMEOUT``); for other rooms None, at once. A history
+        room's publications are neither volatile nor keyed (every member
+        gets each, in order): ``ValueError``.
         """
         body = encode_envelope(type, data)
         spec = self.sequencer.spec(room)
         if spec is not None:
+            if volatile or key is not None:
+                raise ValueError(
+                    f"room {room!r} keeps history: its publications cannot be "
+                    "volatile or keyed"
+                )
             return await self.sequencer.publish(room, spec, body, exclude)
         self._outbox.publish(
-            OpKind.ROOM_SEND, target=room, payload=body, exclude=exclude
+            OpKind.ROOM_SEND,
+            target=room,
+            payload=body,
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
         return None
@@ -319,19 +400,38 @@ class ConnectionManager:
         )
 
     async def publish_raw(
-        self, room: str, payload: str | bytes, *, exclude: Iterable[str] = ()
+        self,
+        room: str,
+        payload: str | bytes,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send a raw text or binary frame to every member of ``room``."""
         if self.sequencer.spec(room) is not None:
             raise TypeError(f"room {room!r} keeps history: publish envelopes to it")
         body, binary = raw_body(payload)
         self._outbox.publish(
-            OpKind.ROOM_SEND, target=room, payload=body, binary=binary, exclude=exclude
+            OpKind.ROOM_SEND,
+            target=room,
+            payload=body,
+            binary=binary,
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 
     async def send_user(
-        self, user: str, type: str, data: Any = None, *, exclude: Iterable[str] = ()
+        self,
+        user: str,
+        type: str,
+        data: Any = None,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send an envelope to every connection of ``user`` (the verify identity)."""
         self._outbox.publish(
@@ -339,18 +439,45 @@ class ConnectionManager:
             target=user,
             payload=encode_envelope(type, data),
             exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
 
     async def send_user_raw(
-        self, user: str, payload: str | bytes, *, exclude: Iterable[str] = ()
+        self,
+        user: str,
+        payload: str | bytes,
+        *,
+        exclude: Iterable[str] = (),
+        volatile: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send a raw text or binary frame to every connection of ``user``."""
         body, binary = raw_body(payload)
         self._outbox.publish(
-            OpKind.USER_SEND, target=user, payload=body, binary=binary, exclude=exclude
+            OpKind.USER_SEND,
+            target=user,
+            payload=body,
+            binary=binary,
+            exclude=exclude,
+            volatile=volatile,
+            reason=send_key(key) or "",
         )
         await self._pace()
+
+    async def request(
+        self, conn_id: str, type: str, data: Any = None, *, timeout: float = 10.0
+    ) -> Any:
+        """Send a request to one connection, wherever it is; the data it replies.
+
+        The reply comes back to this process, whichever holds the connection.
+        Raises :class:`~sanic_ws_ext.errors.RequestFailed` when the client
+        answers ``ok: false``, :class:`~sanic_ws_ext.errors.RequestTimeout`
+        after ``timeout`` seconds, :class:`~sanic_ws_ext.errors.ClientGone`
+        as soon as the connection closes (or its process stops).
+        """
+        return await self._requests.request(conn_id, type, data, timeout)
 
     async def _pace(self) -> None:
         """After queuing: let the loop run, and wait for readers, once this
@@ -372,9 +499,19 @@ class ConnectionManager:
         For a connection of this process, returns once publications to the
         room reach it (with Redis: once this process is subscribed to the
         room), so a message published after the join is not missed.
+
+        A room declared with ``history=`` also sends the connection
+        ``room.joined`` with the room's position (``{"room", "position"}``),
+        as a client's own join does: its client resumes from there after a
+        reconnect (for a connection of this process, returns after that).
         """
+        conn = self.local.conns.get(conn_id)
+        spec = self.sequencer.spec(room)
+        if conn is not None and spec is not None and room not in conn.rooms:
+            await self.sequencer.join(conn, room, spec, None)
+            return
         self._outbox.address(OpKind.JOIN, conn_id, payload=_room(room))
-        if conn_id in self.local.conns:
+        if conn is not None:
             await self.delivery.ready(room)
 
     async def leave(self, conn_id: str, room: str) -> None:
@@ -483,7 +620,6 @@ class ConnectionManager:
     def accept(
         self,
         transport: asyncio.Transport,
-        proto: ServerProtocol,
         accepted: Accept,
         *,
         remote: str,
@@ -491,7 +627,7 @@ class ConnectionManager:
     ) -> Connection:
         """Adopt an upgraded socket (called by the endpoint after the 101)."""
         assert self._flusher is not None, "ConnectionManager.start() was not awaited"
-        wire = Wire(self, transport, proto, self._flusher)
+        wire = Wire(self, transport, self._flusher)
         conn = Connection(
             # The process's key first: any process can route to it.
             id=self.membership.key + uuid.uuid4().hex[:24],
@@ -521,6 +657,8 @@ class ConnectionManager:
         self.dispatcher.queue(conn, message)
 
     def wire_lost(self, conn: Connection) -> None:
+        if conn.asks:
+            self._requests.lost(conn)
         if self._sessions.lost(conn):
             self.dispatcher.queue(conn, CLOSED)
 

@@ -61,6 +61,7 @@ class Outbox:
         code: int = 1000,
         reason: str = "",
         to: str | None = None,
+        volatile: bool = False,
     ) -> None:
         """Publish an op to every process (or only ``to``), this one first."""
         op = Op(
@@ -72,6 +73,7 @@ class Outbox:
             code,
             reason,
             self.worker,
+            volatile,
         )
         self.delivery.publish(op, to)
 

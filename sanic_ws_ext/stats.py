@@ -38,7 +38,15 @@ __all__ = [
 class Counters:
     """What one process counts, as plain integers."""
 
-    __slots__ = ("closed", "messages_in", "messages_out", "opened", "slow_closed")
+    __slots__ = (
+        "closed",
+        "messages_in",
+        "messages_out",
+        "opened",
+        "replaced",
+        "slow_closed",
+        "volatile_skipped",
+    )
 
     def __init__(self) -> None:
         #: Messages received from clients (text and binary, whole messages).
@@ -51,6 +59,10 @@ class Counters:
         self.closed = 0
         #: Connections closed with 1008 "slow consumer" (WS_MAX_BACKPRESSURE).
         self.slow_closed = 0
+        #: Volatile frames not queued for a receiver that was behind.
+        self.volatile_skipped = 0
+        #: Keyed frames that replaced an unsent one of the same key.
+        self.replaced = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}

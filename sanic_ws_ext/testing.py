@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from .envelope import Envelope
+from .errors import RequestFailed, RequestTimeout
 
 __all__ = [
     "LiveServer",
@@ -300,6 +302,9 @@ class WSTestClient:
         #: times an offset skipped ahead (something was missed).
         self.duplicates = 0
         self.gaps = 0
+        # Replies to this client's request() calls, by ref, once received.
+        self._asked: set[str] = set()
+        self._replies: dict[str, dict[str, Any]] = {}
 
     @classmethod
     async def connect(
@@ -333,9 +338,57 @@ class WSTestClient:
     ) -> None:
         await self.close()
 
-    async def send(self, type: str, data: Any = None) -> None:
-        """Send an envelope."""
-        await self.connection.send(ujson.dumps({"type": type, "data": data}))
+    async def send(
+        self, type: str, data: Any = None, *, ref: str | None = None
+    ) -> None:
+        """Send an envelope (with a ``ref``: a request, answered by a ``reply``)."""
+        message: dict[str, Any] = {"type": type, "data": data}
+        if ref is not None:
+            message["ref"] = ref
+        await self.connection.send(ujson.dumps(message))
+
+    async def request(
+        self, type: str, data: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Send a request and return the ``data`` of the server's reply.
+
+        Raises :class:`~sanic_ws_ext.errors.RequestFailed` on ``ok: false``
+        and :class:`~sanic_ws_ext.errors.RequestTimeout` without a reply in
+        time. Messages that arrive before the reply are kept for
+        :meth:`recv` and :meth:`expect`.
+        """
+        ref = uuid.uuid4().hex[:16]
+        self._asked.add(ref)
+        try:
+            await self.send(type, data, ref=ref)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + (timeout or 5 * time_unit())
+            while ref not in self._replies:
+                try:
+                    message = await self._receive(max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise RequestTimeout(f"no reply to {type!r}") from None
+                if not (isinstance(message, Envelope) and message.ref == ref):
+                    self._skipped.append(message)
+            reply = self._replies.pop(ref)
+        finally:
+            self._asked.discard(ref)
+        if reply.get("ok") is True:
+            return reply.get("data")
+        error = reply.get("error") or {}
+        raise RequestFailed(str(error.get("code")), str(error.get("reason")))
+
+    async def reply(
+        self, ref: str, data: Any = None, *, error: tuple[str, str] | None = None
+    ) -> None:
+        """Answer the server's request ``ref``: with ``data``, or with
+        ``error`` (code, reason) as ``ok: false``."""
+        message: dict[str, Any] = {"type": "reply", "ref": ref, "ok": error is None}
+        if error is None:
+            message["data"] = data
+        else:
+            message["error"] = {"code": error[0], "reason": error[1]}
+        await self.connection.send(ujson.dumps(message))
 
     async def send_raw(self, payload: str | bytes) -> None:
         """Send a raw text or binary frame."""
@@ -350,16 +403,22 @@ class WSTestClient:
     async def _receive(self, timeout: float | None) -> Envelope | bytes:
         """The next message, less publications of history rooms already seen."""
         while True:
-            raw = await asyncio.wait_for(
-                self.connection.recv(), timeout or 5 * time_unit()
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns
+            # a message that arrived as its caller was cancelled and drops
+            # the cancellation, so a reader task could not be stopped while
+            # messages flowed (tests/test_history_cluster.py hung on it).
+            async with asyncio.timeout(timeout or 5 * time_unit()):
+                raw = await self.connection.recv()
             if isinstance(raw, bytes):
                 return raw
             obj = ujson.loads(raw)
             if self._seen(obj):
                 self.duplicates += 1
                 continue
-            return Envelope(obj["type"], obj.get("data"), obj.get("timestamp"))
+            ref = obj.get("ref")
+            if obj["type"] == "reply" and ref in self._asked:
+                self._replies[ref] = obj
+            return Envelope(obj["type"], obj.get("data"), obj.get("timestamp"), ref)
 
     def _seen(self, obj: Any) -> bool:
         """Note a history position; True for a publication already had."""
@@ -428,9 +487,8 @@ class WSTestClient:
     async def wait_closed(self, timeout: float | None = None) -> tuple[int | None, str]:
         """Wait until the server closes; returns its close code and reason."""
         with contextlib.suppress(ConnectionClosed):
-            await asyncio.wait_for(
-                self._drain_until_closed(), timeout or 5 * time_unit()
-            )
+            async with asyncio.timeout(timeout or 5 * time_unit()):
+                await self._drain_until_closed()
         rcvd = self.connection.protocol.close_rcvd
         if rcvd is None:
             return None, ""

@@ -1,10 +1,11 @@
 """The socket engine: one upgraded socket, bytes in and frames out.
 
 After the upgrade the extension takes the socket from Sanic
-(``transport.set_protocol``) and hands it to a :class:`Wire`, which parses
-frames with the websockets library's sans-I/O ``ServerProtocol``. No task,
-lock or timer exists per idle connection. The app never sees a ``Wire``: it
-holds a :class:`~sanic_ws_ext.connection.Connection`, which delegates here.
+(``transport.set_protocol``) and hands it to a :class:`Wire`, which reads
+frames with a :class:`~sanic_ws_ext.frames.FrameReader` and runs the closing
+handshake itself. No task, lock or timer exists per idle connection. The
+app never sees a ``Wire``: it holds a
+:class:`~sanic_ws_ext.connection.Connection`, which delegates here.
 
 Rules this module keeps:
 
@@ -49,13 +50,22 @@ from collections.abc import Callable, Collection, Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.server import ServerProtocol
-
 from .envelope import error_envelope
 from .errors import CloseCode, ErrorCode
-from .frames import OP_TEXT, PING_FRAME, encode_frame
+from .frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    PING_FRAME,
+    FrameError,
+    FrameReader,
+    close_payload,
+    encode_frame,
+    parse_close,
+)
 from .limits import take
 
 if TYPE_CHECKING:
@@ -66,11 +76,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ConnectionState",
     "Flusher",
-    "FrameParser",
     "Wire",
     "WireHost",
     "fan_out",
     "fragment_limit",
+    "send_key",
 ]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
@@ -128,25 +138,6 @@ class PartialMessage:
         return self._binary
 
 
-class FrameParser(ServerProtocol):
-    """websockets' server protocol, with a close allowed between fragments.
-
-    RFC 6455, 5.4: control frames may come between the fragments of a
-    message, and a close ends the connection, unfinished message included.
-    websockets answers that close with 1002 "incomplete fragmented message";
-    a conforming server echoes it (Autobahn case 7.1.5). The partial message
-    is dropped by :class:`Wire`.
-    """
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.CLOSE:
-            # websockets names it current_size since 14, cur_size before.
-            for name in ("current_size", "cur_size"):
-                if hasattr(self, name):
-                    setattr(self, name, None)
-        super().recv_frame(frame)
-
-
 class ConnectionState(Enum):
     OPEN = "open"
     #: A close frame is queued; waiting for the peer's reply or the timeout.
@@ -168,29 +159,33 @@ class WireHost(Protocol):
         """The socket is gone; ``conn``'s close code and reason are final."""
 
 
-#: Bytes of broadcast frames queued in one event-loop pass after which the
-#: Flusher writes at once instead of at the end of the pass. A handler that
-#: broadcasts in a loop would otherwise hold every frame until it returns:
-#: measured with 1000 clients and 200 broadcasts (bench/fanout.py), no limit
-#: gave a p99 of 135 ms; 2 MiB gave 65 ms and 15% more messages/s (the load
-#: client starts reading while the server still produces); 512 KiB cut
-#: throughput by a third (too many small writes).
-_PASS_LIMIT = 2 << 20
-
-#: Bytes one flush writes before leaving the other wires to the next
-#: event-loop pass: a flush the pass limit starts writes about what was
-#: queued since the last one, while one huge fan-out (a presence diff to
-#: every member of a big room) is written over many passes. At the 130 MB/s
-#: of loopback writes measured on a loaded 2-core machine, 2 MiB holds the
-#: loop about 15 ms; issue 14 allows 50.
-_WRITE_BUDGET = _PASS_LIMIT
+#: Bytes of frames queued in one event-loop pass after which the Flusher
+#: writes at once instead of at the end of the pass (and a sender in a loop
+#: yields at its next await), and bytes one flush writes before leaving the
+#: other wires to the next pass. A handler that broadcasts in a loop would
+#: otherwise hold every frame until it returns (no limit: p99 135 ms with
+#: 1,000 clients and 200 broadcasts, bench/fanout.py), and one huge fan-out
+#: (a presence diff to every member of a big room) would hold the loop.
+#:
+#: The limit grows with the wires waiting, _PER_WIRE each, from _PASS_MIN to
+#: _PASS_MAX: what a flush costs is mostly one ``send`` per socket, so each
+#: socket's write must carry many frames. With a fixed 2 MiB, 1,000 clients
+#: got ~2 KB (20 frames) per write and the writes were 40% of the server's
+#: CPU; 8 KB per write cut the CPU per delivered message from 0.67-0.87 to
+#: 0.25-0.36 us in the same runs (docs/performance.md). 100 clients keep
+#: 2 MiB: their writes are large already, and a pass stays short.
+_PASS_MIN = 2 << 20
+_PASS_MAX = 8 << 20
+_PER_WIRE = 8 << 10
 
 #: What one ``transport.write`` costs beyond its bytes, in bytes of the
-#: budget: a send on loopback is a system call and the TCP path of both
-#: ends, about 8 us on a loaded 2-core machine, the time of ~1 KB at
-#: 130 MB/s. Without it, a pass of small presence diffs to 1,400 members
-#: was 2 MiB in 1,400 writes, 30 ms of CPU (bench/scale.py, issue 14).
-_WRITE_COST = 1 << 10
+#: pass budget: a send on loopback is a system call and the TCP path of both
+#: ends, about 8 us on a loaded 2-core machine, while the bytes cost ~3 ns
+#: each. Without it a pass of small presence diffs to 1,400 members was
+#: 1,400 writes, 30 ms of CPU (bench/scale.py, issue 14); with it a pass
+#: holds at most ~2,000 writes (_PASS_MAX over this), as it did when the
+#: budget was 2 MiB and a write cost 1 KiB.
+_WRITE_COST = 4 << 10
 
 #: Bytes one flush hands one transport. The transport pauses us when the
 #: kernel did not take all of it and we give it nothing more until it has
@@ -205,7 +200,7 @@ class Flusher:
 
     One ``call_soon`` per pass for all connections, not one per connection:
     uWebSockets calls this corking. One callback writes at most
-    ``_WRITE_BUDGET`` bytes and leaves the other wires for the next pass, so
+    the pass limit's bytes and leaves the other wires for the next pass, so
     a huge fan-out (a presence diff of 200 KB to 1,700 members is 340 MB)
     never holds the loop for more than a few milliseconds. A wire's frames
     are always written together and in order, and a wire waiting its turn
@@ -229,7 +224,7 @@ class Flusher:
         self._scheduled = False
         self._queued = 0
         # Bytes queued since the event loop last ran one of our passes: a
-        # sender past _PASS_LIMIT of them yields at its next await (pace()).
+        # sender past the pass limit yields at its next await (pace()).
         self._unyielded = 0
         # Wires whose transport holds bytes the kernel did not take, with the
         # loop time they paused: their readers are behind, or stalled.
@@ -239,11 +234,15 @@ class Flusher:
         #: the sender's next await paces (see pace()).
         self.behind = False
 
+    def limit(self) -> int:
+        """The pass limit: _PER_WIRE for each wire waiting, within bounds."""
+        return min(_PASS_MAX, max(_PASS_MIN, len(self._dirty) * _PER_WIRE))
+
     def account(self, size: int) -> None:
         """Count ``size`` bytes queued; past the pass limit, write them now."""
         self._queued += size
         self._unyielded += size
-        if self._queued >= _PASS_LIMIT:
+        if self._queued >= _PASS_MIN and self._queued >= self.limit():
             self.flush()
 
     def paused(self, wire: Wire) -> None:
@@ -256,7 +255,7 @@ class Flusher:
 
     async def pace(self, limit: int | None, patience: float | None) -> None:
         """What an ``await`` on a send does: nothing, unless this sender queued
-        more than ``_PASS_LIMIT`` bytes without letting the loop run, or left
+        more than the pass limit without letting the loop run, or left
         a receiver with more than half of ``limit`` unsent.
 
         Then it lets the loop run (sockets written, clients read), and waits
@@ -267,7 +266,9 @@ class Flusher:
         seconds (``WS_DRAIN_TIMEOUT``) is not waited for: the sender goes
         on, and that reader passes the limit and is dropped, as before.
         """
-        if self._unyielded < _PASS_LIMIT and not self.behind:
+        if (
+            self._unyielded < _PASS_MIN or self._unyielded < self.limit()
+        ) and not self.behind:
             return
         await asyncio.sleep(0)
         self._unyielded = 0
@@ -312,7 +313,7 @@ class Flusher:
         """Write the dirty wires, up to the budget; schedule the rest."""
         self._queued = 0
         dirty = self._dirty
-        budget = _WRITE_BUDGET
+        budget = self.limit()
         while dirty and budget > 0:
             wire = dirty.popleft()
             try:
@@ -331,14 +332,17 @@ class Wire(asyncio.Protocol):
     """The asyncio protocol of one upgraded socket, and its sending state."""
 
     __slots__ = (
+        "_close_rcvd",
+        "_close_sent",
         "_close_timer",
         "_eof_pending",
         "_flusher",
         "_fragments",
         "_host",
+        "_keyed",
         "_pending",
         "_pending_bytes",
-        "_proto",
+        "_reader",
         "_tokens",
         "_tokens_at",
         "_transport",
@@ -358,14 +362,13 @@ class Wire(asyncio.Protocol):
         self,
         host: WireHost,
         transport: asyncio.Transport,
-        proto: ServerProtocol,
         flusher: Flusher,
     ) -> None:
         #: The app's handle for this socket (set by the connection itself).
         self.conn: Connection
         self._host = host
         self._transport = transport
-        self._proto = proto
+        self._reader = FrameReader(host.config.max_message_size)
         self._flusher = flusher
         self.state = ConnectionState.OPEN
         self.close_code: int | None = None
@@ -384,10 +387,16 @@ class Wire(asyncio.Protocol):
         self.writing_paused = transport.get_write_buffer_size() > 0
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
+        # Keyed frames still in _pending: key -> index (None until one is).
+        self._keyed: dict[str, int] | None = None
         # The transport's own buffer size as of the last flush.
         self._written = 0
         self._fragments: PartialMessage | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        # The close frames exchanged: (code, reason), None until then.
+        self._close_rcvd: tuple[int, str] | None = None
+        self._close_sent: tuple[int, str] | None = None
+        # Close TCP once what is pending is written (the server closes first).
         self._eof_pending = False
         # Bytes unread in the kernel when the heartbeat last looked, while
         # reading is paused (-1: not looked at since the pause).
@@ -402,17 +411,56 @@ class Wire(asyncio.Protocol):
 
     # -- sending ---------------------------------------------------------
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Queue an already-framed message; ``False`` if it was not accepted.
+    def send_frame(
+        self, frame: bytes, volatile: bool = False, key: str | None = None
+    ) -> bool:
+        """Queue an already-framed message; ``False`` if no new frame was
+        queued (refused, skipped as volatile, or replacing a keyed one).
 
         Every data frame to one socket comes through here (broadcasts through
         :func:`fan_out`), so this is where ``messages_out`` counts.
         """
-        if self.state is not ConnectionState.OPEN or not self._enqueue(frame):
+        if volatile or key is not None:
+            if not self.offer(frame, volatile, key):
+                return False
+        elif self.state is not ConnectionState.OPEN or not self._enqueue(frame):
             return False
         self._host.counters.messages_out += 1
         self._flusher.account(len(frame))
         return True
+
+    def offer(self, frame: bytes, volatile: bool, key: str | None) -> int:
+        """Queue a frame of a volatile or keyed send; 1 if it is a new one.
+
+        Volatile: not queued (0) when this socket already has more than
+        ``WS_VOLATILE_BACKLOG`` unsent, so it never adds to a slow client's
+        way to 1008. Keyed: replaces the unsent frame of the same key, in its
+        place (0); a key's frames are never both sent unless the first one
+        was already written. Counts ``volatile_skipped`` and ``replaced``;
+        the caller counts ``messages_out`` and accounts the bytes.
+        """
+        if self.state is not ConnectionState.OPEN:
+            return 0
+        host = self._host
+        if volatile and self.backlog > host.config.volatile_backlog:
+            host.counters.volatile_skipped += 1
+            return 0
+        keyed = self._keyed
+        if key is not None and keyed is not None:
+            at = keyed.get(key)
+            if at is not None:
+                pending = self._pending
+                self._pending_bytes += len(frame) - len(pending[at])
+                pending[at] = frame
+                host.counters.replaced += 1
+                return 0
+        if not self._enqueue(frame):
+            return 0
+        if key is not None:
+            if keyed is None:
+                keyed = self._keyed = {}
+            keyed[key] = len(self._pending) - 1
+        return 1
 
     def send_ping(self) -> bool:
         """Queue the heartbeat's ping (a control frame: not a message)."""
@@ -466,6 +514,7 @@ class Wire(asyncio.Protocol):
             transport.write(view[:_WIRE_CHUNK])
             rest = view[_WIRE_CHUNK:]
             self._pending = [rest]
+            self._keyed = None
             self._pending_bytes = len(rest)
             self._written = transport.get_write_buffer_size()
             if not self.writing_paused:
@@ -474,6 +523,7 @@ class Wire(asyncio.Protocol):
         transport.write(data)
         self._pending = []
         self._pending_bytes = 0
+        self._keyed = None
         self._written = transport.get_write_buffer_size()
         if self._eof_pending:
             # The peer answered our close (or failed the protocol): the
@@ -498,20 +548,19 @@ class Wire(asyncio.Protocol):
         config = self._host.config
         await self._flusher.pace(config.max_backpressure, config.drain_timeout)
 
-    def _send_control(self, chunks: list[bytes]) -> None:
-        """Queue what the protocol object wants sent (pong, close, EOF)."""
-        for chunk in chunks:
-            if self._transport.is_closing():
-                # Aborted (a ping flood past WS_MAX_BACKPRESSURE, say) or
-                # closed: the rest has nowhere to go.
-                return
-            if chunk:
-                self._enqueue(chunk)
-            else:  # websockets' SEND_EOF marker
-                self._eof_pending = True
-                if not self._pending:
-                    self._flusher.mark(self)
-                    self._pending.append(b"")
+    def _send_close(self, payload: bytes, code: int, reason: str) -> None:
+        """Queue our close frame (once); nothing but it follows."""
+        if self._close_sent is None and not self._transport.is_closing():
+            self._close_sent = (code, reason)
+            self._enqueue(encode_frame(OP_CLOSE, payload))
+
+    def _close_tcp(self) -> None:
+        """Close TCP once what is pending is written."""
+        self._eof_pending = True
+        if not self._pending and not self._transport.is_closing():
+            # Nothing pending: an empty write makes the flush close it.
+            self._flusher.mark(self)
+            self._pending.append(b"")
 
     # -- closing ---------------------------------------------------------
 
@@ -519,13 +568,12 @@ class Wire(asyncio.Protocol):
         """Start the closing handshake; frames queued before it are sent first."""
         if self.state is not ConnectionState.OPEN:
             return
-        if self._proto.state is not State.OPEN:
+        if self._close_rcvd is not None or self._eof_pending:
             # The peer is already gone (EOF) or closing: nothing to handshake.
             self.abort(code, reason)
             return
-        self._proto.send_close(code, reason)
         self._set_close(code, reason)
-        self._send_control(self._proto.data_to_send())
+        self._send_close(close_payload(code, reason), code, reason)
         self._enter_closing()
 
     def _enter_closing(self) -> None:
@@ -550,7 +598,8 @@ class Wire(asyncio.Protocol):
         self._fragments = None
         self._set_close(code, reason)
         self._enter_closing()
-        self._proto.fail(code, reason)
+        self._send_close(close_payload(code, reason), code, reason)
+        self._close_tcp()
 
     def abort(self, code: int, reason: str) -> None:
         """Drop the socket now, unsent frames included."""
@@ -560,6 +609,7 @@ class Wire(asyncio.Protocol):
         self.state = ConnectionState.CLOSING
         self._pending = []
         self._pending_bytes = 0
+        self._keyed = None
         self._transport.abort()
 
     def _set_close(self, code: int, reason: str) -> None:
@@ -575,19 +625,17 @@ class Wire(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        proto = self._proto
         if self.close_code is None:
-            if proto.close_rcvd is not None:
-                self.close_code = proto.close_rcvd.code
-                self.close_reason = proto.close_rcvd.reason
-            elif proto.close_sent is not None:
-                self.close_code = proto.close_sent.code
-                self.close_reason = proto.close_sent.reason
+            if self._close_rcvd is not None:
+                self.close_code, self.close_reason = self._close_rcvd
+            elif self._close_sent is not None:
+                self.close_code, self.close_reason = self._close_sent
             else:
                 self.close_code = CloseCode.ABNORMAL
                 self.close_reason = "connection lost"
         self._pending = []
         self._pending_bytes = 0
+        self._keyed = None
         self._flusher.resumed(self)  # never waited for again
         self._host.wire_lost(self.conn)
 
@@ -675,58 +723,67 @@ class Wire(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_seen = self._host.clock()
         self.ping_sent = 0.0
-        proto = self._proto
-        proto.receive_data(data)
-        self._process(proto)
+        if self._eof_pending or self._close_rcvd is not None:
+            return  # closed by the peer, or failed: nothing more is read
+        reader = self._reader
+        self._process(reader.feed(data))
+        error = reader.error
+        if error is not None and self._close_rcvd is None:
+            self._fail(error.code, error.reason)
 
     def eof_received(self) -> bool | None:
-        proto = self._proto
-        proto.receive_eof()
-        self._process(proto)
-        return None  # let the transport close itself
+        # The peer closed TCP: with a close frame before it or not, the
+        # connection is over; the transport closes itself.
+        self._enter_closing()
+        return None
 
-    def _process(self, proto: ServerProtocol) -> None:
+    def _process(self, frames: list[tuple[int, bool, bytes]]) -> None:
         config = self._host.config
-        for frame in proto.events_received():
-            if not isinstance(frame, Frame):  # handshake events; none once OPEN
-                continue
+        for opcode, fin, payload in frames:
+            if opcode == OP_CLOSE:
+                self._fragments = None  # a message the peer never finished
+                self._peer_closed(payload)
+                return  # nothing after a close is read
             if self.state is not ConnectionState.OPEN:
-                break  # failed or closing: what follows is not read
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                text = opcode is Opcode.TEXT
+                continue  # failed or closing: only the peer's close matters
+            if opcode in (OP_TEXT, OP_BINARY):
+                text = opcode == OP_TEXT
                 kind = "text" if text else "binary"
                 if kind not in config.accept:
                     # Refused at its first frame: nothing of it is buffered.
                     self._fail(
                         CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not accepted"
                     )
-                elif frame.fin:
-                    self._message(text, frame.data)
+                elif fin:
+                    self._message(text, payload)
                 else:
                     self._fragments = PartialMessage(text)
-                    self._fragment(frame)
-            elif opcode is Opcode.CONT and self._fragments is not None:
-                self._fragment(frame)
-            elif opcode is Opcode.CLOSE:
-                self._fragments = None  # a message the peer never finished
-            elif (
-                opcode is Opcode.PING or opcode is Opcode.PONG
-            ) and config.message_rate is not None:
-                # Control frames cost a parse and, for pings, a reply: a flood
-                # of them spends the same budget as messages. The pong itself
-                # is the protocol's, already queued.
-                self._over_rate(control=True)
-        if proto.parser_exc is not None and proto.close_sent is not None:
-            self._set_close(proto.close_sent.code, proto.close_sent.reason)
-        out = proto.data_to_send()
-        if out:
-            self._send_control(out)
-        if proto.state is not State.OPEN and self.state is ConnectionState.OPEN:
-            # The peer started the close or sent EOF, or the parser failed.
-            self._enter_closing()
+                    self._fragment(payload, fin)
+            elif opcode == OP_CONT:
+                if self._fragments is not None:
+                    self._fragment(payload, fin)
+            else:  # ping or pong
+                if opcode == OP_PING and not self._transport.is_closing():
+                    self._enqueue(encode_frame(OP_PONG, payload))
+                if config.message_rate is not None:
+                    # Control frames cost a parse and, for pings, a reply: a
+                    # flood of them spends the same budget as messages.
+                    self._over_rate(control=True)
 
-    def _fragment(self, frame: Frame) -> None:
+    def _peer_closed(self, payload: bytes) -> None:
+        """The peer's close frame: echo it (unless ours went first), close TCP."""
+        try:
+            code, reason = parse_close(payload)
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        self._close_rcvd = (code, reason)
+        # RFC 6455 5.5.1: answer with a close frame, echoing its code.
+        self._send_close(payload[:2], code, reason)
+        self._enter_closing()
+        self._close_tcp()
+
+    def _fragment(self, payload: bytes, fin: bool) -> None:
         partial = self._fragments
         assert partial is not None
         limit = fragment_limit(self._host.config.max_message_size)
@@ -734,11 +791,11 @@ class Wire(asyncio.Protocol):
             self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
         try:
-            partial.add(frame.data, frame.fin)
+            partial.add(payload, fin)
         except UnicodeDecodeError:
             self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
             return
-        if frame.fin:
+        if fin:
             self._fragments = None
             message = partial.message()
             self._message(isinstance(message, str), message)
@@ -765,6 +822,17 @@ class Wire(asyncio.Protocol):
             host.wire_message(self.conn, text)
 
 
+#: Longest key of a keyed send, in characters.
+MAX_KEY = 200
+
+
+def send_key(key: str | None) -> str | None:
+    """``key`` of a send, checked: a string of 1 to ``MAX_KEY`` characters."""
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
+        raise ValueError(f"key must be a string of 1 to {MAX_KEY} characters")
+    return key
+
+
 def fan_out(
     wires: Iterable[Wire],
     frame: bytes,
@@ -773,6 +841,8 @@ def fan_out(
     flusher: Flusher,
     *,
     account: bool = True,
+    volatile: bool = False,
+    key: str | None = None,
 ) -> int:
     """Queue ``frame`` for every open wire of ``wires`` whose id is not in ``exclude``.
 
@@ -787,6 +857,14 @@ def fan_out(
     """
     queued = 0
     size = len(frame)
+    if volatile or key is not None:
+        # Not the hot path: each receiver decides (Wire.offer).
+        for wire in wires:
+            if not (exclude and wire.conn.id in exclude):
+                queued += wire.offer(frame, volatile, key)
+        if account:
+            flusher.account(size * queued)
+        return queued
     is_open = ConnectionState.OPEN
     # Past half of the limit, the sender is told to pace (Flusher.pace).
     soft = limit >> 1 if limit is not None else 0

@@ -2,7 +2,8 @@
 
 ``async def`` tests run in a new uvloop event loop each (no plugin needed),
 bounded by ``TIMEOUT_UNITS`` test time units (see
-:func:`sanic_ws_ext.testing.time_unit`).
+:func:`sanic_ws_ext.testing.time_unit`). A test past its bound prints every
+task's stack (where it waits is the diagnosis), is cancelled, and fails.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +24,8 @@ from sanic_ext import Extend
 from sanic_ws_ext.testing import time_unit
 
 TIMEOUT_UNITS = 60
+#: Units a timed-out test gets to end after its cancellation.
+CANCEL_UNITS = 10
 # Many apps start in one process; Sanic allows that only in test mode.
 Sanic.test_mode = True
 
@@ -36,7 +40,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     limit = TIMEOUT_UNITS * time_unit()
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     try:
-        runner.run(asyncio.wait_for(func(**kwargs), limit))
+        runner.run(_bounded(func(**kwargs), limit))
     finally:
         # uvloop warns about sockets left open while it closes; with warnings
         # as errors that hangs the close. Record them and fail instead.
@@ -46,6 +50,26 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert not leaks, f"left open by the test: {leaks}"
     return True
+
+
+async def _bounded(test: Any, limit: float) -> None:
+    """Run ``test`` for at most ``limit`` seconds, then show where it waits.
+
+    ``asyncio.wait_for`` waits without bound for a cancelled task to end, and
+    pytest-timeout cannot interrupt uvloop: a hung test hung the whole run.
+    """
+    task = asyncio.ensure_future(test)
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if done:
+        task.result()
+        return
+    print(f"\n--- test ran past {limit:.0f} s; its tasks:", file=sys.stderr)
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            other.print_stack(limit=12, file=sys.stderr)
+    task.cancel()
+    await asyncio.wait({task}, timeout=CANCEL_UNITS * time_unit())
+    raise TimeoutError(f"test ran past {limit:.0f} s (stacks above)")
 
 
 @pytest.fixture

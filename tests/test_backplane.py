@@ -202,7 +202,7 @@ async def test_redis_restart_loses_nothing_within_the_buffer(
         RedisServer() as redis_server,
         nodes(make_app, redis_server.url) as [(a, sa, _), (b, sb, _)],
     ):
-        ca, _ = await a.connect()
+        ca, ca_id = await a.connect()
         cb, _ = await b.connect()
         await eventually(lambda: _count(b, 2), "B sees both")
         for states in (sa, sb):
@@ -213,6 +213,8 @@ async def test_redis_restart_loses_nothing_within_the_buffer(
             assert node.ws.backplane_state == "reconnecting"
         for i in range(n):  # published while Redis is down: buffered
             await a.ws.broadcast("b", i)
+            if i % 30 == 0:  # volatile: only worth sending now, so dropped
+                await a.ws.broadcast("b", "stale", volatile=True, exclude=[ca_id])
         await eventually(
             lambda: _true(a.backplane.status()["buffered_bytes"] > 0), "buffered"
         )

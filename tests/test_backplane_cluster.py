@@ -305,3 +305,36 @@ async def test_stats_from_one_machine_cover_both() -> None:
 
 def second_node(clients: list[Client]) -> list[Client]:
     return [c for c in clients if node_of(c) == node_of(clients[-1])]
+
+
+async def test_requests_across_machines() -> None:
+    """``ws.request`` on one node to a client of the other, over a private Redis:
+    the reply comes back to the asking worker."""
+    async with RedisServer() as redis, two_nodes(redis.url) as (one, two):
+        asker = (await cover(one))[0]
+        targets = await cover(two)
+        await one.until(asker, "count", lambda n: n == len(one.clients + two.clients))
+        for target in targets:
+            pending = asyncio.ensure_future(
+                asker.do("request", to=target.id, data="hi", timeout=units(10))
+            )
+            question = await target.ws.expect("question", units(10))
+            assert question.data == "hi" and question.ref is not None
+            await target.ws.reply(question.ref, {"from": target.worker})
+            assert await pending == {"data": {"from": target.worker}}
+        target = targets[0]
+        pending = asyncio.ensure_future(
+            asker.do("request", to=target.id, timeout=units(10))
+        )
+        question = await target.ws.expect("question", units(10))
+        assert question.ref is not None
+        await target.ws.reply(question.ref, error=("nope", "not now"))
+        assert await pending == {"error": "RequestFailed", "code": "nope"}
+        # The target goes while asked: the other machine says so at once.
+        pending = asyncio.ensure_future(
+            asker.do("request", to=target.id, timeout=units(600))
+        )
+        await target.ws.expect("question", units(10))
+        await target.ws.close()
+        two.clients.remove(target)
+        assert await pending == {"error": "ClientGone", "code": None}

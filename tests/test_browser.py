@@ -409,3 +409,74 @@ async def test_dashboard_without_its_token_says_where_it_goes(
         await page.goto(server.url(f"/ws/dashboard?interval=200#token={token}"))
         await page.reload()
         await expect(state).to_have_text("live", timeout=wait)
+
+
+async def test_requests_both_ways_in_chromium(
+    make_app: Callable[..., Sanic[Any, Any]],
+) -> None:
+    """The browser client's request() and onRequest() against a real server."""
+    from sanic import html
+
+    from sanic_ws_ext import (
+        Connection,
+        Envelope,
+        MessageError,
+        RequestError,
+        WSHandlers,
+    )
+
+    app = make_app()
+    Extend(app).register(WSExtension)
+    h = WSHandlers(app)
+
+    @h.on("add")
+    async def add(conn: Connection, msg: Envelope) -> int:
+        return int(msg.data["a"] + msg.data["b"])
+
+    @h.on("refuse")
+    async def refuse(conn: Connection, msg: Envelope) -> None:
+        raise MessageError("not_allowed", "you may not")
+
+    @h.on("ask_back")
+    async def ask_back(conn: Connection, msg: Envelope) -> Any:
+        """Ask the page, and give its answer (or its error's code) back."""
+        try:
+            return await conn.request("double", msg.data, timeout=units(10))
+        except RequestError as exc:
+            return {"failed": getattr(exc, "code", type(exc).__name__)}
+
+    @app.get("/")
+    async def blank(request: Any) -> Any:
+        return html("<!doctype html><title>requests</title>")
+
+    async with serve(app) as server, chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(server.url("/"))
+        result = await page.evaluate(
+            """async () => {
+                const { WSClient, RequestError } = await import("/ws/client.js");
+                const ws = new WSClient();
+                ws.onRequest("double", (n) => {
+                    const error = Object.assign(new Error("negative"), { code: "neg" });
+                    if (n < 0) throw error;
+                    return n * 2;
+                });
+                const sum = await ws.request("add", { a: 2, b: 3 });
+                let refused = null;
+                try {
+                    await ws.request("refuse");
+                } catch (error) {
+                    refused = [error instanceof RequestError, error.code, error.reason];
+                }
+                const doubled = await ws.request("ask_back", 21);
+                const failed = await ws.request("ask_back", -1);
+                ws.close();
+                return { sum, refused, doubled, failed };
+            }"""
+        )
+    assert result == {
+        "sum": 5,
+        "refused": [True, "not_allowed", "you may not"],
+        "doubled": 42,
+        "failed": {"failed": "neg"},
+    }

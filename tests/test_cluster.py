@@ -189,10 +189,16 @@ async def test_broadcast_send_disconnect_count_across_workers(transport: str) ->
             await http.post(c.server.url("/later"), json={"from": "task"})
         for client in c.clients:
             assert (await client.ws.expect("b")).data == {"from": "task"}
+        # Volatile and keyed: every reader keeps up, so every one gets it.
+        await a.do("broadcast", data="latest", volatile=True, key="k")
+        for client in c.clients:
+            assert (await client.ws.expect("b")).data == "latest"
         # Send to an id on another worker.
         far = next(x for x in c.clients if x.worker != a.worker)
         await a.do("send", to=far.id, data=42)
         assert (await far.ws.expect("direct")).data == 42
+        await a.do("send", to=far.id, data=43, volatile=True, key="k")
+        assert (await far.ws.expect("direct")).data == 43
         # Disconnect an id on another worker.
         await a.do("disconnect", to=far.id)
         assert await far.ws.wait_closed() == (4000, "kicked")
@@ -217,6 +223,50 @@ async def test_exactly_once_in_order_from_each_sender(transport: str) -> None:
                 got.setdefault(data["from"], []).append(data["i"])
             # Every sender's messages, each once, in the order sent.
             assert got == {s.id: list(range(n)) for s in senders}
+
+
+async def test_requests_to_connections_on_other_workers() -> None:
+    async with cluster() as c:
+        await c.cover(per_worker=1)
+        asker = c.on(worker_names()[0])[0]
+        targets = [c.on(w)[0] for w in worker_names()[1:]]
+
+        def ask(target: Client, timeout: float = 10, data: Any = None) -> Any:
+            return asyncio.ensure_future(
+                asker.do("request", to=target.id, data=data, timeout=units(timeout))
+            )
+
+        # Every other worker's client answers; each reply comes back to the asker.
+        for i, target in enumerate(targets):
+            pending = ask(target, data=i)
+            question = await target.ws.expect("question", units(10))
+            assert question.data == i and question.ref is not None
+            await target.ws.reply(question.ref, {"from": target.worker})
+            assert await pending == {"data": {"from": target.worker}}
+        target = targets[0]
+        # Refused by the client.
+        pending = ask(target)
+        question = await target.ws.expect("question", units(10))
+        assert question.ref is not None
+        await target.ws.reply(question.ref, error=("nope", "not now"))
+        assert await pending == {"error": "RequestFailed", "code": "nope"}
+        # No reply in time; the late one is dropped where it lands.
+        pending = ask(target, timeout=0.5)
+        question = await target.ws.expect("question", units(10))
+        assert await pending == {"error": "RequestTimeout", "code": None}
+        assert question.ref is not None
+        await target.ws.reply(question.ref, "late")
+        # The target closes while asked: the asker knows at once, not after
+        # the timeout (which would outlast the test).
+        pending = ask(target, timeout=600)
+        await target.ws.expect("question", units(10))
+        await target.ws.close()
+        c.clients.remove(target)
+        assert await pending == {"error": "ClientGone", "code": None}
+        # Asking a connection its worker no longer holds fails at once too.
+        assert await asker.do(
+            "request", to=target.id, data=None, timeout=units(600)
+        ) == {"error": "ClientGone", "code": None}
 
 
 async def test_rooms_users_and_presence_across_workers() -> None:

@@ -26,6 +26,7 @@ def test_defaults() -> None:
     assert config.allowed_origins == ()
     assert config.close_timeout == 10.0
     assert config.drain_timeout == 1.0
+    assert config.volatile_backlog == 64 << 10
     assert config.gc_freeze is True
     assert set(DEFAULTS) == {
         "WS_PATH",
@@ -36,6 +37,7 @@ def test_defaults() -> None:
         "WS_ACCEPT",
         "WS_ALLOWED_ORIGINS",
         "WS_KEEP_HEADERS",
+        "WS_VOLATILE_BACKLOG",
         "WS_CLOSE_TIMEOUT",
         "WS_DRAIN_TIMEOUT",
         "WS_MAX_QUEUE",

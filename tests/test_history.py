@@ -164,6 +164,52 @@ async def test_a_client_that_reconnects_gets_what_it_missed(
             assert again.duplicates == again.gaps == 0
 
 
+async def test_a_room_the_server_joined_is_resumed_after_a_reconnect(
+    make_app: AppFactory,
+) -> None:
+    """A history room the server puts a connection in (here in on_connect, a
+    room clients may not join) tells it the room's position, and its client
+    resumes from its own after a reconnect; the guards are not asked again,
+    and rooms it is not in stay closed to it."""
+    app = build(make_app)
+    chat = WSHandlers(app)
+    chat.room("feed:{user}", history=History(size=20))  # no client joins
+
+    @chat.on_connect
+    async def subscribe(conn: Connection) -> None:
+        await conn.join("feed:1")
+
+    ws = app.ctx
+    async with serve(app) as server:
+        async with await WSTestClient.connect(server.ws_url()) as first:
+            told = (await first.expect("room.joined")).data
+            assert told["room"] == "feed:1" and "recovered" not in told
+            epoch = told["position"]["epoch"]
+            assert told["position"] == {"offset": 0, "epoch": epoch}
+            for i in range(3):
+                await ws.ws.publish("feed:1", "said", i)
+            assert await said(first, 3) == [0, 1, 2]
+            positions = dict(first.positions)
+        for i in range(3, 8):
+            await ws.ws.publish("feed:1", "said", i)
+        async with await WSTestClient.connect(server.ws_url()) as again:
+            told = (await again.expect("room.joined")).data
+            assert told == {"room": "feed:1", "position": {"offset": 8, "epoch": epoch}}
+            # What the browser client does on its own: ahead of what it has,
+            # resume from its own position.
+            again.positions = positions
+            resumed = await again.join("feed:1")
+            assert resumed["recovered"] is True
+            assert resumed["position"]["offset"] == 8
+            await ws.ws.publish("feed:1", "said", 8)
+            assert await said(again, 6) == [3, 4, 5, 6, 7, 8]
+            assert again.duplicates == again.gaps == 0
+            # Being in feed:1 opens no other room of the pattern.
+            await again.send("room.join", {"room": "feed:2"})
+            refused = await again.expect("error")
+            assert refused.data["code"] == "room_refused"
+
+
 async def test_too_old_or_another_epoch_is_not_recovered(
     make_app: AppFactory,
 ) -> None:

@@ -9,7 +9,6 @@ exactly its part of it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import zlib
@@ -73,8 +72,9 @@ class Reader:
     async def stop(self) -> None:
         Reader.running.discard(self)
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # asyncio.wait: a cancellation of the test itself is not swallowed.
+        await asyncio.wait({self._task}, timeout=units(10))
+        assert self._task.done(), "the reader did not stop"
 
 
 async def connect_to(c: Cluster, want: Any) -> Client:

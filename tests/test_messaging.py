@@ -24,6 +24,7 @@ from sanic_ws_ext import (
 from sanic_ws_ext.testing import LiveServer, WSTestClient, serve
 
 from . import chat_module
+from .conftest import units
 from .rawws import RawClient
 
 AppFactory = Callable[..., Sanic[Any, Any]]
@@ -412,3 +413,43 @@ async def test_unhandled_type_and_binary_get_error_frames(make_app: AppFactory) 
         assert error.data["code"] == ErrorCode.UNKNOWN_TYPE
         await client.send("known", 1)
         assert (await client.expect("known")).data == 1
+
+
+async def test_a_task_reading_with_the_test_client_ends_when_cancelled(
+    make_app: AppFactory,
+) -> None:
+    """A message that arrives as its reader is cancelled does not keep the
+    reader going (Python 3.11's ``wait_for`` returned it and dropped the
+    cancellation: a reader could not be stopped while messages flowed)."""
+    app = make_app()
+    Extend(app).register(WSExtension)
+    handlers = WSHandlers(app)
+
+    @handlers.on("burst")
+    async def burst(conn: Connection, msg: Envelope) -> None:
+        for i in range(30):
+            await conn.send("n", i)
+
+    async with (
+        serve(app) as server,
+        await WSTestClient.connect(server.ws_url()) as client,
+    ):
+        await client.send("burst")
+        got = [(await client.expect("n")).data]
+        for _ in range(300):  # bounded: each pass reads or cancels one
+            if len(got) == 30:
+                break
+            reader = asyncio.ensure_future(client.recv())
+            # The reader waits in recv; then a message is there for it.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            waiting = reader.cancel()
+            await asyncio.wait({reader}, timeout=units(5))
+            assert reader.done()
+            if waiting:
+                assert reader.cancelled(), "the cancelled reader went on"
+            else:
+                message = reader.result()
+                assert isinstance(message, Envelope)
+                got.append(message.data)
+        assert got == list(range(30))

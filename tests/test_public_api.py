@@ -10,6 +10,7 @@ def test_all_is_pinned() -> None:
         [
             "DEFAULTS",
             "Accept",
+            "ClientGone",
             "CloseCode",
             "ConfigError",
             "Connection",
@@ -23,6 +24,9 @@ def test_all_is_pinned() -> None:
             "Position",
             "PublishTooLarge",
             "Reject",
+            "RequestError",
+            "RequestFailed",
+            "RequestTimeout",
             "SequencerUnavailable",
             "WSConfig",
             "WSError",
@@ -41,5 +45,8 @@ def test_exceptions_share_one_root() -> None:
         sanic_ws_ext.MessageError,
         sanic_ws_ext.PublishTooLarge,
         sanic_ws_ext.SequencerUnavailable,
+        sanic_ws_ext.RequestFailed,
+        sanic_ws_ext.RequestTimeout,
+        sanic_ws_ext.ClientGone,
     ):
         assert issubclass(exc, sanic_ws_ext.WSError)

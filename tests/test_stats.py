@@ -25,7 +25,9 @@ def test_counters_are_slotted_ints() -> None:
         "messages_in": 3,
         "messages_out": 0,
         "opened": 0,
+        "replaced": 0,
         "slow_closed": 1,
+        "volatile_skipped": 0,
     }
 
 

@@ -26,3 +26,9 @@ async def go(conn: Connection, msg: Envelope) -> None:
 @handlers.on("chat")
 async def chat(conn: Connection, msg: Envelope) -> None:
     await conn.manager.broadcast("chat", msg.data)
+
+
+@handlers.on("add")
+async def add(conn: Connection, msg: Envelope) -> int:
+    """A request (bench/requests.py): the reply carries the sum."""
+    return int(msg.data["a"] + msg.data["b"])

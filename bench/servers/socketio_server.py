@@ -1,4 +1,4 @@
-"""python-socketio on uvicorn (ASGI, uvloop, httptools): the same two events.
+"""python-socketio on uvicorn (ASGI, uvloop, httptools): the same events.
 
     uvicorn bench.servers.socketio_server:app --port P [--workers 4]
 
@@ -44,3 +44,9 @@ async def go(sid: str, data: dict[str, Any]) -> None:
 @sio.on("chat")  # type: ignore[untyped-decorator]
 async def chat(sid: str, data: Any) -> None:
     await sio.emit("chat", data)
+
+
+@sio.on("add")  # type: ignore[untyped-decorator]
+async def add(sid: str, data: dict[str, Any]) -> int:
+    """An event with an ack (bench/requests.py): the return value is the ack."""
+    return int(data["a"] + data["b"])

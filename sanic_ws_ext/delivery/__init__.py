@@ -62,6 +62,10 @@ class OpKind(IntEnum):
     SEQUENCE = 19  # to the room's sequencer: number, keep and publish payload
     FETCH = 20  # to the room's sequencer: JSON {"since", "limit", "join"}
     HISTORY = 21  # the answer to either: JSON header, newline, framed entries
+    # Requests to clients (sanic_ws_ext.requests); reason: the request's ref.
+    ASK = 22  # target: connection id; payload: the envelope; code: timeout (s)
+    ANSWER = 23  # to the asker; target: connection id; code 0: payload is the
+    # reply as JSON {"ok", "data"|"error"}; code 1: the connection is gone
 
 
 class Op(NamedTuple):
@@ -71,6 +75,10 @@ class Op(NamedTuple):
     framing happens once in each receiving process. ``origin`` is the name of
     the process that published it. A named tuple: ops are made and read
     hundreds of thousands of times a second on the relay's hot path.
+
+    The four sends (BROADCAST, SEND, ROOM_SEND, USER_SEND) may be
+    ``volatile`` (skipped for a receiver that is behind) and carry a key in
+    ``reason`` (a newer frame of the same key replaces an unsent one).
     """
 
     kind: OpKind
@@ -81,6 +89,7 @@ class Op(NamedTuple):
     code: int = 1000
     reason: str = ""
     origin: str = ""
+    volatile: bool = False
 
 
 class LinkState(StrEnum):

@@ -319,11 +319,14 @@ class RedisBackplane:
             return
         if len(op.payload) > self.max_publish:
             raise PublishTooLarge(len(op.payload), self.max_publish)
-        if to is None and (
-            op.kind is OpKind.BEAT and self.state is not LinkState.CONNECTED
+        if (op.volatile or (to is None and op.kind is OpKind.BEAT)) and (
+            self.state is not LinkState.CONNECTED
         ):
-            self.local.publish(op, None, record)
-            return  # a beat is only worth sending now; never buffer one
+            # A beat, or a volatile send, is only worth sending now: never
+            # buffered for after an outage (this machine still gets it).
+            if to is None:
+                self.local.publish(op, None, record)
+            return
         if record is None:
             record = frame_record(encode_op(op))  # once, for the relay and Redis
         if to is None:

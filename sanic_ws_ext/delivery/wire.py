@@ -4,7 +4,7 @@ Pure functions, but for :func:`apply_records`, which calls back.
 
 An encoded op::
 
-    head: u8 kind | u8 binary | u16 code | u16 target length
+    head: u8 kind | u8 flags (1 binary, 2 volatile) | u16 code | u16 target length
           | u16 reason length | u16 origin length | u16 excluded ids
     target | reason | origin | (u16 length + id) per excluded id | payload
 
@@ -55,7 +55,7 @@ def encode_op(op: Op) -> bytes:
         raise ValueError("op field too long")
     head = _HEAD.pack(
         op.kind,
-        op.binary,
+        op.binary | op.volatile << 1,
         op.code,
         len(target),
         len(reason),
@@ -71,9 +71,7 @@ def encode_op(op: Op) -> bytes:
 
 
 def decode_op(data: bytes) -> Op:
-    kind, binary, code, n_target, n_reason, n_origin, n_exclude = _HEAD.unpack_from(
-        data
-    )
+    kind, flags, code, n_target, n_reason, n_origin, n_exclude = _HEAD.unpack_from(data)
     pos = _HEAD.size
     target = data[pos : pos + n_target].decode()
     pos += n_target
@@ -91,7 +89,15 @@ def decode_op(data: bytes) -> Op:
             pos += n
         exclude = frozenset(ids)
     return Op(
-        _KINDS[kind], data[pos:], bool(binary), target, exclude, code, reason, origin
+        _KINDS[kind],
+        data[pos:],
+        bool(flags & 1),
+        target,
+        exclude,
+        code,
+        reason,
+        origin,
+        bool(flags & 2),
     )
 
 

@@ -26,10 +26,13 @@ export class SendQueue {
   constructor(limit?: number);
   limit: number;
   items: Frame[];
+  /** Each item's key (undefined: none). */
+  keys: (string | undefined)[];
   /** Frames dropped because the queue was full (oldest first). */
   dropped: number;
   readonly length: number;
-  push(frame: Frame): void;
+  /** With a key: replaces the queued frame of that key, in its place. */
+  push(frame: Frame, key?: string): void;
   flush(send: (frame: Frame) => void): void;
 }
 
@@ -49,6 +52,31 @@ export interface Envelope<T = unknown> {
   type: string;
   data: T;
   timestamp?: number;
+  /** A request's id (the server's requests carry one; see `onRequest`). */
+  ref?: string;
+}
+
+/**
+ * Why a request got no data. `code`: the server's (a handler's MessageError
+ * code, "handler_error", "unknown_type", ...) or the client's own:
+ * "timeout", "disconnected" (dropped after it was sent, no retry left),
+ * "closed" (`close()`, or a close the client does not reconnect after).
+ */
+export class RequestError extends Error {
+  constructor(code: string, reason?: string);
+  readonly name: "RequestError";
+  readonly code: string;
+  readonly reason: string;
+}
+
+/** Default time a request waits for its reply, ms (10000). */
+export const DEFAULT_REQUEST_TIMEOUT: number;
+
+export interface RequestOptions {
+  /** Ms to wait for the reply, retries included (default 10000). */
+  timeout?: number;
+  /** Times to send it again (same ref) after a reconnect (default 0). */
+  retries?: number;
 }
 
 export interface WSClientOptions {
@@ -167,7 +195,22 @@ export class WSClient {
   /** A history room was re-joined with a position (or its epoch changed). */
   on(type: "room.recovery", handler: (recovery: Recovery) => void): () => void;
   on<T = unknown>(type: string, handler: (data: T, envelope: Envelope<T>) => void): () => void;
-  send(type: string, data?: unknown): void;
+  /**
+   * Queued while not connected, except `volatile` sends (dropped); a queued
+   * send with the same `key` is replaced by the newer one.
+   */
+  send(type: string, data?: unknown, options?: { volatile?: boolean; key?: string }): void;
+  /** Resolves with the reply's data; rejects with a RequestError. */
+  request<T = unknown>(type: string, data?: unknown, options?: RequestOptions): Promise<T>;
+  /**
+   * Answer the server's requests of `type`: the value (or promise) returned
+   * is the reply's data; a throw is `ok: false` (code: the error's string
+   * `code`, else "handler_error"). Returns the remover.
+   */
+  onRequest<T = unknown>(
+    type: string,
+    handler: (data: T, envelope: Envelope<T>) => unknown,
+  ): () => void;
   sendBinary(data: ArrayBuffer | ArrayBufferView | Blob): void;
   /** Resolves to the room's next `room.joined` data (re-joined after reconnects, with `since`). */
   join(room: string): Promise<RoomJoined>;

@@ -8,6 +8,8 @@
 //   ws.subscribe((status) => ...);             // a Svelte store: $ws.state
 //   const lobby = ws.presence("lobby");        // a Svelte store: $lobby.list
 //   const { recovered } = await ws.join("chat:1"); // a history room: resumes
+//   const sum = await ws.request("add", { a: 1, b: 2 }); // the handler's value
+//   ws.onRequest("confirm", async (data) => window.confirm(data.text));
 //
 // It does not reconnect after a close the server meant (1000, or an app code
 // 4000-4999, such as a kick); pass `shouldReconnect(code)` to decide otherwise.
@@ -43,12 +45,23 @@ export class SendQueue {
   constructor(limit = 1000) {
     this.limit = limit;
     this.items = [];
+    this.keys = []; // each item's key, or undefined
     this.dropped = 0;
   }
-  push(frame) {
+  /** Queue `frame`; with a `key`, it replaces a queued frame of that key, in its place. */
+  push(frame, key) {
+    if (key !== undefined) {
+      const at = this.keys.indexOf(key);
+      if (at >= 0) {
+        this.items[at] = frame;
+        return;
+      }
+    }
     this.items.push(frame);
+    this.keys.push(key);
     while (this.items.length > this.limit) {
       this.items.shift();
+      this.keys.shift();
       this.dropped += 1;
     }
   }
@@ -57,12 +70,31 @@ export class SendQueue {
     while (this.items.length) {
       send(this.items[0]);
       this.items.shift();
+      this.keys.shift();
     }
   }
   get length() {
     return this.items.length;
   }
 }
+
+/**
+ * Why a request got no data: `code` is the server's (a handler's
+ * `MessageError` code, "handler_error", "unknown_type", ...) or the client's
+ * own: "timeout" (no reply in time), "disconnected" (the connection dropped
+ * after the request was sent, and no retry was left), "closed" (`close()`).
+ */
+export class RequestError extends Error {
+  constructor(code, reason = "") {
+    super(reason ? `${code}: ${reason}` : code);
+    this.name = "RequestError";
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+/** Default time a request waits for its reply, ms. */
+export const DEFAULT_REQUEST_TIMEOUT = 10000;
 
 /** The websocket URL of this page's host: ws(s)://host/<path>. */
 export function defaultUrl(path = "/ws") {
@@ -99,6 +131,10 @@ export class WSClient {
     this._handlers = new Map();
     this._subscribers = new Set();
     this._presences = new Map(); // room -> PresenceStore
+    this._requests = new Map(); // ref -> a request waiting for its reply
+    this._responders = new Map(); // type -> the onRequest handler
+    this._refBase = Math.random().toString(36).slice(2, 10);
+    this._refSeq = 0;
     this._socket = null;
     this._timer = null;
     this._stopped = false;
@@ -141,14 +177,129 @@ export class WSClient {
     return () => this._handlers.get(type)?.delete(handler);
   }
 
-  /** Send an envelope; queued while not connected. */
-  send(type, data = null) {
-    this._send(JSON.stringify({ type, data }));
+  /**
+   * Send an envelope; queued while not connected. `volatile`: dropped instead
+   * of queued while not connected (cursors, typing). `key`: while queued, a
+   * newer send with the same key replaces it (only the latest matters).
+   */
+  send(type, data = null, { volatile = false, key } = {}) {
+    this._send(JSON.stringify({ type, data }), { volatile, key });
   }
 
   /** Send a binary frame (ArrayBuffer, typed array or Blob); queued while offline. */
   sendBinary(data) {
     this._send(data);
+  }
+
+  /**
+   * Send a request and resolve with the data of the server's reply (what
+   * the handler returned). Rejects with a `RequestError`: the server's code
+   * and reason on `ok: false`, "timeout" after `timeout` ms (default 10000,
+   * for the whole request, retries included), "disconnected" when the
+   * connection drops after it was sent, "closed" on `close()` (at once
+   * after it, until `connect()`). A request
+   * made while offline waits for the connection (its timeout runs). With
+   * `retries` > 0, a request the connection dropped under is sent again,
+   * with the same ref, once reconnected (up to `retries` times): the server
+   * may see it twice (at-least-once), and its handler sees the same
+   * `msg.ref` to do the work once.
+   */
+  request(type, data = null, { timeout = DEFAULT_REQUEST_TIMEOUT, retries = 0 } = {}) {
+    if (this._stopped) {
+      return Promise.reject(new RequestError("closed", "the client was closed"));
+    }
+    const ref = `${this._refBase}.${++this._refSeq}`;
+    const frame = JSON.stringify({ type, data, ref });
+    return new Promise((resolve, reject) => {
+      const pending = { frame, retries, sent: false, resolve, reject, timer: null };
+      pending.timer = this._setTimeout(() => {
+        this._requests.delete(ref);
+        reject(new RequestError("timeout", `no reply to ${type} within ${timeout} ms`));
+      }, timeout);
+      this._requests.set(ref, pending);
+      if (this._isOpen()) {
+        this.queue.flush((f) => this._socket.send(f)); // sends made before it go first
+        this._socket.send(frame);
+        pending.sent = true;
+      }
+    });
+  }
+
+  /**
+   * Answer the server's requests of `type` (`conn.request(type, data)`):
+   * `handler(data, envelope)` returns the reply's data (or a promise of it);
+   * what it throws becomes `ok: false`, with the error's `code` if it is a
+   * string ("handler_error" otherwise) and its message as the reason. One
+   * handler per type (a new one replaces it); a request of a type without
+   * one is answered "unknown_type". Requests do not reach `on()` handlers.
+   * Returns a function that removes the handler.
+   */
+  onRequest(type, handler) {
+    this._responders.set(type, handler);
+    return () => {
+      if (this._responders.get(type) === handler) this._responders.delete(type);
+    };
+  }
+
+  _settle(envelope) {
+    const pending = this._requests.get(envelope.ref);
+    if (pending === undefined) return; // timed out, or not ours: dropped
+    this._requests.delete(envelope.ref);
+    this._clearTimeout(pending.timer);
+    if (envelope.ok === true) {
+      pending.resolve(envelope.data ?? null);
+    } else {
+      const error = envelope.error ?? {};
+      pending.reject(new RequestError(String(error.code ?? "error"), String(error.reason ?? "")));
+    }
+  }
+
+  async _answer(envelope) {
+    const { ref, type } = envelope;
+    const socket = this._socket;
+    const handler = this._responders.get(type);
+    let reply;
+    if (handler === undefined) {
+      reply = { ok: false, error: { code: "unknown_type", reason: `no handler for ${type}` } };
+    } else {
+      try {
+        const value = await handler(envelope.data, envelope);
+        reply = { ok: true, data: value ?? null };
+      } catch (error) {
+        const code = typeof error?.code === "string" && error.code ? error.code : "handler_error";
+        reply = { ok: false, error: { code, reason: String(error?.message ?? error) } };
+      }
+    }
+    // Only on the connection that asked: after a drop the server gave up on it.
+    if (socket === this._socket && this._isOpen()) {
+      let frame;
+      try {
+        frame = JSON.stringify({ type: "reply", ref, ...reply });
+      } catch (error) {
+        frame = JSON.stringify({
+          type: "reply",
+          ref,
+          ok: false,
+          error: { code: "handler_error", reason: String(error?.message ?? error) },
+        });
+      }
+      socket.send(frame);
+    }
+  }
+
+  /** The connection dropped: requests it carried retry, or fail. */
+  _dropRequests(code, reason) {
+    for (const [ref, pending] of this._requests) {
+      if (!pending.sent) continue; // never left: it waits for the next connection
+      if (code === "disconnected" && pending.retries > 0) {
+        pending.retries -= 1;
+        pending.sent = false;
+        continue;
+      }
+      this._requests.delete(ref);
+      this._clearTimeout(pending.timer);
+      pending.reject(new RequestError(code, reason));
+    }
   }
 
   /**
@@ -203,13 +354,13 @@ export class WSClient {
     return this._socket !== null && this._socket.readyState === 1;
   }
 
-  _send(frame) {
+  _send(frame, { volatile = false, key } = {}) {
     const socket = this._socket;
     if (socket && socket.readyState === 1) {
       this.queue.flush((f) => socket.send(f)); // anything left from a failed flush first
       socket.send(frame);
-    } else {
-      this.queue.push(frame);
+    } else if (!volatile) {
+      this.queue.push(frame, key);
     }
   }
 
@@ -227,6 +378,12 @@ export class WSClient {
     }
     if (envelope === null || typeof envelope !== "object" || typeof envelope.type !== "string") {
       for (const h of handlers("text")) safely(h, event.data);
+      return;
+    }
+    if (typeof envelope.ref === "string") {
+      // A reply to one of our requests, or a request of the server's.
+      if (envelope.type === "reply") this._settle(envelope);
+      else this._answer(envelope);
       return;
     }
     if (!this._fresh(envelope)) return; // a history room's publication already had
@@ -278,6 +435,9 @@ export class WSClient {
     if (typeof room !== "string") return;
     this._recovering.delete(room);
     const position = data.position;
+    if (!this.rooms.has(room) && !("recovered" in data) && this._resumeServerJoin(room, position)) {
+      return;
+    }
     if (position && Number.isInteger(position.offset)) {
       this.positions.set(room, { offset: position.offset, epoch: position.epoch });
     } else if (position === null) {
@@ -287,6 +447,26 @@ export class WSClient {
     const waiting = this._joining.get(room);
     this._joining.delete(room);
     for (const resolve of waiting ?? []) resolve(data);
+  }
+
+  /**
+   * A history room the server put this connection in (after a reconnect,
+   * say) is ahead of the last publication this client took: resume from its
+   * own position (the server lets a member do that without asking its
+   * guards). The live publications meanwhile are past a gap: dropped, then
+   * replayed. Returns whether it resumes.
+   */
+  _resumeServerJoin(room, position) {
+    const known = this.positions.get(room);
+    if (!known || !position || !Number.isInteger(position.offset)) return false;
+    if (known.epoch !== position.epoch) {
+      this._report({ room, recovered: false, position });
+      return false;
+    }
+    if (known.offset >= position.offset || !this._isOpen()) return false;
+    this._recovering.add(room);
+    this._socket.send(this._joinFrame(room));
+    return true;
   }
 
   /** `on("room.recovery", ({room, recovered, position}) => ...)`: after a resume. */
@@ -327,6 +507,11 @@ export class WSClient {
       this._recovering.clear();
       for (const room of this.rooms) socket.send(this._joinFrame(room));
       this.queue.flush((frame) => socket.send(frame));
+      for (const pending of this._requests.values()) {
+        if (pending.sent) continue;
+        socket.send(pending.frame); // the same ref: the server may see it again
+        pending.sent = true;
+      }
       this._set({ state: "open", closeCode: null });
     };
     socket.onmessage = (event) => this._dispatch(event);
@@ -336,6 +521,7 @@ export class WSClient {
       this._presenceStale();
       if (this._stopped || !this._shouldReconnect(event.code)) {
         this._stopped = true;
+        this._closeRequests();
         this._set({ state: "closed", closeCode: event.code });
         return;
       }
@@ -343,6 +529,7 @@ export class WSClient {
       // that accepts and closes at once must still see the backoff grow.
       const stable = this._openedAt !== null && this._now() - this._openedAt >= this.stableMs;
       this._openedAt = null;
+      this._dropRequests("disconnected", `the connection dropped (${event.code})`);
       const attempt = stable ? 0 : this.status.attempt;
       const delay = backoffDelay(attempt, this.backoff, this._random);
       this._schedule(delay);
@@ -363,7 +550,17 @@ export class WSClient {
     this._socket = null; // its late onclose is ignored; connect() may start anew
     if (socket) socket.close(code, reason);
     this._presenceStale();
+    this._closeRequests();
     this._set({ state: "closed", closeCode: code, nextRetryMs: null });
+  }
+
+  /** Closed for good: no request waits for a connection that will not come. */
+  _closeRequests() {
+    for (const pending of this._requests.values()) {
+      this._clearTimeout(pending.timer);
+      pending.reject(new RequestError("closed", "the client was closed"));
+    }
+    this._requests.clear();
   }
 
   _schedule(delay) {

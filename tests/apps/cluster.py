@@ -14,7 +14,14 @@ from sanic import Request, Sanic, json
 from sanic.response import JSONResponse
 from sanic_ext import Extend
 
-from sanic_ws_ext import Accept, Connection, Envelope, WSExtension, WSHandlers
+from sanic_ws_ext import (
+    Accept,
+    Connection,
+    Envelope,
+    RequestError,
+    WSExtension,
+    WSHandlers,
+)
 
 app = Sanic("cluster")
 app.config.WS_RELAY_BEAT = float(os.environ.get("TEST_RELAY_BEAT", "0.5"))
@@ -48,8 +55,17 @@ async def do(conn: Connection, msg: Envelope) -> None:
     args: dict[str, Any] = msg.data
     op = args["op"]
     result: Any = None
+    # Volatile and keyed sends travel as flags of the op (issue 18).
+    volatile: bool = args.get("volatile", False)
+    key: str | None = args.get("key")
     if op == "broadcast":
-        await ws.broadcast("b", args["data"], exclude=args.get("exclude", ()))
+        await ws.broadcast(
+            "b",
+            args["data"],
+            exclude=args.get("exclude", ()),
+            volatile=volatile,
+            key=key,
+        )
     elif op == "burst":
         # No yield of its own: awaiting the sends paces it to its readers.
         for i in range(args["n"]):
@@ -61,7 +77,7 @@ async def do(conn: Connection, msg: Envelope) -> None:
             if i % 10 == 9:
                 await asyncio.sleep(args["pause"])
     elif op == "send":
-        await ws.send(args["to"], "direct", args["data"])
+        await ws.send(args["to"], "direct", args["data"], volatile=volatile, key=key)
     elif op == "send_user":
         await ws.send_user(args["user"], "for_user", args["data"])
     elif op == "join":
@@ -80,6 +96,15 @@ async def do(conn: Connection, msg: Envelope) -> None:
         result = await ws.users()
     elif op == "status":
         result = ws.status()
+    elif op == "request":
+        # Ask a connection on any worker; the reply comes back here.
+        try:
+            answer = await ws.request(
+                args["to"], "question", args.get("data"), timeout=args["timeout"]
+            )
+            result = {"data": answer}
+        except RequestError as exc:
+            result = {"error": type(exc).__name__, "code": getattr(exc, "code", None)}
     elif op == "block":
         # A handler that blocks the event loop (a sync call by mistake).
         time.sleep(args["seconds"])  # noqa: ASYNC251 (the point of this op)

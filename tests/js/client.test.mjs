@@ -224,3 +224,24 @@ test("a close the server meant is final; others reconnect", () => {
   assert.equal(ws.status.closeCode, 4000);
   assert.equal(timers.length, 0);
 });
+
+test("offline, volatile sends are dropped and a key keeps only its latest", () => {
+  const { ws, fire, socket } = client();
+  socket().open();
+  socket().drop();
+  ws.send("cursor", { x: 1 }, { volatile: true });
+  ws.send("chat", "a");
+  ws.send("position", 1, { key: "pos" });
+  ws.send("chat", "b");
+  ws.send("position", 2, { key: "pos" });
+  ws.send("position", 3, { key: "pos" });
+  assert.equal(ws.queue.length, 3);
+  fire();
+  socket().open();
+  assert.deepEqual(
+    socket().sent.map((f) => [JSON.parse(f).type, JSON.parse(f).data]),
+    [["chat", "a"], ["position", 3], ["chat", "b"]],
+  );
+  ws.send("cursor", { x: 2 }, { volatile: true }); // online: sent
+  assert.deepEqual(JSON.parse(socket().sent.at(-1)), { type: "cursor", data: { x: 2 } });
+});

@@ -169,3 +169,50 @@ test("join with since resumes a room left earlier, from the saved position", asy
   ws.join("chat:1", { since: { offset: "3" } });
   assert.deepEqual(sentFrames(socket()).at(-1), { type: "room.join", data: { room: "chat:1" } });
 });
+
+test("a room the server joined it to is resumed from its own position", () => {
+  const { ws, socket, reconnect } = client();
+  socket().open();
+  const got = [];
+  const recoveries = [];
+  ws.on("msg", (data) => got.push(data));
+  ws.on("room.recovery", (r) => recoveries.push(r));
+  // The server's on_connect joins it: no room.join of its own.
+  joined(socket(), { room: "feed:1", position: { offset: 0, epoch: "e1" } });
+  publication(socket(), "feed:1", 1, "a");
+  socket().drop();
+  reconnect();
+  socket().open();
+  assert.deepEqual(sentFrames(socket()), []); // not a room it joined itself
+  joined(socket(), { room: "feed:1", position: { offset: 3, epoch: "e1" } });
+  assert.deepEqual(sentFrames(socket()), [
+    { type: "room.join", data: { room: "feed:1", since: { offset: 1, epoch: "e1" } } },
+  ]);
+  publication(socket(), "feed:1", 4, "d"); // live, past the gap: replayed below
+  publication(socket(), "feed:1", 2, "b");
+  publication(socket(), "feed:1", 3, "c");
+  joined(socket(), { room: "feed:1", recovered: true, position: { offset: 3, epoch: "e1" } });
+  publication(socket(), "feed:1", 4, "d");
+  assert.deepEqual(got, ["a", "b", "c", "d"]);
+  assert.deepEqual(recoveries, [
+    { room: "feed:1", recovered: true, position: { offset: 3, epoch: "e1" } },
+  ]);
+  assert.equal(ws.rooms.has("feed:1"), false); // still the server's room
+});
+
+test("a room the server joined it to in another epoch is reported lost", () => {
+  const { ws, socket, reconnect } = client();
+  socket().open();
+  const recoveries = [];
+  ws.on("room.recovery", (r) => recoveries.push(r));
+  joined(socket(), { room: "feed:1", position: { offset: 5, epoch: "e1" } });
+  socket().drop();
+  reconnect();
+  socket().open();
+  joined(socket(), { room: "feed:1", position: { offset: 2, epoch: "e2" } });
+  assert.deepEqual(sentFrames(socket()), []);
+  assert.deepEqual(recoveries, [
+    { room: "feed:1", recovered: false, position: { offset: 2, epoch: "e2" } },
+  ]);
+  assert.deepEqual(ws.positions.get("feed:1"), { offset: 2, epoch: "e2" });
+});
