@@ -30,6 +30,11 @@ Designs, all in one run, interleaved round by round (the order rotates):
   Redis): no message crosses nodes, the floor of node CPU per delivered
   message.
 
+``--base REF`` adds ``base`` and ``base-cluster``: today's designs (one
+Redis, the cluster) run on the package of commit ``REF`` (``BENCH_BASE=<dir>``
+for a checkout of it), to measure a change of today's code against the code
+before it in the same run, e.g. ``--base main --only after cluster``.
+
 ``BENCH_BEFORE=<dir>``: a checkout of 5b7bee7 (``git worktree add <dir>
 5b7bee7``), as for ``bench/peers.py``; without it the package is extracted
 from git (``git archive``) into a temporary directory. Its nodes run with
@@ -98,6 +103,9 @@ from tests.redisproc import RedisServer  # noqa: E402
 #: The last commit before interest routing.
 BEFORE_COMMIT = "5b7bee7"
 DESIGNS = ["before", "after", "cluster", "before-cluster", "two", "one"]
+#: With ``--base REF``: today's designs on one Redis and on the cluster, run
+#: on the package of another commit (``base``, ``base-cluster``).
+BASE_DESIGNS = ["base", "base-cluster"]
 #: What --smoke runs: both designs and both kinds of Redis, in seconds.
 SMOKE_DESIGNS = ["before", "after", "cluster"]
 PHASES = ["pairs", "mixed"]
@@ -363,8 +371,23 @@ async def snapshot(
     }
 
 
+async def spy(pid: int, seconds: float, output: Path) -> asyncio.subprocess.Process:
+    """py-spy sampling ``pid`` for ``seconds``, into ``output`` (collapsed stacks)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable.rsplit("/", 1)[0] + "/py-spy", "record", "--pid", str(pid),
+        "--duration", str(max(1, round(seconds))), "--rate", "250",
+        "--format", "raw", "--output", str(output), "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 async def measure(
-    design: str, sizes: Sizes, redis: Redis, package: Path, run_id: str
+    design: str,
+    sizes: Sizes,
+    redis: Redis,
+    package: Path,
+    run_id: str,
+    profile: Path | None = None,
 ) -> dict[str, Figures]:
     """One design: start its nodes, fill the rooms, run each phase."""
     count = sizes.count(design)
@@ -393,6 +416,10 @@ async def measure(
         for phase in PHASES:
             n = max(1, int(sizes.rate * sizes.seconds))
             first = await snapshot(redis, procs, client)
+            spying = None
+            if profile is not None:  # node 0, for the phase
+                name = f"{run_id.split('-', 1)[1]}-{phase}.txt"
+                spying = await spy(procs[0].pid, sizes.seconds, profile / name)
             result = await client.call(
                 {
                     "cmd": "run",
@@ -405,6 +432,8 @@ async def measure(
                 sizes.seconds + 40,
             )
             last = await snapshot(redis, procs, client)
+            if spying is not None:
+                await asyncio.wait_for(spying.wait(), 30)
             out[phase] = figures(first, last, result, idle)
         return out
 
@@ -439,16 +468,20 @@ def figures(
     }
 
 
-def before_package(stack: contextlib.ExitStack) -> Path | None:
-    """The directory holding 5b7bee7's ``sanic_ws_ext``, or None."""
-    given = os.environ.get("BENCH_BEFORE")
+def before_package(
+    stack: contextlib.ExitStack,
+    commit: str = BEFORE_COMMIT,
+    variable: str = "BENCH_BEFORE",
+) -> Path | None:
+    """The directory holding ``commit``'s ``sanic_ws_ext``, or None."""
+    given = os.environ.get(variable)
     if given:
         path = Path(given)
         if not (path / "sanic_ws_ext").is_dir():
-            sys.exit(f"BENCH_BEFORE={given} holds no sanic_ws_ext")
+            sys.exit(f"{variable}={given} holds no sanic_ws_ext")
         return path.resolve()
     out = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", BEFORE_COMMIT, "sanic_ws_ext"],
+        ["git", "-C", str(ROOT), "archive", commit, "sanic_ws_ext"],
         capture_output=True,
         timeout=60,
     )
@@ -464,7 +497,12 @@ Results = dict[tuple[str, str], list[Figures]]  # (design, phase): a run each
 
 
 async def run(
-    sizes: Sizes, rounds: int, designs: list[str], before: Path | None
+    sizes: Sizes,
+    rounds: int,
+    designs: list[str],
+    before: Path | None,
+    base: Path | None = None,
+    profile: Path | None = None,
 ) -> Results:
     results: Results = {}
     async with Redis(cluster=False) as single, Redis(cluster=True) as cluster:
@@ -472,11 +510,17 @@ async def run(
             order = designs[r % len(designs) :] + designs[: r % len(designs)]
             for design in order:
                 redis = cluster if design.endswith("cluster") else single
-                package = before if design.startswith("before") else ROOT
+                package = (
+                    before
+                    if design.startswith("before")
+                    else base
+                    if design.startswith("base")
+                    else ROOT
+                )
                 assert package is not None
                 run_id = f"{os.getpid()}-{r}-{design}"
                 started = time.monotonic()
-                found = await measure(design, sizes, redis, package, run_id)
+                found = await measure(design, sizes, redis, package, run_id, profile)
                 took = time.monotonic() - started
                 print(f"{design}: {took:.1f} s", file=sys.stderr, flush=True)
                 for phase, figs in found.items():
@@ -553,9 +597,31 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument(
-        "--only", nargs="+", choices=DESIGNS, default=DESIGNS, metavar="DESIGN"
+        "--only",
+        nargs="+",
+        choices=DESIGNS + BASE_DESIGNS,
+        default=DESIGNS,
+        metavar="DESIGN",
+    )
+    parser.add_argument(
+        "--base",
+        metavar="REF",
+        help="also run designs base and base-cluster on this commit's package"
+        " (or on BENCH_BASE=<dir>, a checkout of it): a change against the"
+        " code before it, in one run",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="sample node 0 of every design with py-spy (pip install py-spy) in"
+        " each phase, into DIR/<round>-<design>-<phase>.txt (collapsed stacks);"
+        " py-spy takes CPU of its own: CPU figures of such a run are not"
+        " comparable with others",
     )
     args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         sizes = Sizes(3, own=1, members=2, rate=100, seconds=0.5, settle=0.3, idle=0.2)
         rounds = 1
@@ -566,11 +632,22 @@ def main() -> None:
                       settle=2.0, idle=1.0)  # fmt: skip
         rounds = args.rounds
     with contextlib.ExitStack() as stack:
-        before = before_package(stack)
-        designs = [d for d in args.only if before or not d.startswith("before")]
+        wanted = list(args.only)
+        base = None
+        if args.base:
+            base = before_package(stack, args.base, "BENCH_BASE")
+            if base is None:
+                sys.exit(f"no {args.base} in this clone")
+            wanted += [d for d in BASE_DESIGNS if d not in wanted]
+        before = None
+        if any(d.startswith("before") for d in wanted):
+            before = before_package(stack)
+        designs = [d for d in wanted if before or not d.startswith("before")]
         # Server logs printed on a failure go to stderr: stdout is the report.
         with contextlib.redirect_stdout(sys.stderr):
-            results = asyncio.run(run(sizes, rounds, designs, before))
+            results = asyncio.run(
+                run(sizes, rounds, designs, before, base, args.profile)
+            )
     lines = [
         f"{sizes.nodes} nodes (one process each), {sizes.own} rooms of each"
         f" node's own and one shared with the next node, {sizes.members} clients"
@@ -580,7 +657,7 @@ def main() -> None:
         "",
         *table(results, sizes, designs),
     ]
-    if before is None:
+    if before is None and any(d.startswith("before") for d in wanted):
         lines.append(f"(No {BEFORE_COMMIT} in this clone: `before` left out.)")
     print("\n".join(lines))
     bad = [

@@ -12,6 +12,11 @@ cluster`` says ``cluster_enabled:1``) of Redis 7 or later gets a
 :class:`ClusterLink`; anything else a :class:`SingleLink`, which is the
 one-server link as it always was.
 
+Messages travel on connections of :mod:`~sanic_ws_ext.delivery.resp` (a
+subscriber and a publisher per server, redis-py's twins for ``rediss://``);
+redis-py's clients send the rest (``PING``, ``INFO``, ``CLUSTER SLOTS``,
+``PUBSUB NUMSUB``).
+
 Channels on a cluster:
 
 - room channels ``<prefix>:room:<room>`` are *sharded* (``SPUBLISH``,
@@ -49,30 +54,46 @@ import asyncio
 import bisect
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["REDIS_SLOTS", "ClusterLink", "Deaf", "SingleLink", "Topology", "client"]
+from .resp import (
+    IO_TIMEOUT,
+    Hooks,
+    Moved,
+    OnConfirmed,
+    OnHeard,
+    OnMessage,
+    Publisher,
+    PyPublisher,
+    PySubscriber,
+    Subscriber,
+    raw_ok,
+)
+
+__all__ = [
+    "IO_TIMEOUT",
+    "REDIS_SLOTS",
+    "ClusterLink",
+    "Deaf",
+    "Moved",
+    "SingleLink",
+    "Topology",
+    "client",
+]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext.backplane")
 
 #: Hash slots of a Redis Cluster.
 REDIS_SLOTS = 16384
-#: Seconds for connecting and for a command's round trip.
-IO_TIMEOUT = 5.0
 
 Node = tuple[str, int]  # host, port
-OnMessage = Callable[[bytes, bytes], None]
-OnConfirmed = Callable[[bytes], None]
-OnHeard = Callable[[], None]
+AnySubscriber = Subscriber | PySubscriber
+AnyPublisher = Publisher | PyPublisher
 
 
 class Deaf(Exception):
     """A subscriber connection heard nothing for too long."""
-
-
-class Moved(Exception):
-    """The cluster's slot map changed under a subscription or a publish."""
 
 
 def client(url: str, **options: Any) -> Any:
@@ -88,44 +109,30 @@ def client(url: str, **options: Any) -> Any:
         options,
         retry=Retry(NoBackoff(), 0),
         socket_connect_timeout=IO_TIMEOUT,
-        socket_keepalive=True,
         health_check_interval=0,
     )
+    if "path" not in kwargs:  # TCP (a Unix socket's connection takes no keepalive)
+        kwargs["socket_keepalive"] = True
     return Redis(connection_pool=ConnectionPool(**kwargs))
-
-
-async def _confirm(
-    pubsub: Any,
-    want: int,
-    message: OnMessage,
-    confirmed: OnConfirmed,
-    heard: OnHeard | None = None,
-) -> None:
-    """Read until ``want`` subscriptions are confirmed (each reply bounded).
-
-    Messages on channels confirmed first may come in between: delivered, not
-    dropped (a drop would be a gap for the receiver to heal).
-    """
-    got = 0
-    while got < want:
-        reply = await asyncio.wait_for(pubsub.get_message(timeout=None), IO_TIMEOUT)
-        if reply is None:
-            continue
-        if heard is not None:
-            heard()
-        if reply["type"] in ("subscribe", "ssubscribe"):
-            got += 1
-            confirmed(reply["channel"])
-        elif reply["type"] in ("message", "smessage"):
-            message(reply["channel"], reply["data"])
 
 
 def _counts(reply: Iterable[tuple[Any, Any]]) -> dict[str, int]:
     return {(ch.decode() if isinstance(ch, bytes) else ch): int(n) for ch, n in reply}
 
 
+def _end(connections: Iterable[AnySubscriber | AnyPublisher]) -> None:
+    """Fail each connection: whoever waits on one raises, and the link with it."""
+    for connection in connections:
+        connection.fail(ConnectionError("the link is disconnecting"))
+
+
 class SingleLink:
-    """One Redis server: one publishing client, one subscriber connection."""
+    """One Redis server: one publishing connection, one subscriber connection.
+
+    Both are :mod:`~sanic_ws_ext.delivery.resp`'s own (redis-py's for a
+    ``rediss://`` URL); a redis-py client does the rest (``PING``, ``INFO``,
+    ``PUBSUB NUMSUB``).
+    """
 
     def __init__(
         self,
@@ -135,14 +142,18 @@ class SingleLink:
         confirmed: OnConfirmed,
         heard: OnHeard,
     ) -> None:
-        self._message = message
-        self._confirmed = confirmed
-        self._heard = heard
+        self.url = url
+        self._hooks = Hooks(("", 0), message, confirmed, heard)
         self._pub = client(url, socket_timeout=IO_TIMEOUT, max_connections=2)
-        # No read timeout on the subscriber: silence is not a fault here;
-        # deafness is caught by not hearing our own beat.
-        self._sub = client(url, socket_timeout=None, max_connections=1)
-        self._pubsub: Any = None
+        self._raw = raw_ok(url)
+        # TLS: redis-py subscribes too. No read timeout on a subscriber:
+        # silence is not a fault here; deafness is caught by not hearing our
+        # own beat.
+        self._sub = (
+            None if self._raw else client(url, socket_timeout=None, max_connections=1)
+        )
+        self._subscriber: AnySubscriber | None = None
+        self._publisher: AnyPublisher | None = None
         self.scheme = url.partition("://")[0]
 
     @property
@@ -175,42 +186,39 @@ class SingleLink:
 
     async def connect(self, rooms: Sequence[str], plain: Sequence[str]) -> None:
         await asyncio.wait_for(self._pub.ping(), IO_TIMEOUT)
-        pubsub = self._sub.pubsub()
         try:
-            await asyncio.wait_for(pubsub.subscribe(*plain, *rooms), IO_TIMEOUT)
+            if self._raw:
+                sub: AnySubscriber = await Subscriber.open(self.url, None, self._hooks)
+            else:
+                sub = await PySubscriber.open(self._sub, self._hooks)
+            self._subscriber = sub
+            sub.send("SUBSCRIBE", *plain, *rooms)
             # Subscribed once every confirmation is back.
-            await _confirm(
-                pubsub, len(plain) + len(rooms), self._message, self._confirmed
-            )
+            await sub.until_confirmed(len(plain) + len(rooms))
+            if self._raw:
+                self._publisher = await Publisher.open(self.url, None)
+            else:
+                self._publisher = await PyPublisher.open(self._pub)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+            await self.release()
             raise
-        self._pubsub = pubsub
 
     async def read(self) -> None:
-        pubsub = self._pubsub
-        while True:
-            message = await pubsub.get_message(timeout=None)
-            self._heard()
-            if message is None:
-                continue
-            if message["type"] == "message":
-                self._message(message["channel"], message["data"])
-            elif message["type"] == "subscribe":
-                self._confirmed(message["channel"])
+        assert self._subscriber is not None
+        await self._subscriber.wait_failed()  # raises what failed it
+        raise ConnectionError("the subscriber ended")
 
     async def subscribe(self, channels: Sequence[str]) -> None:
-        await self._pubsub.subscribe(*channels)
+        assert self._subscriber is not None
+        self._subscriber.send("SUBSCRIBE", *channels)
 
     async def unsubscribe(self, channel: str) -> None:
-        await self._pubsub.unsubscribe(channel)
+        assert self._subscriber is not None
+        self._subscriber.send("UNSUBSCRIBE", channel)
 
     async def publish(self, batch: Sequence[tuple[str, bytes]]) -> None:
-        pipe = self._pub.pipeline(transaction=False)
-        for channel, message in batch:
-            pipe.publish(channel, message)
-        await pipe.execute()
+        assert self._publisher is not None
+        await self._publisher.publish(batch)
 
     async def numsub(self, channels: Sequence[str]) -> dict[str, int]:
         return _counts(await self._pub.pubsub_numsub(*channels))
@@ -219,23 +227,26 @@ class SingleLink:
         """Nothing beyond hearing our own beat (the backplane checks that)."""
 
     async def disconnect(self) -> None:
-        """Close the subscriber's socket: a blocked read then ends with an error."""
-        if self._pubsub is not None and self._pubsub.connection is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.connection.disconnect(nowait=True)
+        """Fail the connections: a read or publish waiting on them raises."""
+        _end(c for c in (self._subscriber, self._publisher) if c is not None)
 
     async def release(self) -> None:
-        """Drop the subscriber after a failure (the next connect makes another)."""
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        """Drop the connections after a failure (the next connect makes more)."""
+        sub, self._subscriber = self._subscriber, None
+        pub, self._publisher = self._publisher, None
+        for connection in (sub, pub):
+            if connection is not None:
+                connection.close()
 
     async def close(self) -> None:
         await self.release()
         for redis in (self._pub, self._sub):
-            with contextlib.suppress(Exception):
-                await redis.aclose(close_connection_pool=True)
+            if redis is not None:
+                with contextlib.suppress(Exception):
+                    await redis.aclose(close_connection_pool=True)
+
+
+_OWNERS = 65536  # channels whose owner a Topology remembers
 
 
 class Topology:
@@ -249,6 +260,7 @@ class Topology:
         self.replicas = sorted(
             {r for _, _, _, replicas in ordered for r in replicas} - set(self.masters)
         )
+        self._owners: dict[str, Node] = {}  # a cache of owner()
         covered = sum(end - start + 1 for start, end, _ in self._ranges)
         if covered != REDIS_SLOTS:
             raise Moved(f"the cluster serves {covered} of {REDIS_SLOTS} slots")
@@ -272,11 +284,17 @@ class Topology:
 
     def owner(self, channel: str) -> Node:
         """The master whose shard carries ``channel``."""
+        master = self._owners.get(channel)
+        if master is not None:
+            return master
         from redis.crc import key_slot
 
         slot = key_slot(channel.encode())
         start, end, master = self._ranges[bisect.bisect_right(self._starts, slot) - 1]
         assert start <= slot <= end
+        if len(self._owners) >= _OWNERS:
+            self._owners.clear()
+        self._owners[channel] = master
         return master
 
 
@@ -291,7 +309,13 @@ def _by_slot(channels: Iterable[str]) -> list[list[str]]:
 
 
 class ClusterLink:
-    """A Redis Cluster: sharded room channels, plain ones through a home node."""
+    """A Redis Cluster: sharded room channels, plain ones through a home node.
+
+    Per master, a subscriber and a publishing connection of
+    :mod:`~sanic_ws_ext.delivery.resp` (redis-py's for ``rediss://``); a
+    redis-py client per node for the rest (``CLUSTER SLOTS``, ``PUBSUB
+    NUMSUB``).
+    """
 
     def __init__(
         self,
@@ -312,6 +336,7 @@ class ClusterLink:
             str(seed.get("host", "localhost")),
             int(seed.get("port", 6379)),
         )
+        self._raw = raw_ok(url)
         self._room_prefix = room_prefix
         self._home_key = home_key
         self._anchor = anchor
@@ -320,13 +345,11 @@ class ClusterLink:
         self._heard = heard
         self.topology: Topology | None = None
         self._home: Node = self._seed
-        self._pubs: dict[Node, Any] = {}  # publishing clients, per node
-        self._subs: dict[Node, Any] = {}  # subscriber clients, per master
-        self._pubsubs: dict[Node, Any] = {}  # their subscriptions, while linked
-        self._heard_at: dict[Node, float] = {}
-        # Shard channels we unsubscribe from, until Redis confirms: any other
-        # sunsubscribe is Redis telling us the slot moved.
-        self._leaving: set[bytes] = set()
+        self._pubs: dict[Node, Any] = {}  # redis-py clients, per node
+        self._subs: dict[Node, Any] = {}  # redis-py subscriber clients (TLS)
+        # The connections, per master, while linked.
+        self._subscribers: dict[Node, AnySubscriber] = {}
+        self._publishers: dict[Node, AnyPublisher] = {}
         self._broken: asyncio.Future[None] | None = None
 
     @property
@@ -368,6 +391,30 @@ class ClusterLink:
                 with contextlib.suppress(Exception):
                     await pool.pop(node).aclose(close_connection_pool=True)
 
+    async def _open(self, node: Node) -> None:
+        """The subscriber and the publisher on master ``node``."""
+        hooks = Hooks(
+            node,
+            self._message,
+            self._confirmed,
+            # The backplane's deafness watch hears the home's traffic (its
+            # beat comes on :all); every connection's own is watched here.
+            self._heard if node == self._home else None,
+        )
+        if self._raw:
+            sub: AnySubscriber = await Subscriber.open(self.url, node, hooks)
+        else:
+            sub = await PySubscriber.open(
+                self._client(self._subs, node, socket_timeout=None, max_connections=1),
+                hooks,
+            )
+        self._subscribers[node] = sub
+        if self._raw:
+            pub: AnyPublisher = await Publisher.open(self.url, node, self._room_prefix)
+        else:
+            pub = await PyPublisher.open(self._pub(node), self._room_prefix)
+        self._publishers[node] = pub
+
     async def connect(self, rooms: Sequence[str], plain: Sequence[str]) -> None:
         loop = asyncio.get_running_loop()
         # After a fault, every connection is new: a pooled one to a node that
@@ -380,36 +427,28 @@ class ClusterLink:
         await self._forget({*topology.masters, *topology.replicas, self._seed})
         self._home = topology.owner(self._home_key)
         self._broken = loop.create_future()
-        self._leaving.clear()
-        now = loop.time()
         placed: dict[Node, list[str]] = {node: [] for node in topology.masters}
         for channel in rooms:
             placed[topology.owner(channel)].append(channel)
-        for node in topology.masters:
-            sub = self._client(self._subs, node, socket_timeout=None, max_connections=1)
-            self._pubsubs[node] = sub.pubsub()
-            self._heard_at[node] = now
         try:
 
             async def first(node: Node) -> None:
                 # Every master gets a plain channel nobody publishes to, so
                 # its connection is subscribed (read, pinged) even without rooms.
-                pubsub = self._pubsubs[node]
-                await asyncio.wait_for(pubsub.subscribe(self._anchor), IO_TIMEOUT)
+                await self._open(node)
+                sub = self._subscribers[node]
+                sub.send("SUBSCRIBE", self._anchor)
                 for group in _by_slot(placed[node]):
-                    await asyncio.wait_for(pubsub.ssubscribe(*group), IO_TIMEOUT)
-                await _confirm(
-                    pubsub, 1 + len(placed[node]), self._message, self._confirmed
-                )
+                    sub.send("SSUBSCRIBE", *group)
+                await sub.until_confirmed(1 + len(placed[node]))
 
             await self._together([first(node) for node in topology.masters])
             # :all and our own channel last: once other processes count us
             # on :all (the resubscribe wait), our rooms are heard too.
-            home = self._pubsubs[self._home]
-            await asyncio.wait_for(home.subscribe(*plain), IO_TIMEOUT)
-            await _confirm(
-                home, len(plain), self._message, self._confirmed, self._heard
-            )
+            home = self._subscribers[self._home]
+            confirmed = home.confirms
+            home.send("SUBSCRIBE", *plain)
+            await home.until_confirmed(confirmed + len(plain))
         except BaseException:
             await self.release()
             raise
@@ -420,7 +459,7 @@ class ClusterLink:
         try:
             await asyncio.gather(*tasks)
         except BaseException:
-            await self.disconnect()  # a read blocked in redis-py ends with it
+            await self.disconnect()  # a wait on a connection ends with it
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=IO_TIMEOUT)
@@ -430,49 +469,19 @@ class ClusterLink:
             raise
 
     async def read(self) -> None:
-        readers = [
-            asyncio.ensure_future(self._read(node, pubsub))
-            for node, pubsub in self._pubsubs.items()
-        ]
+        """Until a master's subscriber fails (or a command did): raise that."""
         assert self._broken is not None
+        waits = [sub.failed for sub in self._subscribers.values()]
+        waits.append(self._broken)
         try:
-            done, _ = await asyncio.wait(
-                [*readers, self._broken], return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                task.result()
+            # asyncio.wait never cancels what it waits on.
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for done in waits:
+                if done.done():
+                    done.result()
             raise ConnectionError("a shard's reader ended")
         finally:
             await self.disconnect()
-            for task in readers:
-                task.cancel()
-            ended, _ = await asyncio.wait(readers, timeout=IO_TIMEOUT)
-            for task in ended:
-                if not task.cancelled():
-                    task.exception()
-
-    async def _read(self, node: Node, pubsub: Any) -> None:
-        loop = asyncio.get_running_loop()
-        home = node == self._home
-        while True:
-            message = await pubsub.get_message(timeout=None)
-            self._heard_at[node] = loop.time()
-            if message is None:
-                continue
-            kind = message["type"]
-            if kind in ("message", "smessage"):
-                if home:
-                    self._heard()
-                self._message(message["channel"], message["data"])
-            elif kind in ("subscribe", "ssubscribe"):
-                if home:
-                    self._heard()
-                self._confirmed(message["channel"])
-            elif kind == "sunsubscribe":
-                channel = message["channel"]
-                if channel not in self._leaving:
-                    raise Moved(f"{node[0]}:{node[1]} dropped {channel!r}")
-                self._leaving.discard(channel)
 
     def _fail(self, exc: BaseException) -> None:
         if self._broken is not None and not self._broken.done():
@@ -482,10 +491,10 @@ class ClusterLink:
         try:
             assert self.topology is not None
             for group in _by_slot(channels):
-                node = self.topology.owner(group[0])
+                sub = self._subscribers[self.topology.owner(group[0])]
                 for channel in group:
-                    self._leaving.discard(channel.encode())
-                await self._pubsubs[node].ssubscribe(*group)
+                    sub.leaving.discard(channel.encode())
+                sub.send("SSUBSCRIBE", *group)
         except Exception as exc:
             self._fail(exc)  # the link reconnects and subscribes them all
             raise
@@ -493,9 +502,10 @@ class ClusterLink:
     async def unsubscribe(self, channel: str) -> None:
         try:
             assert self.topology is not None
-            node = self.topology.owner(channel)
-            self._leaving.add(channel.encode())
-            await self._pubsubs[node].sunsubscribe(channel)
+            sub = self._subscribers[self.topology.owner(channel)]
+            # Until Redis confirms, a sunsubscribe for it is ours, not a move.
+            sub.leaving.add(channel.encode())
+            sub.send("SUNSUBSCRIBE", channel)
         except Exception as exc:
             self._fail(exc)
             raise
@@ -508,20 +518,27 @@ class ClusterLink:
         which is sent again whole after the reconnect (receivers drop what
         they already had).
         """
-        assert self.topology is not None
-        pipes: dict[Node, Any] = {}
-        for channel, message in batch:
-            sharded = channel.startswith(self._room_prefix)
-            node = self.topology.owner(channel) if sharded else self._home
-            pipe = pipes.get(node)
-            if pipe is None:
-                pipe = pipes[node] = self._pub(node).pipeline(transaction=False)
-            if sharded:
-                pipe.spublish(channel, message)
+        topology = self.topology
+        assert topology is not None
+        prefix, home = self._room_prefix, self._home
+        owner = topology.owner
+        parts: dict[Node, list[tuple[str, bytes]]] = {}
+        for item in batch:
+            channel = item[0]
+            node = owner(channel) if channel.startswith(prefix) else home
+            part = parts.get(node)
+            if part is None:
+                parts[node] = [item]
             else:
-                pipe.publish(channel, message)
+                part.append(item)
+        publishers = self._publishers
+        if len(parts) == 1:
+            ((node, part),) = parts.items()
+            await publishers[node].publish(part)
+            return
         results = await asyncio.gather(
-            *(pipe.execute() for pipe in pipes.values()), return_exceptions=True
+            *(publishers[node].publish(part) for node, part in parts.items()),
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
@@ -558,23 +575,20 @@ class ClusterLink:
     async def watch(self, deaf_after: float) -> None:
         """Fail when a master's connection went silent; ping each for next time."""
         now = asyncio.get_running_loop().time()
-        for node, pubsub in self._pubsubs.items():
-            silent = now - self._heard_at.get(node, now)
+        for node, sub in self._subscribers.items():
+            silent = now - sub.heard_at
             if silent > deaf_after:
                 raise Deaf(f"{node[0]}:{node[1]}: nothing heard for {silent:.1f} s")
-            await asyncio.wait_for(pubsub.ping(), IO_TIMEOUT)
+            sub.send("PING")
 
     async def disconnect(self) -> None:
-        for pubsub in self._pubsubs.values():
-            if pubsub.connection is not None:
-                with contextlib.suppress(Exception):
-                    await pubsub.connection.disconnect(nowait=True)
+        _end([*self._subscribers.values(), *self._publishers.values()])
 
     async def release(self) -> None:
-        pubsubs, self._pubsubs = self._pubsubs, {}
-        for pubsub in pubsubs.values():
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        subscribers, self._subscribers = self._subscribers, {}
+        publishers, self._publishers = self._publishers, {}
+        for connection in [*subscribers.values(), *publishers.values()]:
+            connection.close()
         broken, self._broken = self._broken, None
         if broken is not None:
             if broken.done() and not broken.cancelled():
