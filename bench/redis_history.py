@@ -26,20 +26,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis.asyncio as aioredis  # noqa: E402
+import redis.asyncio as aioredis
 
-from sanic_ws_ext.delivery.redis_history import (  # noqa: E402
+from sanic_ws_ext.delivery.redis_history import (
     PUBLISH_LUA,
     history_keys,
 )
-from sanic_ws_ext.envelope import encode_envelope  # noqa: E402
-from sanic_ws_ext.testing import free_port  # noqa: E402
+from sanic_ws_ext.envelope import encode_envelope
+from sanic_ws_ext.testing import free_port
 
 
 async def measure(n: int, size: int, body_len: int, subscribers: int) -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", tmp],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -84,7 +84,7 @@ async def measure(n: int, size: int, body_len: int, subscribers: int) -> None:
             stats = await redis.info("commandstats")
             evalsha = stats["cmdstat_evalsha"]
             entries = await redis.xlen(keys[1])
-            stream = await redis.memory_usage(keys[1], samples=0)
+            stream = int(await redis.memory_usage(keys[1], samples=0) or 0)
             stamped = len(body) + len(b'"room":"chat:1","offset":20000,"epoch":""')
             print(f"publications: {n}, size {size}, envelope {len(body)} bytes")
             print(f"subscribers of the room channel: {subscribers}")
@@ -93,8 +93,25 @@ async def measure(n: int, size: int, body_len: int, subscribers: int) -> None:
             print(f"stream MEMORY USAGE: {stream} bytes")
             print(f"bytes per kept entry: {stream / entries:.0f}")
             print(f"  (stamped envelope about {stamped + 16} bytes)")
+            # For scale, on the same Redis and machine: a plain room's PUBLISH
+            # of the same envelope, and an empty script.
+            await redis.config_resetstat()
+            empty = await redis.script_load("return 1")
+            for _ in range(max(1, n // 256)):
+                pipe = redis.pipeline(transaction=False)
+                for _ in range(256):
+                    pipe.publish(channel, body)
+                    pipe.evalsha(empty, 0)
+                await pipe.execute()
+                for pubsub in subs:
+                    while await pubsub.get_message(timeout=0):
+                        pass
+            stats = await redis.info("commandstats")
+            plain = stats["cmdstat_publish"]["usec_per_call"]
+            print(f"for scale: PUBLISH usec_per_call {plain}, empty EVALSHA "
+                  f"{stats['cmdstat_evalsha']['usec_per_call']}")  # fmt: skip
             for pubsub in subs:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             await redis.aclose()
         finally:
             os.kill(proc.pid, signal.SIGKILL)

@@ -280,11 +280,6 @@ class Sequencer:
             raise
         self._joined(conn.id, room, rid, since, header, entries)
 
-    def exclude(self, room: str, exclude: frozenset[str]) -> frozenset[str]:
-        """``exclude`` plus the members whose live publications are held back."""
-        held = self.holds.get(room)
-        return exclude.union(held) if held else exclude
-
     def hold_back(self, op: Op) -> frozenset[str]:
         """Who must not get ``op`` (a ROOM_SEND) now: its ``exclude``, the
         members joining (their replay covers it, or it is kept for them), and

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from sanic import Sanic
 
 from sanic_ws_ext import ConnectionManager, SequencerUnavailable
@@ -39,6 +40,23 @@ CALM: dict[str, Any] = {
     "WS_PEER_SUSPECT": 3.0,
     "WS_PEER_TIMEOUT": 15.0,
 }
+
+
+@pytest.mark.parametrize(
+    "room",
+    ["chat:1", "chat:{eu}", "a}b", "{}x", "x{y", "{a}{b}", "\u00e9t\u00e9"],
+)
+def test_history_keys_live_in_the_room_channels_slot(room: str) -> None:
+    channel = "ws:room:" + room
+    hash_key, stream_key = history_keys(channel)
+    assert {_slot(hash_key), _slot(stream_key)} == {_slot(channel)}
+    assert channel in hash_key  # one room's keys are not another's
+    if "{" not in room and "}" not in room:
+        assert (hash_key, stream_key) == ("{" + channel + "}:h", "{" + channel + "}:s")
+
+
+def _slot(key: str) -> int:
+    return int(key_slot(key.encode()))
 
 
 # -- two `sanic --workers 2` nodes --------------------------------------------------
