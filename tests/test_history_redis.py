@@ -223,6 +223,13 @@ async def test_a_redis_restart_starts_a_new_epoch(make_app: AppFactory) -> None:
                 assert joined == {"room": ROOM, "recovered": False, "position": None}
 
             await redis.start()  # same port and directory: loads the snapshot
+            state_key = history_keys(f"{a.config.WS_REDIS_CHANNEL}:room:{ROOM}")[0]
+            client = aioredis.Redis(port=redis.port)
+            try:  # offsets 4 and 5 are forgotten: Redis says 3, in the old epoch
+                kept = await client.hmget(state_key, ["e", "o"])
+            finally:
+                await client.aclose()
+            assert kept == [old["epoch"].encode(), b"3"]
             await link_is([a, b], connected=True)
             first = await manager(b).publish(ROOM, "said", "after")
             assert first is not None
