@@ -56,6 +56,7 @@ def build(make_app: AppFactory, **config: Any) -> Sanic[Any, Any]:
     chat = WSHandlers(app)
     chat.room("chat:{id}", client_join=True, history=History(size=20))
     chat.room("ticker:{sym}", client_join=True, history="latest")
+    chat.room("big:{id}", client_join=True, history=History(size=5000))
     chat.room("plain", client_join=True)
 
     @chat.on("say")

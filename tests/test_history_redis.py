@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,7 +19,11 @@ from redis.crc import key_slot
 from sanic import Sanic
 
 from sanic_ws_ext import ConnectionManager, SequencerUnavailable
+from sanic_ws_ext.delivery import Op, OpKind
 from sanic_ws_ext.delivery.redis_history import history_keys
+from sanic_ws_ext.history import Position
+from sanic_ws_ext.index import LocalIndex
+from sanic_ws_ext.sequencer import Sequencer, _send_kept
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .conftest import units
@@ -33,6 +37,7 @@ from .test_history import build, said
 from .test_history_cluster import Reader, connect_to
 
 ROOM = "chat:1"
+BIG = "big:1"  # keeps 5,000
 # Beats of a second and the default peer timeouts: a starved 2-core machine
 # takes short beats for deafness.
 CALM: dict[str, Any] = {
@@ -355,3 +360,111 @@ async def test_history_rooms_on_a_redis_cluster(make_app: AppFactory) -> None:
                 assert joined["recovered"] is True, joined
                 assert (await back.expect("said")).data == f"{room}/missed"
             assert back.duplicates == back.gaps == 0
+
+
+async def test_joins_while_publishing_meet_live_publications_exactly(
+    make_app: AppFactory,
+) -> None:
+    """Clients join (with and without ``since``) on both nodes while both
+    publish: each gets every publication after its position once, in order."""
+    async with (
+        RedisServer() as redis,
+        history_nodes(make_app, redis.url) as [(a, a_url), (b, b_url)],
+        await WSTestClient.connect(a_url) as monitor,
+    ):
+        await monitor.join(BIG)
+        total = 600
+
+        async def publish() -> None:
+            for i in range(total):
+                await manager(a if i % 2 else b).publish(BIG, "said", i)
+
+        publisher = asyncio.ensure_future(publish())
+        joined: list[tuple[WSTestClient, int]] = []
+        try:
+            async with AsyncExitStack() as stack:
+                for k in range(12):
+                    url = a_url if k % 2 else b_url
+                    client = await stack.enter_async_context(
+                        await WSTestClient.connect(url)
+                    )
+                    if k % 3:  # from where the monitor is: a replay, then live
+                        client.positions = {BIG: dict(monitor.positions[BIG])}
+                        while (await monitor.expect("said")).data < 10 * k:
+                            pass  # let the room move on a little
+                    answer = await client.join(BIG)
+                    assert answer.get("recovered", True) is True, answer
+                    start = answer["position"]["offset"]
+                    if k % 3:
+                        start = client.positions[BIG]["offset"] - len(
+                            client._skipped  # the replay, kept for recv
+                        )
+                    joined.append((client, start))
+                await asyncio.wait_for(publisher, units(30))
+                mid_stream = [s for _, s in joined if 0 < s < total]
+                assert len(mid_stream) >= 6, joined
+                for client, start in joined:
+                    got = await said(client, total - start)
+                    assert got == list(range(start, total))
+                    assert client.duplicates == client.gaps == 0
+                    assert client.positions[BIG]["offset"] == total
+        finally:
+            publisher.cancel()
+
+
+# -- the seam's bookkeeping, alone ------------------------------------------------
+
+
+def _op(offset: int, epoch: str = "1700000000000001", **more: Any) -> Op:
+    return Op(
+        OpKind.ROOM_SEND,
+        f'{{"o":{offset}}}'.encode(),
+        target="r",
+        reason=f"{offset} {epoch}",
+        **more,
+    )
+
+
+def test_a_floor_drops_what_the_replay_had_until_a_newer_one_passes() -> None:
+    seq = Sequencer(
+        cast(Any, None),
+        cast(Any, None),
+        LocalIndex(),
+        publish=lambda *a, **k: None,
+        join=lambda conn, room: None,
+    )
+    epoch = "1700000000000001"
+    seq.floors = {"r": {"c1": Position(5, epoch), "c2": Position(3, epoch)}}
+    assert seq.hold_back(_op(3)) == {"c1", "c2"}  # both had it in their replay
+    assert seq.hold_back(_op(4, exclude=frozenset({"x"}))) == {"c1", "x"}
+    assert list(seq.floors["r"]) == ["c1"]  # c2's floor was passed: gone
+    assert seq.hold_back(_op(6)) == frozenset()
+    assert not seq.floors
+    seq.floors = {"r": {"c1": Position(5, epoch)}}
+    assert seq.hold_back(_op(1, "1700000000000002")) == frozenset()  # a new epoch
+    assert not seq.floors
+
+
+class _Conn:
+    id = "c1"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+
+def test_kept_publications_newer_than_the_read_follow_room_joined() -> None:
+    old, read, new = "1700000000000001", "1700000000000002", "1700000000000003"
+    conn = _Conn()
+    kept = [_op(1, old), _op(4, read), _op(5, read), _op(6, read), _op(7, read)]
+    kept.append(_op(8, read, exclude=frozenset({"c1"})))
+    assert _send_kept(cast(Any, conn), kept, Position(5, read)) is True
+    assert [b'{"o":6}' in f for f in conn.sent] == [True, False]
+    assert b'{"o":7}' in conn.sent[1]
+    conn.sent.clear()
+    assert _send_kept(cast(Any, conn), [_op(9, read)], Position(9, read)) is False
+    assert conn.sent == []  # all in the replay: the floor takes over
+    assert _send_kept(cast(Any, conn), [_op(1, new)], Position(9, read)) is True
+    assert len(conn.sent) == 1  # a newer epoch began after the read
