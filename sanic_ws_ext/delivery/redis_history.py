@@ -283,15 +283,24 @@ class _Node:
     loaded: set[str] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class _Lane:
+    """Calls sent one pipeline at a time, on connections of their own."""
+
+    queue: deque[_Call] = field(default_factory=deque)
+    #: The node (None: the one Redis; (host, port) on a cluster) -> its client.
+    nodes: dict[Any, _Node] = field(default_factory=dict)
+    #: The backplane link generation the connections and run_ids are from.
+    generation: int = -1
+
+
 class RedisHistory:
     """The history store and sequencer of a process on the Redis backplane."""
 
     def __init__(self, backplane: RedisBackplane, *, max_backpressure: int | None):
         self._backplane = backplane
         self._max_backpressure = max_backpressure
-        self._nodes: dict[Any, _Node] = {}
-        self._generation = -1
-        self._lanes = {"publish": deque[_Call](), "read": deque[_Call]()}
+        self._lanes = {"publish": _Lane(), "read": _Lane()}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
@@ -358,11 +367,11 @@ class RedisHistory:
             await asyncio.wait(self._tasks.values(), timeout=IO_TIMEOUT)
         self._tasks.clear()
         for lane in self._lanes.values():
-            _fail(lane, "the server is stopping")
-        for node in self._nodes.values():
-            with contextlib.suppress(Exception):
-                await node.redis.aclose(close_connection_pool=True)
-        self._nodes.clear()
+            _fail(lane.queue, "the server is stopping")
+            for node in lane.nodes.values():
+                with contextlib.suppress(Exception):
+                    await node.redis.aclose(close_connection_pool=True)
+            lane.nodes.clear()
 
     # -- lanes: one pipeline in flight each -------------------------------------
 
@@ -373,7 +382,7 @@ class RedisHistory:
             raise SequencerUnavailable("Redis is unreachable: history rooms wait")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._lanes[lane].append(_Call(script, channel, args, future))
+        self._lanes[lane].queue.append(_Call(script, channel, args, future))
         task = self._tasks.get(lane)
         if task is None or task.done():
             self._tasks[lane] = loop.create_task(self._run(lane))
@@ -382,31 +391,33 @@ class RedisHistory:
         except TimeoutError:
             raise SequencerUnavailable("Redis did not answer in time") from None
 
-    async def _run(self, lane: str) -> None:
-        queue = self._lanes[lane]
+    async def _run(self, name: str) -> None:
+        lane = self._lanes[name]
+        queue = lane.queue
         while queue:
             batch = [queue.popleft() for _ in range(min(_BATCH, len(queue)))]
             try:
-                await self._send(batch)
+                await self._send(lane, batch)
             except asyncio.CancelledError:
                 _fail(batch, "the server is stopping")
                 raise
             except Exception as exc:
                 log.warning("redis history: %s", _describe(exc))
-                self._generation = -1  # reconnect and reload before the next
+                lane.generation = -1  # reconnect and reload before the next
                 _fail(batch, f"Redis failed: {_describe(exc)}")
 
-    async def _send(self, batch: list[_Call]) -> None:
+    async def _send(self, lane: _Lane, batch: list[_Call]) -> None:
         backplane = self._backplane
-        if backplane.generation != self._generation:
+        if backplane.generation != lane.generation:
             # A new link (Redis restarted, or a failover): new connections,
-            # and run_ids and scripts to learn again.
-            for node in self._nodes.values():
+            # and run_ids and scripts to learn again. Each lane has its own
+            # connections: this never breaks the other lane's pipeline.
+            for node in lane.nodes.values():
                 with contextlib.suppress(Exception):
                     await node.redis.connection_pool.disconnect()
                 node.run_id = None
                 node.loaded.clear()
-            self._generation = backplane.generation
+            lane.generation = backplane.generation
         link = backplane.link
         groups: dict[Any, list[_Call]] = {}
         for call in batch:
@@ -418,28 +429,28 @@ class RedisHistory:
                 key = None
             groups.setdefault(key, []).append(call)
         results = await asyncio.gather(
-            *(self._send_to(key, calls) for key, calls in groups.items()),
+            *(self._send_to(lane, key, calls) for key, calls in groups.items()),
             return_exceptions=True,
         )
         for (_, calls), result in zip(groups.items(), results, strict=True):
             if isinstance(result, BaseException):
-                self._generation = -1
+                lane.generation = -1
                 _fail(calls, f"Redis failed: {_describe(result)}")
 
-    def _node(self, key: Any) -> _Node:
-        node = self._nodes.get(key)
+    def _node(self, lane: _Lane, key: Any) -> _Node:
+        node = lane.nodes.get(key)
         if node is None:
             url = self._backplane.url
             options: dict[str, Any] = {"socket_timeout": IO_TIMEOUT}
             if key is not None:
                 options.update(host=key[0], port=key[1])
-            node = self._nodes[key] = _Node(client(url, max_connections=2, **options))
+            node = lane.nodes[key] = _Node(client(url, max_connections=1, **options))
         return node
 
-    async def _send_to(self, key: Any, calls: list[_Call]) -> None:
+    async def _send_to(self, lane: _Lane, key: Any, calls: list[_Call]) -> None:
         from redis.exceptions import NoScriptError
 
-        node = self._node(key)
+        node = self._node(lane, key)
         redis = node.redis
         if node.run_id is None:
             info = await redis.info("server")
