@@ -140,8 +140,9 @@ class Applier:
             return
         assert self._flusher is not None
         exclude = op.exclude
-        if self.sequencer.holds and op.kind is OpKind.ROOM_SEND:
-            exclude = self.sequencer.exclude(op.target, exclude)  # replays pending
+        sequencer = self.sequencer
+        if (sequencer.holds or sequencer.floors) and op.kind is OpKind.ROOM_SEND:
+            exclude = sequencer.hold_back(op)  # replays pending, or just sent
         self.counters.messages_out += fan_out(
             list(wires),
             data_frame(op.payload, op.binary),

@@ -224,7 +224,7 @@ class ConnectionManager:
         self.membership.start(loop)
         self.tracker.start(loop, self._flusher)
         self._applier.start(loop, self._flusher)
-        self.sequencer.start(loop, self.delivery.status())  # may refuse the backend
+        self.sequencer.start(loop, self.delivery)
         await self.delivery.start(self._applier.apply, self)
         self._heartbeat.start(loop)
         self._outbox.hello()
@@ -247,6 +247,7 @@ class ConnectionManager:
         await self.tracker.stop()
         self.membership.stop()
         self._outbox.bye()
+        await self.sequencer.stop()
         await self.delivery.stop()
 
     @property

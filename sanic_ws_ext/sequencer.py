@@ -24,6 +24,21 @@ Rules this module keeps:
   what arrives next is newer. No gap, no duplicate at the seam.
 - Never a 1008 for a replay: one that does not fit the client's
   backpressure limit is answered ``recovered: false``.
+
+With the Redis backplane, Redis is the sequencer of every history room
+(:mod:`~sanic_ws_ext.delivery.redis_history`): a publication is one script
+that numbers, keeps and publishes it, and a join is:
+
+- its live publications are held back, and kept, from the moment the join
+  starts (:meth:`Sequencer.hold_back`);
+- once the room channel's subscription is confirmed, one script reads the
+  replay and the position P at one instant;
+- the process sends the replay, ``room.joined``, then the kept publications
+  newer than P. A publication numbered before P may still be on its way on
+  the subscriber connection (the read's answer came on another): a *floor*
+  drops, for that client, live publications up to P until a newer one
+  passes (a room's publications arrive in offset order). No gap, no
+  duplicate at the seam.
 """
 
 from __future__ import annotations
@@ -38,11 +53,11 @@ from typing import TYPE_CHECKING, Any
 
 import ujson
 
-from .delivery import OpKind
+from .delivery import Delivery, Op, OpKind
 from .delivery.relay import slot_of
 from .delivery.wire import frame_record, iter_records
 from .envelope import encode_envelope
-from .errors import ConfigError, SequencerUnavailable
+from .errors import SequencerUnavailable
 from .frames import data_frame
 from .history import History, Page, Position, RoomLog
 from .wire import ConnectionState
@@ -50,6 +65,7 @@ from .wire import ConnectionState
 if TYPE_CHECKING:
     from .config import WSConfig
     from .connection import Connection
+    from .delivery.redis_history import RedisHistory
     from .index import LocalIndex
     from .rooms import RoomPolicies
 
@@ -100,26 +116,38 @@ class Sequencer:
         #: Room -> connection id -> the join request holding its live
         #: publications back.
         self.holds: dict[str, dict[str, str]] = {}
+        #: Redis mode: join request -> the live publications held back from it.
+        self._kept: dict[str, list[Op]] = {}
+        #: Redis mode: room -> connection id -> the position its replay
+        #: reached; live publications up to it are dropped for it.
+        self.floors: dict[str, dict[str, Position]] = {}
+        self._redis: RedisHistory | None = None
+        self._delivery: Delivery | None = None
         self._slots = 1
         self._slot = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.clock: Callable[[], float] = lambda: 0.0
 
-    def start(self, loop: asyncio.AbstractEventLoop, delivery: dict[str, Any]) -> None:
-        """Bind to the loop; ``delivery`` is the backend's ``status()``."""
+    def start(self, loop: asyncio.AbstractEventLoop, delivery: Delivery) -> None:
+        """Bind to the loop and the delivery backend."""
+        from .delivery.backplane import RedisBackplane
+        from .delivery.redis_history import RedisHistory
+
         self._loop = loop
         self.clock = loop.time
-        if delivery.get("name") == "redis" and any(
-            spec.history for spec in self._rooms.declared()
-        ):
-            raise ConfigError(
-                "WS_BACKPLANE",
-                "rooms with history= do not work with WS_BACKPLANE=redis yet: "
-                "each machine would number them on its own",
+        self._delivery = delivery
+        status = delivery.status()
+        if isinstance(delivery, RedisBackplane):
+            self._redis = RedisHistory(
+                delivery, max_backpressure=self._config.max_backpressure
             )
-        if delivery.get("name") == "relay":
-            self._slots = int(delivery["slots"])
-            self._slot = int(delivery["slot"])
+        elif status.get("name") == "relay":
+            self._slots = int(status["slots"])
+            self._slot = int(status["slot"])
+
+    async def stop(self) -> None:
+        if self._redis is not None:
+            await self._redis.stop()
 
     def spec(self, room: str) -> History | None:
         return self._rooms.history(room)
@@ -137,6 +165,8 @@ class Sequencer:
         self, room: str, spec: History, body: bytes, exclude: Iterable[str]
     ) -> Position:
         """Publish ``body`` (an encoded envelope) to ``room``; its position."""
+        if self._redis is not None:
+            return await self._redis.publish(room, spec, body, exclude)
         home = self._home(room)
         if home is None:
             return self._sequence(room, spec, body, frozenset(exclude))
@@ -157,7 +187,13 @@ class Sequencer:
     ) -> Page:
         """What ``room`` keeps after ``since`` (at most ``limit``)."""
         home = self._home(room)
-        if home is None:
+        if self._redis is not None:
+            header, entries = await self._redis.read(
+                room, spec, since, count=limit, budget=0, latest=limit
+            )
+            newest = since is None or not header["ok"]
+            entries = _page(entries, self._config.max_publish, newest=newest)
+        elif home is None:
             header, entries = self._answer(room, spec, since, limit, join=False)
         else:
             rid, future = self._ask(home)
@@ -181,6 +217,9 @@ class Sequencer:
         """A client's ``room.join`` of a history room; answers ``room.joined``."""
         rid = uuid.uuid4().hex
         self.holds.setdefault(room, {})[conn.id] = rid
+        if self._redis is not None:
+            await self._join_redis(self._redis, conn, room, spec, since, rid)
+            return
         self._join(conn, room)
         home = self._home(room)
         if home is None:
@@ -202,15 +241,78 @@ class Sequencer:
             # publications flow again; the client learns the new epoch from
             # them.
             self._release(room, conn.id, rid)
-            data: dict[str, Any] = {"room": room, "position": None}
-            if since is not None:
-                data["recovered"] = False
-            conn.send_frame(data_frame(encode_envelope("room.joined", data), False))
+            _unknown(conn, room, since)
 
-    def exclude(self, room: str, exclude: frozenset[str]) -> frozenset[str]:
-        """``exclude`` plus the members whose live publications are held back."""
+    async def _join_redis(
+        self,
+        redis: RedisHistory,
+        conn: Connection,
+        room: str,
+        spec: History,
+        since: Position | None,
+        rid: str,
+    ) -> None:
+        """A join with Redis as the sequencer: hold, subscribe, read, seam."""
+        self._kept[rid] = []
+        try:
+            self._join(conn, room)
+            assert self._delivery is not None
+            await self._delivery.ready(room)  # publications now reach us
+            limit = self._config.max_backpressure
+            header, entries = await redis.read(
+                room,
+                spec,
+                since,
+                count=spec.size,
+                budget=limit or 0,
+                latest=spec.on_join if since is None else 0,
+            )
+        except SequencerUnavailable:
+            kept = self._kept.pop(rid, [])
+            self._release(room, conn.id, rid)
+            if conn.state is ConnectionState.OPEN and room in conn.rooms:
+                _unknown(conn, room, since)
+                _send_kept(conn, kept, None)
+            return
+        except BaseException:
+            self._kept.pop(rid, None)
+            self._release(room, conn.id, rid)
+            raise
+        self._joined(conn.id, room, rid, since, header, entries)
+
+    def hold_back(self, op: Op) -> frozenset[str]:
+        """Who must not get ``op`` (a ROOM_SEND) now: its ``exclude``, the
+        members joining (their replay covers it, or it is kept for them), and
+        those whose replay already had it (their floor)."""
+        room = op.target
+        exclude = op.exclude
         held = self.holds.get(room)
-        return exclude.union(held) if held else exclude
+        if held:
+            if self._redis is not None:
+                for rid in held.values():
+                    kept = self._kept.get(rid)
+                    if kept is not None:
+                        kept.append(op)
+            exclude = exclude.union(held)
+        floors = self.floors.get(room)
+        if floors:
+            from .delivery.redis_history import position_of
+
+            at = position_of(op)
+            if at is not None:
+                below = [
+                    conn_id
+                    for conn_id, floor in floors.items()
+                    if floor.epoch == at.epoch and at.offset <= floor.offset
+                ]
+                if below:
+                    exclude = exclude.union(below)
+                # In offset order: past each other floor, newer ones follow.
+                for conn_id in [c for c in floors if c not in below]:
+                    del floors[conn_id]
+                if not floors:
+                    del self.floors[room]
+        return exclude
 
     # -- the sequencer's side --------------------------------------------------------
 
@@ -349,7 +451,11 @@ class Sequencer:
         header: dict[str, Any],
         entries: list[bytes],
     ) -> None:
-        """Send a joining client its replay and ``room.joined``; stop holding."""
+        """Send a joining client its replay and ``room.joined``; stop holding.
+
+        With Redis, then what was held back and is newer than the replay.
+        """
+        kept = self._kept.pop(rid, [])
         self._release(room, conn_id, rid)
         conn = self._local.conns.get(conn_id)
         if conn is None or conn.state is not ConnectionState.OPEN:
@@ -375,6 +481,10 @@ class Sequencer:
         if since is not None:
             data["recovered"] = ok
         conn.send_frame(data_frame(encode_envelope("room.joined", data), False))
+        if self._redis is not None:
+            reached = Position(int(header["offset"]), str(header["epoch"]))
+            if not _send_kept(conn, kept, reached):
+                self.floors.setdefault(room, {})[conn_id] = reached
 
     def _release(self, room: str, conn_id: str, rid: str) -> None:
         held = self.holds.get(room)
@@ -396,6 +506,13 @@ class Sequencer:
 
     def sweep(self, now: float) -> None:
         """Once per beat: expire old publications, drop idle empty logs."""
+        for room, floors in list(self.floors.items()):
+            for conn_id in list(floors):
+                conn = self._local.conns.get(conn_id)
+                if conn is None or room not in conn.rooms:
+                    del floors[conn_id]
+            if not floors:
+                del self.floors[room]
         for room, room_log in list(self.logs.items()):
             spec = self.spec(room)
             room_log.expire(now, spec.ttl if spec is not None else 0.0)
@@ -404,11 +521,43 @@ class Sequencer:
 
     def status(self) -> dict[str, Any]:
         return {
+            "store": "redis" if self._redis is not None else "process",
             "rooms": len(self.logs),
             "kept": sum(len(room_log.entries) for room_log in self.logs.values()),
             "bytes": sum(room_log.bytes for room_log in self.logs.values()),
             "waiting": len(self._pending),
         }
+
+
+def _unknown(conn: Connection, room: str, since: Position | None) -> None:
+    """``room.joined`` without a position: the sequencer cannot be asked now."""
+    data: dict[str, Any] = {"room": room, "position": None}
+    if since is not None:
+        data["recovered"] = False
+    conn.send_frame(data_frame(encode_envelope("room.joined", data), False))
+
+
+def _send_kept(conn: Connection, kept: list[Op], reached: Position | None) -> bool:
+    """Send ``conn`` the held-back publications newer than ``reached``.
+
+    True if one was newer (later ones are newer still: no floor needed).
+    """
+    from .delivery.redis_history import newer, position_of
+
+    passed = False
+    for op in kept:
+        if conn.id in op.exclude:
+            continue
+        at = position_of(op)
+        if reached is not None and at is not None and not passed:
+            if at.epoch == reached.epoch:
+                if at.offset <= reached.offset:
+                    continue  # in the replay
+            elif not newer(at.epoch, reached.epoch):
+                continue  # of a history already gone
+        passed = True
+        conn.send_frame(data_frame(op.payload, op.binary))
+    return passed
 
 
 def _name(slot: int) -> str:

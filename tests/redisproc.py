@@ -42,13 +42,8 @@ class RedisServer:
 
     async def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
-        args = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self.dir.name,
-            *self.options,
-        ]  # fmt: skip
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
-            args,
+            self._args(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -67,6 +62,45 @@ class RedisServer:
                 await asyncio.sleep(0.02)  # another process starting: poll it
         finally:
             await client.aclose()
+
+    def start_sync(self) -> None:
+        """:meth:`start` for a synchronous fixture (no event loop yet)."""
+        import time
+
+        import redis
+
+        assert self.proc is None or self.proc.poll() is not None
+        self.proc = subprocess.Popen(
+            self._args(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10 * time_unit()
+        client = redis.Redis(port=self.port)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.ConnectionError, OSError):
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.02)  # another process starting: poll it
+        finally:
+            client.close()
+
+    def stop_sync(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        self.dir.cleanup()
+
+    def _args(self) -> list[str]:
+        return [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self.dir.name,
+            *self.options,
+        ]  # fmt: skip
 
     def kill(self) -> None:
         """SIGKILL by PID: a crash, not a shutdown."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +12,6 @@ from sanic import Sanic
 from sanic_ext import Extend
 
 from sanic_ws_ext import (
-    ConfigError,
     Connection,
     Envelope,
     History,
@@ -21,7 +21,33 @@ from sanic_ws_ext import (
 from sanic_ws_ext.history import Position, RoomLog, parse_since, stamp
 from sanic_ws_ext.testing import WSTestClient, serve
 
+from .redisproc import RedisServer
+
 AppFactory = Callable[..., Sanic[Any, Any]]
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[RedisServer]:
+    """One private redis-server for the module's Redis runs (never the shared one)."""
+    server = RedisServer()
+    server.start_sync()
+    try:
+        yield server
+    finally:
+        server.stop_sync()
+
+
+@pytest.fixture(params=["process", "redis"])
+def store(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Where history is kept: the process's own sequencer, or Redis (the
+    backplane's mode), on a channel of the test's own."""
+    if request.param == "process":
+        return {}
+    server: RedisServer = request.getfixturevalue("private_redis")
+    return {
+        "WS_BACKPLANE": server.url,
+        "WS_REDIS_CHANNEL": f"t-{uuid.uuid4().hex[:12]}",
+    }
 
 
 def build(make_app: AppFactory, **config: Any) -> Sanic[Any, Any]:
@@ -30,6 +56,7 @@ def build(make_app: AppFactory, **config: Any) -> Sanic[Any, Any]:
     chat = WSHandlers(app)
     chat.room("chat:{id}", client_join=True, history=History(size=20))
     chat.room("ticker:{sym}", client_join=True, history="latest")
+    chat.room("big:{id}", client_join=True, history=History(size=5000))
     chat.room("plain", client_join=True)
 
     @chat.on("say")
@@ -116,9 +143,9 @@ def test_history_declarations() -> None:
 
 
 async def test_publish_returns_positions_and_members_get_them(
-    make_app: AppFactory,
+    make_app: AppFactory, store: dict[str, Any]
 ) -> None:
-    app = build(make_app)
+    app = build(make_app, **store)
     async with (
         serve(app) as server,
         await WSTestClient.connect(server.ws_url()) as client,
@@ -136,14 +163,16 @@ async def test_publish_returns_positions_and_members_get_them(
         assert raw["epoch"] == epoch and raw["data"] == "a"
         assert (await client.expect("said")).data == "b"
         assert client.positions["chat:1"] == {"offset": 2, "epoch": epoch}
+        kept = app.ctx.ws.status()["history"]["store"]
+        assert kept == ("redis" if store else "process")
         # A plain room is unchanged: no position.
         assert await app.ctx.ws.publish("plain", "said", "c") is None
 
 
 async def test_a_client_that_reconnects_gets_what_it_missed(
-    make_app: AppFactory,
+    make_app: AppFactory, store: dict[str, Any]
 ) -> None:
-    app = build(make_app)
+    app = build(make_app, **store)
     ws = app.ctx
     async with serve(app) as server:
         async with await WSTestClient.connect(server.ws_url()) as first:
@@ -211,9 +240,9 @@ async def test_a_room_the_server_joined_is_resumed_after_a_reconnect(
 
 
 async def test_too_old_or_another_epoch_is_not_recovered(
-    make_app: AppFactory,
+    make_app: AppFactory, store: dict[str, Any]
 ) -> None:
-    app = build(make_app)
+    app = build(make_app, **store)
     async with (
         serve(app) as server,
         await WSTestClient.connect(server.ws_url()) as client,
@@ -241,9 +270,9 @@ async def test_too_old_or_another_epoch_is_not_recovered(
 
 
 async def test_bad_since_gets_an_error_frame_and_nothing_breaks(
-    make_app: AppFactory,
+    make_app: AppFactory, store: dict[str, Any]
 ) -> None:
-    app = build(make_app)
+    app = build(make_app, **store)
     async with (
         serve(app) as server,
         await WSTestClient.connect(server.ws_url()) as client,
@@ -261,8 +290,10 @@ async def test_bad_since_gets_an_error_frame_and_nothing_breaks(
         assert joined["position"]["offset"] == 0
 
 
-async def test_latest_value_is_delivered_on_join(make_app: AppFactory) -> None:
-    app = build(make_app)
+async def test_latest_value_is_delivered_on_join(
+    make_app: AppFactory, store: dict[str, Any]
+) -> None:
+    app = build(make_app, **store)
     async with (
         serve(app) as server,
         await WSTestClient.connect(server.ws_url()) as client,
@@ -277,9 +308,9 @@ async def test_latest_value_is_delivered_on_join(make_app: AppFactory) -> None:
 
 
 async def test_a_replay_past_the_backpressure_limit_is_refused_not_1008(
-    make_app: AppFactory,
+    make_app: AppFactory, store: dict[str, Any]
 ) -> None:
-    app = build(make_app, WS_MAX_BACKPRESSURE=4096)
+    app = build(make_app, **store, WS_MAX_BACKPRESSURE=4096)
     async with (
         serve(app) as server,
         await WSTestClient.connect(server.ws_url()) as client,
@@ -299,8 +330,8 @@ async def test_a_replay_past_the_backpressure_limit_is_refused_not_1008(
         assert client.duplicates == 0
 
 
-async def test_server_side_history(make_app: AppFactory) -> None:
-    app = build(make_app)
+async def test_server_side_history(make_app: AppFactory, store: dict[str, Any]) -> None:
+    app = build(make_app, **store)
     async with serve(app):
         ws = app.ctx.ws
         for i in range(25):
@@ -327,8 +358,10 @@ async def test_server_side_history(make_app: AppFactory) -> None:
             await ws.publish("chat:5", raw="raw")
 
 
-async def test_a_page_is_bounded_in_bytes(make_app: AppFactory) -> None:
-    app = build(make_app, WS_MAX_PUBLISH=8192)
+async def test_a_page_is_bounded_in_bytes(
+    make_app: AppFactory, store: dict[str, Any]
+) -> None:
+    app = build(make_app, **store, WS_MAX_PUBLISH=8192)
     async with serve(app):
         ws = app.ctx.ws
         for i in range(10):
@@ -338,10 +371,3 @@ async def test_a_page_is_bounded_in_bytes(make_app: AppFactory) -> None:
         epoch = latest.position.epoch
         first = await ws.history("chat:6", since={"offset": 0, "epoch": epoch})
         assert [p["offset"] for p in first.publications] == [1, 2]
-
-
-async def test_history_rooms_refuse_the_redis_backplane(make_app: AppFactory) -> None:
-    app = build(make_app, WS_BACKPLANE="redis://127.0.0.1:6379/0")
-    with pytest.raises(ConfigError, match="history"):
-        async with serve(app):
-            pass

@@ -72,6 +72,7 @@ from typing import Any
 
 from ..errors import PublishTooLarge
 from . import NO_EVENTS, Delivery, DeliveryEvents, LinkState, Op, OpKind
+from .redis_history import HISTORY_ORIGIN
 from .redislink import IO_TIMEOUT, ClusterLink, Deaf, SingleLink
 from .wire import (
     apply_records,
@@ -199,6 +200,9 @@ class RedisBackplane:
         # Redis Cluster (decided once).
         self._link: SingleLink | ClusterLink | None = None
         self._link_chosen = False
+        #: Counts the link's connections: what a command client learned
+        #: (a server's run_id, its scripts) is from an older one when it grew.
+        self.generation = 0
         self._linked = False  # connected and subscribed: commands may go
         self._commands: set[asyncio.Task[None]] = set()
         self._heard: dict[str, float] = {}
@@ -217,7 +221,14 @@ class RedisBackplane:
         self._connected_once: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
-    # -- the relay's hook, passed through -----------------------------------
+    @property
+    def link(self) -> SingleLink | ClusterLink | None:
+        """The current link (a :class:`ClusterLink` once a cluster was found)."""
+        return self._link if self._link_chosen else None
+
+    def room_channel(self, room: str) -> str:
+        """The channel carrying ``room``'s publications."""
+        return self._room_prefix + room
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -547,6 +558,7 @@ class RedisBackplane:
             # heard before their silence counts (not at the first connect).
             self._hearing_since = now
         self._down_since = None
+        self.generation += 1
         self._ever_up = True
         self._connected_once.set()
         self._set_state(LinkState.DOWN if self._dropping else LinkState.CONNECTED)
@@ -746,7 +758,9 @@ class RedisBackplane:
     def _receive(self, channel: bytes, data: bytes) -> None:
         origin, life, seq, chunk = unpack_message(data)
         assert self._loop is not None
-        self._heard[origin] = self._loop.time()
+        history = origin == HISTORY_ORIGIN  # a history room's Redis sequencer
+        if not history:
+            self._heard[origin] = self._loop.time()
         if origin.startswith(self._node_prefix):
             return  # ours, or this machine's: already delivered over the relay
         if channel.startswith(self._room_prefix_b):
@@ -768,7 +782,8 @@ class RedisBackplane:
                     gap,
                     origin,
                 )
-                self._events.missed(origin)
+                if not history:  # nothing to re-sync: clients see the offsets
+                    self._events.missed(origin)
         self._seen[key] = (life, seq)
         self.received += 1
         assert self._apply is not None

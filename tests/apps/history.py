@@ -25,7 +25,7 @@ from sanic_ws_ext import (
 )
 
 app = Sanic("history")
-app.config.WS_RELAY_BEAT = 0.5
+app.config.WS_RELAY_BEAT = float(os.environ.get("TEST_RELAY_BEAT", "0.5"))
 Extend(app).register(WSExtension)
 handlers = WSHandlers(app)
 handlers.room("chat:{id}", client_join=True, history=History(size=2000))
