@@ -2,6 +2,7 @@
 
     python bench/history.py [--workers 4] [--tasks 1,16] [--seconds 3] [--rounds 3]
                             [--recovery 1000] [--missed 100] [--memory 100000]
+                            [--redis]
 
 A real `sanic --workers N` (bench/servers/history_app.py). One client per
 worker asks its worker to publish into one room for a few seconds from
@@ -10,6 +11,11 @@ a history room's publish waits for the sequencer's answer (a relay round
 trip from the other workers), so this is its worst case; more tasks
 pipeline. One member of the room reads everything and must get every
 publication. Rounds alternate plain and history rooms.
+
+With ``--redis``: two machines of ``workers / 2`` each over a private
+``redis-server`` (Redis numbers and keeps history rooms); the member and the
+recovering clients are on the first; memory is then Redis's (see
+bench/redis_history.py) and not measured here.
 
 Recovery (``--recovery N``, 0 to skip): a room gets ``--missed`` publications
 after a position; then N clients (``bench/recoveryclient.mjs``, Node, at most
@@ -44,7 +50,10 @@ from sanic_ws_ext.testing import SanicProcess, WSTestClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import cpu_seconds
 
+from tests.redisproc import RedisServer
+
 BENCH = Path(__file__).resolve().parent
+APP = "bench.servers.history_app:app"
 
 
 async def workers_covered(server: SanicProcess, n: int) -> list[WSTestClient]:
@@ -113,7 +122,12 @@ async def probe(workers: list[WSTestClient]) -> list[dict[str, Any]]:
 
 
 async def recovery_round(
-    server: SanicProcess, workers: list[WSTestClient], room: str, n: int, missed: int
+    server: SanicProcess,
+    workers: list[WSTestClient],
+    room: str,
+    n: int,
+    missed: int,
+    pids: list[int],
 ) -> dict[str, Any]:
     async with await WSTestClient.connect(server.ws_url()) as first:
         await first.expect("welcome")
@@ -123,7 +137,7 @@ async def recovery_round(
     )
     await workers[0].expect("bench.published", 120)
     await probe(workers)  # the stalls from here on
-    cpu = cpu_seconds([server.pid])
+    cpu = cpu_seconds(pids)
     command = [
         "node", str(BENCH / "recoveryclient.mjs"), "--url", server.ws_url(),
         "--clients", str(n), "--room", room, "--offset", str(left_at["offset"]),
@@ -134,17 +148,20 @@ async def recovery_round(
     )
     out, _ = await proc.communicate()
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    result["cpu_s"] = cpu_seconds([server.pid]) - cpu
+    result["cpu_s"] = cpu_seconds(pids) - cpu
     result["stall_ms"] = max(p["stall_ms"] for p in await probe(workers))
     return result
 
 
 async def recovery(
-    server: SanicProcess, workers: list[WSTestClient], args: argparse.Namespace
+    server: SanicProcess,
+    workers: list[WSTestClient],
+    args: argparse.Namespace,
+    pids: list[int],
 ) -> None:
     runs = [
         await recovery_round(
-            server, workers, f"history:rec-{r}", args.recovery, args.missed
+            server, workers, f"history:rec-{r}", args.recovery, args.missed, pids
         )
         for r in range(args.rounds)
     ]
@@ -161,7 +178,8 @@ async def recovery(
     right = sum(run["caught_up"] == args.recovery for run in runs)
     print(
         f"recovery, {args.recovery} clients x {args.missed} missed, "
-        f"{args.workers} workers: all caught up in {fmt('seconds', 2)} s; per client "
+        f"{'2 nodes over Redis' if args.redis else f'{args.workers} workers'}: "
+        f"all caught up in {fmt('seconds', 2)} s; per client "
         f"p50 {fmt('p50_ms')} ms, p99 {fmt('p99_ms')} ms; largest loop stall "
         f"{fmt('stall_ms', 1)} ms; workers' CPU {fmt('cpu_s', 2)} s; "
         f"every client exactly right in {right}/{len(runs)} rounds",
@@ -190,11 +208,34 @@ async def memory(
 
 
 async def main(args: argparse.Namespace) -> None:
-    server = SanicProcess(
-        "bench.servers.history_app:app", "--workers", str(args.workers), strict=False
-    )
-    async with server:
-        publishers = await workers_covered(server, args.workers)
+    async with contextlib.AsyncExitStack() as stack:
+        if args.redis:
+            # Two machines of workers/2 each over a private Redis (never the
+            # shared one): Redis numbers and keeps the history rooms.
+            redis = await stack.enter_async_context(RedisServer())
+            env = {
+                "SANIC_WS_BACKPLANE": redis.url,
+                "SANIC_WS_REDIS_CHANNEL": "bench-history",
+            }
+            per_node = max(1, args.workers // 2)
+            servers = [
+                SanicProcess(APP, "--workers", str(per_node), env=env, strict=False)
+                for _ in range(2)
+            ]
+        else:
+            per_node = args.workers
+            servers = [SanicProcess(APP, "--workers", str(per_node), strict=False)]
+        for node in servers:
+            await stack.enter_async_context(node)
+        server = servers[0]  # the member's, and the recovering clients'
+        publishers = []
+        for node in servers:
+            publishers += await workers_covered(node, per_node)
+        where = (
+            f"2 nodes x {per_node} workers over Redis"
+            if args.redis
+            else f"{args.workers} workers"
+        )
         for tasks in args.tasks:
             rates: dict[str, list[float]] = {"plain": [], "history": []}
             for n in range(args.rounds):
@@ -206,15 +247,15 @@ async def main(args: argparse.Namespace) -> None:
             plain = statistics.median(rates["plain"])
             history = statistics.median(rates["history"])
             print(
-                f"{args.workers} workers, {tasks} task(s) each: plain {plain:,.0f}/s, "
+                f"{where}, {tasks} task(s) each: plain {plain:,.0f}/s, "
                 f"history {history:,.0f}/s ({history / plain:.2f}x); "
                 f"rounds {[round(r) for r in rates['plain']]} / "
                 f"{[round(r) for r in rates['history']]}",
                 flush=True,
             )
         if args.recovery:
-            await recovery(server, publishers, args)
-        if args.memory:
+            await recovery(server, publishers, args, [node.pid for node in servers])
+        if args.memory and not args.redis:  # with Redis, Redis keeps them
             await memory(server, publishers, args)
         for client in publishers:
             await client.close()
@@ -231,4 +272,9 @@ if __name__ == "__main__":
     parser.add_argument("--recovery", type=int, default=1000)
     parser.add_argument("--missed", type=int, default=100)
     parser.add_argument("--memory", type=int, default=100_000)
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="two nodes over a private Redis: Redis sequences the history rooms",
+    )
     asyncio.run(main(parser.parse_args()))
