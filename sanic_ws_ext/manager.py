@@ -282,14 +282,7 @@ class ConnectionManager:
         latest matters.
         """
         body, binary = message_body(type, data, raw)
-        self._outbox.address(
-            OpKind.SEND,
-            conn_id,
-            payload=body,
-            binary=binary,
-            volatile=volatile,
-            reason=send_key(key) or "",
-        )
+        self._queue(OpKind.SEND, conn_id, body, binary, (), volatile, key)
         await self._pace()
 
     async def broadcast(
@@ -304,14 +297,7 @@ class ConnectionManager:
     ) -> None:
         """Send to every connection but those in ``exclude`` (ids)."""
         body, binary = message_body(type, data, raw)
-        self._outbox.publish(
-            OpKind.BROADCAST,
-            payload=body,
-            binary=binary,
-            exclude=exclude,
-            volatile=volatile,
-            reason=send_key(key) or "",
-        )
+        self._queue(OpKind.BROADCAST, "", body, binary, exclude, volatile, key)
         await self._pace()
 
     async def publish(
@@ -346,15 +332,7 @@ class ConnectionManager:
                     "volatile or keyed"
                 )
             return await self.sequencer.publish(room, spec, body, exclude)
-        self._outbox.publish(
-            OpKind.ROOM_SEND,
-            target=room,
-            payload=body,
-            binary=binary,
-            exclude=exclude,
-            volatile=volatile,
-            reason=send_key(key) or "",
-        )
+        self._queue(OpKind.ROOM_SEND, room, body, binary, exclude, volatile, key)
         await self._pace()
         return None
 
@@ -392,15 +370,7 @@ class ConnectionManager:
     ) -> None:
         """Send to every connection of ``user`` (the verify identity)."""
         body, binary = message_body(type, data, raw)
-        self._outbox.publish(
-            OpKind.USER_SEND,
-            target=user,
-            payload=body,
-            binary=binary,
-            exclude=exclude,
-            volatile=volatile,
-            reason=send_key(key) or "",
-        )
+        self._queue(OpKind.USER_SEND, user, body, binary, exclude, volatile, key)
         await self._pace()
 
     async def request(
@@ -443,6 +413,30 @@ class ConnectionManager:
         """Deprecated: ``send_user(user, raw=payload)``."""
         _renamed("ws.send_user_raw(user, payload)", "ws.send_user(user, raw=payload)")
         await self.send_user(user, raw=payload, **options)
+
+    def _queue(
+        self,
+        kind: OpKind,
+        target: str,
+        body: bytes,
+        binary: bool,
+        exclude: Iterable[str],
+        volatile: bool,
+        key: str | None,
+    ) -> None:
+        """Hand one send to the delivery: to the process holding the
+        connection (``SEND``), or to every process. The key travels in the
+        op's ``reason``."""
+        fields: dict[str, Any] = {
+            "payload": body,
+            "binary": binary,
+            "volatile": volatile,
+            "reason": send_key(key) or "",
+        }
+        if kind is OpKind.SEND:
+            self._outbox.address(kind, target, **fields)
+        else:
+            self._outbox.publish(kind, target=target, exclude=exclude, **fields)
 
     async def _pace(self) -> None:
         """After queuing: let the loop run, and wait for readers, once this
