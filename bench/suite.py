@@ -17,10 +17,11 @@ machines, and many nodes (``bench/nodes.py``: 8 nodes over one Redis and
 over a Redis Cluster, interest routing against the single channel of
 5b7bee7), and history rooms (``bench/history.py``: publications per second
 against a plain room, 1,000 clients recovering at once, memory per kept
-publication). Cluster scale (``bench/scale.py``: minutes at full size) runs on
-its own; ``--smoke`` includes it. Needs ``npm install --prefix bench`` (Node
-``ws``) and ``pip install -e '.[bench]'`` (socketify, python-socketio,
-uvicorn).
+publication), and request and reply (``bench/requests.py``: round trips
+against python-socketio's acks). Cluster scale (``bench/scale.py``: minutes
+at full size) runs on its own; ``--smoke`` includes it. Needs ``npm install
+--prefix bench`` (Node ``ws``) and ``pip install -e '.[bench]'`` (socketify,
+python-socketio, uvicorn).
 
 ``--smoke`` runs every scenario tiny, only ours and the naive loop (nothing to
 install but Node), with both load clients when there is a compiler, and exits
@@ -126,6 +127,9 @@ def main() -> None:
                         "--rounds", "1", "--recovery", "20", "--missed", "10",
                         "--memory", "1000"]  # fmt: skip
         section("History rooms (smoke)", script("history.py", *tiny_history))
+        tiny_requests = ["--servers", "ours", "--rounds", "1", "--duration", "0.5",
+                         "--clients", "5"]  # fmt: skip
+        section("Request and reply (smoke)", script("requests.py", *tiny_requests))
         lost = [run for run in checked if run["received"] != run["expected"]]
         if not passed:  # a chat run that lost a message (or was late) fails
             lost.append({"chat": "ours failed 5 msg/s per client"})
@@ -164,6 +168,7 @@ def main() -> None:
         script("nodes.py", "--rounds", str(rounds)),
     )
     section("History rooms", script("history.py", "--rounds", str(rounds)))
+    section("Request and reply", script("requests.py", "--rounds", str(rounds)))
     text = "\n".join(report)
     print(text)
     if args.out:
