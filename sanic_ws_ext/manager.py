@@ -427,16 +427,26 @@ class ConnectionManager:
         """Hand one send to the delivery: to the process holding the
         connection (``SEND``), or to every process. The key travels in the
         op's ``reason``."""
-        fields: dict[str, Any] = {
-            "payload": body,
-            "binary": binary,
-            "volatile": volatile,
-            "reason": send_key(key) or "",
-        }
+        reason = send_key(key) or ""
         if kind is OpKind.SEND:
-            self._outbox.address(kind, target, **fields)
+            self._outbox.address(
+                kind,
+                target,
+                payload=body,
+                binary=binary,
+                volatile=volatile,
+                reason=reason,
+            )
         else:
-            self._outbox.publish(kind, target=target, exclude=exclude, **fields)
+            self._outbox.publish(
+                kind,
+                target=target,
+                payload=body,
+                binary=binary,
+                exclude=exclude,
+                volatile=volatile,
+                reason=reason,
+            )
 
     async def _pace(self) -> None:
         """After queuing: let the loop run, and wait for readers, once this

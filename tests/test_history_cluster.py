@@ -52,6 +52,10 @@ class Reader:
                 if isinstance(message, Envelope) and message.type == "msg":
                     self.got.append((message.data["tag"], message.data["i"]))
                     self._more.set()
+                # recv returns without suspending while messages are queued:
+                # a reader keeping pace with fast publishers would starve the
+                # test's other tasks. Fairness, not synchronisation.
+                await asyncio.sleep(0)
         except ConnectionClosed:
             self.closed = True
             self._more.set()

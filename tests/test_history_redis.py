@@ -17,9 +17,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from sanic import Sanic
-from websockets.exceptions import ConnectionClosed
 
-from sanic_ws_ext import ConnectionManager, Envelope, SequencerUnavailable
+from sanic_ws_ext import ConnectionManager, SequencerUnavailable
 from sanic_ws_ext.delivery import Op, OpKind
 from sanic_ws_ext.delivery.redis_history import history_keys
 from sanic_ws_ext.history import Position
@@ -66,45 +65,6 @@ def _slot(key: str) -> int:
 
 
 # -- two `sanic --workers 2` nodes --------------------------------------------------
-
-
-class FairReader(Reader):
-    """A :class:`Reader` that yields after each message and stops for sure.
-
-    A websocket's ``recv`` returns without suspending while messages are
-    queued: a reader keeping pace with fast publishers would starve the
-    test's other tasks. And on Python 3.11 ``asyncio.wait_for`` (inside
-    ``recv``) drops a cancellation that lands as the message it waits for
-    arrives: under a flood, ``Reader.stop`` (cancel, then await with
-    ``CancelledError`` suppressed) then waits as long as messages flow, and
-    swallows the test's own timeout too (seen: a minute, and a hang). So
-    this one stops on a flag, cancels until the task is done, and never
-    suppresses a cancellation of its caller.
-    """
-
-    stopping = False
-
-    async def stop(self) -> None:
-        Reader.running.discard(self)
-        self.stopping = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + units(10)
-        while not self._task.done():
-            assert loop.time() < deadline, "the reader never stopped"
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=0.1)
-
-    async def _run(self) -> None:
-        try:
-            while not self.stopping:
-                message = await self.client.ws.recv(timeout=units(60))
-                if isinstance(message, Envelope) and message.type == "msg":
-                    self.got.append((message.data["tag"], message.data["i"]))
-                    self._more.set()
-                await asyncio.sleep(0)  # fairness, not synchronisation
-        except ConnectionClosed:
-            self.closed = True
-            self._more.set()
 
 
 @asynccontextmanager
@@ -157,7 +117,7 @@ async def test_a_client_away_gets_exactly_what_it_missed_on_the_other_node() -> 
         monitor = await two.connect()
         await monitor.ws.join(ROOM)
         await away.ws.join(ROOM)
-        watch, mine = FairReader(monitor), FairReader(away)
+        watch, mine = Reader(monitor), Reader(away)
         await start_publishing(publishers)
         await mine.until(50)
         await mine.stop()
@@ -175,7 +135,7 @@ async def test_a_client_away_gets_exactly_what_it_missed_on_the_other_node() -> 
         assert joined["position"]["epoch"] == positions[ROOM]["epoch"]
         caught_up = joined["position"]["offset"]
         assert caught_up >= left_at + 200
-        again = FairReader(back)
+        again = Reader(back)
         await again.until(caught_up - left_at + 100)  # and live ones
         sent = await stop_publishing(publishers)
         await watch.until(sent)
