@@ -38,8 +38,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from sanic_ws_ext.testing import SanicProcess, WSTestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import cpu_seconds
+from peers import fmt
 
 from tests.redisproc import RedisServer
 
@@ -77,7 +78,10 @@ async def one_round(
     room: str,
     tasks: int,
     seconds: float,
-) -> float:
+    pids: list[int],
+) -> tuple[float, float, float]:
+    """Publications per second; the servers' CPU per publication (us); the
+    reading member's CPU as a share of the round (near 1: it was the limit)."""
     async with await WSTestClient.connect(server.ws_url()) as member:
         await member.expect("welcome")
         await member.join(room, resume=False)
@@ -94,6 +98,7 @@ async def one_round(
                     complete.set()
 
         reader = asyncio.ensure_future(read())
+        cpu, mine, start = cpu_seconds(pids), time.process_time(), time.monotonic()
         for client in publishers:
             await client.send(
                 "bench.run", {"room": room, "tasks": tasks, "seconds": seconds}
@@ -105,11 +110,13 @@ async def one_round(
         if got >= made:
             complete.set()
         await asyncio.wait_for(complete.wait(), 60)
+        cpu_us = (cpu_seconds(pids) - cpu) * 1e6 / made
+        member_share = (time.process_time() - mine) / (time.monotonic() - start)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
         assert got == made, f"the member got {got} of {made}"
-        return made / seconds
+        return made / seconds, cpu_us, member_share
 
 
 async def probe(workers: list[WSTestClient]) -> list[dict[str, Any]]:
@@ -168,20 +175,16 @@ async def recovery(
     for run in runs:
         print(f"  recovery round: {run}", file=sys.stderr, flush=True)
 
-    def fmt(key: str, digits: int = 0) -> str:
-        values = [float(run[key]) for run in runs]
-        return (
-            f"{statistics.median(values):,.{digits}f}"
-            f" ({min(values):,.{digits}f} - {max(values):,.{digits}f})"
-        )
+    def of(key: str, digits: int = 0) -> str:
+        return fmt([float(run[key]) for run in runs], digits)
 
     right = sum(run["caught_up"] == args.recovery for run in runs)
     print(
         f"recovery, {args.recovery} clients x {args.missed} missed, "
         f"{'2 nodes over Redis' if args.redis else f'{args.workers} workers'}: "
-        f"all caught up in {fmt('seconds', 2)} s; per client "
-        f"p50 {fmt('p50_ms')} ms, p99 {fmt('p99_ms')} ms; largest loop stall "
-        f"{fmt('stall_ms', 1)} ms; workers' CPU {fmt('cpu_s', 2)} s; "
+        f"all caught up in {of('seconds', 2)} s; per client "
+        f"p50 {of('p50_ms')} ms, p99 {of('p99_ms')} ms; largest loop stall "
+        f"{of('stall_ms', 1)} ms; workers' CPU {of('cpu_s', 2)} s; "
         f"every client exactly right in {right}/{len(runs)} rounds",
         flush=True,
     )
@@ -236,25 +239,37 @@ async def main(args: argparse.Namespace) -> None:
             if args.redis
             else f"{args.workers} workers"
         )
+        pids = [node.pid for node in servers]
         for tasks in args.tasks:
-            rates: dict[str, list[float]] = {"plain": [], "history": []}
+            runs: dict[str, list[tuple[float, float, float]]] = {
+                "plain": [],
+                "history": [],
+            }
             for n in range(args.rounds):
                 for kind in ("plain", "history"):
                     room = f"{kind}:{tasks}-{n}"
-                    rates[kind].append(
-                        await one_round(server, publishers, room, tasks, args.seconds)
+                    runs[kind].append(
+                        await one_round(
+                            server, publishers, room, tasks, args.seconds, pids
+                        )
                     )
-            plain = statistics.median(rates["plain"])
-            history = statistics.median(rates["history"])
+            ratios = [
+                h[0] / p[0] for p, h in zip(runs["plain"], runs["history"], strict=True)
+            ]
+            figures = []
+            for kind in ("plain", "history"):
+                rate, cpu, share = ([r[i] for r in runs[kind]] for i in range(3))
+                figures.append(
+                    f"{kind} {fmt(rate)}/s, {fmt(cpu, 1)} us server CPU per"
+                    f" publication, member's CPU {fmt([100 * x for x in share])}%"
+                )
             print(
-                f"{where}, {tasks} task(s) each: plain {plain:,.0f}/s, "
-                f"history {history:,.0f}/s ({history / plain:.2f}x); "
-                f"rounds {[round(r) for r in rates['plain']]} / "
-                f"{[round(r) for r in rates['history']]}",
+                f"{where}, {tasks} task(s) each: {'; '.join(figures)};"
+                f" history/plain {fmt(ratios, 2)} (within rounds)",
                 flush=True,
             )
         if args.recovery:
-            await recovery(server, publishers, args, [node.pid for node in servers])
+            await recovery(server, publishers, args, pids)
         if args.memory and not args.redis:  # with Redis, Redis keeps them
             await memory(server, publishers, args)
         for client in publishers:
