@@ -370,11 +370,11 @@ class WorkerRelay:
 
     # -- sending ---------------------------------------------------------------
 
-    def publish(
+    def deliver(
         self, op: Op, to: str | None = None, record: bytes | None = None
     ) -> None:
         if self._apply is None:
-            raise RuntimeError("publish() before start() or after stop()")
+            raise RuntimeError("deliver() before start() or after stop()")
         if to is None:
             self._apply(op)
             targets: Sequence[int] = ()
