@@ -105,7 +105,8 @@ class LinkState(StrEnum):
 
 
 class DeliveryEvents(Protocol):
-    """What a backend reports to the manager, given to it at :meth:`Delivery.start`."""
+    """What a backend reports, to the object the manager gives it at
+    :meth:`Delivery.start` (not the manager itself)."""
 
     def gap(self, peer: str) -> None:
         """Ops for ``peer`` had to be dropped: it needs this process's state."""

@@ -234,7 +234,7 @@ class WorkerRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._apply: Callable[[Op], None] | None = None
         self._inbox: socket.socket | None = None
-        # Framed records in publish order, each with its slot (-1: all).
+        # Framed records in the order delivered, each with its slot (-1: all).
         self._out: list[tuple[bytes, int]] = []
         self._directed = False
         self._backlog: list[deque[bytes]] = [deque() for _ in range(self.slots)]
