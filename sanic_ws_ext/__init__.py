@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from .config import DEFAULTS, WSConfig
 from .connection import Connection, ConnectionState
+from .emitter import Emitter, SyncEmitter
 from .envelope import Envelope
 from .errors import (
     ClientGone,
     CloseCode,
     ConfigError,
+    EmitFailed,
     ErrorCode,
     MessageError,
     PublishTooLarge,
@@ -45,6 +47,8 @@ __all__ = [
     "Connection",
     "ConnectionManager",
     "ConnectionState",
+    "EmitFailed",
+    "Emitter",
     "Envelope",
     "ErrorCode",
     "History",
@@ -57,6 +61,7 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "SequencerUnavailable",
+    "SyncEmitter",
     "WSConfig",
     "WSError",
     "WSExtension",

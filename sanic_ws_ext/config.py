@@ -130,6 +130,12 @@ DEFAULTS: dict[str, Any] = {
     # When set, /stats and /metrics need "Authorization: Bearer <token>"
     # (the dashboard reads it from its URL fragment: /dashboard#token=...).
     "WS_STATS_TOKEN": None,
+    # When set, serve POST <WS_PATH>/publish: scripts and other services send
+    # through the manager with "Authorization: Bearer <token>" (at least 16
+    # characters). Off (no route) while unset. Fixed at registration.
+    "WS_PUBLISH_TOKEN": None,
+    # Largest body (bytes) POST <WS_PATH>/publish accepts (413 past it).
+    "WS_PUBLISH_MAX": 64 * 1024,
     # Once a worker has started, move what startup built (modules, routes,
     # the app) out of the garbage collector's sight (gc.freeze): every full
     # collection then skips it, a shorter stall of the event loop.
@@ -171,6 +177,15 @@ def _number(key: str, value: Any, *, allow_none: bool) -> float | None:
         extra = _OR_NONE if allow_none else ""
         raise ConfigError(key, f"must be a positive number{extra}, got {value!r}")
     return float(value)
+
+
+def _token(key: str, value: Any) -> str | None:
+    """A bearer token: None (off) or a string of at least 16 characters."""
+    if _is_off(value):
+        return None
+    if not isinstance(value, str) or len(value) < 16:
+        raise ConfigError(key, "must be None or a string of at least 16 characters")
+    return value
 
 
 def _integer(key: str, value: Any, *, allow_none: bool) -> int | None:
@@ -279,6 +294,8 @@ class WSConfig:
     health: bool
     stats: bool
     stats_token: str | None
+    publish_token: str | None
+    publish_max: int
     gc_freeze: bool
 
     @classmethod
@@ -384,16 +401,12 @@ class WSConfig:
             key: _switch(key, get(key))
             for key in ("WS_HEALTH", "WS_STATS", "WS_GC_FREEZE")
         }
-        stats_token = get("WS_STATS_TOKEN")
-        if _is_off(stats_token):
-            stats_token = None
-        if stats_token is not None and (
-            not isinstance(stats_token, str) or len(stats_token) < 16
-        ):
-            raise ConfigError(
-                "WS_STATS_TOKEN",
-                "must be None or a string of at least 16 characters",
-            )
+        stats_token = _token("WS_STATS_TOKEN", get("WS_STATS_TOKEN"))
+        publish_token = _token("WS_PUBLISH_TOKEN", get("WS_PUBLISH_TOKEN"))
+        publish_max = _integer(
+            "WS_PUBLISH_MAX", get("WS_PUBLISH_MAX"), allow_none=False
+        )
+        assert publish_max is not None
         return cls(
             path=path.rstrip("/") or "/",
             ping_interval=_number(
@@ -452,6 +465,8 @@ class WSConfig:
             gc_freeze=switches["WS_GC_FREEZE"],
             stats=switches["WS_STATS"],
             stats_token=stats_token,
+            publish_token=publish_token,
+            publish_max=publish_max,
         )
 
     @property

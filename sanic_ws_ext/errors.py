@@ -10,6 +10,7 @@ One root, :class:`WSError`, drawn as a tree::
     │                          (sent back as an error frame, connection stays open)
     ├── PublishTooLarge        a message bigger than WS_MAX_PUBLISH was sent
     │                          through the Redis backplane (raised to the caller)
+    ├── EmitFailed             a SyncEmitter could not hand an op to Redis
     └── RequestError           a request to a client (``conn.request``) got no data
         ├── RequestFailed      the client answered ``ok: false`` (code, reason)
         ├── RequestTimeout     no reply in time (also a ``TimeoutError``)
@@ -30,6 +31,7 @@ __all__ = [
     "ClientGone",
     "CloseCode",
     "ConfigError",
+    "EmitFailed",
     "ErrorCode",
     "MessageError",
     "PublishTooLarge",
@@ -140,6 +142,23 @@ class PublishTooLarge(WSError, ValueError):
         )
         self.size = size
         self.limit = limit
+
+
+class EmitFailed(WSError, ConnectionError):
+    """A :class:`~sanic_ws_ext.emitter.SyncEmitter` could not publish an op.
+
+    Redis was unreachable or did not confirm: this op may or may not have
+    been delivered (the emitter does not send it again); every op before it
+    was confirmed. The next call connects afresh. ``op`` names the call.
+    """
+
+    def __init__(self, op: str, cause: BaseException) -> None:
+        super().__init__(
+            f"{op}: Redis did not confirm it ({type(cause).__name__}: {cause});"
+            " it may or may not have been delivered and is not sent again;"
+            " every earlier op was confirmed"
+        )
+        self.op = op
 
 
 class SequencerUnavailable(WSError, TimeoutError):

@@ -55,6 +55,7 @@ from .errors import ConfigError
 from .handlers import HandlerRegistry, WSHandlers, groups_of, unregistered_blueprints
 from .manager import ConnectionManager
 from .monitoring import add_routes, add_static_route, redact_query_strings
+from .publish_route import add_publish_route
 
 __all__ = ["WSExtension", "install"]
 
@@ -100,6 +101,8 @@ def install(app: Sanic[Any, Any]) -> None:
     add_static_route(bp, base, "client.d.ts", "application/typescript; charset=utf-8")
     # Health, stats, metrics and the dashboard: <WS_PATH>/health, ...
     add_routes(bp, base, config)
+    if config.publish_token is not None:  # POST <WS_PATH>/publish
+        add_publish_route(bp, base)
     app.blueprint(bp)
     # Browser clients send their token in the query string: keep it out of
     # Sanic's access and error logs.
@@ -209,6 +212,11 @@ async def _start(app: Sanic[Any, Any]) -> None:
         ("WS_PATH", config.path, registered.path),
         ("WS_HEALTH", config.health, registered.health),
         ("WS_STATS", config.stats, registered.stats),
+        (
+            "WS_PUBLISH_TOKEN (on or off)",
+            config.publish_token is not None,
+            registered.publish_token is not None,
+        ),
         ("WS_BACKPLANE", config.backplane, registered.backplane),
         ("WS_RELAY_TRANSPORT", config.relay_transport, registered.relay_transport),
     ):

@@ -84,7 +84,7 @@ from .wire import (
     unpack_message,
 )
 
-__all__ = ["RETRY_CAP", "RedisBackplane"]
+__all__ = ["RETRY_CAP", "SENDER_ONLY", "RedisBackplane"]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext.backplane")
 
@@ -110,6 +110,10 @@ _PRUNE_EVERY = 60.0  # seconds between sweeps of what we keep per process
 _RESEND_WINDOW = 1.0
 _RESEND_BYTES = 1 << 20
 _FORGET_AFTER = 600.0  # a process silent this long (while connected) is gone
+#: Origins starting with this send and never subscribe: the Redis sequencer
+#: of history rooms (``~history``) and emitters (``~emitter/<id>``).
+SENDER_ONLY = "~"
+assert HISTORY_ORIGIN.startswith(SENDER_ONLY)
 
 
 #: Room streams a process keeps numbering; past it the least recently used
@@ -206,6 +210,8 @@ class RedisBackplane:
         self._linked = False  # connected and subscribed: commands may go
         self._commands: set[asyncio.Task[None]] = set()
         self._heard: dict[str, float] = {}
+        # Sender-only origins (SENDER_ONLY) heard, and when: for pruning only.
+        self._senders: dict[str, float] = {}
         self._expected: set[str] = set()
         self._recovering = False
         # Set at the first reconnect of an outage; kept across later ones, so
@@ -515,10 +521,19 @@ class RedisBackplane:
             await self._choose_link()
         rooms = list(self._rooms)
         await self._link.connect(
-            [self._room_prefix + room for room in rooms],
-            [self._all, self._mine.decode()],
+            [self._room_prefix + room for room in rooms], self._plain_channels()
         )
         return rooms
+
+    # Hooks: what a sender-only backplane (sanic_ws_ext.emitter) changes.
+
+    def _plain_channels(self) -> list[str]:
+        """The plain channels to subscribe: ``:all`` and our own."""
+        return [self._all, self._mine.decode()]
+
+    def _listeners_expected(self) -> int:
+        """How many subscribers of ``:all`` to wait for after an outage."""
+        return len(self._expected)
 
     async def _choose_link(self) -> None:
         """At the first connection: one Redis, or the shards of a Redis Cluster."""
@@ -667,15 +682,19 @@ class RedisBackplane:
     def _prune(self, now: float) -> None:
         """Forget processes not heard for ``_FORGET_AFTER`` (long dead)."""
         gone = {p for p, t in self._heard.items() if now - t > _FORGET_AFTER}
-        if not gone:
-            return
         for process in gone:
             del self._heard[process]
             # A sequence restarting at 1 would look like a resend to a
             # receiver that still remembers us: forget only the dead's.
             self._seq.pop(self._direct + process, None)
-        for key in [k for k in self._seen if k[1] in gone]:
-            del self._seen[key]
+        # Emitters come and go (one per cron run, say): forget the silent.
+        senders = {p for p, t in self._senders.items() if now - t > _FORGET_AFTER}
+        for sender in senders:
+            del self._senders[sender]
+        gone |= senders
+        if gone:
+            for key in [k for k in self._seen if k[1] in gone]:
+                del self._seen[key]
 
     async def _send(self) -> None:
         assert self._wake is not None
@@ -729,7 +748,7 @@ class RedisBackplane:
     async def _await_subscribers(self) -> None:
         """Wait (bounded) until the processes heard before the outage listen."""
         assert self._loop is not None
-        want = len(self._expected)
+        want = self._listeners_expected()
         direct = {ch for ch, _ in self._outbox if ch.startswith(self._direct)}
         channels = [self._all, *direct]
         if self._resubscribe_deadline is None:
@@ -758,8 +777,13 @@ class RedisBackplane:
     def _receive(self, channel: bytes, data: bytes) -> None:
         origin, life, seq, chunk = unpack_message(data)
         assert self._loop is not None
-        history = origin == HISTORY_ORIGIN  # a history room's Redis sequencer
-        if not history:
+        # A sender-only origin ("~..."): the Redis sequencer of history rooms,
+        # or an emitter. It never subscribes, so it is not awaited after an
+        # outage, and has no state to re-sync.
+        sender = origin.startswith(SENDER_ONLY)
+        if sender:
+            self._senders[origin] = self._loop.time()
+        else:
             self._heard[origin] = self._loop.time()
         if origin.startswith(self._node_prefix):
             return  # ours, or this machine's: already delivered over the relay
@@ -777,12 +801,12 @@ class RedisBackplane:
                 gap = seq - last[1] - 1
                 self.missed += gap
                 log.warning(
-                    "redis backplane: missed %d message(s) from %s; asking it to"
-                    " re-sync",
+                    "redis backplane: missed %d message(s) from %s%s",
                     gap,
                     origin,
+                    "" if sender else "; asking it to re-sync",
                 )
-                if not history:  # nothing to re-sync: clients see the offsets
+                if not sender:  # nothing to re-sync (history: clients see offsets)
                     self._events.missed(origin)
         self._seen[key] = (life, seq)
         self.received += 1

@@ -187,14 +187,17 @@ class SingleLink:
     async def connect(self, rooms: Sequence[str], plain: Sequence[str]) -> None:
         await asyncio.wait_for(self._pub.ping(), IO_TIMEOUT)
         try:
-            if self._raw:
-                sub: AnySubscriber = await Subscriber.open(self.url, None, self._hooks)
-            else:
-                sub = await PySubscriber.open(self._sub, self._hooks)
-            self._subscriber = sub
-            sub.send("SUBSCRIBE", *plain, *rooms)
-            # Subscribed once every confirmation is back.
-            await sub.until_confirmed(len(plain) + len(rooms))
+            if plain or rooms:  # else a sender only (an emitter): no subscriber
+                if self._raw:
+                    sub: AnySubscriber = await Subscriber.open(
+                        self.url, None, self._hooks
+                    )
+                else:
+                    sub = await PySubscriber.open(self._sub, self._hooks)
+                self._subscriber = sub
+                sub.send("SUBSCRIBE", *plain, *rooms)
+                # Subscribed once every confirmation is back.
+                await sub.until_confirmed(len(plain) + len(rooms))
             if self._raw:
                 self._publisher = await Publisher.open(self.url, None)
             else:
@@ -204,7 +207,10 @@ class SingleLink:
             raise
 
     async def read(self) -> None:
-        assert self._subscriber is not None
+        if self._subscriber is None:  # a sender only: its publisher may fail
+            assert self._publisher is not None
+            await self._publisher.wait_failed()
+            raise ConnectionError("the publisher ended")
         await self._subscriber.wait_failed()  # raises what failed it
         raise ConnectionError("the subscriber ended")
 
@@ -445,10 +451,11 @@ class ClusterLink:
             await self._together([first(node) for node in topology.masters])
             # :all and our own channel last: once other processes count us
             # on :all (the resubscribe wait), our rooms are heard too.
-            home = self._subscribers[self._home]
-            confirmed = home.confirms
-            home.send("SUBSCRIBE", *plain)
-            await home.until_confirmed(confirmed + len(plain))
+            if plain:  # none for a sender only (an emitter)
+                home = self._subscribers[self._home]
+                confirmed = home.confirms
+                home.send("SUBSCRIBE", *plain)
+                await home.until_confirmed(confirmed + len(plain))
         except BaseException:
             await self.release()
             raise

@@ -651,5 +651,9 @@ class PyPublisher:
     def fail(self, exc: BaseException) -> None:
         """Nothing of its own to fail: the client's pool holds the connection."""
 
+    async def wait_failed(self) -> None:
+        """Never returns: a fault shows on the next publish instead."""
+        await asyncio.get_running_loop().create_future()
+
     def close(self) -> None:
         """Nothing of its own to close."""
