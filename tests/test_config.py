@@ -63,6 +63,8 @@ def test_defaults() -> None:
         "WS_HEALTH",
         "WS_STATS",
         "WS_STATS_TOKEN",
+        "WS_PUBLISH_TOKEN",
+        "WS_PUBLISH_MAX",
         "WS_GC_FREEZE",
     }
     assert config.redis_url is None

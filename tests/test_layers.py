@@ -82,6 +82,7 @@ MANAGER_FRIENDS = {
     "endpoint": {"_accept", "_clock", "_config", "_limits", "_registry"},
     "extension": {"_start", "_stop"},
     "monitoring": {"_cluster_stats", "_config", "_health_check"},
+    "publish_route": {"_config"},
 }
 
 

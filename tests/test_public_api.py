@@ -26,6 +26,8 @@ def test_all_is_pinned() -> None:
             "Connection",
             "ConnectionManager",
             "ConnectionState",
+            "EmitFailed",
+            "Emitter",
             "Envelope",
             "ErrorCode",
             "History",
@@ -38,6 +40,7 @@ def test_all_is_pinned() -> None:
             "RequestFailed",
             "RequestTimeout",
             "SequencerUnavailable",
+            "SyncEmitter",
             "WSConfig",
             "WSError",
             "WSExtension",
@@ -54,12 +57,23 @@ def test_exceptions_share_one_root() -> None:
         sanic_ws_ext.Reject,
         sanic_ws_ext.MessageError,
         sanic_ws_ext.PublishTooLarge,
+        sanic_ws_ext.EmitFailed,
         sanic_ws_ext.SequencerUnavailable,
         sanic_ws_ext.RequestFailed,
         sanic_ws_ext.RequestTimeout,
         sanic_ws_ext.ClientGone,
     ):
         assert issubclass(exc, sanic_ws_ext.WSError)
+
+
+@pytest.mark.parametrize("emitter", [sanic_ws_ext.Emitter, sanic_ws_ext.SyncEmitter])
+def test_emitters_take_the_managers_arguments(emitter: type) -> None:
+    for name in ("send", "broadcast", "publish", "send_user", "disconnect", "join"):
+        ours = inspect.signature(getattr(emitter, name)).parameters
+        theirs = inspect.signature(getattr(ConnectionManager, name)).parameters
+        assert [(p.name, p.kind, p.default) for p in ours.values()] == [
+            (p.name, p.kind, p.default) for p in theirs.values()
+        ], name
 
 
 # -- what apps get handed: app.ctx.ws and each Connection ---------------------------

@@ -94,11 +94,20 @@ async def test_every_call_across_four_workers() -> None:
             answer = await http.post(url, json=call, headers=AUTH)
             assert answer.status_code == 202, answer.text
 
-        n = 40  # in order, whichever worker takes each request
+        n = 40  # on one keep-alive connection: one worker, in order
         for i in range(n):
             await post(op="broadcast", type="h", data=i)
         for client in everyone:
             assert await drain(client, "h", n) == list(range(n))
+        # A connection per request: any worker takes each, every one arrives.
+        for i in range(n):
+            async with httpx.AsyncClient() as once:
+                answer = await once.post(
+                    url, json={"op": "broadcast", "type": "h2", "data": i}, headers=AUTH
+                )
+                assert answer.status_code == 202
+        for client in everyone:
+            assert sorted(await drain(client, "h2", n)) == list(range(n))
         far = everyone[-1]
         await post(op="send", conn_id=far.id, type="h.direct", data="far")
         assert (await far.ws.expect("h.direct")).data == "far"
