@@ -50,6 +50,8 @@ class Served:
     urls: list[str]
     pids: list[int]
     proto: str  # "ws" (our envelope) or "socketio" (Engine.IO 4 framing)
+    #: The Redis channel prefix of this run (WS_REDIS_CHANNEL, for emitters).
+    channel: str = ""
 
 
 def _sanic(app: str, port: int, *more: str) -> list[str]:
@@ -67,6 +69,7 @@ def _uvicorn(port: int, *more: str) -> list[str]:
 def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
     """``(argv with {port}, extra env)`` for each node of ``server``."""
     ours = "bench.servers.ours:app"
+    emitter_app = "bench.servers.emitter_app:app"
     redis = {"SANIC_WS_BACKPLANE": REDIS, "SANIC_WS_REDIS_CHANNEL": channel}
     sio_redis = {"BENCH_REDIS": REDIS, "BENCH_CHANNEL": channel}
     server_dir = BENCH / "servers"
@@ -74,6 +77,15 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         "ours": [(_sanic(ours, 0, "--single-process"), {})],
         "ours-4w": [(_sanic(ours, 0, "--workers", "4"), {})],
         "ours-2x2-redis": [(_sanic(ours, 0, "--workers", "2"), redis)] * 2,
+        # One worker on Redis whose "go" asks an emitter (bench/emitter.py),
+        # or broadcasts itself (BENCH_HANDLER_GO).
+        "ours-redis-emitter": [(_sanic(emitter_app, 0, "--single-process"), redis)],
+        "ours-redis-handler": [
+            (
+                _sanic(emitter_app, 0, "--single-process"),
+                {**redis, "BENCH_HANDLER_GO": "1"},
+            )
+        ],
         "naive": [(_sanic("bench.servers.naive:app", 0, "--single-process"), {})],
         "bare": [(_sanic("bench.servers.bare:app", 0, "--single-process"), {})],
         "websockets": [([PY, str(server_dir / "wslib.py"), "{port}"], {})],
@@ -163,6 +175,7 @@ def serving(server: str, settle: float = 0.3) -> Iterator[Served]:
             urls=[f"ws://127.0.0.1:{port}{path}" for port, _ in started],
             pids=[pid for _, pid in started],
             proto=proto,
+            channel=channel,
         )
 
 

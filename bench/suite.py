@@ -18,7 +18,9 @@ over a Redis Cluster, interest routing against the single channel of
 5b7bee7), and history rooms (``bench/history.py``: publications per second
 against a plain room, 1,000 clients recovering at once, memory per kept
 publication), and request and reply (``bench/requests.py``: round trips
-against python-socketio's acks). Cluster scale (``bench/scale.py``: minutes
+against python-socketio's acks), and sends from an emitter process
+(``bench/emitter.py``: one emitter to 1,000 clients through Redis, beside the
+same broadcasts from a handler). Cluster scale (``bench/scale.py``: minutes
 at full size) runs on its own; ``--smoke`` includes it. Needs ``npm install
 --prefix bench`` (Node ``ws``) and ``pip install -e '.[bench]'`` (socketify,
 python-socketio, uvicorn).
@@ -130,6 +132,9 @@ def main() -> None:
         tiny_requests = ["--servers", "ours", "--rounds", "1", "--duration", "0.5",
                          "--clients", "5"]  # fmt: skip
         section("Request and reply (smoke)", script("requests.py", *tiny_requests))
+        # Exits non-zero if a message from the emitter was lost.
+        tiny_emitter = ["--clients", "20", "--k", "10", "--rounds", "1"]
+        section("From an emitter (smoke)", script("emitter.py", *tiny_emitter))
         lost = [run for run in checked if run["received"] != run["expected"]]
         if not passed:  # a chat run that lost a message (or was late) fails
             lost.append({"chat": "ours failed 5 msg/s per client"})
@@ -169,6 +174,10 @@ def main() -> None:
     )
     section("History rooms", script("history.py", "--rounds", str(rounds)))
     section("Request and reply", script("requests.py", "--rounds", str(rounds)))
+    section(
+        "From an emitter process to 1000 clients",
+        script("emitter.py", "--rounds", str(rounds)),
+    )
     text = "\n".join(report)
     print(text)
     if args.out:
