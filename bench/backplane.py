@@ -82,7 +82,7 @@ async def _worker(
     ready.release()
     await asyncio.get_running_loop().run_in_executor(None, go.wait)
     if slot == 0:
-        await send(delivery.publish, name, mode, count, rate)
+        await send(delivery.deliver, name, mode, count, rate)
         if isinstance(delivery, RedisBackplane):
             await delivery.drain(60)
             results.put((slot, "sent", delivery.status()["lost"]))

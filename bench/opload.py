@@ -21,14 +21,14 @@ STAMP = struct.Struct("!d")
 
 
 async def send(
-    publish: Callable[[Op], None], origin: str, mode: str, count: int, rate: int
+    deliver: Callable[[Op], None], origin: str, mode: str, count: int, rate: int
 ) -> None:
     """``count`` ops: as fast as possible ("burst"), or ``rate`` per second."""
     loop = asyncio.get_running_loop()
 
     def one() -> None:
         payload = STAMP.pack(time.perf_counter()) + BODY
-        publish(Op(OpKind.BROADCAST, payload, origin=origin))
+        deliver(Op(OpKind.BROADCAST, payload, origin=origin))
 
     if mode == "burst":
         for i in range(count):

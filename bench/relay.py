@@ -55,7 +55,7 @@ async def _worker(
     await asyncio.get_running_loop().run_in_executor(None, go.wait)
     if slot == 0:
         start = time.perf_counter()
-        await send(relay.publish, name, mode, count, rate)
+        await send(relay.deliver, name, mode, count, rate)
         await relay.stop(drain_timeout=60)  # let slow receivers take it all
         results.put((slot, "sent", time.perf_counter() - start))
         return

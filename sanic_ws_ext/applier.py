@@ -156,14 +156,14 @@ class Applier:
     def _send(self, op: Op) -> None:
         conn = self.local.conns.get(op.target)
         if conn is not None:
-            conn.wire.send_frame(
+            conn._wire.send_frame(
                 data_frame(op.payload, op.binary), op.volatile, op.reason or None
             )
 
     def _disconnect(self, op: Op) -> None:
         conn = self.local.conns.get(op.target)
         if conn is not None:
-            conn.wire.start_close(op.code, op.reason)
+            conn._wire.start_close(op.code, op.reason)
 
     def _join_leave(self, op: Op) -> None:
         conn = self.local.conns.get(op.target)

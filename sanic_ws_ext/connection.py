@@ -37,24 +37,33 @@ class Connection:
         headers: The request headers listed in ``WS_KEEP_HEADERS``.
         worker: The name of the worker process that holds the socket.
         rooms: The rooms this connection is in.
+        presence: What rooms with full presence show of it to their members
+            (the verify hook's ``Accept.presence``); change it with
+            :meth:`update_presence`.
         connected_at: Unix time of the upgrade.
+        manager: The connection manager, the same object as ``app.ctx.ws``.
+        state: A :class:`ConnectionState`: ``OPEN``, ``CLOSING`` or ``CLOSED``.
+        backlog: Bytes accepted for it and not yet sent to the kernel.
         close_code, close_reason: Why it closed; ``None`` while open.
+
+    Names with a leading underscore are the library's bookkeeping, kept by
+    the part named beside each: apps never touch them.
     """
 
     __slots__ = (
-        "asks",
-        "client_rooms",
+        "_asks",
+        "_client_rooms",
+        "_mailbox",
+        "_wire",
         "connected_at",
         "headers",
         "id",
-        "mailbox",
         "manager",
         "meta",
         "presence",
         "remote",
         "rooms",
         "user",
-        "wire",
         "worker",
     )
 
@@ -80,41 +89,43 @@ class Connection:
         #: Rooms this connection is in (kept by the process that holds it).
         self.rooms: set[str] = set()
         self.connected_at = time.time()
-        #: The socket engine (internal: apps use the methods below).
-        self.wire = wire
+        # The socket engine, wire.py (apps use the methods below).
+        self._wire = wire
         wire.conn = self
-        #: Messages waiting for this connection's handlers, while there are
-        #: any (kept by the dispatcher; ``None`` while idle).
-        self.mailbox: Mailbox | None = None
-        #: Rooms it joined by its own ``room.join`` (it may leave only those).
-        self.client_rooms: set[str] | None = None
+        # Messages waiting for this connection's handlers, while there are
+        # any (kept by the dispatcher; ``None`` while idle).
+        self._mailbox: Mailbox | None = None
+        # Rooms it joined by its own ``room.join`` (it may leave only those;
+        # kept by the dispatcher).
+        self._client_rooms: set[str] | None = None
         #: What rooms with full presence show of this connection to their
         #: members (the verify hook's ``Accept.presence``; see
         #: :meth:`update_presence`).
         self.presence: dict[str, Any] = {}
-        #: Requests sent to it not answered yet: ref -> (the process that
-        #: asked, until when it waits); ``None`` while there are none.
-        self.asks: dict[str, tuple[str, float]] | None = None
+        # Requests sent to it not answered yet: ref -> (the process that
+        # asked, until when it waits); ``None`` while there are none (kept
+        # by the requests part).
+        self._asks: dict[str, tuple[str, float]] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
 
     @property
     def state(self) -> ConnectionState:
-        return self.wire.state
+        return self._wire.state
 
     @property
     def close_code(self) -> int | None:
-        return self.wire.close_code
+        return self._wire.close_code
 
     @property
     def close_reason(self) -> str | None:
-        return self.wire.close_reason
+        return self._wire.close_reason
 
     @property
     def backlog(self) -> int:
         """Bytes accepted for this connection and not yet sent to the kernel."""
-        return self.wire.backlog
+        return self._wire.backlog
 
     # -- sending ---------------------------------------------------------
 
@@ -136,8 +147,8 @@ class Connection:
         socket alone. ``volatile`` and ``key``: as for the manager's sends.
         """
         frame = data_frame(*message_body(type, data, raw))
-        self.wire.send_frame(frame, volatile, send_key(key))
-        await self.wire.pace()
+        self._wire.send_frame(frame, volatile, send_key(key))
+        await self._wire.pace()
 
     async def send_raw(self, payload: str | bytes, **options: Any) -> None:
         """Deprecated: ``send(raw=payload)``."""
@@ -165,10 +176,6 @@ class Connection:
         """
         return await self.manager.request(self.id, type, data, timeout=timeout)
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Queue an already-framed message; ``False`` if it was not accepted."""
-        return self.wire.send_frame(frame)
-
     # -- rooms -----------------------------------------------------------------
 
     async def join(self, room: str) -> None:
@@ -187,10 +194,10 @@ class Connection:
         dict of at most ``WS_PRESENCE_META_MAX`` bytes as JSON, without
         ``ref`` (the server's); otherwise ``ValueError`` or ``TypeError``.
         """
-        self.manager.update_presence(self, meta)
+        self.manager._update_presence(self, meta)
 
     # -- closing ---------------------------------------------------------
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake; frames queued before it are sent first."""
-        self.wire.start_close(code, reason)
+        self._wire.start_close(code, reason)

@@ -136,9 +136,9 @@ class Dispatcher:
         """Queue a message (or a marker) for ``conn``'s handlers."""
         if type(item) is str and '"reply"' in item and self._take_reply(conn, item):
             return
-        box = conn.mailbox
+        box = conn._mailbox
         if box is None:
-            box = conn.mailbox = Mailbox()
+            box = conn._mailbox = Mailbox()
         box.items.append(item)
         box.size += queued_size(item)
         if box.task is None:
@@ -150,7 +150,7 @@ class Dispatcher:
             len(box.items) >= self.config.max_queue
             or box.size >= self.config.max_queue_bytes
         ):
-            conn.wire.pause_reading()
+            conn._wire.pause_reading()
 
     async def _drain(self, conn: Connection, box: Mailbox) -> None:
         items = box.items
@@ -171,12 +171,12 @@ class Dispatcher:
                 elif isinstance(item, bytes):
                     await self._on_binary(conn, box, item)
                 if len(items) <= low_water and box.size <= low_bytes:
-                    conn.wire.resume_reading()
+                    conn._wire.resume_reading()
         finally:
             task = box.task
             box.task = None
-            if conn.mailbox is box and not items:
-                conn.mailbox = None  # idle again: nothing kept per connection
+            if conn._mailbox is box and not items:
+                conn._mailbox = None  # idle again: nothing kept per connection
             if task is not None:
                 self.tasks.pop(task, None)
             if not self.tasks:
@@ -274,7 +274,7 @@ class Dispatcher:
                 await self._run_error_hooks(conn, exc)
                 failure = exc
             else:
-                conn.send_frame(encode_frame(OP_TEXT, body))
+                conn._wire.send_frame(encode_frame(OP_TEXT, body))
                 return
         self._refused(conn, ref, failure)
 
@@ -284,7 +284,7 @@ class Dispatcher:
             error = (failure.code, failure.reason)
         else:
             error = (ErrorCode.HANDLER_ERROR, "internal error")
-        conn.send_frame(encode_frame(OP_TEXT, encode_reply(ref, error=error)))
+        conn._wire.send_frame(encode_frame(OP_TEXT, encode_reply(ref, error=error)))
 
     async def _client_room(
         self, conn: Connection, envelope: Envelope
@@ -297,7 +297,7 @@ class Dispatcher:
                 ErrorCode.INVALID_ENVELOPE,
                 f"data.room must be a string of 1 to {MAX_ROOM} characters",
             )
-        joined = conn.client_rooms
+        joined = conn._client_rooms
         if envelope.type == "room.leave":
             # Only rooms the client joined itself: a room the server put it
             # in (a tenant, a permission scope) is the server's to take away.
@@ -313,7 +313,7 @@ class Dispatcher:
         resuming = (
             spec.history is not None
             and room in conn.rooms
-            and (conn.client_rooms is None or room not in conn.client_rooms)
+            and (conn._client_rooms is None or room not in conn._client_rooms)
         )
         since = None
         if spec.history is not None:
@@ -339,9 +339,9 @@ class Dispatcher:
         if conn.state is ConnectionState.CLOSED:
             return None  # gone while a guard awaited: nothing to join
         if room not in conn.rooms:
-            if conn.client_rooms is None:
-                conn.client_rooms = set()
-            conn.client_rooms.add(room)
+            if conn._client_rooms is None:
+                conn._client_rooms = set()
+            conn._client_rooms.add(room)
         if spec.history is not None:
             await self._recover(conn, room, spec.history, since)
             return {"room": room}
@@ -441,7 +441,7 @@ class Dispatcher:
         if timeout is None:
             return
         for task, conn in list(self.tasks.items()):
-            box = conn.mailbox
+            box = conn._mailbox
             if box is None or not box.since or box.overran:
                 continue
             if now - box.since <= timeout:
@@ -462,7 +462,7 @@ class Dispatcher:
             if closed:
                 box.items.append(CLOSED)
             task.cancel()
-            conn.wire.start_close(CloseCode.INTERNAL_ERROR, "handler timeout")
+            conn._wire.start_close(CloseCode.INTERNAL_ERROR, "handler timeout")
 
     async def _handler_failed(
         self,
@@ -479,7 +479,7 @@ class Dispatcher:
             exc_info=exc,
         )
         if not quiet:
-            conn.send_frame(
+            conn._wire.send_frame(
                 encode_frame(
                     OP_TEXT, error_envelope(ErrorCode.HANDLER_ERROR, "internal error")
                 )
@@ -488,7 +488,9 @@ class Dispatcher:
 
     async def refuse(self, conn: Connection, exc: MessageError) -> None:
         """Answer a refused message with an error frame; run the error hooks."""
-        conn.send_frame(encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason)))
+        conn._wire.send_frame(
+            encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason))
+        )
         await self._run_error_hooks(conn, exc)
 
     async def _run_error_hooks(self, conn: Connection, exc: Exception) -> None:

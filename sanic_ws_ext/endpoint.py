@@ -89,13 +89,13 @@ def check_capacity(manager: ConnectionManager, remote: str) -> HTTPResponse | No
     429 when the client is at ``WS_MAX_CONNECTIONS_PER_IP``, 503 when the
     worker is at ``WS_MAX_CONNECTIONS``; ``None`` when there is room.
     """
-    if manager.limits.at_limit(remote):
+    if manager._limits.at_limit(remote):
         return text(
             "Too many connections from your address.\n",
             status=429,
             headers={"Retry-After": _RETRY_WHEN_FULL},
         )
-    limit = manager.config.max_connections
+    limit = manager._config.max_connections
     if limit is not None and len(manager.connections) >= limit:
         return text(
             "The server is at its connection limit.\n",
@@ -159,7 +159,7 @@ class UpgradeRequired(HTTPResponse):
 async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     """Upgrade the request and hand the socket to ``app.ctx.ws``."""
     manager: ConnectionManager = request.app.ctx.ws
-    config = manager.config
+    config = manager._config
     if request.headers.get("upgrade", "").lower() != "websocket":
         return UpgradeRequired(
             "This is a WebSocket endpoint: connect with a WebSocket client.\n"
@@ -176,7 +176,7 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     remote = request.client_ip
     # Charged before the origin check and the verify hooks: every attempt
     # counts, so a client cannot guess tokens faster than it may connect.
-    wait = manager.limits.connect_wait(remote, manager.clock())
+    wait = manager._limits.connect_wait(remote, manager._clock())
     if wait:
         return text(
             "Too many new connections from your address.\n",
@@ -187,10 +187,10 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     if refused is not None:
         return refused
     check_origin(request, config)
-    accepted = await run_verify(manager.registry, request, config.presence_meta_max)
+    accepted = await run_verify(manager._registry, request, config.presence_meta_max)
     # Verify hooks may await: other upgrades may have taken the room, or the
     # server begun to stop (Sanic serves requests in flight after its
-    # before_server_stop). From here to manager.accept() nothing awaits, so
+    # before_server_stop). From here to manager._accept() nothing awaits, so
     # these checks hold.
     if manager.closing:
         return text(
@@ -247,7 +247,7 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     # handler returns.
     transport, leftover = detach(request)
     transport.write(handshake.serialize())
-    conn = manager.accept(
+    manager._accept(
         transport,
         accepted,
         remote=remote,
@@ -260,7 +260,6 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     transport.resume_reading()
     if leftover:
         cast(asyncio.Protocol, transport.get_protocol()).data_received(leftover)
-    manager.log_open(conn)
     return None
 
 

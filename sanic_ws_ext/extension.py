@@ -242,7 +242,7 @@ async def _start(app: Sanic[Any, Any]) -> None:
         config, HandlerRegistry(groups), delivery, worker=worker
     )
     app.ctx.ws = manager
-    await manager.start()
+    await manager._start()
 
 
 def _check_blueprints() -> None:
@@ -308,7 +308,7 @@ def redis_install_hint() -> str:
 async def _stop(app: Sanic[Any, Any]) -> None:
     manager: ConnectionManager | None = getattr(app.ctx, "ws", None)
     if manager is not None:
-        await manager.stop()
+        await manager._stop()
 
 
 class _Register:

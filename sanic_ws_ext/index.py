@@ -44,9 +44,9 @@ class LocalIndex:
 
     def add(self, conn: Connection) -> None:
         self.conns[conn.id] = conn
-        self.wires[conn.id] = conn.wire
+        self.wires[conn.id] = conn._wire
         if conn.user is not None:
-            self.users.setdefault(conn.user, set()).add(conn.wire)
+            self.users.setdefault(conn.user, set()).add(conn._wire)
 
     def remove(self, conn: Connection) -> bool:
         """Forget ``conn`` everywhere; False if it was not here."""
@@ -54,9 +54,9 @@ class LocalIndex:
             return False
         del self.wires[conn.id]
         for room in conn.rooms:
-            discard_from(self.rooms, room, conn.wire)
+            discard_from(self.rooms, room, conn._wire)
         if conn.user is not None:
-            discard_from(self.users, conn.user, conn.wire)
+            discard_from(self.users, conn.user, conn._wire)
         return True
 
     def join(self, conn: Connection, room: str) -> bool:
@@ -64,7 +64,7 @@ class LocalIndex:
         if room in conn.rooms:
             return False
         conn.rooms.add(room)
-        self.rooms.setdefault(room, set()).add(conn.wire)
+        self.rooms.setdefault(room, set()).add(conn._wire)
         return True
 
     def leave(self, conn: Connection, room: str) -> bool:
@@ -72,7 +72,7 @@ class LocalIndex:
         if room not in conn.rooms:
             return False
         conn.rooms.discard(room)
-        discard_from(self.rooms, room, conn.wire)
+        discard_from(self.rooms, room, conn._wire)
         return True
 
 

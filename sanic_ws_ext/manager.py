@@ -21,8 +21,15 @@ A facade over parts with one job each, which it owns and wires together
 - :class:`~sanic_ws_ext.health.Health`: readiness, status and figures.
 
 What stays here: the public API, starting and stopping the parts in order,
-and the interfaces the wires (``WireHost``) and the delivery backend
-(``DeliveryEvents``) report through.
+and the objects the wires (a ``WireHost``) and the delivery backend (a
+``DeliveryEvents``) report through: they are handed those, not the manager.
+
+Every public name here is documented (docs/reference/api.md), and
+``tests/test_public_api.py`` holds the two lists equal: apps get only that on
+``app.ctx.ws``. What the Sanic glue calls has a leading underscore:
+``_start`` and ``_stop`` (the extension's listeners), ``_accept`` and what
+admission reads (the endpoint), ``_health_check`` and ``_cluster_stats``
+(the monitoring routes); ``tests/test_layers.py`` lists who may.
 
 Rules this module keeps:
 
@@ -53,7 +60,7 @@ from .applier import Applier
 from .cluster import Membership
 from .config import WSConfig
 from .connection import Connection
-from .delivery import Delivery, LinkState, Op, OpKind
+from .delivery import Delivery, LinkState, OpKind
 from .dispatch import CLOSED, OPENED, Dispatcher, cancel_tasks
 from .envelope import message_body
 from .errors import CloseCode
@@ -71,7 +78,7 @@ from .sequencer import Sequencer
 from .sessions import Sessions
 from .stats import Counters
 from .tracker import Tracker
-from .wire import Flusher, Wire, send_key
+from .wire import Flusher, Wire, WireHost, send_key
 
 __all__ = ["ConnectionManager", "Member"]
 
@@ -99,62 +106,60 @@ class ConnectionManager:
         *,
         worker: str,
     ) -> None:
-        self.config = config
-        self.registry = registry
-        self.delivery = delivery
-        self.worker = worker
-        #: This process's life: random, new at each start of a worker name.
-        self.life = uuid.uuid4().hex
-        self.local = LocalIndex()
+        self._config = config
+        self._registry = registry
+        self._delivery = delivery
+        self._worker = worker
+        # This process's life: random, new at each start of a worker name.
+        self._life = uuid.uuid4().hex
+        self._local = LocalIndex()
         #: Read-only view of this process's connections by id.
-        self.connections: Mapping[str, Connection] = MappingProxyType(self.local.conns)
-        self.clock: Callable[[], float] = lambda: 0.0
-
-        def clock() -> float:  # for the parts: read at each call (tests set it)
-            return self.clock()
-
-        #: What this process counts (messages in and out, connections).
-        self.counters = Counters()
-        #: Per-client counts and connect buckets of this process.
-        self.limits = ClientLimits(
+        self.connections: Mapping[str, Connection] = MappingProxyType(self._local.conns)
+        clock = self._clock  # for the parts: reads the wires' clock at each call
+        # What this process counts (messages in and out, connections).
+        self._counters = Counters()
+        # Per-client counts and connect buckets of this process.
+        self._limits = ClientLimits(
             max_open=config.max_connections_per_ip,
             rate=config.connect_rate_per_ip,
             burst=config.connect_burst_per_ip,
         )
-        self.membership = Membership(
+        self._membership = Membership(
             worker,
-            self.life,
+            self._life,
             suspect_after=config.peer_suspect,
             dead_after=config.peer_timeout,
             hears=delivery.hears,
             # The applier, made below, forgets what a dropped peer held.
             gone=lambda peer: self._applier.peer_gone(peer),
         )
-        self._outbox = Outbox(delivery, self.membership, worker=worker, life=self.life)
-        self.tracker = Tracker(
+        self._outbox = Outbox(
+            delivery, self._membership, worker=worker, life=self._life
+        )
+        self._tracker = Tracker(
             config,
             registry.rooms,
-            self.local,
-            self.counters,
+            self._local,
+            self._counters,
             worker=worker,
-            life=self.life,
+            life=self._life,
             publish=self._outbox.presence,
         )
         sessions = self._sessions = Sessions(
-            config, self.local, self.counters, self.limits, self.tracker, delivery
+            config, self._local, self._counters, self._limits, self._tracker, delivery
         )
-        #: History rooms: numbering, keeping, replaying (its own module).
-        self.sequencer = Sequencer(
+        # History rooms: numbering, keeping, replaying (its own module).
+        self._sequencer = Sequencer(
             config,
             registry.rooms,
-            self.local,
+            self._local,
             publish=self._outbox.publish,
             join=sessions.join,
         )
         self._requests = Requests(
-            self.local, self.membership, self._outbox, worker=worker
+            self._local, self._membership, self._outbox, worker=worker
         )
-        self.dispatcher = Dispatcher(
+        self._dispatcher = Dispatcher(
             config,
             registry,
             replied=self._requests.replied,
@@ -162,49 +167,55 @@ class ConnectionManager:
             leave=sessions.leave,
             ready=delivery.ready,
             settled=sessions.settled,
-            recover=self.sequencer.join,
+            recover=self._sequencer.join,
         )
         self._queries = Queries(
             config,
-            self.local,
-            self.membership,
-            self.tracker,
+            self._local,
+            self._membership,
+            self._tracker,
             self._outbox,
             worker=worker,
         )
         self._health = Health(
-            self.counters,
-            self.local,
-            self.membership,
-            self.tracker,
-            self.sequencer,
+            self._counters,
+            self._local,
+            self._membership,
+            self._tracker,
+            self._sequencer,
             delivery,
             worker=worker,
             clock=clock,
         )
         self._applier = Applier(
             config,
-            self.local,
-            self.counters,
-            self.membership,
-            self.tracker,
+            self._local,
+            self._counters,
+            self._membership,
+            self._tracker,
             self._queries,
             self._outbox,
-            self.sequencer,
+            self._sequencer,
             self._requests,
             worker=worker,
             join=sessions.join,
             leave=sessions.leave,
             met=self._health.check_whole,
         )
-        self._heartbeat = Heartbeat(config, self.local, clock=clock)
+        # What the wires report through (not the manager: see WireHost).
+        self._wires = WireHost(
+            config, self._counters, message=self._dispatcher.queue, lost=self._lost
+        )
+        # What the delivery backend reports through (DeliveryEvents).
+        self._reports = _DeliveryReports(self._tracker, self._outbox, self._link)
+        self._heartbeat = Heartbeat(config, self._local, clock=clock)
         self._peer_beat = PeerBeat(
             config,
             self._health,
             self._outbox,
-            self.dispatcher,
-            self.membership,
-            self.sequencer,
+            self._dispatcher,
+            self._membership,
+            self._sequencer,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
@@ -213,42 +224,44 @@ class ConnectionManager:
 
     # -- lifecycle -------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bind to the running loop and start delivery and the heartbeats."""
+    async def _start(self) -> None:
+        """Bind to the running loop and start delivery and the heartbeats
+        (the extension's ``before_server_start``)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self.clock = loop.time
+        self._wires.clock = loop.time
         self._flusher = Flusher(loop)
-        self.dispatcher.start(loop)
+        self._dispatcher.start(loop)
         self._requests.start(loop)
-        self.membership.start(loop)
-        self.tracker.start(loop, self._flusher)
+        self._membership.start(loop)
+        self._tracker.start(loop, self._flusher)
         self._applier.start(loop, self._flusher)
-        self.sequencer.start(loop, self.delivery)
-        await self.delivery.start(self._applier.apply, self)
+        self._sequencer.start(loop, self._delivery)
+        await self._delivery.start(self._applier.apply, self._reports)
         self._heartbeat.start(loop)
         self._outbox.hello()
         self._health.check_whole()
         self._peer_beat.start(loop)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Close every connection with 1001 after what was accepted is sent.
 
         Waits at most ``WS_CLOSE_TIMEOUT`` for clients to answer, then drops
-        the rest; disconnect handlers have run for all of them on return.
+        the rest; disconnect handlers have run for all of them on return
+        (the extension's ``before_server_stop``).
         """
         self._closing = True
         self._heartbeat.stop()
-        await self._sessions.close_all(self.dispatcher.cancel_all)
-        self.tracker.flush()  # the last leaves reach the peers before our BYE
+        await self._sessions.close_all(self._dispatcher.cancel_all)
+        self._tracker.flush()  # the last leaves reach the peers before our BYE
         # Peers keep hearing our beat while clients close, then our BYE.
         self._peer_beat.stop()
-        await cancel_tasks(self._hook_tasks, self.config.close_timeout)
-        await self.tracker.stop()
-        self.membership.stop()
+        await cancel_tasks(self._hook_tasks, self._config.close_timeout)
+        await self._tracker.stop()
+        self._membership.stop()
         self._outbox.bye()
-        await self.sequencer.stop()
-        await self.delivery.stop()
+        await self._sequencer.stop()
+        await self._delivery.stop()
 
     @property
     def closing(self) -> bool:
@@ -259,7 +272,7 @@ class ConnectionManager:
 
     def get(self, conn_id: str) -> Connection | None:
         """The connection with this id, if this process holds it."""
-        return self.local.conns.get(conn_id)
+        return self._local.conns.get(conn_id)
 
     async def send(
         self,
@@ -322,7 +335,7 @@ class ConnectionManager:
         ``ValueError`` for the others.
         """
         body, binary = message_body(type, data, raw)
-        spec = self.sequencer.spec(room)
+        spec = self._sequencer.spec(room)
         if spec is not None:
             if raw is not None:
                 raise TypeError(f"room {room!r} keeps history: publish envelopes to it")
@@ -331,7 +344,7 @@ class ConnectionManager:
                     f"room {room!r} keeps history: its publications cannot be "
                     "volatile or keyed"
                 )
-            return await self.sequencer.publish(room, spec, body, exclude)
+            return await self._sequencer.publish(room, spec, body, exclude)
         self._queue(OpKind.ROOM_SEND, room, body, binary, exclude, volatile, key)
         await self._pace()
         return None
@@ -348,12 +361,12 @@ class ConnectionManager:
         ``since``, or the latest ones without it (or when ``since`` cannot
         be continued: then ``recovered`` is False).
         """
-        spec = self.sequencer.spec(room)
+        spec = self._sequencer.spec(room)
         if spec is None:
             raise ValueError(f"room {room!r} is not declared with history=")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
-        return await self.sequencer.fetch(
+        return await self._sequencer.fetch(
             room, spec, parse_since(since), min(limit, spec.size)
         )
 
@@ -453,7 +466,7 @@ class ConnectionManager:
         process queued more than a pass's worth without yielding
         (:meth:`~sanic_ws_ext.wire.Flusher.pace`, ``WS_DRAIN_TIMEOUT``)."""
         if self._flusher is not None:
-            config = self.config
+            config = self._config
             await self._flusher.pace(config.max_backpressure, config.drain_timeout)
 
     async def disconnect(
@@ -474,23 +487,23 @@ class ConnectionManager:
         as a client's own join does: its client resumes from there after a
         reconnect (for a connection of this process, returns after that).
         """
-        conn = self.local.conns.get(conn_id)
-        spec = self.sequencer.spec(room)
+        conn = self._local.conns.get(conn_id)
+        spec = self._sequencer.spec(room)
         if conn is not None and spec is not None and room not in conn.rooms:
-            await self.sequencer.join(conn, room, spec, None)
+            await self._sequencer.join(conn, room, spec, None)
             return
         self._outbox.address(OpKind.JOIN, conn_id, payload=_room(room))
         if conn is not None:
-            await self.delivery.ready(room)
+            await self._delivery.ready(room)
 
     async def leave(self, conn_id: str, room: str) -> None:
         """Take a connection, wherever it is, out of ``room``."""
         self._outbox.address(OpKind.LEAVE, conn_id, payload=_room(room))
 
-    def update_presence(self, conn: Connection, meta: dict[str, Any]) -> None:
+    def _update_presence(self, conn: Connection, meta: dict[str, Any]) -> None:
         """Replace ``conn``'s presence metadata (see ``Connection.update_presence``)."""
-        conn.presence = checked_presence(meta, self.config.presence_meta_max)
-        self.tracker.update(conn)
+        conn.presence = checked_presence(meta, self._config.presence_meta_max)
+        self._tracker.update(conn)
 
     # -- the public API: who is here ----------------------------------------
 
@@ -504,9 +517,9 @@ class ConnectionManager:
 
     async def workers(self) -> dict[str, int]:
         """Connections per worker (the others' as of their latest beat)."""
-        samples, _ = self.membership.samples(self.clock())
+        samples, _ = self._membership.samples(self._clock())
         counts = {name: int(s.get("connections", 0)) for name, s in samples.items()}
-        counts[self.worker] = len(self.local)
+        counts[self._worker] = len(self._local)
         return counts
 
     async def members(self, room: str) -> list[Member]:
@@ -537,8 +550,9 @@ class ConnectionManager:
         """This process's view, JSON-able: for health checks and stats."""
         return self._health.status(closing=self._closing)
 
-    def health(self) -> dict[str, Any]:
-        """Liveness, readiness and the state of the links, JSON-able.
+    def _health_check(self) -> dict[str, Any]:
+        """Liveness, readiness and the state of the links, JSON-able
+        (``<WS_PATH>/health``).
 
         Nothing here names a client, a user or a machine: it is meant to be
         public (load balancers, orchestrators).
@@ -547,38 +561,37 @@ class ConnectionManager:
             started=self._loop is not None, closing=self._closing
         )
 
-    def stats(self) -> dict[str, Any]:
-        """Cluster-wide figures, from this process's view, JSON-able.
+    def _cluster_stats(self) -> dict[str, Any]:
+        """Cluster-wide figures, from this process's view, JSON-able
+        (``<WS_PATH>/stats`` and ``/metrics``).
 
         Each worker's figures are from its latest beat (this process's own
         are live). See :mod:`sanic_ws_ext.stats`.
         """
         return self._health.stats()
 
-    # -- ops from the delivery, and what it reports (DeliveryEvents) ---------------
+    def health(self) -> dict[str, Any]:
+        """Deprecated: ``GET <WS_PATH>/health`` answers the same."""
+        _renamed("ws.health()", "GET <WS_PATH>/health (docs/operations.md)")
+        return self._health_check()
 
-    def apply(self, op: Op) -> None:
-        """Execute ``op`` in this process (what the delivery backend calls)."""
-        self._applier.apply(op)
+    def stats(self) -> dict[str, Any]:
+        """Deprecated: ``GET <WS_PATH>/stats`` answers the same."""
+        _renamed("ws.stats()", "GET <WS_PATH>/stats (docs/operations.md)")
+        return self._cluster_stats()
 
-    def gap(self, peer: str) -> None:
-        """Ops for ``peer`` were dropped: send it our whole state again."""
-        self.tracker.send_sync(peer)
+    # -- what the delivery backend reports (through _DeliveryReports) ----------
 
-    def missed(self, peer: str) -> None:
-        """We missed ops of ``peer``: ask it for its whole state."""
-        self._outbox.request_sync(peer)
-
-    def link(self, state: LinkState) -> None:
+    def _link(self, state: LinkState) -> None:
         """The Redis link changed state: run the ``on_backplane`` hooks."""
-        if not self.registry.backplane or self._loop is None:
+        if not self._registry.backplane or self._loop is None:
             return
         task = self._loop.create_task(self._run_backplane_hooks(str(state.value)))
         self._hook_tasks.add(task)
         task.add_done_callback(self._hook_tasks.discard)
 
     async def _run_backplane_hooks(self, state: str) -> None:
-        for hook in self.registry.backplane:
+        for hook in self._registry.backplane:
             try:
                 await hook(self, state)
             except Exception:
@@ -586,7 +599,7 @@ class ConnectionManager:
 
     # -- connections coming and going --------------------------------------
 
-    def accept(
+    def _accept(
         self,
         transport: asyncio.Transport,
         accepted: Accept,
@@ -595,18 +608,18 @@ class ConnectionManager:
         headers: dict[str, str],
     ) -> Connection:
         """Adopt an upgraded socket (called by the endpoint after the 101)."""
-        assert self._flusher is not None, "ConnectionManager.start() was not awaited"
-        wire = Wire(self, transport, self._flusher)
+        assert self._flusher is not None, "ConnectionManager._start() was not awaited"
+        wire = Wire(self._wires, transport, self._flusher)
         conn = Connection(
             # The process's key first: any process can route to it.
-            id=self.membership.key + uuid.uuid4().hex[:24],
+            id=self._membership.key + uuid.uuid4().hex[:24],
             manager=self,
             wire=wire,
             user=accepted.user,
             meta=dict(accepted.meta),
             remote=remote,
             headers=headers,
-            worker=self.worker,
+            worker=self._worker,
         )
         if accepted.presence:
             conn.presence = accepted.presence
@@ -614,22 +627,47 @@ class ConnectionManager:
         transport.set_protocol(wire)
         if self._closing:
             wire.start_close(CloseCode.GOING_AWAY, "server shutting down")
-        self.dispatcher.queue(conn, OPENED)
+        self._dispatcher.queue(conn, OPENED)
+        log.debug("websocket %s open from %s user=%r", conn.id, remote, conn.user)
         return conn
 
-    def log_open(self, conn: Connection) -> None:
-        log.debug("websocket %s open from %s user=%r", conn.id, conn.remote, conn.user)
+    def _clock(self) -> float:
+        """The loop's time (the wires' clock, which a test may replace)."""
+        return self._wires.clock()
 
-    # -- what the wires report (WireHost) ------------------------------------
-
-    def wire_message(self, conn: Connection, message: str | bytes) -> None:
-        self.dispatcher.queue(conn, message)
-
-    def wire_lost(self, conn: Connection) -> None:
-        if conn.asks:
+    def _lost(self, conn: Connection) -> None:
+        """A wire's socket is gone (``WireHost.lost``)."""
+        if conn._asks:
             self._requests.lost(conn)
         if self._sessions.lost(conn):
-            self.dispatcher.queue(conn, CLOSED)
+            self._dispatcher.queue(conn, CLOSED)
+
+
+class _DeliveryReports:
+    """What the delivery backend reports (:class:`DeliveryEvents`), handed to
+    it at start instead of the manager: each report goes to the part it
+    concerns."""
+
+    __slots__ = ("_link", "_outbox", "_tracker")
+
+    def __init__(
+        self, tracker: Tracker, outbox: Outbox, link: Callable[[LinkState], None]
+    ) -> None:
+        self._tracker = tracker
+        self._outbox = outbox
+        self._link = link
+
+    def gap(self, peer: str) -> None:
+        """Ops for ``peer`` were dropped: send it our whole state again."""
+        self._tracker.send_sync(peer)
+
+    def missed(self, peer: str) -> None:
+        """We missed ops of ``peer``: ask it for its whole state."""
+        self._outbox.request_sync(peer)
+
+    def link(self, state: LinkState) -> None:
+        """The Redis link changed state."""
+        self._link(state)
 
 
 def _room(room: str) -> bytes:

@@ -89,13 +89,13 @@ def _manager(request: Request) -> ConnectionManager:
 
 async def serve_health(request: Request) -> HTTPResponse:
     """``<WS_PATH>/health``: 200 when ready, else 503 (booting, shutting down)."""
-    body = _manager(request).health()
+    body = _manager(request)._health_check()
     return json(body, status=200 if body["ready"] else 503, headers=_NO_STORE)
 
 
 def _check_stats(request: Request, manager: ConnectionManager) -> HTTPResponse | None:
     """401 without the right token (when ``WS_STATS_TOKEN`` is set), else ``None``."""
-    token = manager.config.stats_token
+    token = manager._config.stats_token
     if token is None:
         return None
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -104,7 +104,7 @@ def _check_stats(request: Request, manager: ConnectionManager) -> HTTPResponse |
         given.strip().encode("utf-8", "surrogateescape"), token.encode()
     ):
         return None
-    dashboard = f"{manager.config.path.rstrip('/')}/dashboard#token=<WS_STATS_TOKEN>"
+    dashboard = f"{manager._config.path.rstrip('/')}/dashboard#token=<WS_STATS_TOKEN>"
     return text(
         "Unauthorized: send Authorization: Bearer <WS_STATS_TOKEN>.\n"
         f"In a browser, open {dashboard}: the dashboard sends the token from"
@@ -120,7 +120,7 @@ async def serve_stats(request: Request) -> HTTPResponse:
     refused = _check_stats(request, manager)
     if refused is not None:
         return refused
-    return json(manager.stats(), headers=_NO_STORE)
+    return json(manager._cluster_stats(), headers=_NO_STORE)
 
 
 async def serve_metrics(request: Request) -> HTTPResponse:
@@ -130,7 +130,7 @@ async def serve_metrics(request: Request) -> HTTPResponse:
     if refused is not None:
         return refused
     return raw(
-        prometheus_text(manager.stats()).encode(),
+        prometheus_text(manager._cluster_stats()).encode(),
         content_type=_PROMETHEUS,
         headers=_NO_STORE,
     )

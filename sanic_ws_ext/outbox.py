@@ -75,7 +75,7 @@ class Outbox:
             self.worker,
             volatile,
         )
-        self.delivery.publish(op, to)
+        self.delivery.deliver(op, to)
 
     def address(self, kind: OpKind, conn_id: str, **fields: Any) -> None:
         """Publish an op for one connection to the process that holds it."""

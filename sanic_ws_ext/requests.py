@@ -163,9 +163,9 @@ class Requests:
                 self._answer(op.origin, op.target, op.reason, None)  # ours, gone
             return  # another process's (sent to all): its holder answers
         assert self._loop is not None
-        asks = conn.asks
+        asks = conn._asks
         if asks is None:
-            asks = conn.asks = {}
+            asks = conn._asks = {}
         elif len(asks) >= _PRUNE_AT:
             now = self._loop.time()
             for ref in [ref for ref, (_, until) in asks.items() if until < now]:
@@ -174,13 +174,13 @@ class Requests:
                 del asks[next(iter(asks))]
         # A second's grace: the asker's clock runs from before the op left.
         asks[op.reason] = (op.origin, self._loop.time() + op.code + 1)
-        if not conn.wire.send_frame(data_frame(op.payload, False)):
+        if not conn._wire.send_frame(data_frame(op.payload, False)):
             del asks[op.reason]
             self._answer(op.origin, op.target, op.reason, None)
 
     def replied(self, conn: Connection, reply: Reply) -> None:
         """The client answered: bring it to the asker, if it was asked."""
-        asks = conn.asks
+        asks = conn._asks
         entry = asks.pop(reply.ref, None) if asks else None
         if entry is None:
             return  # not asked, answered already, or past its timeout
@@ -193,7 +193,7 @@ class Requests:
 
     def lost(self, conn: Connection) -> None:
         """``conn`` closed: whoever waits on it is told now."""
-        asks, conn.asks = conn.asks, None
+        asks, conn._asks = conn._asks, None
         for ref, (origin, _) in (asks or {}).items():
             self._answer(origin, conn.id, ref, None)
 

@@ -467,20 +467,20 @@ class Sequencer:
         if (
             limit is not None
             and entries
-            and _replay_bytes(entries) + conn.wire.backlog > limit
+            and _replay_bytes(entries) + conn._wire.backlog > limit
         ):
             ok, entries = False, []  # would be dropped as a slow consumer
         if since is not None and not ok:
             entries = []
         for entry in entries:
-            conn.send_frame(data_frame(entry, False))
+            conn._wire.send_frame(data_frame(entry, False))
         data: dict[str, Any] = {
             "room": room,
             "position": {"offset": header["offset"], "epoch": header["epoch"]},
         }
         if since is not None:
             data["recovered"] = ok
-        conn.send_frame(data_frame(encode_envelope("room.joined", data), False))
+        conn._wire.send_frame(data_frame(encode_envelope("room.joined", data), False))
         if self._redis is not None:
             reached = Position(int(header["offset"]), str(header["epoch"]))
             if not _send_kept(conn, kept, reached):
@@ -534,7 +534,7 @@ def _unknown(conn: Connection, room: str, since: Position | None) -> None:
     data: dict[str, Any] = {"room": room, "position": None}
     if since is not None:
         data["recovered"] = False
-    conn.send_frame(data_frame(encode_envelope("room.joined", data), False))
+    conn._wire.send_frame(data_frame(encode_envelope("room.joined", data), False))
 
 
 def _send_kept(conn: Connection, kept: list[Op], reached: Position | None) -> bool:
@@ -556,7 +556,7 @@ def _send_kept(conn: Connection, kept: list[Op], reached: Position | None) -> bo
             elif not newer(at.epoch, reached.epoch):
                 continue  # of a history already gone
         passed = True
-        conn.send_frame(data_frame(op.payload, op.binary))
+        conn._wire.send_frame(data_frame(op.payload, op.binary))
     return passed
 
 

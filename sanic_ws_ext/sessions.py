@@ -116,12 +116,12 @@ class Sessions:
         """
         timeout = self.config.close_timeout
         for conn in list(self.local.conns.values()):
-            conn.wire.start_close(CloseCode.GOING_AWAY, _SHUTDOWN)
+            conn._wire.start_close(CloseCode.GOING_AWAY, _SHUTDOWN)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout + 1)
         except TimeoutError:
             for conn in list(self.local.conns.values()):
-                conn.wire.abort(CloseCode.GOING_AWAY, _SHUTDOWN)
+                conn._wire.abort(CloseCode.GOING_AWAY, _SHUTDOWN)
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout)
             except TimeoutError:

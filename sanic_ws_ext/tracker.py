@@ -135,10 +135,10 @@ class Tracker:
         spec, _ = self.policies.lookup(room)
         if spec.presence == "full":
             self._track(conn, room, spec)
-            self._newcomers.setdefault(room, set()).add(conn.wire)
+            self._newcomers.setdefault(room, set()).add(conn._wire)
         elif spec.presence == "counts":
             self._count_local(room)
-            self._newcomers.setdefault(room, set()).add(conn.wire)
+            self._newcomers.setdefault(room, set()).add(conn._wire)
             self._recount.add(room)
         else:
             return
@@ -160,7 +160,7 @@ class Tracker:
             return
         newcomers = self._newcomers.get(room)
         if newcomers is not None:
-            newcomers.discard(conn.wire)
+            newcomers.discard(conn._wire)
         self._arm()
 
     def update(self, conn: Connection) -> None:

@@ -31,7 +31,8 @@ Rules this module keeps:
 - Data frames are accepted only while the wire is OPEN; once a close frame
   is queued, further sends are ignored.
 - What the engine needs from the rest of the server comes through one small
-  interface, :class:`WireHost`; it reads no other object's internals.
+  object the manager hands it, :class:`WireHost`; it reads no other object's
+  internals.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import termios
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .envelope import error_envelope
 from .errors import CloseCode, ErrorCode
@@ -145,18 +146,36 @@ class ConnectionState(Enum):
     CLOSED = "closed"
 
 
-class WireHost(Protocol):
-    """What a :class:`Wire` needs from the server around it."""
+class WireHost:
+    """What a :class:`Wire` needs from the server around it.
 
-    config: WSConfig
-    counters: Counters
-    clock: Callable[[], float]
+    The manager makes one and hands it to every wire it adopts: the wires
+    report through it, not through the manager, whose every public name is
+    for apps.
+    """
 
-    def wire_message(self, conn: Connection, message: str | bytes) -> None:
-        """A whole message arrived (text decoded, binary as bytes)."""
+    __slots__ = ("clock", "config", "counters", "lost", "message")
 
-    def wire_lost(self, conn: Connection) -> None:
-        """The socket is gone; ``conn``'s close code and reason are final."""
+    def __init__(
+        self,
+        config: WSConfig,
+        counters: Counters,
+        *,
+        message: Callable[[Connection, str | bytes], None],
+        lost: Callable[[Connection], None],
+    ) -> None:
+        self.config = config
+        self.counters = counters
+        #: The loop's clock once the manager started (a test may put its own).
+        self.clock: Callable[[], float] = _not_started
+        #: A whole message arrived (text decoded, binary as bytes).
+        self.message = message
+        #: The socket is gone; the connection's close code and reason are final.
+        self.lost = lost
+
+
+def _not_started() -> float:
+    return 0.0
 
 
 #: Bytes of frames queued in one event-loop pass after which the Flusher
@@ -644,7 +663,7 @@ class Wire(asyncio.Protocol):
         self._pending_bytes = 0
         self._keyed = None
         self._flusher.resumed(self)  # never waited for again
-        self._host.wire_lost(self.conn)
+        self._host.lost(self.conn)
 
     # -- flow control of incoming messages --------------------------------
 
@@ -817,16 +836,16 @@ class Wire(asyncio.Protocol):
         if self._over_rate():
             return  # dropped before decoding: a flood costs as little as can be
         if isinstance(data, str):
-            host.wire_message(self.conn, data)
+            host.message(self.conn, data)
         elif not is_text:
-            host.wire_message(self.conn, bytes(data))
+            host.message(self.conn, bytes(data))
         else:
             try:
                 text = str(data, "utf-8")
             except UnicodeDecodeError:
                 self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
                 return
-            host.wire_message(self.conn, text)
+            host.message(self.conn, text)
 
 
 #: Longest key of a keyed send, in characters.

@@ -90,7 +90,7 @@ class Node:
 
     @property
     def backplane(self) -> RedisBackplane:
-        delivery = self.ws.delivery
+        delivery = self.ws._delivery
         assert isinstance(delivery, RedisBackplane)
         return delivery
 
@@ -149,7 +149,7 @@ async def test_two_nodes_are_one_cluster(make_app: AppFactory) -> None:
         await a.ws.join(idb, "lobby")
         diff = (await ca.expect("presence.diff")).data
         ((bob,),) = diff["joins"].values()
-        assert (bob["conn"], bob["worker"]) == (idb, b.ws.worker)
+        assert (bob["conn"], bob["worker"]) == (idb, b.ws._worker)
         state = (await cb.expect("presence.state")).data
         assert sorted(state["users"]) == ["ann", "bob"]
         await cb.send("say", {"room": "lobby", "text": "hi"})

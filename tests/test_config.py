@@ -282,7 +282,7 @@ async def test_none_and_off_from_the_environment(
     assert app.config.WS_PING_INTERVAL is False  # Sanic's reading of "off"
     Extend(app).register(WSExtension)
     async with serve(app):
-        config = app.ctx.ws.config
+        config = app.ctx.ws._config
         assert config.max_connections is None
         assert config.ping_interval is None
         assert config.max_message_size is None

@@ -445,14 +445,20 @@ def test_a_floor_drops_what_the_replay_had_until_a_newer_one_passes() -> None:
     assert not seq.floors
 
 
-class _Conn:
-    id = "c1"
-
+class _Wire:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
     def send_frame(self, frame: bytes) -> None:
         self.sent.append(frame)
+
+
+class _Conn:
+    id = "c1"
+
+    def __init__(self) -> None:
+        self._wire = _Wire()
+        self.sent = self._wire.sent
 
 
 def test_kept_publications_newer_than_the_read_follow_room_joined() -> None:

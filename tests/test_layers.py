@@ -4,6 +4,7 @@ and the parts the manager owns never import it."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "sanic_ws_ext"
@@ -70,3 +71,25 @@ def test_the_parts_do_not_import_the_manager() -> None:
     graph = _graph()
     for part in PARTS:
         assert "manager" not in graph[part], part
+
+
+#: The manager's private names other modules may reach: the Sanic glue that
+#: starts it, hands it sockets and serves its figures, and the connection
+#: handle. Everything else talks to it through its public API, or through the
+#: objects it hands out (``WireHost``, ``DeliveryEvents``).
+MANAGER_FRIENDS = {
+    "connection": {"_update_presence"},
+    "endpoint": {"_accept", "_clock", "_config", "_limits", "_registry"},
+    "extension": {"_start", "_stop"},
+    "monitoring": {"_cluster_stats", "_config", "_health_check"},
+}
+
+
+def test_only_the_glue_reaches_into_the_manager() -> None:
+    pattern = re.compile(r"\bmanager\.(_[a-z]\w*)")
+    for path in PACKAGE.rglob("*.py"):
+        name = _module(path)
+        if name == "manager":
+            continue
+        reached = set(pattern.findall(path.read_text()))
+        assert reached <= MANAGER_FRIENDS.get(name, set()), name

@@ -131,7 +131,7 @@ def test_the_hardening_guide_suggests_valid_config() -> None:
 
 
 class FakeClock:
-    """A monotonic clock the test moves by hand (put on ``manager.clock``)."""
+    """A monotonic clock the test moves by hand (put on ``manager._wires.clock``)."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -250,11 +250,11 @@ async def test_per_ip_limit_refuses_with_429_and_spares_other_ips(
         assert b"Too many connections" in response.body
         # Another address is not counted with this one.
         other = await connect(server, source="127.0.0.2")
-        assert app.ctx.ws.limits.open_count("127.0.0.1") == 2
+        assert app.ctx.ws._limits.open_count("127.0.0.1") == 2
         # Closing one frees one place for this address, and only one.
         await mine.pop().close()
         await asyncio.wait_for(gone.get(), units(5))
-        assert app.ctx.ws.limits.open_count("127.0.0.1") == 1
+        assert app.ctx.ws._limits.open_count("127.0.0.1") == 1
         mine.append(await connect(server))
         assert (await refused(server)).status_code == 429
         for client in [*mine, other]:
@@ -262,7 +262,7 @@ async def test_per_ip_limit_refuses_with_429_and_spares_other_ips(
         for _ in range(3):
             await asyncio.wait_for(gone.get(), units(5))
         # Nothing is kept for clients that left.
-        assert app.ctx.ws.limits.clients == 0
+        assert app.ctx.ws._limits.clients == 0
 
 
 async def test_connect_rate_refuses_with_429_before_the_verify_hooks(
@@ -280,7 +280,7 @@ async def test_connect_rate_refuses_with_429_before_the_verify_hooks(
 
     async with serve(app) as server:
         clock = FakeClock()
-        app.ctx.ws.clock = clock
+        app.ctx.ws._wires.clock = clock
         url = server.ws_url()
         clients = [await WSTestClient.connect(url) for _ in range(2)]
         with pytest.raises(InvalidStatus) as info:
@@ -481,7 +481,7 @@ async def test_the_message_bucket_refills_from_the_clock(
     )
     async with serve(app) as server:
         clock = FakeClock()
-        app.ctx.ws.clock = clock
+        app.ctx.ws._wires.clock = clock
         client = await connect(server)
         for n in range(3):
             await client.send("ping", n)

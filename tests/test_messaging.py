@@ -191,7 +191,7 @@ async def test_connection_metadata(make_app: AppFactory) -> None:
         you = (await client.expect("you")).data
         # 32 hex characters: this process's key (8), then 96 random bits.
         assert you["id"] == conn_id and re.fullmatch("[0-9a-f]{32}", conn_id)
-        assert conn_id[:8] == app.ctx.ws.membership.key
+        assert conn_id[:8] == app.ctx.ws._membership.key
         assert you["user"] == "alice"
         assert you["meta"] == {"via": "query"}
         assert you["remote"] == "127.0.0.1"

@@ -82,13 +82,13 @@ async def test_broadcast_counts_only_frames_queued(make_app: AppFactory) -> None
     async with serve(app) as server:
         clients = [await WSTestClient.connect(server.ws_url()) for _ in range(2)]
         manager = app.ctx.ws
-        before = manager.counters.messages_out
+        before = manager._counters.messages_out
         await clients[0].send("big")
         for _ in range(2):
             dropped = await asyncio.wait_for(gone.get(), units(5))
             assert dropped.close_reason == "slow consumer"
         # One frame was queued for each receiver, the second for neither.
-        assert manager.counters.messages_out - before == 2
+        assert manager._counters.messages_out - before == 2
 
 
 # 4. manager.py BEAT: a peer's sample is stored unchecked; one that is not a
@@ -109,13 +109,15 @@ async def test_bad_peer_sample_does_not_break_stats(
     manager = ConnectionManager(
         WSConfig.from_mapping({}), HandlerRegistry(), LocalDelivery(), worker="w0"
     )
-    await manager.start()
+    await manager._start()
     try:
-        manager.apply(Op(OpKind.BEAT, payload=b"life1 " + sample, origin="w1"))
-        peer = manager.stats()["per_worker"]["w1"]  # raised on the stored sample
+        manager._applier.apply(Op(OpKind.BEAT, payload=b"life1 " + sample, origin="w1"))
+        peer = manager._cluster_stats()["per_worker"][
+            "w1"
+        ]  # raised on the stored sample
         assert (peer["messages_in"], peer["opened"]) == (messages_in, opened)
     finally:
-        await manager.stop()
+        await manager._stop()
 
 
 # 5. endpoint.py: an upgrade whose verify hook finishes after the manager
@@ -137,7 +139,7 @@ async def test_upgrade_finishing_after_stop_is_refused(make_app: AppFactory) -> 
         manager = app.ctx.ws
         connecting = asyncio.ensure_future(WSTestClient.connect(server.ws_url()))
         await asyncio.wait_for(entered.wait(), units(5))
-        await manager.stop()  # what before_server_stop does
+        await manager._stop()  # what before_server_stop does
         release.set()
         try:
             client = await asyncio.wait_for(connecting, units(5))

@@ -62,8 +62,8 @@ async def test_ops_arrive_in_order_including_fragmented_ones(transport: str) -> 
         Op(OpKind.SEND, b"3", target="id", origin=W0),
     ]
     for op in sent:
-        a.publish(op)
-    a.publish(Op(OpKind.SEND, b"only-b", origin=W0), to=W1)
+        a.deliver(op)
+    a.deliver(Op(OpKind.SEND, b"only-b", origin=W0), to=W1)
     assert await got_b.until(4) == [*sent, Op(OpKind.SEND, b"only-b", origin=W0)]
     # publish applies locally first, except what is addressed to another worker.
     assert got_a.ops == sent
@@ -104,12 +104,12 @@ async def test_a_restarted_peer_gets_ops_after_its_old_inbox_filled(
     await old_b.start(Sink())
     await old_b.stop()  # slot 1 dies without reading; its inbox fills up
     for _ in range(2000):
-        a.publish(Op(OpKind.BROADCAST, b"y" * 8000, origin=W0))
+        a.deliver(Op(OpKind.BROADCAST, b"y" * 8000, origin=W0))
         await asyncio.sleep(0)
     new_b = WorkerRelay(inboxes, W1)  # the replacement takes the other inbox
     got = Sink()
     await new_b.start(got)
-    a.publish(Op(OpKind.SEND, b"hello new b", origin=W0), to=W1)
+    a.deliver(Op(OpKind.SEND, b"hello new b", origin=W0), to=W1)
     ops = await got.until(1)
     assert ops == [Op(OpKind.SEND, b"hello new b", origin=W0)]  # nothing stale
     assert a.dropped > 0
@@ -131,7 +131,7 @@ class Gaps:
         self.peers.append(peer)
         self.event.set()
         if self.relay is not None and self.sync is not None:
-            self.relay.publish(self.sync, to=peer)
+            self.relay.deliver(self.sync, to=peer)
 
     def missed(self, peer: str) -> None:
         raise AssertionError("the relay has no sequence numbers to miss")
@@ -160,13 +160,13 @@ async def test_a_datagram_the_inbox_refuses_is_a_gap_not_a_silent_hole() -> None
     refused = Op(OpKind.BROADCAST, b"x" * (2 * DATAGRAM), origin=W0)
     behind = Op(OpKind.BROADCAST, b"behind the hole", origin=W0)
     for op in (first, refused, behind):
-        a.publish(op)
+        a.deliver(op)
     # Nothing past the hole before the SYNC: `behind` is dropped with it.
     assert await got.until(2) == [first, sync]
     assert gaps.peers == [W1]
     assert a.dropped > 0
     later = Op(OpKind.BROADCAST, b"later", origin=W0)
-    a.publish(later)
+    a.deliver(later)
     assert await got.until(3) == [first, sync, later]
     assert a.status()["state"] == "ok"
     await a.stop()
@@ -191,7 +191,7 @@ async def test_an_inbox_closed_under_a_backlog_is_a_gap_not_a_silent_loss(
     index = 2 + inboxes[2][1]  # slot 1's current inbox
     await old_b.stop()  # slot 1 stops reading; its inbox fills up
     for _ in range(2000):
-        a.publish(Op(OpKind.BROADCAST, b"y" * 8000, origin=W0))
+        a.deliver(Op(OpKind.BROADCAST, b"y" * 8000, origin=W0))
     await asyncio.sleep(0)  # one loop pass: the flush runs
     assert a.status()["state"] == "backlogged"
     # The last reference to the inbox's read end goes: writes fail (EPIPE).
@@ -206,7 +206,7 @@ async def test_an_inbox_closed_under_a_backlog_is_a_gap_not_a_silent_loss(
     got = Sink()
     await new_b.start(got)
     hello = Op(OpKind.SEND, b"hello new b", origin=W0)
-    a.publish(hello, to=W1)
+    a.deliver(hello, to=W1)
     assert await got.until(1) == [hello]
     await a.stop()
     await new_b.stop()
@@ -234,7 +234,7 @@ async def test_bursts_beyond_the_buffers_keep_each_senders_records_whole(
         for relay, name in ((a, W0), (b, W1)):
             size = 3 * DATAGRAM + i if i % 50 == 7 else 7000 + i  # some fragmented
             op = Op(OpKind.SEND, b"%d:" % i + b"z" * size, target="x", origin=name)
-            relay.publish(op, to=W2)
+            relay.deliver(op, to=W2)
             sent[name].append(op)
     ops = await got.until(2 * n)
     assert [op for op in ops if op.origin == W0] == sent[W0]
@@ -346,7 +346,7 @@ async def test_a_stream_waits_for_room_in_a_full_control_inbox() -> None:
             break
         filled += 1
     op = Op(OpKind.SEND, b"for slot 1", target="x", origin=W0)
-    a.publish(op, to=W1)
+    a.deliver(op, to=W1)
     await asyncio.sleep(0)  # one loop pass: the flush runs and finds no room
     reader = socket.socket(fileno=os.dup(inboxes[0][index].fileno()))
     reader.setblocking(False)

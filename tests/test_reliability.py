@@ -102,7 +102,7 @@ async def test_leaving_while_the_room_guard_awaits_leaks_nothing(
         # Disconnect handlers run after the join in the same queue: once they
         # ran, the join is over.
         assert (await asyncio.wait_for(gone.get(), units(5))) is conn
-        assert conn.client_rooms is None
+        assert conn._client_rooms is None
         assert conn.rooms == set()
         assert await manager.members("lobby") == []
 
@@ -128,18 +128,18 @@ async def test_inbox_is_bounded_in_bytes(make_app: AppFactory) -> None:
         for i in range(count):
             raw.send_frame(Opcode.BINARY, bytes([i]) * size)
         (conn,) = app.ctx.ws.connections.values()
-        await until(lambda: conn.wire.reading_paused)
+        await until(lambda: conn._wire.reading_paused)
         # Paused: nothing more is read. What one read already brought
         # (uvloop reads at most 256 KiB at a time) may still be queued.
-        assert conn.mailbox is not None
-        items = conn.mailbox.items
+        assert conn._mailbox is not None
+        items = conn._mailbox.items
         parked = sum(len(item) for item in items if isinstance(item, bytes))
         assert parked <= limit + 256 * 1024 + size
         assert parked < count * size
         release.set()
         await until(lambda: len(got) == count)
         assert got == list(range(count))  # nothing lost, in order
-        await until(lambda: conn.mailbox is None)  # drained: nothing kept
+        await until(lambda: conn._mailbox is None)  # drained: nothing kept
         raw.send_frame(Opcode.CLOSE, Close(1000, "").serialize())
         await asyncio.wait_for(gone.get(), units(5))
         raw.close_socket()
@@ -219,7 +219,7 @@ async def test_silent_peer_found_while_reading_is_paused(
         for _ in range(3):
             raw.send_frame(Opcode.TEXT, b'{"type": "work"}')
         (conn,) = app.ctx.ws.connections.values()
-        await until(lambda: conn.wire.reading_paused)
+        await until(lambda: conn._wire.reading_paused)
         await until(lambda: not app.ctx.ws.connections)
         assert (conn.close_code, conn.close_reason) == (1011, "ping timeout")
         release.set()
@@ -360,10 +360,10 @@ async def test_a_paused_tls_connection_is_presumed_alive(
         for _ in range(3):
             await client.send("work")
         (conn,) = app.ctx.ws.connections.values()
-        await until(lambda: conn.wire.reading_paused)
+        await until(lambda: conn._wire.reading_paused)
         # Asked twice with nothing new in the kernel: a plain socket would
         # now look silent; TLS says nothing about the peer, so: alive.
-        assert conn.wire.heard_while_paused()
-        assert conn.wire.heard_while_paused()
+        assert conn._wire.heard_while_paused()
+        assert conn._wire.heard_while_paused()
         release.set()
         await client.close()

@@ -417,8 +417,8 @@ class _Wire:
 class _Conn:
     def __init__(self) -> None:
         self.id = "k" * 8 + "conn"
-        self.asks: dict[str, tuple[str, float]] | None = None
-        self.wire = _Wire()
+        self._asks: dict[str, tuple[str, float]] | None = None
+        self._wire = _Wire()
 
 
 class _Route:
@@ -457,13 +457,13 @@ async def test_what_a_holder_keeps_per_connection_is_bounded() -> None:
 
     for i in range(MAX_ASKS * 2):
         ask(f"r{i}", 60)
-    assert conn.asks is not None and len(conn.asks) == MAX_ASKS
-    assert f"r{MAX_ASKS * 2 - 1}" in conn.asks and "r0" not in conn.asks
+    assert conn._asks is not None and len(conn._asks) == MAX_ASKS
+    assert f"r{MAX_ASKS * 2 - 1}" in conn._asks and "r0" not in conn._asks
     # Expired ones go first: with every entry past its time, one is left.
-    conn.asks = {ref: (o, loop.time() - 1) for ref, (o, _) in conn.asks.items()}
+    conn._asks = {ref: (o, loop.time() - 1) for ref, (o, _) in conn._asks.items()}
     ask("fresh", 60)
-    assert list(conn.asks) == ["fresh"]
-    assert len(conn.wire.frames) == MAX_ASKS * 2 + 1
+    assert list(conn._asks) == ["fresh"]
+    assert len(conn._wire.frames) == MAX_ASKS * 2 + 1
     # The reply goes to the asker, once; the closing tells the others.
     ask("other", 60)
     requests.replied(conn, Reply("fresh", True, 1))  # type: ignore[arg-type]
@@ -471,4 +471,4 @@ async def test_what_a_holder_keeps_per_connection_is_bounded() -> None:
     requests.lost(conn)  # type: ignore[arg-type]
     answers = [(p["reason"], p["code"], p["to"]) for p in outbox.published]
     assert answers == [("fresh", 0, "a"), ("other", 1, "a")]
-    assert conn.asks is None
+    assert conn._asks is None

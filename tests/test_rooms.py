@@ -154,7 +154,7 @@ async def test_changes_within_an_interval_are_one_frame(make_app: AppFactory) ->
     app, handlers = build(make_app, WS_PRESENCE_INTERVAL=3600)  # flushed by hand
     handlers.room("lobby", presence="full")
     async with serve(app) as server:
-        tracker = app.ctx.ws.tracker
+        tracker = app.ctx.ws._tracker
         first, _ = await connect(server.ws_url() + "?user=first")
         await first.send("join", "lobby")
         await first.expect("joined")

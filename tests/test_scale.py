@@ -73,15 +73,15 @@ async def test_a_state_larger_than_max_publish_reaches_a_new_node(
             await client.send("join", rooms)
             await client.expect("joined")
             clients.append(client)
-        assert len(a.ctx.ws.tracker.table) == 1000
+        assert len(a.ctx.ws._tracker.table) == 1000
 
         b = node(make_app, channel, **small)
         b_server = await stack.enter_async_context(serve(b))
         late = await WSTestClient.connect(b_server.ws_url())
         await late.send("join", rooms[:50])
         await late.expect("joined")
-        await until(lambda: len(b.ctx.ws.tracker.table) == 1050)
-        await until(lambda: len(a.ctx.ws.tracker.table) == 1050)
+        await until(lambda: len(b.ctx.ws._tracker.table) == 1050)
+        await until(lambda: len(a.ctx.ws._tracker.table) == 1050)
         members = await b.ctx.ws.members("r:7")
         assert sorted(m.id for m in members) == sorted(
             m.id for m in await a.ctx.ws.members("r:7")
@@ -106,11 +106,11 @@ async def test_a_leave_reaches_a_node_that_a_transfer_told_of_the_join(
         b = node(make_app, channel)
         await stack.enter_async_context(serve(b))
         # B's HELLO makes A send it a transfer, which lists x.
-        await until(lambda: b.ctx.ws.tracker.table.count("lobby")[0] == 1)
+        await until(lambda: b.ctx.ws._tracker.table.count("lobby")[0] == 1)
         await x.close()
         await until(lambda: not a.ctx.ws.connections)
-        a.ctx.ws.tracker.flush()
-        await until(lambda: b.ctx.ws.tracker.table.count("lobby")[0] == 0)
+        a.ctx.ws._tracker.flush()
+        await until(lambda: b.ctx.ws._tracker.table.count("lobby")[0] == 0)
 
 
 async def test_a_peer_dying_with_a_big_room_sends_each_survivor_one_diff(
@@ -141,18 +141,18 @@ async def test_a_peer_dying_with_a_big_room_sends_each_survivor_one_diff(
             raw = await RawClient.connect("127.0.0.1", doomed.port)
             raw.send_frame(Opcode.TEXT, join.encode())
             raws.append(raw)
-        table = app.ctx.ws.tracker.table
+        table = app.ctx.ws._tracker.table
         await until(lambda: table.count("big:room")[0] == 803, 60)
         # Everything so far told and read: from here on, count what each
         # watcher gets.
-        app.ctx.ws.tracker.flush()
+        app.ctx.ws._tracker.flush()
         await app.ctx.ws.broadcast("mark")
         for watcher in watchers:
             await watcher.expect("mark", units(10))
             watcher._skipped.clear()
         os.kill(doomed.pid, signal.SIGKILL)
         await until(lambda: table.count("big:room")[0] == 3)
-        app.ctx.ws.tracker.flush()  # whatever is pending goes out now
+        app.ctx.ws._tracker.flush()  # whatever is pending goes out now
         await app.ctx.ws.broadcast("after")
         for watcher in watchers:
             frames = []

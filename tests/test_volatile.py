@@ -45,10 +45,10 @@ async def fill(conn: Connection) -> int:
     """Send ``conn`` 4 KB frames until the kernel takes no more (its send
     buffer grows to a few MB) and more than the volatile backlog waits in
     the server's own; how many."""
-    config = conn.manager.config
+    config = conn.manager._config
     for sent in range(1, 5000):  # bounded: 20 MB, past any socket buffer
         await conn.send("fill", {"n": sent, "body": BODY})
-        if conn.wire.writing_paused and conn.backlog > config.volatile_backlog:
+        if conn._wire.writing_paused and conn.backlog > config.volatile_backlog:
             return sent
     raise AssertionError("the stalled client's socket never filled")
 
@@ -86,8 +86,8 @@ async def test_volatile_sends_skip_a_client_that_is_behind_and_never_close_it(
             assert got == list(range(TICKS))
             # The stalled client got none of them and is still connected.
             assert ws.get(conn.id) is conn and gone.empty()
-            assert peak <= ws.config.volatile_backlog + len(BODY) * 2
-            assert ws.counters.volatile_skipped >= TICKS
+            assert peak <= ws._config.volatile_backlog + len(BODY) * 2
+            assert ws._counters.volatile_skipped >= TICKS
         stalled.close_socket()
 
 
@@ -104,7 +104,7 @@ async def test_a_keyed_send_replaces_the_one_still_unsent(
         await ws.send(conn.id, "other", {"i": 0}, key="other")
         await ws.send(conn.id, "other", {"i": 1}, key="other")  # via the manager
         await conn.send("after")
-        assert ws.counters.replaced == 100
+        assert ws._counters.replaced == 100
         seen: list[tuple[str, Any]] = []
         while not seen or seen[-1][0] != "after":  # bounded by the fills sent
             frame = await stalled.read_frame(units(10))

@@ -142,6 +142,7 @@ def _trace_gc() -> None:
 TRACE = os.environ.get("BENCH_TRACE") == "1"
 if TRACE:
     _trace_gc()
+    from sanic_ws_ext.applier import Applier
     from sanic_ws_ext.cluster import Membership
     from sanic_ws_ext.delivery.backplane import RedisBackplane
     from sanic_ws_ext.heartbeat import Heartbeat
@@ -162,8 +163,8 @@ if TRACE:
         (Tracker, "drop"),
         (Flusher, "flush"),
         (Membership, "drop"),
-        (ConnectionManager, "apply"),
-        (ConnectionManager, "wire_lost"),
+        (Applier, "apply"),
+        (ConnectionManager, "_lost"),
     ]:
         _trace(owner, name)
 
@@ -193,18 +194,18 @@ async def figures(reset: bool, light: bool = False) -> dict[str, Any]:
     members, tens of ms of this loop's CPU that the lag sampler would count)."""
     start, cpu = time.perf_counter(), time.thread_time()
     ws = app.ctx.ws
-    tracker = ws.tracker
+    tracker = ws._tracker
     # Read first: what the figures themselves cost comes after.
     found: dict[str, Any] = {
         "pid": os.getpid(),
         "max_lag_ms": lag.worst * 1000,
         "max_busy_ms": lag.worst_cpu * 1000,
         "lag_since": lag.since,
-        "worker": ws.worker,
+        "worker": ws._worker,
         "connections": len(ws.connections),
         "table": len(tracker.table),
         "big": tracker.table.count("big")[0],
-        "slow_closed": ws.counters.slow_closed,
+        "slow_closed": ws._counters.slow_closed,
         "cpu_s": time.process_time(),
         "slowest_ms": dict(SLOWEST),
         "worst_window_ms": sorted(WORST_WINDOW, key=lambda c: -c[1])[:6],
@@ -213,7 +214,7 @@ async def figures(reset: bool, light: bool = False) -> dict[str, Any]:
     if not light:
         found.update(
             count=await ws.count(),
-            peers=len(ws.membership.peers),
+            peers=len(ws._membership.peers),
             # members() of a room without presence asks every process: only
             # where it answers from memory.
             members_big=len(await ws.members("big")) if tracker.full("big") else None,

@@ -2,9 +2,10 @@
 
 The manager turns every cluster-wide call (broadcast, send to an id, a room or
 a user, disconnect, join, leave) and every change of its own connections into
-an :class:`Op` and publishes it; the delivery backend brings it to every
-process of the cluster (or to the one named in ``to``), where the manager
-applies it. The manager never knows which backend is in use.
+an :class:`Op` and hands it to :meth:`Delivery.deliver`; the backend brings
+it to every process of the cluster (or to the one named in ``to``), where the
+manager applies it. (``deliver``, not ``publish``: that is the manager's
+send to a room.) The manager never knows which backend is in use.
 
 - :class:`~sanic_ws_ext.delivery.local.LocalDelivery`: one process.
 - :class:`~sanic_ws_ext.delivery.relay.WorkerRelay`: the workers of one
@@ -15,7 +16,7 @@ applies it. The manager never knows which backend is in use.
 
 Rules every backend keeps:
 
-- ``publish`` applies the op in this process first, synchronously, then
+- ``deliver`` applies the op in this process first, synchronously, then
   carries it to the others; it never waits on another process.
 - Ops from one process reach each other process in the order published, once.
 """
@@ -104,7 +105,8 @@ class LinkState(StrEnum):
 
 
 class DeliveryEvents(Protocol):
-    """What a backend reports to the manager, given to it at :meth:`Delivery.start`."""
+    """What a backend reports, to the object the manager gives it at
+    :meth:`Delivery.start` (not the manager itself)."""
 
     def gap(self, peer: str) -> None:
         """Ops for ``peer`` had to be dropped: it needs this process's state."""
@@ -148,7 +150,7 @@ class Delivery(Protocol):
         """Begin delivering ops published anywhere in the cluster to ``apply``,
         and reporting gaps, misses and link changes to ``events``."""
 
-    def publish(
+    def deliver(
         self, op: Op, to: str | None = None, record: bytes | None = None
     ) -> None:
         """Apply ``op`` here, then carry it to every process (or only ``to``).

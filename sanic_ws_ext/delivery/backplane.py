@@ -320,13 +320,13 @@ class RedisBackplane:
     def _is_local(self, process: str) -> bool:
         return process.startswith(self._node_prefix) or "/" not in process
 
-    def publish(
+    def deliver(
         self, op: Op, to: str | None = None, record: bytes | None = None
     ) -> None:
         if self._apply is None:
-            raise RuntimeError("publish() before start() or after stop()")
+            raise RuntimeError("deliver() before start() or after stop()")
         if to is not None and self._is_local(to):
-            self.local.publish(op, to, record)
+            self.local.deliver(op, to, record)
             return
         if len(op.payload) > self.max_publish:
             raise PublishTooLarge(len(op.payload), self.max_publish)
@@ -336,12 +336,12 @@ class RedisBackplane:
             # A beat, or a volatile send, is only worth sending now: never
             # buffered for after an outage (this machine still gets it).
             if to is None:
-                self.local.publish(op, None, record)
+                self.local.deliver(op, None, record)
             return
         if record is None:
             record = frame_record(encode_op(op))  # once, for the relay and Redis
         if to is None:
-            self.local.publish(op, None, record)
+            self.local.deliver(op, None, record)
             if op.kind is OpKind.ROOM_SEND:
                 channel = self._room_prefix + op.target
             else:

@@ -25,11 +25,11 @@ class LocalDelivery:
     ) -> None:
         self._apply = apply
 
-    def publish(
+    def deliver(
         self, op: Op, to: str | None = None, record: bytes | None = None
     ) -> None:
         if self._apply is None:
-            raise RuntimeError("publish() before start() or after stop()")
+            raise RuntimeError("deliver() before start() or after stop()")
         self._apply(op)
 
     async def stop(self) -> None:

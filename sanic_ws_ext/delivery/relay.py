@@ -234,7 +234,7 @@ class WorkerRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._apply: Callable[[Op], None] | None = None
         self._inbox: socket.socket | None = None
-        # Framed records in publish order, each with its slot (-1: all).
+        # Framed records in the order delivered, each with its slot (-1: all).
         self._out: list[tuple[bytes, int]] = []
         self._directed = False
         self._backlog: list[deque[bytes]] = [deque() for _ in range(self.slots)]
@@ -370,11 +370,11 @@ class WorkerRelay:
 
     # -- sending ---------------------------------------------------------------
 
-    def publish(
+    def deliver(
         self, op: Op, to: str | None = None, record: bytes | None = None
     ) -> None:
         if self._apply is None:
-            raise RuntimeError("publish() before start() or after stop()")
+            raise RuntimeError("deliver() before start() or after stop()")
         if to is None:
             self._apply(op)
             targets: Sequence[int] = ()
