@@ -27,51 +27,98 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring as _json_string
-from typing import Any
+from typing import Any, Final
 
 import ujson
 
-__all__ = ["Counts", "Diffs", "Entry", "PresenceTable", "checked_presence"]
+__all__ = [
+    "Counts",
+    "Diffs",
+    "Entry",
+    "PresenceTable",
+    "checked_presence",
+    "new_entry",
+    "peer_entry",
+    "wire_entry",
+]
 
 
-@dataclass(slots=True)
-class Entry:
-    """One connection in one room with full presence."""
+#: One connection in one room with full presence, as a plain tuple:
+#: ``(room, key, ref, meta, process, conn)``. ``meta`` is what members see
+#: (``{"ref": ..., **app metadata}``, and the connection id and worker where
+#: the room exposes them) as JSON bytes, encoded once; ``process`` holds the
+#: connection ``conn``. A tuple of strings and bytes, not an object: CPython
+#: stops tracking such a tuple after one collection, so 10,000 entries cost a
+#: full garbage collection nothing (an object and its metadata dict each were
+#: 37,000 of the 98,000 objects a survivor's collection walked in
+#: bench/scale.py, issue 14).
+Entry = tuple[str, str, str, bytes, str, str]
+ROOM: Final = 0
+KEY: Final = 1
+REF: Final = 2
+META: Final = 3
+PROCESS: Final = 4
+CONN: Final = 5
 
-    room: str
-    key: str
-    ref: str
-    #: What members see: ``{"ref": ..., **app metadata}`` (and the
-    #: connection id and worker where the room exposes them), as JSON-able
-    #: values; one dict, shared by every frame that shows this entry.
-    meta: dict[str, Any]
-    #: The process that holds the connection, and the connection's id.
-    process: str
-    conn: str
-    #: The epoch of the last sync from ``process`` that listed this entry.
-    epoch: int = 0
-    #: ``meta`` as JSON, once a frame needed it (it never changes: an update
-    #: is a new entry).
-    encoded: bytes | None = None
 
-    def wire(self) -> list[Any]:
-        """The entry as it crosses processes."""
-        return [self.room, self.key, self.ref, self.meta, self.conn]
+def new_entry(
+    room: str, key: str, ref: str, meta: dict[str, Any], process: str, conn: str
+) -> Entry:
+    """An entry of this process's own; ``meta`` includes its ``ref``."""
+    encoded = ujson.dumps(meta, ensure_ascii=False, escape_forward_slashes=False)
+    return (room, key, ref, encoded.encode(), process, conn)
+
+
+def wire_entry(entry: Entry) -> bytes:
+    """The entry as it crosses processes, JSON: ``[room, key, ref, meta, conn]``
+    with ``meta`` as a JSON string, which a peer turns back into bytes without
+    building a dict of it."""
+    room, key, ref, meta, _, conn = entry
+    return b"[%s,%s,%s,%s,%s]" % (
+        _dumps(room),
+        _dumps(key),
+        _dumps(ref),
+        _dumps(meta.decode()),
+        _dumps(conn),
+    )
+
+
+def peer_entry(item: Any, process: str) -> Entry:
+    """An entry from a peer's op (decoded JSON, as :func:`wire_entry` sends it).
+
+    A peer of an earlier release sends ``meta`` as an object: encoded here.
+    """
+    room, key, ref, meta, conn = item
+    if isinstance(meta, str):
+        encoded = meta.encode()
+    else:
+        encoded = ujson.dumps(
+            meta, ensure_ascii=False, escape_forward_slashes=False
+        ).encode()
+    return (room, key, ref, encoded, process, conn)
 
 
 class PresenceTable:
-    """Every full-presence entry this process knows of, by room and by process."""
+    """Every full-presence entry this process knows of, by room and by process.
 
-    __slots__ = ("_epochs", "by_process", "refs", "rooms")
+    Every container here holds only strings, numbers, bytes and entries, so
+    the collector stops tracking them too once their entries are untracked.
+    """
+
+    __slots__ = ("_epochs", "_marks", "by_process", "keys", "refs", "rooms")
 
     def __init__(self) -> None:
-        #: room -> key -> ref -> entry
-        self.rooms: dict[str, dict[str, dict[str, Entry]]] = {}
+        #: room -> ref -> entry
+        self.rooms: dict[str, dict[str, Entry]] = {}
+        #: room -> key -> its entries there (a user's tabs)
+        self.keys: dict[str, dict[str, int]] = {}
         self.refs: dict[str, Entry] = {}
         self.by_process: dict[str, set[str]] = {}
+        # The epoch of the last sync from its process that listed a ref
+        # (absent: 0); and each process's current sync epoch.
+        self._marks: dict[str, int] = {}
         self._epochs: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -79,35 +126,57 @@ class PresenceTable:
 
     def add(self, entry: Entry) -> bool:
         """Add ``entry``; False if its ref was known (then it is re-marked)."""
-        known = self.refs.get(entry.ref)
-        if known is not None:
-            known.epoch = self._epochs.get(known.process, 0)
-            return False
-        entry.epoch = self._epochs.get(entry.process, 0)
-        self.refs[entry.ref] = entry
-        self.rooms.setdefault(entry.room, {}).setdefault(entry.key, {})[entry.ref] = (
-            entry
+        ref, process = entry[REF], entry[PROCESS]
+        known = self.refs.get(ref)
+        self._mark(
+            ref, self._epochs.get(process if known is None else known[PROCESS], 0)
         )
-        self.by_process.setdefault(entry.process, set()).add(entry.ref)
+        if known is not None:
+            return False
+        self.refs[ref] = entry
+        room = entry[ROOM]
+        self.rooms.setdefault(room, {})[ref] = entry
+        keys = self.keys.setdefault(room, {})
+        keys[entry[KEY]] = keys.get(entry[KEY], 0) + 1
+        self.by_process.setdefault(process, set()).add(ref)
         return True
+
+    def _mark(self, ref: str, epoch: int) -> None:
+        if epoch:
+            self._marks[ref] = epoch
+        else:
+            self._marks.pop(ref, None)
+
+    def marked(self, ref: str) -> int:
+        """The epoch of the last sync that listed ``ref`` (0: none)."""
+        return self._marks.get(ref, 0)
+
+    def epoch(self, process: str) -> int:
+        """``process``'s current sync epoch (0: none yet)."""
+        return self._epochs.get(process, 0)
 
     def remove(self, ref: str) -> Entry | None:
         """Remove the entry with ``ref``; it, or None if unknown."""
         entry = self.refs.pop(ref, None)
         if entry is None:
             return None
-        keys = self.rooms[entry.room]
-        refs = keys[entry.key]
-        del refs[ref]
-        if not refs:
-            del keys[entry.key]
-            if not keys:
-                del self.rooms[entry.room]
-        owned = self.by_process.get(entry.process)
+        self._marks.pop(ref, None)
+        room, key = entry[ROOM], entry[KEY]
+        entries = self.rooms[room]
+        del entries[ref]
+        keys = self.keys[room]
+        if keys[key] > 1:
+            keys[key] -= 1
+        else:
+            del keys[key]
+        if not entries:
+            del self.rooms[room]
+            del self.keys[room]
+        owned = self.by_process.get(entry[PROCESS])
         if owned is not None:
             owned.discard(ref)
             if not owned:
-                del self.by_process[entry.process]
+                del self.by_process[entry[PROCESS]]
         return entry
 
     def drop_process(self, process: str) -> list[Entry]:
@@ -128,10 +197,9 @@ class PresenceTable:
     def stale(self, process: str) -> list[str]:
         """Refs of ``process`` that its latest sync did not list (so far)."""
         epoch = self._epochs.get(process, 0)
+        marks = self._marks
         return [
-            ref
-            for ref in self.by_process.get(process, ())
-            if self.refs[ref].epoch < epoch
+            ref for ref in self.by_process.get(process, ()) if marks.get(ref, 0) < epoch
         ]
 
     def processes(self) -> list[str]:
@@ -140,20 +208,15 @@ class PresenceTable:
     def state(self, room: str) -> bytes:
         """The data of the room's ``presence.state`` frame as JSON:
         ``{"room", "users": {key: [meta, ...]}}``."""
-        users = b"{%s}" % b",".join(
-            b"%s:[%s]" % (_dumps(key), b",".join(_meta(e) for e in refs.values()))
-            for key, refs in self.rooms.get(room, {}).items()
-        )
+        users = _by_key(self.rooms.get(room, {}).values(), _meta)
         return b'{"room":%s,"users":%s}' % (_dumps(room), users)
 
     def entries(self, room: str) -> Iterator[Entry]:
-        for refs in self.rooms.get(room, {}).values():
-            yield from refs.values()
+        yield from self.rooms.get(room, {}).values()
 
     def count(self, room: str) -> tuple[int, int]:
         """Connections and keys (users) in ``room``."""
-        keys = self.rooms.get(room, {})
-        return sum(len(refs) for refs in keys.values()), len(keys)
+        return len(self.rooms.get(room, ())), len(self.keys.get(room, ()))
 
 
 class Diffs:
@@ -169,21 +232,23 @@ class Diffs:
         return bool(self.joins or self.leaves)
 
     def join(self, entry: Entry) -> None:
-        left = self.leaves.get(entry.room)
-        if left is not None and left.pop(entry.ref, None) is not None:
+        room, ref = entry[ROOM], entry[REF]
+        left = self.leaves.get(room)
+        if left is not None and left.pop(ref, None) is not None:
             if not left:
-                del self.leaves[entry.room]
+                del self.leaves[room]
             return  # left and came back within the interval: no change
-        self.joins.setdefault(entry.room, {})[entry.ref] = entry
+        self.joins.setdefault(room, {})[ref] = entry
 
     def leave(self, entry: Entry) -> None:
-        joined = self.joins.get(entry.room)
-        if joined is not None and joined.pop(entry.ref, None) is not None:
+        room, ref = entry[ROOM], entry[REF]
+        joined = self.joins.get(room)
+        if joined is not None and joined.pop(ref, None) is not None:
             # Came and went within one interval: nobody needs to know.
             if not joined:
-                del self.joins[entry.room]
+                del self.joins[room]
             return
-        self.leaves.setdefault(entry.room, {})[entry.ref] = entry
+        self.leaves.setdefault(room, {})[ref] = entry
 
     def take(self) -> dict[str, bytes]:
         """Each changed room's diff, the data of its ``presence.diff`` frame
@@ -208,40 +273,31 @@ def _dumps(value: str) -> bytes:
 
 
 def _meta(entry: Entry) -> bytes:
-    """The entry's metadata as JSON, encoded once: every diff and state that
-    shows the entry reuses it (a state of 10,000 entries would otherwise
-    encode 10,000 dicts each interval of a reconnect storm)."""
-    encoded = entry.encoded
-    if encoded is None:
-        encoded = entry.encoded = ujson.dumps(
-            entry.meta, ensure_ascii=False, escape_forward_slashes=False
-        ).encode()
-    return encoded
+    return entry[META]
 
 
 def _ref(entry: Entry) -> bytes:
     """A leave is its ref alone: members hold the metadata already, so it
     costs its key and ref whatever the metadata's size."""
-    return b'{"ref":%s}' % _dumps(entry.ref)
+    return b'{"ref":%s}' % _dumps(entry[REF])
 
 
-def _by_key(entries: Any, item: Any) -> bytes:
+def _by_key(entries: Iterable[Entry], item: Callable[[Entry], bytes]) -> bytes:
     """``{key: [item, ...]}`` as JSON, built as bytes.
 
-    Not as a dict of lists of dicts: after a peer with 5,000 members died,
-    that was 10,000 new containers for the garbage collector, enough to
-    start a full collection of the whole heap (100+ ms of stall) in the
-    middle of telling members (bench/scale.py, issue 14).
+    Grouped in a dict of bytes, not of lists: after a peer with 5,000 members
+    died, 10,000 new containers were enough to start a full collection of the
+    whole heap (100+ ms of stall) in the middle of telling members
+    (bench/scale.py, issue 14); bytes are not tracked by the collector.
     """
-    grouped: dict[str, list[bytes]] = {}
+    grouped: dict[str, bytes] = {}
     for entry in entries:
-        found = grouped.get(entry.key)
-        if found is None:
-            grouped[entry.key] = [item(entry)]
-        else:
-            found.append(item(entry))
+        key = entry[KEY]
+        found = grouped.get(key)
+        # A key's items are a user's tabs: a few, so joining them is cheap.
+        grouped[key] = item(entry) if found is None else found + b"," + item(entry)
     return b"{%s}" % b",".join(
-        b"%s:[%s]" % (_dumps(key), b",".join(items)) for key, items in grouped.items()
+        b"%s:[%s]" % (_dumps(key), items) for key, items in grouped.items()
     )
 
 

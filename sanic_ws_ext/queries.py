@@ -92,12 +92,12 @@ class Queries:
         if self.tracker.full(room):
             return [
                 Member(
-                    id=e.conn,
-                    user=None if e.key.startswith("~") else e.key,
-                    worker=e.process,
-                    presence={k: v for k, v in e.meta.items() if k != "ref"},
+                    id=conn,
+                    user=None if key.startswith("~") else key,
+                    worker=process,
+                    presence={k: v for k, v in ujson.loads(meta).items() if k != "ref"},
                 )
-                for e in self.tracker.table.entries(room)
+                for _, key, _, meta, process, conn in self.tracker.table.entries(room)
             ]
         answers = await self.ask({"q": "members", "room": room})
         return [

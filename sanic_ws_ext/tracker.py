@@ -36,7 +36,14 @@ import ujson
 
 from .envelope import encode_envelope, encode_envelope_json
 from .frames import OP_TEXT, encode_frame
-from .presence import Counts, Diffs, Entry, PresenceTable
+from .presence import (
+    Counts,
+    Diffs,
+    PresenceTable,
+    new_entry,
+    peer_entry,
+    wire_entry,
+)
 from .wire import fan_out
 
 if TYPE_CHECKING:
@@ -88,7 +95,8 @@ class Tracker:
         self.counts = Counts()
         self._diffs = Diffs()
         # This process's own changes, not yet published.
-        self._out_joins: dict[str, list[Any]] = {}
+        # ref -> the join as it crosses processes (JSON bytes).
+        self._out_joins: dict[str, bytes] = {}
         self._out_leaves: list[str] = []
         self._out_counts: dict[str, int] = {}
         # Local members who joined a room this interval (they get its state).
@@ -174,11 +182,11 @@ class Tracker:
             meta["conn"] = conn.id
             meta["worker"] = conn.worker
         key = conn.user if conn.user is not None else self._anonymous(conn.id)
-        entry = Entry(room, key, ref, meta, self.worker, conn.id)
+        entry = new_entry(room, key, ref, meta, self.worker, conn.id)
         self.table.add(entry)
         self._diffs.join(entry)
         self._refs.setdefault(conn.id, {})[room] = ref
-        self._out_joins[ref] = entry.wire()
+        self._out_joins[ref] = wire_entry(entry)
 
     def _anonymous(self, conn_id: str) -> str:
         """A stable key for a connection without a user, that reveals nothing of it."""
@@ -205,8 +213,8 @@ class Tracker:
 
     def apply_presence(self, origin: str, batch: dict[str, Any]) -> None:
         """A peer's batch of changes (a ``PRESENCE`` op, decoded)."""
-        for room, key, ref, meta, conn in batch.get("j", ()):
-            entry = Entry(room, key, ref, meta, origin, conn)
+        for item in batch.get("j", ()):
+            entry = peer_entry(item, origin)
             if self.table.add(entry):
                 self._diffs.join(entry)
         for ref in batch.get("l", ()):
@@ -222,8 +230,8 @@ class Tracker:
         """One part of a peer's full transfer."""
         if part.get("first"):
             self.table.begin_sync(origin)
-        for room, key, ref, meta, conn in part.get("entries", ()):
-            entry = Entry(room, key, ref, meta, origin, conn)
+        for item in part.get("entries", ()):
+            entry = peer_entry(item, origin)
             if self.table.add(entry):
                 self._diffs.join(entry)
         if part.get("last"):
@@ -252,7 +260,8 @@ class Tracker:
         self._arm()
 
     async def _remove_slices(self, refs: list[str], synced: str | None = None) -> None:
-        epoch = self.table._epochs.get(synced, 0) if synced else 0
+        table = self.table
+        epoch = table.epoch(synced) if synced else 0
         self._removing += 1
         try:
             for start in range(0, len(refs), _SLICE):
@@ -261,10 +270,9 @@ class Tracker:
                 # No pass after the last slice: when the table is right, the
                 # removal is over, and a flush then tells members at once.
                 for ref in refs[start : start + _SLICE]:
-                    known = self.table.refs.get(ref)
-                    if known is None or (synced and known.epoch >= epoch):
-                        continue  # listed again since
-                    entry = self.table.remove(ref)
+                    if ref not in table.refs or (synced and table.marked(ref) >= epoch):
+                        continue  # gone, or listed again since
+                    entry = table.remove(ref)
                     if entry is not None:
                         self._diffs.leave(entry)
         finally:
@@ -303,7 +311,7 @@ class Tracker:
                 entry = self.table.refs.get(ref)
                 if entry is None:
                     continue  # it left since we began
-                encoded = ujson.dumps(entry.wire()).encode()
+                encoded = wire_entry(entry)
                 if chunk and size + len(encoded) > budget:
                     send(last=False)
                 chunk.append(encoded)
@@ -356,7 +364,7 @@ class Tracker:
             raise
 
     def _send_changes(
-        self, joins: dict[str, list[Any]], leaves: list[str], counts: dict[str, int]
+        self, joins: dict[str, bytes], leaves: list[str], counts: dict[str, int]
     ) -> None:
         budget = self._budget()
         head: dict[str, Any] = {"life": self.life}
@@ -368,8 +376,7 @@ class Tracker:
         for items in _chunks([ujson.dumps(ref).encode() for ref in leaves], budget):
             self._publish(_with_list(head, "l", items), None, "presence")
             head = {"life": self.life}
-        encoded = [ujson.dumps(j).encode() for j in joins.values()]
-        for items in _chunks(encoded, budget):
+        for items in _chunks(list(joins.values()), budget):
             self._publish(_with_list(head, "j", items), None, "presence")
             head = {"life": self.life}
         if len(head) > 1:  # counts alone

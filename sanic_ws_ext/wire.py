@@ -404,7 +404,10 @@ class Wire(asyncio.Protocol):
         #: The transport holds bytes the kernel did not take: nothing more
         #: is handed to it until it calls resume_writing.
         self.writing_paused = transport.get_write_buffer_size() > 0
-        self._pending: list[bytes | memoryview] = []
+        # Frames not yet handed to the transport; None while there are none
+        # (most sockets, most of the time: one object less per connection
+        # for every full garbage collection to walk).
+        self._pending: list[bytes | memoryview] | None = None
         self._pending_bytes = 0
         # Keyed frames still in _pending: key -> index (None until one is).
         self._keyed: dict[str, int] | None = None
@@ -469,6 +472,7 @@ class Wire(asyncio.Protocol):
             at = keyed.get(key)
             if at is not None:
                 pending = self._pending
+                assert pending is not None  # keyed frames are pending ones
                 self._pending_bytes += len(frame) - len(pending[at])
                 pending[at] = frame
                 host.counters.replaced += 1
@@ -478,7 +482,7 @@ class Wire(asyncio.Protocol):
         if key is not None:
             if keyed is None:
                 keyed = self._keyed = {}
-            keyed[key] = len(self._pending) - 1
+            keyed[key] = len(self._pending or ()) - 1
         return 1
 
     def send_ping(self) -> bool:
@@ -511,9 +515,12 @@ class Wire(asyncio.Protocol):
                 )
             self.abort(CloseCode.POLICY_VIOLATION, "slow consumer")
             return False
-        if not self._pending:
+        pending = self._pending
+        if pending is None:
             self._flusher.mark(self)
-        self._pending.append(frame)
+            self._pending = [frame]
+        else:
+            pending.append(frame)
         self._pending_bytes = queued + len(frame)
         if limit is not None and queued + self._written > limit >> 1:
             self._flusher.behind = True
@@ -540,7 +547,7 @@ class Wire(asyncio.Protocol):
                 self._flusher.mark(self)
             return _WIRE_CHUNK
         transport.write(data)
-        self._pending = []
+        self._pending = None
         self._pending_bytes = 0
         self._keyed = None
         self._written = transport.get_write_buffer_size()
@@ -579,7 +586,7 @@ class Wire(asyncio.Protocol):
         if not self._pending and not self._transport.is_closing():
             # Nothing pending: an empty write makes the flush close it.
             self._flusher.mark(self)
-            self._pending.append(b"")
+            self._pending = [b""]
 
     # -- closing ---------------------------------------------------------
 
@@ -626,7 +633,7 @@ class Wire(asyncio.Protocol):
             return
         self._set_close(code, reason)
         self.state = ConnectionState.CLOSING
-        self._pending = []
+        self._pending = None
         self._pending_bytes = 0
         self._keyed = None
         self._transport.abort()
@@ -652,7 +659,7 @@ class Wire(asyncio.Protocol):
             else:
                 self.close_code = CloseCode.ABNORMAL
                 self.close_reason = "connection lost"
-        self._pending = []
+        self._pending = None
         self._pending_bytes = 0
         self._keyed = None
         self._flusher.resumed(self)  # never waited for again
@@ -897,9 +904,11 @@ def fan_out(
                 queued += wire._enqueue(frame)
                 continue
         pending = wire._pending
-        if not pending:
+        if pending is None:
             flusher.mark(wire)
-        pending.append(frame)
+            wire._pending = [frame]
+        else:
+            pending.append(frame)
         wire._pending_bytes = pending_bytes + size
         queued += 1
     if account:

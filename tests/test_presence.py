@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import ujson
 
-from sanic_ws_ext.presence import Counts, Diffs, Entry, PresenceTable, checked_presence
+from sanic_ws_ext.presence import (
+    META,
+    REF,
+    Counts,
+    Diffs,
+    Entry,
+    PresenceTable,
+    checked_presence,
+    new_entry,
+    peer_entry,
+    wire_entry,
+)
 from sanic_ws_ext.rooms import UNDECLARED, RoomPolicies, RoomSpec
 
 
 def entry(
     ref: str, key: str = "ann", room: str = "r", process: str = "w0", **meta: str
 ) -> Entry:
-    return Entry(room, key, ref, {"ref": ref, **meta}, process, f"conn-{ref}")
+    return new_entry(room, key, ref, {"ref": ref, **meta}, process, f"conn-{ref}")
 
 
 def test_table_by_room_key_and_process() -> None:
@@ -27,12 +40,13 @@ def test_table_by_room_key_and_process() -> None:
     }
     assert table.count("r") == (3, 2)
     removed = table.remove("1")
-    assert removed is not None and removed.ref == "1"
+    assert removed is not None and removed[REF] == "1"
     assert table.remove("1") is None
     gone = table.drop_process("w1")
-    assert [e.ref for e in gone] == ["3"]
+    assert [e[REF] for e in gone] == ["3"]
     table.remove("2")
-    assert table.rooms == {} and table.by_process == {} and len(table) == 0
+    assert table.rooms == {} and table.keys == {} and table.by_process == {}
+    assert len(table) == 0
 
 
 def test_a_sync_removes_what_it_did_not_list() -> None:
@@ -126,3 +140,32 @@ def test_diff_and_state_escape_keys_and_metadata() -> None:
         "joins": {odd: expected},
         "leaves": {},
     }
+
+
+def test_entries_cost_a_full_collection_nothing() -> None:
+    """Entries are plain tuples of strings and bytes, in containers of such:
+    after one collection CPython tracks none of them (a survivor's stall in
+    bench/scale.py was mostly a full collection walking entries)."""
+    table = PresenceTable()
+    diffs = Diffs()
+    for n in range(1000):
+        e = entry(str(n), key=f"user{n % 300}", room=f"r{n % 3}", name="Ann")
+        table.add(e)
+        diffs.join(e)
+    table.begin_sync("w0")
+    table.add(entry("7", key="user7", room="r1"))
+    gc.collect()
+    assert not any(gc.is_tracked(e) for e in table.refs.values())
+    assert not gc.is_tracked(table.refs)
+    assert not any(gc.is_tracked(refs) for refs in table.rooms.values())
+    assert not any(gc.is_tracked(keys) for keys in table.keys.values())
+    assert table.count("r0") == (334, 100)
+
+
+def test_an_entry_crosses_processes_as_json() -> None:
+    mine = new_entry("r", "ann", "1", {"ref": "1", "name": 'é "x"'}, "w0", "c1")
+    theirs = peer_entry(ujson.loads(wire_entry(mine)), "w0")
+    assert theirs == mine
+    # A peer of an earlier release sends the metadata as an object.
+    old = peer_entry(["r", "ann", "1", {"ref": "1", "name": 'é "x"'}, "c1"], "w0")
+    assert ujson.loads(old[META]) == ujson.loads(mine[META])
