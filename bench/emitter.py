@@ -1,6 +1,6 @@
 """From one emitter process to C clients, next to the same fan-out from a handler.
 
-    python bench/emitter.py [--clients 1000] [--k 200] [--rounds 3]
+    python bench/emitter.py [--clients 1000] [--k 1000] [--rounds 3]
 
 ``emitter``: one Sanic worker on the Redis backplane (pinned to core 0) holds
 the C connections; the load client (core 1) sends one trigger, which the
@@ -118,7 +118,7 @@ def run(clients: int, k: int, rounds: int) -> list[str]:
         " medians (range).",
         "",
         "| sender | delivered msg/s | worker CPU us/msg | p50 ms | p99 ms"
-        " | client CPU | sender's own msg/s (CPU s) | complete |",
+        " | client CPU | sender's own msg/s (its CPU) | complete |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind in KINDS:
@@ -126,8 +126,8 @@ def run(clients: int, k: int, rounds: int) -> list[str]:
         own = "-"
         if kind == "emitter":
             rates = [x["emitter"]["sent"] / x["emitter"]["seconds"] for x in runs]
-            cpus = [x["emitter"]["cpu_s"] for x in runs]
-            own = f"{fmt(rates)} ({fmt(cpus, 2)})"
+            cpus = [1000 * x["emitter"]["cpu_s"] for x in runs]
+            own = f"{fmt(rates)} ({fmt(cpus)} ms)"
         complete = sum(x["received"] == x["expected"] for x in runs)
         lines.append(
             f"| {kind} | {fmt([x['rate'] for x in runs])} |"
@@ -148,7 +148,7 @@ def run(clients: int, k: int, rounds: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--k", type=int, default=200)
+    parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--emit", metavar="CHANNEL", help=argparse.SUPPRESS)
     parser.add_argument("--limit", type=float, default=120, help=argparse.SUPPRESS)
