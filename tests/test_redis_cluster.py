@@ -303,3 +303,45 @@ def test_the_slot_map_names_each_channels_master() -> None:
     assert topology.owner("y:to:{b}") == ("10.0.0.1", 7000)
     with pytest.raises(Exception, match="serves 5461 of 16384"):
         Topology.parse(reply[:1], ("10.0.0.1", 7000))
+
+
+async def test_an_emitter_over_a_redis_cluster(make_app: AppFactory) -> None:
+    """The async emitter publishes rooms to their shards and the rest through
+    one node, in order; the sync one refuses a cluster with a clear error."""
+    from sanic_ws_ext import EmitFailed, Emitter, SyncEmitter
+
+    async with (
+        RedisCluster() as cluster,
+        nodes(make_app, cluster.url, **CALM) as [(a, sa, _), (b, sb, _)],
+    ):
+        for states in (sa, sb):
+            assert await asyncio.wait_for(states.get(), units(10)) == "connected"
+        ca, ida = await a.connect()
+        cb, idb = await b.connect(user="bob")
+        await a.ws.join(ida, "lobby")
+        await b.ws.join(idb, "lobby")
+        channel = a.app.config.WS_REDIS_CHANNEL
+        async with Emitter(cluster.url, channel=channel) as em:
+            assert em.status()["shards"] == 3
+            for i in range(50):
+                await em.broadcast("e", i)
+            await em.publish("lobby", "e.room", "news")
+            await em.send(idb, "e.direct", "to b")
+            await em.send_user("bob", "e.user", "bob")
+            assert await em.flush(units(10))
+        for client in (ca, cb):
+            assert [(await client.expect("e")).data for _ in range(50)] == list(
+                range(50)
+            )
+            assert (await client.expect("e.room")).data == "news"
+        assert (await cb.expect("e.direct")).data == "to b"
+        assert (await cb.expect("e.user")).data == "bob"
+        with (
+            SyncEmitter(cluster.url, channel=channel) as sync,
+            pytest.raises(EmitFailed, match="Redis Cluster"),
+        ):
+            sync.broadcast("e", "never")
+        for node in (a, b):
+            assert (node.backplane.missed, node.backplane.duplicates) == (0, 0)
+        await ca.close()
+        await cb.close()
