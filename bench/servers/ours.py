@@ -32,3 +32,23 @@ async def chat(conn: Connection, msg: Envelope) -> None:
 async def add(conn: Connection, msg: Envelope) -> int:
     """A request (bench/requests.py): the reply carries the sum."""
     return int(msg.data["a"] + msg.data["b"])
+
+
+@handlers.on("flood")
+async def flood(conn: Connection, msg: Envelope) -> None:
+    """A sender in a loop (bench/flood.py): ``n`` broadcasts of ``size``
+    bytes with nothing else awaited, then ``flood.end`` to everyone, saying
+    which connections of those open at the start were closed, by code."""
+    manager = conn.manager
+    broadcast = manager.broadcast
+    body = "x" * int(msg.data["size"])
+    before = manager.counters.slow_closed
+    conns = list(manager.connections.values())
+    for i in range(int(msg.data["n"])):
+        await broadcast("flood", {"i": i, "body": body})
+    closed: dict[str, int] = {}
+    for each in conns:
+        if each.close_code is not None:
+            closed[str(each.close_code)] = closed.get(str(each.close_code), 0) + 1
+    slow = manager.counters.slow_closed - before
+    await broadcast("flood.end", {"closed": closed, "slow_closed": slow})
