@@ -45,7 +45,7 @@ def once(clients: int, n: int, size: int, stalled: int) -> dict[str, Any]:
     )
     print(
         f"  flood, {stalled} stalled: {result['healthy_closed']} healthy closed,"
-        f" stalled closed 1008: {result['stalled_1008']},"
+        f" closed with 1008: {closed.get('1008', 0)},"
         f" {result['mb_per_reader_min']:.1f} MB per reader"
         f" in {result['seconds']:.2f} s, server CPU {result['server_cpu_s']:.2f} s",
         file=sys.stderr,

@@ -20,7 +20,8 @@ over a Redis Cluster, interest routing against the single channel of
 5b7bee7), and history rooms (``bench/history.py``: publications per second
 against a plain room, 1,000 clients recovering at once, memory per kept
 publication), and request and reply (``bench/requests.py``: round trips
-against python-socketio's acks). Cluster scale (``bench/scale.py``: minutes
+against python-socketio's acks, on one worker and across two, and the
+request client's ceiling). Cluster scale (``bench/scale.py``: minutes
 at full size) runs on its own; ``--smoke`` includes it. Needs ``npm install
 --prefix bench`` (Node ``ws``) and ``pip install -e '.[bench]'`` (socketify,
 python-socketio, uvicorn).
@@ -134,7 +135,9 @@ def main() -> None:
                         "--rounds", "1", "--recovery", "20", "--missed", "10",
                         "--memory", "1000"]  # fmt: skip
         section("History rooms (smoke)", script("history.py", *tiny_history))
-        tiny_requests = ["--servers", "ours", "--rounds", "1", "--duration", "0.5",
+        # Exits non-zero if a reply carried a wrong sum.
+        tiny_requests = ["--servers", "ours", "ours-2w-across", "client-ceiling",
+                         "--rounds", "1", "--duration", "0.5",
                          "--clients", "5"]  # fmt: skip
         section("Request and reply (smoke)", script("requests.py", *tiny_requests))
         lost: list[Any] = [r for r in checked if r["received"] != r["expected"]]

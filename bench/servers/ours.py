@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from sanic import Sanic
@@ -32,6 +33,20 @@ async def chat(conn: Connection, msg: Envelope) -> None:
 async def add(conn: Connection, msg: Envelope) -> int:
     """A request (bench/requests.py): the reply carries the sum."""
     return int(msg.data["a"] + msg.data["b"])
+
+
+@handlers.on("whoami")
+async def whoami(conn: Connection, msg: Envelope) -> dict[str, object]:
+    """A request (bench/requests.py): this connection's id and its worker."""
+    return {"id": conn.id, "worker": os.getpid()}
+
+
+@handlers.on("ask_peer")
+async def ask_peer(conn: Connection, msg: Envelope) -> object:
+    """A request (bench/requests.py): ask the connection ``to``, on whichever
+    worker, to ``add``; its answer is the reply."""
+    data = msg.data
+    return await conn.manager.request(data["to"], "add", {"a": data["a"], "b": 1})
 
 
 @handlers.on("flood")
