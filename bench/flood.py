@@ -24,13 +24,14 @@ import argparse
 import sys
 from typing import Any
 
-from measure import run_load
+from measure import quiet, run_load
 from peers import BENCH, fmt, serving
 
 
 def once(clients: int, n: int, size: int, stalled: int) -> dict[str, Any]:
     timeout = 60 + n * size * clients // 10_000_000  # ~10 MB/s at the worst
     with serving("ours") as served:
+        quiet(served.pids)
         command = [
             "taskset", "-c", "1", "node", str(BENCH / "floodclient.mjs"),
             "--url", served.urls[0], "--clients", str(clients),

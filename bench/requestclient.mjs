@@ -18,8 +18,11 @@
 // connection answers, and replies with the peer's answer. One round trip
 // is then two requests: the client's to the server, the server's to the peer.
 // Across needs connections on two processes: more are opened (up to 200)
-// while they all land on one.
+// while they all land on one. With --sync 1 it waits, connected and paired,
+// for a line on stdin, and prints {"phase":"done"} at the end
+// (bench/measure.py reads the servers' CPU at those two points).
 
+import fs from "node:fs";
 import { performance } from "node:perf_hooks";
 
 import WebSocket from "ws";
@@ -121,6 +124,12 @@ if (pair) {
     });
   });
 }
+if (args.sync !== undefined) {
+  // bench/measure.py: the servers' CPU is read from here (connected, paired)
+  // to "done", as bench/loadclient.mjs does.
+  fs.writeSync(1, '{"phase":"ready"}\n');
+  await new Promise((r) => process.stdin.once("data", r));
+}
 /** The request each round trip makes. */
 const next = pair
   ? (state) => ["ask_peer", { to: state.peer.who.id, a: state.seq + 1, b: 1 }]
@@ -146,6 +155,7 @@ await Promise.all(
     }
   }),
 );
+if (args.sync !== undefined) fs.writeSync(1, '{"phase":"done"}\n');
 for (const state of states) state.ws.close();
 latencies.sort((a, b) => a - b);
 const at = (q) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))];
@@ -156,6 +166,7 @@ console.log(
     p99_ms: at(0.99),
     count: latencies.length,
     total,
+    received: total, // for bench/measure.py: the servers' CPU per round trip
     connections: states.length,
     wrong,
   }),

@@ -28,7 +28,10 @@ the Node ``ceiling.mjs`` without a compiler) that answers every request frame
 at once, the cheapest reply there is, to show the client's own limit.
 
 Figures: round trips per second, the servers' CPU per round trip (every
-server process's and its workers' /proc counters, ``bench/measure.py``),
+server process's and its workers' /proc counters, ``bench/measure.py``,
+from the connected client's start to its end, divided by the round trips
+made meanwhile, warm-up included; read once the servers' CPU went quiet
+after their start),
 p50/p99 in ms, and the client's CPU as a share of the run (near 100%: the
 client was the limit); medians of ``--rounds`` runs (range), servers
 interleaved round by round. Exits non-zero if a reply carried a wrong sum.
@@ -37,12 +40,11 @@ interleaved round by round. Exits non-zero if a reply carried a wrong sum.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
 import sys
+from typing import Any
 
-from measure import cpu_seconds
+from measure import quiet, run_load
 from peers import BENCH, fmt, serving
 
 #: A row: the server it runs, and whom the server asks (None: nobody, the
@@ -57,9 +59,10 @@ CASES: dict[str, tuple[str, str | None]] = {
 }
 
 
-def once(case: str, clients: int, duration: float) -> dict[str, float]:
+def once(case: str, clients: int, duration: float) -> dict[str, Any]:
     server, pair = CASES[case]
     with serving(server) as served:
+        quiet(served.pids)  # workers done starting: their start is not a cost
         command = [
             "taskset", "-c", "1", "node", str(BENCH / "requestclient.mjs"),
             "--url", served.urls[0], "--proto", served.proto,
@@ -67,23 +70,14 @@ def once(case: str, clients: int, duration: float) -> dict[str, float]:
         ]  # fmt: skip
         if pair:
             command += ["--pair", pair]
-        cpu = cpu_seconds(served.pids)
         client = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out = subprocess.run(
-            command, capture_output=True, text=True, timeout=duration * 4 + 60
-        )
-        server_cpu = cpu_seconds(served.pids) - cpu
+        # The servers' CPU from the connected, paired client's start to its
+        # end (warm-up included), per round trip made in that time.
+        result = run_load(case, command, served.pids, limit=duration * 4 + 60)
         # Before the servers end: only the client is a waited-for child yet.
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if not out.stdout.strip():
-        raise RuntimeError(f"{case}: request client failed: {out.stderr[-2000:]}")
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    # Beside the rate: what each round trip cost the servers (their own
-    # counters, workers included, whatever the client), and how busy the
-    # client was (near 100%: the client, not the server, was the limit).
-    # Both span the client's connecting and warm-up too: the CPU is divided
-    # by every round trip made, the warm-up's included.
-    result["cpu_us"] = server_cpu * 1e6 / max(1, result["total"])
+    # How busy the client was (near 100%: the client, not the server, was
+    # the limit); its connecting too, a small part of a run of seconds.
     used = (after.ru_utime + after.ru_stime) - (client.ru_utime + client.ru_stime)
     result["client_cpu_pct"] = 100 * used / duration
     if case == "client-ceiling":
@@ -101,7 +95,7 @@ def run(
     clients: int, duration: float, rounds: int, cases: list[str]
 ) -> tuple[list[dict[str, str]], list[str]]:
     """The table's rows, and the cases that got a wrong reply."""
-    runs: dict[str, list[dict[str, float]]] = {case: [] for case in cases}
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     for _ in range(rounds):  # servers interleaved round by round
         for case in cases:
             runs[case].append(once(case, clients, duration))
