@@ -661,8 +661,8 @@ async def test_a_page_behind_gets_the_latest_per_key_and_no_volatile_frames(
         for i in range(50):
             await ws.broadcast("tick", {"i": i}, volatile=True)
         await conn.send("after")
-        assert ws.counters.replaced == 99
-        assert ws.counters.volatile_skipped == 50
+        assert ws._counters.replaced == 99
+        assert ws._counters.volatile_skipped == 50
         link.release()
         await page.wait_for_function(
             "() => seen.length && seen[seen.length - 1][0] === 'after'", timeout=wait

@@ -57,7 +57,7 @@ async def flood(conn: Connection, msg: Envelope) -> None:
     manager = conn.manager
     broadcast = manager.broadcast
     body = "x" * int(msg.data["size"])
-    before = manager.counters.slow_closed
+    before = manager._counters.slow_closed
     conns = list(manager.connections.values())
     for i in range(int(msg.data["n"])):
         await broadcast("flood", {"i": i, "body": body})
@@ -65,5 +65,5 @@ async def flood(conn: Connection, msg: Envelope) -> None:
     for each in conns:
         if each.close_code is not None:
             closed[str(each.close_code)] = closed.get(str(each.close_code), 0) + 1
-    slow = manager.counters.slow_closed - before
+    slow = manager._counters.slow_closed - before
     await broadcast("flood.end", {"closed": closed, "slow_closed": slow})
