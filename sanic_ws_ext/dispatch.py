@@ -21,6 +21,9 @@ Rules this module keeps:
 - A ``reply`` from the client (to a request of the server's) is taken as it
   arrives, never queued: a handler awaiting a request to its own connection
   would otherwise wait behind itself.
+- A ``ping`` with a ``ref`` (the browser client's heartbeat) is answered
+  ``ok: true`` as it arrives, unless the app registered ``on("ping")``: it
+  tells the client the connection is alive, not that its handlers are idle.
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ _ITEM_OVERHEAD = 64
 
 #: Longest room name a client may ask for.
 MAX_ROOM = 200
+
+#: Longest text frame looked at as a ``ping``: ``{"type":"ping","ref":...}``
+#: with a ref of up to 64 characters, and room to spare.
+_PING_MAX = 160
 
 #: What :meth:`Dispatcher._run` gives for a call the watchdog cancelled.
 _OVERRAN = RuntimeError("handler ran over WS_HANDLER_TIMEOUT")
@@ -134,8 +141,11 @@ class Dispatcher:
 
     def queue(self, conn: Connection, item: object) -> None:
         """Queue a message (or a marker) for ``conn``'s handlers."""
-        if type(item) is str and '"reply"' in item and self._take_reply(conn, item):
-            return
+        if type(item) is str:
+            if '"reply"' in item and self._take_reply(conn, item):
+                return
+            if len(item) <= _PING_MAX and '"ping"' in item and self._ping(conn, item):
+                return
         box = conn.mailbox
         if box is None:
             box = conn.mailbox = Mailbox()
@@ -192,6 +202,22 @@ class Dispatcher:
         if not isinstance(message, Reply):
             return False
         self._replied(conn, message)
+        return True
+
+    def _ping(self, conn: Connection, text: str) -> bool:
+        """A client's heartbeat ``ping`` with a ``ref``, answered now; False
+        for anything else (queued as any message)."""
+        if "ping" in self.registry.typed:
+            return False  # the app's own "ping": its handlers answer
+        try:
+            message = decode_message(text)
+        except MessageError:
+            return False
+        if not isinstance(message, Envelope) or message.type != "ping":
+            return False
+        if message.ref is None:
+            return False
+        conn.send_frame(encode_frame(OP_TEXT, encode_reply(message.ref)))
         return True
 
     # -- what arrives ----------------------------------------------------------
