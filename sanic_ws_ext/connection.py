@@ -38,6 +38,11 @@ class Connection:
         worker: The name of the worker process that holds the socket.
         rooms: The rooms this connection is in.
         connected_at: Unix time of the upgrade.
+        subprotocol: The ``Sec-WebSocket-Protocol`` selected at the upgrade,
+            or ``None``.
+        expires_at: Unix time at which the connection's credentials run out
+            (``Accept(expires_at=...)``, moved on by each accepted refresh),
+            or ``None``.
         close_code, close_reason: Why it closed; ``None`` while open.
     """
 
@@ -45,14 +50,17 @@ class Connection:
         "asks",
         "client_rooms",
         "connected_at",
+        "expires_at",
         "headers",
         "id",
         "mailbox",
         "manager",
         "meta",
         "presence",
+        "refresh_asked",
         "remote",
         "rooms",
+        "subprotocol",
         "user",
         "wire",
         "worker",
@@ -69,6 +77,8 @@ class Connection:
         remote: str,
         headers: dict[str, str],
         worker: str,
+        subprotocol: str | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self.id = id
         self.manager = manager
@@ -95,6 +105,11 @@ class Connection:
         #: Requests sent to it not answered yet: ref -> (the process that
         #: asked, until when it waits); ``None`` while there are none.
         self.asks: dict[str, tuple[str, float]] | None = None
+        self.subprotocol = subprotocol
+        self.expires_at = expires_at
+        #: The server asked this client for a fresh token (auth.refresh)
+        #: since its expiry last moved.
+        self.refresh_asked = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"

@@ -35,6 +35,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from sanic.exceptions import SanicException
+
 from .envelope import (
     Envelope,
     RefusedRequest,
@@ -43,9 +45,15 @@ from .envelope import (
     encode_reply,
     error_envelope,
 )
-from .errors import CloseCode, ErrorCode, MessageError
+from .errors import CloseCode, ErrorCode, MessageError, Reject
 from .frames import OP_TEXT, encode_frame
-from .handlers import ROOM_TYPES, HandlerRegistry
+from .handlers import (
+    REFRESH_TYPE,
+    ROOM_TYPES,
+    Accept,
+    HandlerRegistry,
+    checked_expiry,
+)
 from .history import History, Position, parse_since
 from .rooms import UNDECLARED
 from .wire import ConnectionState
@@ -75,6 +83,16 @@ _PING_MAX = 160
 
 #: What :meth:`Dispatcher._run` gives for a call the watchdog cancelled.
 _OVERRAN = RuntimeError("handler ran over WS_HANDLER_TIMEOUT")
+
+
+class UserMismatch(MessageError):
+    """A fresh token of another user: answered, then the connection closes 4403."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.AUTH_USER_MISMATCH, "the token is for another user")
+
+    def close(self, conn: Connection) -> None:
+        conn.wire.start_close(CloseCode.FORBIDDEN, "token is for another user")
 
 
 def queued_size(item: object) -> int:
@@ -272,6 +290,8 @@ class Dispatcher:
         if failure is None:
             if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
                 handlers: list[Callable[..., Awaitable[Any]]] = [self._client_room]
+            elif envelope.type == REFRESH_TYPE:
+                handlers = [self._refresh]
             else:
                 handlers = [*registry.message, *registry.typed.get(envelope.type, ())]
             for handler in handlers:
@@ -285,7 +305,10 @@ class Dispatcher:
                 if result is not None:
                     value = result
         if ref is None:
-            return  # without a ref, a failure was answered with an error frame
+            # Without a ref, a failure was answered with an error frame.
+            if isinstance(failure, UserMismatch):
+                failure.close(conn)
+            return
         if failure is None:
             try:
                 body = encode_reply(ref, value)
@@ -303,6 +326,8 @@ class Dispatcher:
                 conn.send_frame(encode_frame(OP_TEXT, body))
                 return
         self._refused(conn, ref, failure)
+        if isinstance(failure, UserMismatch):
+            failure.close(conn)  # after the reply, which says why
 
     def _refused(self, conn: Connection, ref: str, failure: Exception) -> None:
         """Answer the request ``ref`` of ``conn`` with ``ok: false``."""
@@ -377,6 +402,60 @@ class Dispatcher:
         await self._ready(room)
         await conn.send("room.joined", {"room": room})
         return {"room": room}
+
+    async def _refresh(
+        self, conn: Connection, envelope: Envelope
+    ) -> dict[str, float | None] | None:
+        """``auth.refresh`` from the client: a fresh token for the on_refresh hooks."""
+        data = envelope.data
+        token = data.get("token") if isinstance(data, dict) else None
+        limit = self.config.auth_token_max
+        if not isinstance(token, str) or not token or len(token) > limit:
+            raise MessageError(
+                ErrorCode.INVALID_ENVELOPE,
+                f"data.token must be a string of 1 to {limit} characters",
+            )
+        hooks = self.registry.refresh
+        if not hooks:
+            raise MessageError(
+                ErrorCode.AUTH_UNSUPPORTED, "this server does not take fresh tokens"
+            )
+        expires: float | None = None
+        meta: dict[str, Any] = {}
+        for hook in hooks:
+            try:
+                result = await hook(conn, token)
+            except SanicException as exc:
+                reason = exc.reason if isinstance(exc, Reject) else str(exc)
+                raise MessageError(
+                    ErrorCode.AUTH_REFUSED, reason or "token refused"
+                ) from None
+            given: float | None = None
+            if result is None:
+                continue
+            if isinstance(result, Accept):
+                if result.user is not None and result.user != conn.user:
+                    raise UserMismatch()
+                meta.update(result.meta)
+                if result.expires_at is not None:
+                    given = checked_expiry(result.expires_at, hook)
+            elif isinstance(result, int | float) and not isinstance(result, bool):
+                given = checked_expiry(result, hook)
+            else:
+                raise TypeError(
+                    f"on_refresh hook {getattr(hook, '__qualname__', hook)} returned"
+                    f" {result!r}: return Accept(...), the new expiry (Unix"
+                    " seconds) or None, or raise Reject"
+                )
+            if given is not None:
+                expires = given if expires is None else min(expires, given)
+        if conn.state is not ConnectionState.OPEN:
+            return None  # closed (expired, say) while a hook awaited
+        conn.meta.update(meta)
+        if expires is not None:
+            conn.expires_at = expires
+            conn.refresh_asked = False  # asked again ahead of the new expiry
+        return {"expires_at": conn.expires_at}
 
     async def _on_binary(self, conn: Connection, box: Mailbox, data: bytes) -> None:
         registry = self.registry

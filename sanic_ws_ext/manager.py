@@ -197,7 +197,12 @@ class ConnectionManager:
             leave=sessions.leave,
             met=self._health.check_whole,
         )
-        self._heartbeat = Heartbeat(config, self.local, clock=clock)
+        self._heartbeat = Heartbeat(
+            config,
+            self.local,
+            clock=clock,
+            expiring=bool(registry.verify or registry.refresh),
+        )
         self._peer_beat = PeerBeat(
             config,
             self._health,
@@ -210,6 +215,9 @@ class ConnectionManager:
         self._flusher: Flusher | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        #: Sockets refused in-band (WS_AUTH_IN_BAND), waiting for their
+        #: client's close frame: no connection, aborted at shutdown.
+        self.lingering: set[asyncio.Transport] = set()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -239,6 +247,8 @@ class ConnectionManager:
         """
         self._closing = True
         self._heartbeat.stop()
+        for transport in list(self.lingering):
+            transport.abort()
         await self._sessions.close_all(self.dispatcher.cancel_all)
         self.tracker.flush()  # the last leaves reach the peers before our BYE
         # Peers keep hearing our beat while clients close, then our BYE.
@@ -462,6 +472,25 @@ class ConnectionManager:
         """Close one connection, wherever it is, after what it was already sent."""
         self._outbox.address(OpKind.DISCONNECT, conn_id, code=code, reason=reason)
 
+    async def disconnect_user(
+        self, user: str, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> None:
+        """Close every connection of ``user``, on every worker and machine.
+
+        Logout everywhere: one op to every process (as ``send_user``), each
+        closing its own connections of that user after what they were
+        already sent. ``code`` is 1000 or 3000 to 4999 (4401, 4403...);
+        ``reason`` at most 123 bytes of UTF-8 (a close frame's room).
+        Connections opened after the op reached a process are not closed:
+        refuse the user's tokens first.
+        """
+        if not isinstance(user, str) or not user:
+            raise TypeError(f"user must be a non-empty str, got {user!r}")
+        check_close(code, reason)
+        self._outbox.publish(
+            OpKind.USER_DISCONNECT, target=user, code=code, reason=reason
+        )
+
     async def join(self, conn_id: str, room: str) -> None:
         """Put a connection, wherever it is, into ``room``.
 
@@ -593,6 +622,7 @@ class ConnectionManager:
         *,
         remote: str,
         headers: dict[str, str],
+        subprotocol: str | None = None,
     ) -> Connection:
         """Adopt an upgraded socket (called by the endpoint after the 101)."""
         assert self._flusher is not None, "ConnectionManager.start() was not awaited"
@@ -607,6 +637,8 @@ class ConnectionManager:
             remote=remote,
             headers=headers,
             worker=self.worker,
+            subprotocol=subprotocol,
+            expires_at=accepted.expires_at,
         )
         if accepted.presence:
             conn.presence = accepted.presence
@@ -630,6 +662,26 @@ class ConnectionManager:
             self._requests.lost(conn)
         if self._sessions.lost(conn):
             self.dispatcher.queue(conn, CLOSED)
+
+
+def check_close(code: int, reason: str) -> None:
+    """Refuse a close code or reason an app may not send (RFC 6455, 7.4)."""
+    if (
+        isinstance(code, bool)
+        or not isinstance(code, int)
+        or not (code == 1000 or 3000 <= code <= 4999)
+    ):
+        raise ValueError(
+            f"close code must be 1000 or 3000 to 4999 (4000 + an HTTP status"
+            f" for auth, say 4401), got {code!r}"
+        )
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, got {reason!r}")
+    if len(reason.encode()) > 123:
+        raise ValueError(
+            f"reason is {len(reason.encode())} bytes of UTF-8; a close frame"
+            " holds at most 123"
+        )
 
 
 def _room(room: str) -> bytes:
