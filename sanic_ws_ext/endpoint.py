@@ -434,10 +434,13 @@ async def refuse_in_band(
     if isinstance(response, HTTPResponse):
         return response
     code = 4000 + status if 100 <= status <= 999 else 4403
-    transport, _ = detach(request)
+    transport, leftover = detach(request)
     transport.write(response + encode_frame(OP_CLOSE, close_payload(code, reason)))
-    transport.set_protocol(Refused(manager, transport, remote))
+    refused_socket = Refused(manager, transport, remote)
+    transport.set_protocol(refused_socket)
     transport.resume_reading()
+    if leftover:
+        refused_socket.data_received(leftover)
     log.debug("websocket upgrade from %s refused in-band: %d %s", remote, code, reason)
     return None
 
