@@ -373,3 +373,22 @@ test("RequestError is what join() rejects with", async () => {
   );
   await assert.rejects(joining, (error) => error instanceof RequestError);
 });
+
+test("a socket that cannot be made (a malformed URL) is reported and retried", () => {
+  const reported = [];
+  const reportError = globalThis.reportError;
+  globalThis.reportError = (e) => reported.push(e.message);
+  try {
+    class Refusing {
+      constructor() {
+        throw new SyntaxError("not a websocket URL");
+      }
+    }
+    const { ws, timers } = client("not a url", { WebSocket: Refusing });
+    assert.deepEqual(reported, ["not a websocket URL"]);
+    assert.equal(ws.state, "reconnecting");
+    assert.equal(timers.size, 1);
+  } finally {
+    globalThis.reportError = reportError;
+  }
+});
