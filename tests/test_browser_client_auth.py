@@ -51,8 +51,11 @@ class Tokens:
         self.issued: list[str] = []
         #: Every token a verify or refresh hook saw, in order.
         self.checked: list[str | None] = []
+        #: Issue tokens for this user instead of the one asked for.
+        self.impostor: str | None = None
 
     def issue(self, user: str) -> str:
+        user = self.impostor or user
         if self.script:
             token = self.script.pop(0)
         else:
@@ -278,6 +281,24 @@ async def test_4403_stops_reconnects(make_app: AppFactory) -> None:
         assert await page.evaluate("window.reasons") == ["connect"]
         assert len(tokens.checked) == 1
         assert seen.conns == []
+
+
+async def test_a_refresh_for_another_user_ends_in_4403(make_app: AppFactory) -> None:
+    """The fresh token is someone else's: the server refuses the refresh
+    (auth_user_mismatch) and closes with 4403, and the client stops."""
+    tokens = Tokens(ttl=units(3))
+    app, seen = auth_app(make_app, tokens)
+    async with serve(app) as server, chromium() as browser:
+        page = await open_client(browser, server.url(), "ann")
+        await until_logged(page, ["hello", "ann", None, ""])
+        tokens.impostor = "bob"
+        await until_logged(page, ["state", "closed", 4403, "token is for another user"])
+        log = await log_of(page)
+        errors = [e[1:] for e in log if e[0] == "auth.error"]
+        assert errors[0][:2] == ["refresh", "auth_user_mismatch"]
+        assert errors[-1] == ["connect", 4403, "token is for another user", True]
+        assert await page.evaluate("window.reasons") == ["connect", "refresh"]
+        assert len(seen.conns) == 1
 
 
 async def test_a_subprotocol_token_is_accepted_and_not_echoed(

@@ -697,7 +697,8 @@ export class WSClient {
         answer = await this.request("auth.refresh", { token });
       } catch (error) {
         if (socket !== this._socket) return; // dropped meanwhile: the next connection asks anew
-        this._authError({ stage, code: String(error?.code ?? "error"), reason: messageOf(error) });
+        const code = String(error?.code ?? "error");
+        this._authError({ stage, code, reason: String(error?.reason ?? messageOf(error)) });
         return;
       }
       this._emit("auth.refreshed", answer ?? {});

@@ -303,7 +303,7 @@ test("auth.refresh: a fresh token goes back in a request, without a reconnect", 
   await settle();
   assert.deepEqual(events.at(-1), [
     "auth.error",
-    { stage: "refresh", code: "auth_refused", reason: "auth_refused: token revoked", final: false },
+    { stage: "refresh", code: "auth_refused", reason: "token revoked", final: false },
   ]);
   assert.equal(ws.state, "open");
 });
