@@ -187,12 +187,13 @@ def states(log: list[list[Any]]) -> list[list[Any]]:
 async def test_a_token_expiring_mid_connection_is_refreshed_without_a_reconnect(
     make_app: AppFactory,
 ) -> None:
-    tokens = Tokens(ttl=units(3))
-    app, seen = auth_app(make_app, tokens)
+    # Each refresh has 2 units to be done in: a token fetch and a request.
+    tokens = Tokens(ttl=units(4))
+    app, seen = auth_app(make_app, tokens, WS_AUTH_REFRESH_AHEAD=units(2))
     async with serve(app) as server, chromium() as browser:
         page = await open_client(browser, server.url(), "ann")
         await until_logged(page, ["hello", "ann", None, ""])
-        first_expiry = time.time() + units(3)  # at the latest
+        first_expiry = time.time() + units(4)  # at the latest
         # Refreshed ahead of each expiry, past the first one by far.
         await until_logged(page, ["auth.refreshed"], count=3)
         assert time.time() > first_expiry
@@ -408,7 +409,7 @@ async def test_a_silent_network_is_noticed_by_the_heartbeat(
             f"http://127.0.0.1:{link.port}",
             "ann",
             heartbeatMs=units(0.5) * 1000,
-            heartbeatTimeoutMs=units(2) * 1000,
+            heartbeatTimeoutMs=units(3) * 1000,
         )
         await until_logged(page, ["hello", "ann", None, ""])
         started = time.monotonic()
