@@ -392,3 +392,50 @@ test("a socket that cannot be made (a malformed URL) is reported and retried", (
     globalThis.reportError = reportError;
   }
 });
+
+test("after a 4401, attempts say unauthorized until one gets a socket", async () => {
+  const reasons = [];
+  let fail = false;
+  const { socket, fire } = client("ws://test/ws", {
+    token: async ({ reason }) => {
+      reasons.push(reason);
+      if (fail) throw new Error("token route down");
+      return "t";
+    },
+  });
+  await settle();
+  accept(socket());
+  fail = true;
+  socket().drop(4401, "token expired");
+  fire();
+  await settle(); // refused: the token route is down
+  fail = false;
+  fire();
+  await settle();
+  accept(socket());
+  socket().drop(1006);
+  fire();
+  await settle();
+  assert.deepEqual(reasons, ["connect", "unauthorized", "unauthorized", "reconnect"]);
+});
+
+test("a params function that throws is reported and retried", () => {
+  const reported = [];
+  const reportError = globalThis.reportError;
+  globalThis.reportError = (e) => reported.push(e.message);
+  try {
+    let n = 0;
+    const { ws, fire, socket } = client("ws://test/ws", {
+      params: () => {
+        if (++n === 1) throw new Error("no room yet");
+        return { room: "r" };
+      },
+    });
+    assert.deepEqual(reported, ["no room yet"]);
+    assert.equal(ws.state, "reconnecting");
+    fire();
+    assert.deepEqual(query(socket()), { room: "r" });
+  } finally {
+    globalThis.reportError = reportError;
+  }
+});
