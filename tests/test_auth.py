@@ -405,6 +405,25 @@ async def test_a_refresh_may_return_the_expiry_alone(make_app: AppFactory) -> No
         assert reply == {"expires_at": 2e9}
 
 
+async def test_a_refresh_to_the_same_expiry_is_not_asked_again(
+    make_app: AppFactory,
+) -> None:
+    app, ws, _ = expiring_app(make_app, ttl=units(2))
+
+    @ws.on_refresh
+    async def same(conn: Connection, token: str) -> float | None:
+        return conn.expires_at
+
+    async with serve(app) as server:
+        client = await WSTestClient.connect(server.ws_url())
+        first = (await client.expect("auth.refresh")).data["expires_at"]
+        reply = await client.request("auth.refresh", {"token": "cached"})
+        assert reply == {"expires_at": first}
+        (conn,) = app.ctx.ws.connections.values()
+        assert conn.refresh_asked  # no prompt at every tick until the expiry
+        assert await client.wait_closed() == (4401, "token expired")
+
+
 async def test_refused_refreshes(make_app: AppFactory) -> None:
     app, ws, _ = expiring_app(make_app, ttl=units(30), WS_AUTH_TOKEN_MAX=64)
     errors: list[str] = []
