@@ -452,9 +452,11 @@ class Dispatcher:
         if conn.state is not ConnectionState.OPEN:
             return None  # closed (expired, say) while a hook awaited
         conn.meta.update(meta)
-        if expires is not None:
+        if expires is not None and expires != conn.expires_at:
             conn.expires_at = expires
-            conn.refresh_asked = False  # asked again ahead of the new expiry
+            # Asked again ahead of the new expiry (not for the same one: a
+            # client handing back the token it had would be asked each tick).
+            conn.refresh_asked = False
         return {"expires_at": conn.expires_at}
 
     async def _on_binary(self, conn: Connection, box: Mailbox, data: bytes) -> None:

@@ -239,6 +239,30 @@ async def test_a_hook_chooses_the_subprotocol(make_app: AppFactory) -> None:
         assert seen == [["v1", "v2"], ["v1"]]
 
 
+async def test_a_hook_choosing_what_was_not_offered_is_the_apps_error(
+    make_app: AppFactory,
+) -> None:
+    app, ws, _ = ws_app(make_app, WS_AUTH_IN_BAND=True)
+
+    @ws.subprotocol
+    async def echo_token(request: Request, offered: list[str]) -> str:
+        return "bearer.x"  # never selectable
+
+    @ws.verify
+    async def failing(request: Request) -> Accept:
+        if request.args.get("fail"):
+            raise RuntimeError("bug")  # not a refusal: 500, never in-band
+        return Accept()
+
+    async with serve(app) as server:
+        for query in ("", "?fail=1"):
+            with pytest.raises(InvalidStatus) as info:
+                await WSTestClient.connect(
+                    server.ws_url() + query, subprotocols=["v1", "bearer.x"]
+                )
+            assert info.value.response.status_code == 500
+
+
 async def test_in_band_refusal_selects_the_subprotocol(make_app: AppFactory) -> None:
     # A browser that offered subprotocols fails a 101 without one, and would
     # never see the close code: the refusal selects it as an upgrade would.
@@ -342,6 +366,29 @@ def expiring_app(
     return app, ws, seen
 
 
+async def test_the_earliest_expiry_of_the_verify_hooks_wins(
+    make_app: AppFactory,
+) -> None:
+    app, ws, _ = ws_app(make_app)
+
+    @ws.verify
+    async def first(request: Request) -> Accept:
+        return Accept(user="ann", expires_at=2_000_000_100)
+
+    @ws.verify
+    async def second(request: Request) -> Accept:
+        return Accept(expires_at=2_000_000_000)
+
+    @ws.verify
+    async def third(request: Request) -> Accept:
+        return Accept(meta={"none": True})
+
+    async with serve(app) as server, await WSTestClient.connect(server.ws_url()):
+        await until(lambda: len(app.ctx.ws.connections) == 1)
+        (conn,) = app.ctx.ws.connections.values()
+        assert (conn.user, conn.expires_at) == ("ann", 2_000_000_000.0)
+
+
 async def test_a_token_not_refreshed_closes_with_4401(make_app: AppFactory) -> None:
     app, _, _ = expiring_app(make_app, ttl=units(2))
     async with serve(app) as server:
@@ -403,6 +450,25 @@ async def test_a_refresh_may_return_the_expiry_alone(make_app: AppFactory) -> No
     ):
         reply = await client.request("auth.refresh", {"token": "x"})
         assert reply == {"expires_at": 2e9}
+
+
+async def test_a_refresh_to_the_same_expiry_is_not_asked_again(
+    make_app: AppFactory,
+) -> None:
+    app, ws, _ = expiring_app(make_app, ttl=units(2))
+
+    @ws.on_refresh
+    async def same(conn: Connection, token: str) -> float | None:
+        return conn.expires_at
+
+    async with serve(app) as server:
+        client = await WSTestClient.connect(server.ws_url())
+        first = (await client.expect("auth.refresh")).data["expires_at"]
+        reply = await client.request("auth.refresh", {"token": "cached"})
+        assert reply == {"expires_at": first}
+        (conn,) = app.ctx.ws.connections.values()
+        assert conn.refresh_asked  # no prompt at every tick until the expiry
+        assert await client.wait_closed() == (4401, "token expired")
 
 
 async def test_refused_refreshes(make_app: AppFactory) -> None:
