@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from .config import DEFAULTS, WSConfig
 from .connection import Connection, ConnectionState
+from .endpoint import bearer_token
 from .envelope import Envelope
 from .errors import (
     ClientGone,
@@ -61,6 +62,7 @@ __all__ = [
     "WSError",
     "WSExtension",
     "WSHandlers",
+    "bearer_token",
 ]
 
 __version__ = "0.1.0"
