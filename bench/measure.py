@@ -17,6 +17,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,26 @@ def cpu_seconds(roots: Iterable[int]) -> float:
         except (OSError, ValueError):
             continue  # it exited meanwhile
     return ticks / CLK_TCK
+
+
+def quiet(
+    roots: Iterable[int], share: float = 0.05, window: float = 0.5, limit: float = 30
+) -> float:
+    """Wait until ``roots`` (and their descendants) use less than ``share`` of
+    a core over ``window`` seconds: a multi-worker server still starting its
+    workers after its port opened (seconds of CPU on a loaded machine) must
+    not count in what a run measures. Polls, at most ``limit`` seconds;
+    returns how long it waited."""
+    roots = list(roots)
+    start = time.monotonic()
+    before = cpu_seconds(roots)
+    while time.monotonic() - start < limit:
+        time.sleep(window)  # a sampling window: what is measured, not a wait
+        now = cpu_seconds(roots)
+        if now - before < share * window:
+            break
+        before = now
+    return time.monotonic() - start
 
 
 def run_load(

@@ -76,6 +76,7 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
     every: dict[str, list[tuple[list[str], dict[str, str]]]] = {
         "ours": [(_sanic(ours, 0, "--single-process"), {})],
         "ours-4w": [(_sanic(ours, 0, "--workers", "4"), {})],
+        "ours-2w": [(_sanic(ours, 0, "--workers", "2"), {})],
         "ours-2x2-redis": [(_sanic(ours, 0, "--workers", "2"), redis)] * 2,
         # One worker on Redis whose "go" asks an emitter (bench/emitter.py),
         # or broadcasts itself (BENCH_HANDLER_GO).
@@ -91,6 +92,7 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         "websockets": [([PY, str(server_dir / "wslib.py"), "{port}"], {})],
         "socketio": [(_uvicorn(0), {})],
         "socketio-4w-redis": [(_uvicorn(0, "--workers", "4"), sio_redis)],
+        "socketio-2w-redis": [(_uvicorn(0, "--workers", "2"), sio_redis)],
         "node-ws": [(["node", str(server_dir / "node_ws.mjs"), "{port}"], {})],
         "socketify": [([PY, str(server_dir / "socketify_server.py"), "{port}"], {})],
         "client-ceiling": [(_ceiling(), {})],
@@ -170,7 +172,8 @@ def serving(server: str, settle: float = 0.3) -> Iterator[Served]:
     with ExitStack() as stack:
         started = [stack.enter_context(_node(*n)) for n in nodes(server, channel)]
         # Let them finish starting (workers, listeners, Redis subscriptions).
-        time.sleep(max(settle, 2.0) if server in SCALED or "4w" in server else settle)
+        several = server in SCALED or "4w" in server or "2w" in server
+        time.sleep(max(settle, 2.0) if several else settle)
         yield Served(
             urls=[f"ws://127.0.0.1:{port}{path}" for port, _ in started],
             pids=[pid for _, pid in started],

@@ -10,7 +10,9 @@ peers, then four workers on one core: ours over the relay, ours as two
 machines over Redis, python-socketio with its Redis manager; and the load
 client's ceiling, with the server's CPU per delivered message beside each
 figure), the two load clients compared on the same servers, one stalled
-client among 1000 (the others' throughput), chat (100
+client among 1000 (the others' throughput), a handler broadcasting ~22 MB per
+receiver in a loop to 10 readers and one stalled client (``bench/flood.py``:
+none of the readers closed, the stalled one closed with 1008), chat (100
 clients; the highest rate with p99 <= 100 ms), idle memory (5,000
 connections), the relay between workers, and the Redis backplane between
 machines, and many nodes (``bench/nodes.py``: 8 nodes over one Redis and
@@ -18,7 +20,8 @@ over a Redis Cluster, interest routing against the single channel of
 5b7bee7), and history rooms (``bench/history.py``: publications per second
 against a plain room, 1,000 clients recovering at once, memory per kept
 publication), and request and reply (``bench/requests.py``: round trips
-against python-socketio's acks), and sends from an emitter process
+against python-socketio's acks, on one worker and across two, and the
+request client's ceiling), and sends from an emitter process
 (``bench/emitter.py``: one emitter to 1,000 clients through Redis, beside the
 same broadcasts from a handler). Cluster scale (``bench/scale.py``: minutes
 at full size) runs on its own; ``--smoke`` includes it. Needs ``npm install
@@ -27,7 +30,8 @@ python-socketio, uvicorn).
 
 ``--smoke`` runs every scenario tiny, only ours and the naive loop (nothing to
 install but Node), with both load clients when there is a compiler, and exits
-non-zero if any run of ours (or of the ceiling) lost a message: CI runs it to
+non-zero if any run of ours (or of the ceiling) lost a message, or the
+sender in a loop closed a reader or not the stalled client: CI runs it to
 keep the suite working, not to measure.
 """
 
@@ -46,6 +50,7 @@ from typing import Any
 
 import chat
 import fanout
+import flood
 import memory
 from peers import BENCH, PEERS, PY, SCALED
 
@@ -110,6 +115,9 @@ def main() -> None:
         section("Fan-out (smoke)", fanout.table(results, rows))
         checked = [r for server in rows if server != "naive" for r in results[server]]
         section("Stalled client (smoke)", fanout.stall(20, 10, 1, into=checked))
+        # Exits non-zero below if a reader was closed or the stalled one not.
+        flooded, flood_failed = flood.run(3, 2500, 4000, 1)
+        section("A sender in a loop, one stalled client (smoke)", flooded)
         passed: list[dict[str, Any]] = []
         section("Chat (smoke)", chat.run(10, [5], 0, 0.5, 1, ["ours"], into=passed))
         per = memory.run(200, 1, ["ours"])
@@ -129,13 +137,16 @@ def main() -> None:
                         "--rounds", "1", "--recovery", "20", "--missed", "10",
                         "--memory", "1000"]  # fmt: skip
         section("History rooms (smoke)", script("history.py", *tiny_history))
-        tiny_requests = ["--servers", "ours", "--rounds", "1", "--duration", "0.5",
+        # Exits non-zero if a reply carried a wrong sum.
+        tiny_requests = ["--servers", "ours", "ours-2w-across", "client-ceiling",
+                         "--rounds", "1", "--duration", "0.5",
                          "--clients", "5"]  # fmt: skip
         section("Request and reply (smoke)", script("requests.py", *tiny_requests))
         # Exits non-zero if a message from the emitter was lost.
         tiny_emitter = ["--clients", "20", "--k", "10", "--rounds", "1"]
         section("From an emitter (smoke)", script("emitter.py", *tiny_emitter))
-        lost = [run for run in checked if run["received"] != run["expected"]]
+        lost: list[Any] = [r for r in checked if r["received"] != r["expected"]]
+        lost += flood_failed
         if not passed:  # a chat run that lost a message (or was late) fails
             lost.append({"chat": "ours failed 5 msg/s per client"})
         text = "\n".join(report)
@@ -158,6 +169,10 @@ def main() -> None:
     # K = 1000: a run long enough to be steady (with K = 200 a run lasts ~90 ms
     # and a one-off ~5 ms delay on the stalled socket shows as ~10%).
     section("One stalled client among 1000", fanout.stall(1000, 1000, rounds))
+    flooded, flood_failed = flood.run(10, 5500, 4000, rounds)
+    if flood_failed:
+        flooded += ["", "Failed:", *(f"- {line}" for line in flood_failed)]
+    section("A sender in a loop, one stalled client among 10", flooded)
     section(
         "Chat",
         chat.run(100, chat.RATES, 3, 2.0, rounds, [*PEERS, "client-ceiling"]),

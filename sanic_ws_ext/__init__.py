@@ -17,6 +17,7 @@ from __future__ import annotations
 from .config import DEFAULTS, WSConfig
 from .connection import Connection, ConnectionState
 from .emitter import Emitter, SyncEmitter
+from .endpoint import bearer_token
 from .envelope import Envelope
 from .errors import (
     ClientGone,
@@ -66,6 +67,7 @@ __all__ = [
     "WSError",
     "WSExtension",
     "WSHandlers",
+    "bearer_token",
 ]
 
 __version__ = "0.1.0"

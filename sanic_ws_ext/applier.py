@@ -90,6 +90,7 @@ class Applier:
             OpKind.ROOM_SEND: self._group_send,
             OpKind.USER_SEND: self._group_send,
             OpKind.DISCONNECT: self._disconnect,
+            OpKind.USER_DISCONNECT: self._user_disconnect,
             OpKind.JOIN: self._join_leave,
             OpKind.LEAVE: self._join_leave,
             OpKind.HELLO: self._peer,
@@ -164,6 +165,11 @@ class Applier:
         conn = self.local.conns.get(op.target)
         if conn is not None:
             conn._wire.start_close(op.code, op.reason)
+
+    def _user_disconnect(self, op: Op) -> None:
+        wires = self.local.users.get(op.target)
+        for wire in list(wires or ()):
+            wire.start_close(op.code, op.reason)
 
     def _join_leave(self, op: Op) -> None:
         conn = self.local.conns.get(op.target)

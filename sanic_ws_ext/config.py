@@ -140,6 +140,18 @@ DEFAULTS: dict[str, Any] = {
     # the app) out of the garbage collector's sight (gc.freeze): every full
     # collection then skips it, a shorter stall of the event loop.
     "WS_GC_FREEZE": True,
+    # A verify hook's refusal (Reject or a Sanic HTTP exception) accepts the
+    # upgrade and closes at once with 4000 + status and the reason, so that
+    # browsers, which never see a refused upgrade's status, can tell why.
+    "WS_AUTH_IN_BAND": False,
+    # Seconds before a connection's expiry (Accept(expires_at=...)) at which
+    # the server asks its client for a fresh token with "auth.refresh".
+    "WS_AUTH_REFRESH_AHEAD": 30.0,
+    # Longest token an "auth.refresh" request may carry (characters).
+    "WS_AUTH_TOKEN_MAX": 8192,
+    # Subprotocols the server speaks, for Sec-WebSocket-Protocol; the first
+    # the client offers (in its order) is selected.
+    "WS_SUBPROTOCOLS": (),
 }
 
 #: ``WS_*`` names that are not settings but may be in ``app.config``: Sanic
@@ -256,6 +268,33 @@ def _frame_kinds(key: str, value: Any) -> frozenset[str]:
     return frozenset(kinds)
 
 
+#: RFC 7230 token characters: what a Sec-WebSocket-Protocol entry is made of.
+TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+#: Sec-WebSocket-Protocol entries carrying a bearer token start with this;
+#: they are never selected (nor echoed).
+BEARER_PREFIX = "bearer."
+
+
+def _subprotocols(value: Any) -> tuple[str, ...]:
+    key = "WS_SUBPROTOCOLS"
+    names = _strings(key, value)
+    for name in names:
+        if not name or not set(name) <= TOKEN_CHARS:
+            raise ConfigError(
+                key,
+                f"entries must be RFC 7230 tokens (no spaces, commas), got {name!r}",
+            )
+        if name.lower().startswith(BEARER_PREFIX):
+            raise ConfigError(
+                key,
+                f"{name!r} starts with {BEARER_PREFIX!r}, which carries bearer"
+                " tokens and is never selected",
+            )
+    return names
+
+
 @dataclass(frozen=True, slots=True)
 class WSConfig:
     """The validated ``WS_*`` settings of one app."""
@@ -297,6 +336,10 @@ class WSConfig:
     publish_token: str | None
     publish_max: int
     gc_freeze: bool
+    auth_in_band: bool
+    auth_refresh_ahead: float
+    auth_token_max: int
+    subprotocols: tuple[str, ...]
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
@@ -399,7 +442,7 @@ class WSConfig:
         assert connect_burst is not None and message_burst is not None
         switches = {
             key: _switch(key, get(key))
-            for key in ("WS_HEALTH", "WS_STATS", "WS_GC_FREEZE")
+            for key in ("WS_HEALTH", "WS_STATS", "WS_GC_FREEZE", "WS_AUTH_IN_BAND")
         }
         stats_token = _token("WS_STATS_TOKEN", get("WS_STATS_TOKEN"))
         publish_token = _token("WS_PUBLISH_TOKEN", get("WS_PUBLISH_TOKEN"))
@@ -407,6 +450,10 @@ class WSConfig:
             "WS_PUBLISH_MAX", get("WS_PUBLISH_MAX"), allow_none=False
         )
         assert publish_max is not None
+        token_max = _integer(
+            "WS_AUTH_TOKEN_MAX", get("WS_AUTH_TOKEN_MAX"), allow_none=False
+        )
+        assert token_max is not None
         return cls(
             path=path.rstrip("/") or "/",
             ping_interval=_number(
@@ -467,6 +514,10 @@ class WSConfig:
             stats_token=stats_token,
             publish_token=publish_token,
             publish_max=publish_max,
+            auth_in_band=switches["WS_AUTH_IN_BAND"],
+            auth_refresh_ahead=seconds("WS_AUTH_REFRESH_AHEAD"),
+            auth_token_max=token_max,
+            subprotocols=_subprotocols(get("WS_SUBPROTOCOLS")),
         )
 
     @property

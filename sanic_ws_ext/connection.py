@@ -44,6 +44,11 @@ class Connection:
         manager: The connection manager, the same object as ``app.ctx.ws``.
         state: A :class:`ConnectionState`: ``OPEN``, ``CLOSING`` or ``CLOSED``.
         backlog: Bytes accepted for it and not yet sent to the kernel.
+        subprotocol: The ``Sec-WebSocket-Protocol`` selected at the upgrade,
+            or ``None``.
+        expires_at: Unix time at which the connection's credentials run out
+            (``Accept(expires_at=...)``, moved on by each accepted refresh),
+            or ``None``.
         close_code, close_reason: Why it closed; ``None`` while open.
 
     Names with a leading underscore are the library's bookkeeping, kept by
@@ -54,8 +59,10 @@ class Connection:
         "_asks",
         "_client_rooms",
         "_mailbox",
+        "_refresh_asked",
         "_wire",
         "connected_at",
+        "expires_at",
         "headers",
         "id",
         "manager",
@@ -63,6 +70,7 @@ class Connection:
         "presence",
         "remote",
         "rooms",
+        "subprotocol",
         "user",
         "worker",
     )
@@ -78,6 +86,8 @@ class Connection:
         remote: str,
         headers: dict[str, str],
         worker: str,
+        subprotocol: str | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self.id = id
         self.manager = manager
@@ -106,6 +116,11 @@ class Connection:
         # asked, until when it waits); ``None`` while there are none (kept
         # by the requests part).
         self._asks: dict[str, tuple[str, float]] | None = None
+        self.subprotocol = subprotocol
+        self.expires_at = expires_at
+        # The server asked this client for a fresh token (auth.refresh)
+        # since its expiry last moved (kept by the heartbeat's sweep).
+        self._refresh_asked = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"

@@ -21,6 +21,9 @@ Rules this module keeps:
 - A ``reply`` from the client (to a request of the server's) is taken as it
   arrives, never queued: a handler awaiting a request to its own connection
   would otherwise wait behind itself.
+- A ``ping`` with a ``ref`` (the browser client's heartbeat) is answered
+  ``ok: true`` as it arrives, unless the app registered ``on("ping")``: it
+  tells the client the connection is alive, not that its handlers are idle.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from sanic.exceptions import SanicException
+
 from .envelope import (
     Envelope,
     RefusedRequest,
@@ -40,9 +45,15 @@ from .envelope import (
     encode_reply,
     error_envelope,
 )
-from .errors import CloseCode, ErrorCode, MessageError
+from .errors import CloseCode, ErrorCode, MessageError, Reject
 from .frames import OP_TEXT, encode_frame
-from .handlers import ROOM_TYPES, HandlerRegistry
+from .handlers import (
+    REFRESH_TYPE,
+    ROOM_TYPES,
+    Accept,
+    HandlerRegistry,
+    checked_expiry,
+)
 from .history import History, Position, parse_since
 from .rooms import UNDECLARED
 from .wire import ConnectionState
@@ -66,8 +77,22 @@ _ITEM_OVERHEAD = 64
 #: Longest room name a client may ask for.
 MAX_ROOM = 200
 
+#: Longest text frame looked at as a ``ping``: ``{"type":"ping","ref":...}``
+#: with a ref of up to 64 characters, and room to spare.
+_PING_MAX = 160
+
 #: What :meth:`Dispatcher._run` gives for a call the watchdog cancelled.
 _OVERRAN = RuntimeError("handler ran over WS_HANDLER_TIMEOUT")
+
+
+class UserMismatch(MessageError):
+    """A fresh token of another user: answered, then the connection closes 4403."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.AUTH_USER_MISMATCH, "the token is for another user")
+
+    def close(self, conn: Connection) -> None:
+        conn._wire.start_close(CloseCode.FORBIDDEN, "token is for another user")
 
 
 def queued_size(item: object) -> int:
@@ -134,8 +159,11 @@ class Dispatcher:
 
     def queue(self, conn: Connection, item: object) -> None:
         """Queue a message (or a marker) for ``conn``'s handlers."""
-        if type(item) is str and '"reply"' in item and self._take_reply(conn, item):
-            return
+        if type(item) is str:
+            if '"reply"' in item and self._take_reply(conn, item):
+                return
+            if len(item) <= _PING_MAX and '"ping"' in item and self._ping(conn, item):
+                return
         box = conn._mailbox
         if box is None:
             box = conn._mailbox = Mailbox()
@@ -194,6 +222,22 @@ class Dispatcher:
         self._replied(conn, message)
         return True
 
+    def _ping(self, conn: Connection, text: str) -> bool:
+        """A client's heartbeat ``ping`` with a ``ref``, answered now; False
+        for anything else (queued as any message)."""
+        if "ping" in self.registry.typed:
+            return False  # the app's own "ping": its handlers answer
+        try:
+            message = decode_message(text)
+        except MessageError:
+            return False
+        if not isinstance(message, Envelope) or message.type != "ping":
+            return False
+        if message.ref is None:
+            return False
+        conn._wire.send_frame(encode_frame(OP_TEXT, encode_reply(message.ref)))
+        return True
+
     # -- what arrives ----------------------------------------------------------
 
     async def _on_text(self, conn: Connection, box: Mailbox, text: str) -> None:
@@ -246,6 +290,8 @@ class Dispatcher:
         if failure is None:
             if envelope.type in ROOM_TYPES and envelope.type not in registry.typed:
                 handlers: list[Callable[..., Awaitable[Any]]] = [self._client_room]
+            elif envelope.type == REFRESH_TYPE:
+                handlers = [self._refresh]
             else:
                 handlers = [*registry.message, *registry.typed.get(envelope.type, ())]
             for handler in handlers:
@@ -259,7 +305,10 @@ class Dispatcher:
                 if result is not None:
                     value = result
         if ref is None:
-            return  # without a ref, a failure was answered with an error frame
+            # Without a ref, a failure was answered with an error frame.
+            if isinstance(failure, UserMismatch):
+                failure.close(conn)
+            return
         if failure is None:
             try:
                 body = encode_reply(ref, value)
@@ -277,6 +326,8 @@ class Dispatcher:
                 conn._wire.send_frame(encode_frame(OP_TEXT, body))
                 return
         self._refused(conn, ref, failure)
+        if isinstance(failure, UserMismatch):
+            failure.close(conn)  # after the reply, which says why
 
     def _refused(self, conn: Connection, ref: str, failure: Exception) -> None:
         """Answer the request ``ref`` of ``conn`` with ``ok: false``."""
@@ -351,6 +402,62 @@ class Dispatcher:
         await self._ready(room)
         await conn.send("room.joined", {"room": room})
         return {"room": room}
+
+    async def _refresh(
+        self, conn: Connection, envelope: Envelope
+    ) -> dict[str, float | None] | None:
+        """``auth.refresh`` from the client: a fresh token for the on_refresh hooks."""
+        data = envelope.data
+        token = data.get("token") if isinstance(data, dict) else None
+        limit = self.config.auth_token_max
+        if not isinstance(token, str) or not token or len(token) > limit:
+            raise MessageError(
+                ErrorCode.INVALID_ENVELOPE,
+                f"data.token must be a string of 1 to {limit} characters",
+            )
+        hooks = self.registry.refresh
+        if not hooks:
+            raise MessageError(
+                ErrorCode.AUTH_UNSUPPORTED, "this server does not take fresh tokens"
+            )
+        expires: float | None = None
+        meta: dict[str, Any] = {}
+        for hook in hooks:
+            try:
+                result = await hook(conn, token)
+            except SanicException as exc:
+                reason = exc.reason if isinstance(exc, Reject) else str(exc)
+                raise MessageError(
+                    ErrorCode.AUTH_REFUSED, reason or "token refused"
+                ) from None
+            given: float | None = None
+            if result is None:
+                continue
+            if isinstance(result, Accept):
+                if result.user is not None and result.user != conn.user:
+                    raise UserMismatch()
+                meta.update(result.meta)
+                if result.expires_at is not None:
+                    given = checked_expiry(result.expires_at, hook)
+            elif isinstance(result, int | float) and not isinstance(result, bool):
+                given = checked_expiry(result, hook)
+            else:
+                raise TypeError(
+                    f"on_refresh hook {getattr(hook, '__qualname__', hook)} returned"
+                    f" {result!r}: return Accept(...), the new expiry (Unix"
+                    " seconds) or None, or raise Reject"
+                )
+            if given is not None:
+                expires = given if expires is None else min(expires, given)
+        if conn.state is not ConnectionState.OPEN:
+            return None  # closed (expired, say) while a hook awaited
+        conn.meta.update(meta)
+        if expires is not None and expires != conn.expires_at:
+            conn.expires_at = expires
+            # Asked again ahead of the new expiry (not for the same one: a
+            # client handing back the token it had would be asked each tick).
+            conn._refresh_asked = False
+        return {"expires_at": conn.expires_at}
 
     async def _on_binary(self, conn: Connection, box: Mailbox, data: bytes) -> None:
         registry = self.registry

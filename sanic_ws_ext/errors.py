@@ -5,7 +5,9 @@ One root, :class:`WSError`, drawn as a tree::
     WSError
     ├── ConfigError            a WS_* key has a bad value or is unknown, or handlers
     │                          sit on a blueprint no app registered (at startup)
-    ├── Reject                 refuse a connection before the upgrade (HTTP status)
+    ├── Reject                 refuse a connection before the upgrade (HTTP status,
+    │                          or close code 4000 + status with WS_AUTH_IN_BAND),
+    │                          or a fresh token (on_refresh)
     ├── MessageError           a client's message could not be accepted
     │                          (sent back as an error frame, connection stays open)
     ├── PublishTooLarge        a message bigger than WS_MAX_PUBLISH was sent
@@ -65,6 +67,11 @@ class CloseCode(IntEnum):
     #: Server error, and peers that stopped answering pings.
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    #: 4000 + 401: the connection's token expired without a refresh (and,
+    #: with ``WS_AUTH_IN_BAND``, a verify hook's 401 sent after the upgrade).
+    UNAUTHORIZED = 4401
+    #: 4000 + 403: a refresh named another user (and an in-band 403).
+    FORBIDDEN = 4403
 
 
 class ErrorCode:
@@ -77,6 +84,12 @@ class ErrorCode:
     ROOM_REFUSED = "room_refused"
     #: Over ``WS_MESSAGE_RATE``: the message was dropped.
     RATE_LIMITED = "rate_limited"
+    #: An ``auth.refresh`` token an ``on_refresh`` hook refused.
+    AUTH_REFUSED = "auth_refused"
+    #: An ``auth.refresh`` token of another user (the connection closes, 4403).
+    AUTH_USER_MISMATCH = "auth_user_mismatch"
+    #: An ``auth.refresh`` while no ``on_refresh`` hook is registered.
+    AUTH_UNSUPPORTED = "auth_unsupported"
 
 
 class WSError(Exception):
@@ -101,7 +114,11 @@ class Reject(WSError, SanicException):
 
     ``raise Reject(401, "token expired")`` answers ``401`` with that reason.
     Any other :class:`~sanic.exceptions.SanicException` (``Unauthorized``,
-    ``Forbidden``...) raised from a verify hook works the same way.
+    ``Forbidden``...) raised from a verify hook works the same way. With
+    ``WS_AUTH_IN_BAND`` the upgrade happens and the socket is closed at once
+    with code ``4000 + status`` (4401) and the reason, which browsers can read.
+    Raised from an ``on_refresh`` hook, it refuses the fresh token
+    (``auth_refused``).
     """
 
     status_code = 403

@@ -25,6 +25,7 @@ see :func:`unregistered_blueprints`).
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -49,7 +50,9 @@ __all__ = [
     "ErrorHandler",
     "HandlerRegistry",
     "MessageHandler",
+    "RefreshHook",
     "RoomGuard",
+    "SubprotocolHook",
     "TypeHandler",
     "VerifyHook",
     "WSHandlers",
@@ -65,11 +68,34 @@ class Accept:
     what members of rooms with full presence see of this connection (a
     JSON-able dict of at most ``WS_PRESENCE_META_MAX`` bytes as JSON; never
     put secrets there); ``Connection.update_presence`` changes it later.
+
+    ``expires_at`` (Unix seconds) is when the connection's credentials run
+    out: ``WS_AUTH_REFRESH_AHEAD`` seconds before it the server asks the
+    client for a fresh token (``auth.refresh``, checked by the
+    :meth:`WSHandlers.on_refresh` hooks), and a connection not refreshed by
+    then is closed with 4401 "token expired". ``None``: no expiry. Returned
+    by an ``on_refresh`` hook, it is the new expiry (``None`` there leaves
+    the current one).
     """
 
     user: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     presence: dict[str, Any] = field(default_factory=dict)
+    expires_at: float | None = None
+
+
+def checked_expiry(value: object, hook: object) -> float:
+    """An ``expires_at`` a hook gave, checked: finite Unix seconds (``TypeError``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+    ):
+        raise TypeError(
+            f"hook {getattr(hook, '__qualname__', hook)} gave expires_at="
+            f"{value!r}: give Unix seconds (a finite number) or None"
+        )
+    return float(value)
 
 
 VerifyHook = Callable[["Request"], Awaitable["Accept | None"]]
@@ -81,6 +107,8 @@ BinaryHandler = Callable[["Connection", bytes], Awaitable[None]]
 ErrorHandler = Callable[["Connection", Exception], Awaitable[None]]
 BackplaneHook = Callable[["ConnectionManager", str], Awaitable[None]]
 RoomGuard = Callable[["Connection", str], Awaitable[bool]]
+RefreshHook = Callable[["Connection", str], Awaitable["Accept | float | None"]]
+SubprotocolHook = Callable[["Request", list[str]], Awaitable["str | None"]]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -132,6 +160,8 @@ def _caller() -> str:
 
 #: Envelope types the extension answers itself (unless the app handles them).
 ROOM_TYPES = frozenset({"room.join", "room.leave"})
+#: The client's fresh token (answered by the extension with the on_refresh hooks).
+REFRESH_TYPE = "auth.refresh"
 
 
 class WSHandlers:
@@ -144,6 +174,8 @@ class WSHandlers:
 
     def __init__(self, target: Sanic[Any, Any] | Blueprint | None = None) -> None:
         self.verify_hooks: list[VerifyHook] = []
+        self.refresh_hooks: list[RefreshHook] = []
+        self.subprotocol_hooks: list[SubprotocolHook] = []
         self.connect: list[ConnectHandler] = []
         self.middlewares: list[Middleware] = []
         self.message: list[MessageHandler] = []
@@ -184,6 +216,39 @@ class WSHandlers:
         """
         require_async(hook, "verify hook")
         self.verify_hooks.append(hook)
+        return hook
+
+    def on_refresh(self, hook: F) -> F:
+        """Run ``hook(conn, token)`` when the client sends a fresh token.
+
+        The client sends ``auth.refresh`` with ``data.token`` (after the
+        server asked, ahead of the expiry a verify hook gave with
+        ``Accept(expires_at=...)``). Return :class:`Accept` (its
+        ``expires_at``, ``meta`` merged into ``conn.meta``) or the new expiry
+        as Unix seconds; ``None`` has no say. Raise
+        :class:`~sanic_ws_ext.errors.Reject` to refuse the token: the
+        connection keeps its current expiry. An ``Accept`` naming another
+        user than ``conn.user`` is refused and the connection closed with
+        4403: a connection never changes user. With several hooks all run
+        in order; the earliest expiry given wins.
+        """
+        require_async(hook, "on_refresh hook")
+        self.refresh_hooks.append(hook)
+        return hook
+
+    def subprotocol(self, hook: F) -> F:
+        """Run ``hook(request, offered)`` to choose the subprotocol.
+
+        ``offered`` is the client's ``Sec-WebSocket-Protocol`` list in its
+        order, without ``bearer.`` entries. Return one of them to select it
+        (echoed to the client, read as ``conn.subprotocol``), or ``None`` to
+        leave the choice to ``WS_SUBPROTOCOLS`` (the first offered entry it
+        lists). The first hook that returns a name decides. Runs after the
+        verify hooks, only for upgrades they accepted (and for refusals sent
+        in-band, ``WS_AUTH_IN_BAND``).
+        """
+        require_async(hook, "subprotocol hook")
+        self.subprotocol_hooks.append(hook)
         return hook
 
     def on_connect(self, handler: F) -> F:
@@ -242,6 +307,11 @@ class WSHandlers:
                 "on('reply'): 'reply' envelopes answer the server's requests and"
                 " are taken by the extension (await conn.request(...) returns"
                 " their data); no handler ever sees one"
+            )
+        if type == REFRESH_TYPE:
+            raise ValueError(
+                f"on({REFRESH_TYPE!r}): the extension answers the client's fresh"
+                " tokens itself; check them with @on_refresh"
             )
 
         def register(handler: F) -> F:
@@ -380,14 +450,18 @@ class HandlerRegistry:
         "error",
         "message",
         "middleware",
+        "refresh",
         "room_guards",
         "rooms",
+        "subprotocol",
         "typed",
         "verify",
     )
 
     def __init__(self, groups: Iterable[WSHandlers] = ()) -> None:
         self.verify: list[VerifyHook] = []
+        self.refresh: list[RefreshHook] = []
+        self.subprotocol: list[SubprotocolHook] = []
         self.connect: list[ConnectHandler] = []
         self.middleware: list[Middleware] = []
         self.message: list[MessageHandler] = []
@@ -404,6 +478,8 @@ class HandlerRegistry:
                 continue
             seen.add(id(group))
             self.verify += group.verify_hooks
+            self.refresh += group.refresh_hooks
+            self.subprotocol += group.subprotocol_hooks
             self.connect += group.connect
             self.middleware += group.middlewares
             self.message += group.message
@@ -419,7 +495,12 @@ class HandlerRegistry:
 
     def handles_text(self, type_: str) -> bool:
         """Whether an envelope of ``type_`` reaches any handler."""
-        return bool(self.message) or type_ in self.typed or type_ in ROOM_TYPES
+        return (
+            bool(self.message)
+            or type_ in self.typed
+            or type_ in ROOM_TYPES
+            or type_ == REFRESH_TYPE
+        )
 
     def handles_binary(self) -> bool:
         """Whether a binary frame reaches any handler."""

@@ -13,7 +13,15 @@ Rules this module keeps:
   "ping timeout".
   A connection whose reading is paused cannot have its pong read: it is
   alive while the kernel holds more from its peer than at the last sweep.
-  ``WS_PING_INTERVAL = None`` runs no timer.
+- The same sweep keeps the expiry of connections that have one
+  (``Accept(expires_at=...)``): within ``WS_AUTH_REFRESH_AHEAD`` of it
+  the client is sent ``auth.refresh`` once (again after each accepted
+  refresh), and at it the connection is closed with 4401 "token
+  expired". Its precision is the sweep's tick, which is at most a fifth
+  of ``WS_AUTH_REFRESH_AHEAD``.
+- ``WS_PING_INTERVAL = None`` runs no timer, unless the app has verify or
+  refresh hooks (which may give expiries): then the sweep runs for the
+  expiries alone.
 - :class:`PeerBeat` (the cluster's): every ``WS_RELAY_BEAT``, in one process
   too, it samples this process's counters (a new rate interval), sends the
   sample to the peers as our BEAT, and runs the checks that need no timer
@@ -27,10 +35,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from .envelope import encode_envelope
 from .errors import CloseCode
+from .frames import data_frame
 from .wire import ConnectionState
 
 if TYPE_CHECKING:
@@ -55,10 +66,20 @@ class Heartbeat:
     """Pings silent connections of this process, and closes the dead ones."""
 
     def __init__(
-        self, config: WSConfig, local: LocalIndex, *, clock: Callable[[], float]
+        self,
+        config: WSConfig,
+        local: LocalIndex,
+        *,
+        clock: Callable[[], float],
+        expiring: bool = False,
     ) -> None:
         self.config = config
         self.local = local
+        # Whether connections may have an expiry (the app has verify or
+        # refresh hooks): the sweep then runs even without pings.
+        self.expiring = expiring
+        # Wall-clock time, for expiries (Unix seconds; tests may replace it).
+        self.wall: Callable[[], float] = time.time
         # The clock the wires note times with (tests may replace it).
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -68,7 +89,7 @@ class Heartbeat:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        if self.config.ping_interval is not None:
+        if self.config.ping_interval is not None or self.expiring:
             self._timer = loop.call_later(self._tick(), self._beat)
 
     def stop(self) -> None:
@@ -78,8 +99,13 @@ class Heartbeat:
 
     def _tick(self) -> float:
         """Seconds between sweeps: a fifth of the tightest timing."""
-        assert self.config.ping_interval is not None
-        return min(self.config.ping_interval, self.config.ping_timeout, 5.0) / 5
+        config = self.config
+        tightest = 5.0
+        if config.ping_interval is not None:
+            tightest = min(tightest, config.ping_interval, config.ping_timeout)
+        if self.expiring:
+            tightest = min(tightest, config.auth_refresh_ahead)
+        return tightest / 5
 
     def _beat(self) -> None:
         """Start a sweep over every connection of the moment."""
@@ -102,15 +128,28 @@ class Heartbeat:
             self._timer = self._loop.call_soon(self._step)
 
     def sweep(self, wires: Iterable[Wire]) -> int:
-        """Ping the silent, abort the dead, among ``wires``; how many were seen."""
-        assert self.config.ping_interval is not None
+        """Ping the silent, abort the dead, ask for fresh tokens and close the
+        expired, among ``wires``; how many were seen."""
         now = self._clock()
+        wall = self.wall()
+        ahead = self.config.auth_refresh_ahead
         interval = self.config.ping_interval
         timeout = self.config.ping_timeout
         seen = 0
         for wire in wires:
             seen += 1
             if wire.state is not ConnectionState.OPEN:
+                continue
+            conn = wire.conn
+            expires = conn.expires_at
+            if expires is not None:
+                if wall >= expires:
+                    wire.start_close(CloseCode.UNAUTHORIZED, "token expired")
+                    continue
+                if not conn._refresh_asked and expires - wall <= ahead:
+                    conn._refresh_asked = True
+                    wire.send_frame(refresh_prompt(expires))
+            if interval is None:
                 continue
             if wire.reading_paused and wire.heard_while_paused():
                 # Paused, its pongs cannot reach us; but the kernel holds
@@ -124,6 +163,12 @@ class Heartbeat:
             elif now - wire.last_seen >= interval and wire.send_ping():
                 wire.ping_sent = now
         return seen
+
+
+def refresh_prompt(expires_at: float) -> bytes:
+    """The frame asking a client for a fresh token before ``expires_at``."""
+    body = encode_envelope("auth.refresh", {"expires_at": expires_at})
+    return data_frame(body, False)
 
 
 class PeerBeat:

@@ -208,7 +208,12 @@ class ConnectionManager:
         )
         # What the delivery backend reports through (DeliveryEvents).
         self._reports = _DeliveryReports(self._tracker, self._outbox, self._link)
-        self._heartbeat = Heartbeat(config, self._local, clock=clock)
+        self._heartbeat = Heartbeat(
+            config,
+            self._local,
+            clock=clock,
+            expiring=bool(registry.verify or registry.refresh),
+        )
         self._peer_beat = PeerBeat(
             config,
             self._health,
@@ -221,6 +226,10 @@ class ConnectionManager:
         self._flusher: Flusher | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        # Sockets refused in-band (WS_AUTH_IN_BAND), waiting for their
+        # client's close frame: no connection, aborted at shutdown (the
+        # endpoint keeps it).
+        self._lingering: set[asyncio.Transport] = set()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -252,6 +261,8 @@ class ConnectionManager:
         """
         self._closing = True
         self._heartbeat.stop()
+        for transport in list(self._lingering):
+            transport.abort()
         await self._sessions.close_all(self._dispatcher.cancel_all)
         self._tracker.flush()  # the last leaves reach the peers before our BYE
         # Peers keep hearing our beat while clients close, then our BYE.
@@ -475,6 +486,25 @@ class ConnectionManager:
         """Close one connection, wherever it is, after what it was already sent."""
         self._outbox.address(OpKind.DISCONNECT, conn_id, code=code, reason=reason)
 
+    async def disconnect_user(
+        self, user: str, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> None:
+        """Close every connection of ``user``, on every worker and machine.
+
+        Logout everywhere: one op to every process (as ``send_user``), each
+        closing its own connections of that user after what they were
+        already sent. ``code`` is 1000 or 3000 to 4999 (4401, 4403...);
+        ``reason`` at most 123 bytes of UTF-8 (a close frame's room).
+        Connections opened after the op reached a process are not closed:
+        refuse the user's tokens first.
+        """
+        if not isinstance(user, str) or not user:
+            raise TypeError(f"user must be a non-empty str, got {user!r}")
+        check_close(code, reason)
+        self._outbox.publish(
+            OpKind.USER_DISCONNECT, target=user, code=code, reason=reason
+        )
+
     async def join(self, conn_id: str, room: str) -> None:
         """Put a connection, wherever it is, into ``room``.
 
@@ -606,6 +636,7 @@ class ConnectionManager:
         *,
         remote: str,
         headers: dict[str, str],
+        subprotocol: str | None = None,
     ) -> Connection:
         """Adopt an upgraded socket (called by the endpoint after the 101)."""
         assert self._flusher is not None, "ConnectionManager._start() was not awaited"
@@ -620,6 +651,8 @@ class ConnectionManager:
             remote=remote,
             headers=headers,
             worker=self._worker,
+            subprotocol=subprotocol,
+            expires_at=accepted.expires_at,
         )
         if accepted.presence:
             conn.presence = accepted.presence
@@ -668,6 +701,26 @@ class _DeliveryReports:
     def link(self, state: LinkState) -> None:
         """The Redis link changed state."""
         self._link(state)
+
+
+def check_close(code: int, reason: str) -> None:
+    """Refuse a close code or reason an app may not send (RFC 6455, 7.4)."""
+    if (
+        isinstance(code, bool)
+        or not isinstance(code, int)
+        or not (code == 1000 or 3000 <= code <= 4999)
+    ):
+        raise ValueError(
+            f"close code must be 1000 or 3000 to 4999 (4000 + an HTTP status"
+            f" for auth, say 4401), got {code!r}"
+        )
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, got {reason!r}")
+    if len(reason.encode()) > 123:
+        raise ValueError(
+            f"reason is {len(reason.encode())} bytes of UTF-8; a close frame"
+            " holds at most 123"
+        )
 
 
 def _room(room: str) -> bytes:

@@ -13,6 +13,7 @@ import pytest
 from sanic import Sanic
 from websockets.exceptions import InvalidStatus
 
+from sanic_ws_ext import RequestFailed
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .helpers import AppFactory
@@ -140,3 +141,45 @@ async def test_a_foreign_page_cannot_use_the_token_of_its_visitor(
         client = await WSTestClient.connect(url, origin=own)
         await client.expect("welcome")
         await client.close()
+
+
+# -- tokens as subprotocols, expiry and refresh ---------------------------------------
+
+
+async def test_a_bearer_subprotocol_connects_and_the_expiry_is_the_tokens(
+    app: Sanic[Any, Any],
+) -> None:
+    token = auth.make_token("alice", SECRET, ttl=600)
+    _, expires = auth.read_claims(token, SECRET)
+    async with serve(app) as server:
+        client = await WSTestClient.connect(
+            server.ws_url(), subprotocols=["chat", f"bearer.{token}"]
+        )
+        assert client.connection.subprotocol == "chat"
+        assert (await client.expect("welcome")).data == {"user": "alice"}
+        (conn,) = app.ctx.ws.connections.values()
+        assert conn.expires_at == expires
+        await client.close()
+
+
+async def test_a_fresh_token_extends_the_connection(app: Sanic[Any, Any]) -> None:
+    token = auth.make_token("alice", SECRET, ttl=600)
+    async with serve(app) as server:
+        client = await WSTestClient.connect(f"{server.ws_url()}?token={token}")
+        await client.expect("welcome")
+        fresh = auth.make_token("alice", SECRET, ttl=1200)
+        reply = await client.request("auth.refresh", {"token": fresh})
+        assert reply == {"expires_at": auth.read_claims(fresh, SECRET)[1]}
+        # A forged one is refused; the connection stays.
+        with pytest.raises(RequestFailed) as info:
+            await client.request(
+                "auth.refresh", {"token": auth.make_token("alice", b"z" * 32)}
+            )
+        assert (info.value.code, info.value.reason) == ("auth_refused", "bad signature")
+        # Another user's valid token: refused, and the connection closed.
+        with pytest.raises(RequestFailed) as info:
+            await client.request(
+                "auth.refresh", {"token": auth.make_token("mallory", SECRET)}
+            )
+        assert info.value.code == "auth_user_mismatch"
+        assert (await client.wait_closed())[0] == 4403

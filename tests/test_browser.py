@@ -12,7 +12,10 @@ chosen in a form; tabs of one browser are guests of their own until a name
 is chosen, then one user; at 420 px wide the messages stay readable. A
 screenshot of the chat is saved (its path is printed with the test's
 output), and one of the narrow page. The operations dashboard of a 4-worker
-app shows each worker's connections (screenshot: dashboard.png).
+app shows each worker's connections (screenshot: dashboard.png). Volatile
+and keyed sends (issue 18): a page offline queues no volatile send and only
+the latest of each key; a page whose network stalls gets, once it flows
+again, the latest frame of each key and none of the volatile broadcasts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import os
 import re
 import shutil
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,8 +38,10 @@ from sanic_ws_ext import WSExtension
 from sanic_ws_ext.testing import serve
 
 from .conftest import units
+from .helpers import until, ws_app
 from .procs import SanicProcess, free_port
 from .test_cluster import cluster, worker_names
+from .test_volatile import fill
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -168,12 +174,17 @@ class CuttableLink:
     proxy is reset at once, and new ones are reset too until ``restore()``.
     """
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, *, rcvbuf: int | None = None) -> None:
         self.target = target
         self.port = 0
         self.down = False
+        #: SO_RCVBUF of the proxy's sockets to the server: small, what the
+        #: server sends piles up in its own buffers while ``hold()`` lasts.
+        self.rcvbuf = rcvbuf
         self._links: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def __aenter__(self) -> CuttableLink:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -181,6 +192,7 @@ class CuttableLink:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.release()  # a held pipe ends too
         self.cut()
         assert self._server is not None
         self._server.close()
@@ -195,29 +207,48 @@ class CuttableLink:
     def restore(self) -> None:
         self.down = False
 
+    def hold(self) -> None:
+        """Stop passing on what the server sends (the page sees a network
+        that stalls; it can still send): the server's backlog for it grows."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         if self.down:
             writer.transport.abort()
             return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            up_reader, up_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target
+            if self.rcvbuf is not None:  # before connect: a small window
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(
+                sock, ("127.0.0.1", self.target)
             )
+            up_reader, up_writer = await asyncio.open_connection(sock=sock)
         except OSError:
+            sock.close()
             writer.transport.abort()
             return
         self._links.update((writer, up_writer))
         await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer)
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer, self._flowing)
         )
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        gate: asyncio.Event | None = None,
     ) -> None:
         try:
-            while data := await reader.read(65536):
+            while (gate is None or await gate.wait()) and (
+                data := await reader.read(65536)
+            ):
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -480,3 +511,163 @@ async def test_requests_both_ways_in_chromium(
         "doubled": 42,
         "failed": {"failed": "neg"},
     }
+
+
+#: A blank page served by the app, for the client module to be imported into.
+BLANK = "<!doctype html><title>blank</title>"
+
+#: In the page: a client (reconnecting within 50-200 ms) as ``window.ws``,
+#: once open; ``window.seen`` gets [type, data] of every envelope but the
+#: ``fill`` ones, which are counted (``window.fills``) and checked in order.
+OPEN_CLIENT = """async () => {
+    const { WSClient } = await import("/ws/client.js");
+    const ws = new WSClient(undefined, { backoff: { base: 50, max: 200 } });
+    window.ws = ws;
+    window.seen = [];
+    window.fills = 0;
+    window.unordered = 0;
+    ws.on("*", (data, msg) => {
+        if (msg.type !== "fill") return window.seen.push([msg.type, data]);
+        if (data.n !== window.fills + 1) window.unordered += 1;
+        window.fills += 1;
+    });
+    await new Promise((open) => ws.subscribe((s) => s.state === "open" && open()));
+}"""
+
+
+async def test_offline_queue_drops_volatile_and_keeps_the_latest_per_key(
+    make_app: Callable[..., Sanic[Any, Any]],
+) -> None:
+    """Issue 18, point 3, in Chromium: while the network is down the client
+    queues no volatile send, keeps one send per key (the latest, in the
+    place of the first) and every other one in order; once reconnected the
+    server gets exactly those, then what is sent live (volatile included)."""
+    from sanic import html
+
+    from sanic_ws_ext import Connection, Envelope
+
+    app, h, _ = ws_app(make_app)
+    got: list[list[Any]] = []
+
+    @h.on_message
+    async def record(conn: Connection, msg: Envelope) -> None:
+        got.append([msg.type, msg.data])
+
+    @app.get("/")
+    async def blank(request: Any) -> Any:
+        return html(BLANK)
+
+    wait = units(20) * 1000
+    async with serve(app) as server, CuttableLink(server.port) as link:
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{link.port}/")  # through the link
+            await page.evaluate(OPEN_CLIENT)
+            # Connected: volatile and keyed sends go out as they are made.
+            await page.evaluate(
+                """() => {
+                    ws.send("typing", 0, { volatile: true });
+                    ws.send("cursor", { x: 0 }, { key: "cursor" });
+                    ws.send("cursor", { x: 1 }, { key: "cursor" });
+                }"""
+            )
+            live = [["typing", 0], ["cursor", {"x": 0}], ["cursor", {"x": 1}]]
+            await until(lambda: len(got) >= 3)
+            assert got == live
+
+            link.cut()
+            await page.wait_for_function("() => ws.state !== 'open'", timeout=wait)
+            queued = await page.evaluate(
+                """() => {
+                    ws.send("note", 1);
+                    ws.send("cursor", { x: 1 }, { key: "cursor" });
+                    ws.send("typing", "a", { volatile: true });
+                    ws.send("note", 2);
+                    ws.send("cursor", { x: 2 }, { key: "cursor" });
+                    ws.send("selection", "a", { key: "selection" });
+                    ws.send("typing", "b", { volatile: true });
+                    ws.send("cursor", { x: 3 }, { key: "cursor" });
+                    ws.send("selection", "b", { key: "selection" });
+                    ws.send("note", 3);
+                    return [ws.state, ws.queue.length, ws.queue.dropped];
+                }"""
+            )
+            assert queued[0] != "open" and queued[1:] == [5, 0], queued
+            link.restore()
+            await page.wait_for_function("() => ws.state === 'open'", timeout=wait)
+            await page.evaluate(
+                """() => {
+                    ws.send("typing", "c", { volatile: true });
+                    ws.send("done");
+                }"""
+            )
+            await until(lambda: got[-1:] == [["done", None]])
+        assert got[len(live) :] == [
+            ["note", 1],
+            ["cursor", {"x": 3}],  # the latest, where the first was queued
+            ["note", 2],
+            ["selection", "b"],
+            ["note", 3],
+            ["typing", "c"],  # volatile: sent when connected
+            ["done", None],
+        ]
+
+
+async def test_a_page_behind_gets_the_latest_per_key_and_no_volatile_frames(
+    make_app: Callable[..., Sanic[Any, Any]],
+) -> None:
+    """Issue 18, point 3, the server's side, received by Chromium: while the
+    page's network stalls (the link stops passing the server's frames on),
+    a keyed send replaces the one still unsent, volatile broadcasts skip the
+    page, and it is not closed; once the network flows, the page gets what
+    was queued in order, one frame of the key (the latest), no volatile."""
+    from sanic import html
+
+    app, _, gone = ws_app(make_app, WS_MAX_BACKPRESSURE=None, WS_PING_INTERVAL=None)
+
+    @app.get("/")
+    async def blank(request: Any) -> Any:
+        return html(BLANK)
+
+    wait = units(20) * 1000
+    async with (
+        serve(app) as server,
+        CuttableLink(server.port, rcvbuf=4096) as link,
+        chromium() as browser,
+    ):
+        ws = app.ctx.ws
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{link.port}/")
+        await page.evaluate(OPEN_CLIENT)
+        await until(lambda: len(ws.connections) == 1)
+        (conn_id,) = ws.connections
+        conn = ws.get(conn_id)
+        assert conn is not None
+        # Keeping up: every keyed frame that was written before the next one
+        # arrives, and every volatile one.
+        for i in range(3):
+            await conn.send("cursor", {"i": i}, key="cursor")
+            await page.wait_for_function(f"() => seen.length > {i}", timeout=wait)
+        await ws.broadcast("tick", {"i": -1}, volatile=True)
+        await conn.send("mark")
+        await page.wait_for_function("() => seen.length >= 5", timeout=wait)
+        live = [*(["cursor", {"i": i}] for i in range(3)), ["tick", {"i": -1}]]
+        assert await page.evaluate("() => seen") == [*live, ["mark", None]]
+
+        link.hold()
+        fills = await fill(conn)  # past the volatile backlog, unsent
+        for i in range(100):
+            await conn.send("cursor", {"i": i}, key="cursor")
+        for i in range(50):
+            await ws.broadcast("tick", {"i": i}, volatile=True)
+        await conn.send("after")
+        assert ws._counters.replaced == 99
+        assert ws._counters.volatile_skipped == 50
+        link.release()
+        await page.wait_for_function(
+            "() => seen.length && seen[seen.length - 1][0] === 'after'", timeout=wait
+        )
+        seen = await page.evaluate("() => seen")
+        assert seen == [*live, ["mark", None], ["cursor", {"i": 99}], ["after", None]]
+        assert await page.evaluate("() => [fills, unordered]") == [fills, 0]
+        assert ws.get(conn_id) is conn and gone.empty()  # never closed

@@ -27,8 +27,12 @@ FRESH = {"connection": "close"}  # a new TCP connection: any worker may answer
 
 
 async def stalled_client_on(c: Cluster, worker: str) -> tuple[RawClient, str]:
-    """A raw client held by ``worker`` that reads nothing after its welcome."""
-    for _ in range(50):
+    """A raw client held by ``worker`` that reads nothing after its welcome.
+
+    Which worker accepts is the kernel's choice, and a worker busy on a
+    loaded machine wins it less often: up to 200 tries (seen: 50 not enough
+    at load 11)."""
+    for _ in range(200):
         raw = await RawClient.connect("127.0.0.1", c.server.port, rcvbuf=4096)
         welcome = ujson.loads(bytes((await raw.read_frame()).data))["data"]
         if welcome["worker"] == worker:

@@ -66,6 +66,10 @@ def test_defaults() -> None:
         "WS_PUBLISH_TOKEN",
         "WS_PUBLISH_MAX",
         "WS_GC_FREEZE",
+        "WS_AUTH_IN_BAND",
+        "WS_AUTH_REFRESH_AHEAD",
+        "WS_AUTH_TOKEN_MAX",
+        "WS_SUBPROTOCOLS",
     }
     assert config.redis_url is None
     assert config.relay_transport == "auto"
@@ -144,6 +148,13 @@ def test_origins_from_environment_string() -> None:
         ("WS_CONNECT_BURST_PER_IP", None),
         ("WS_MESSAGE_RATE", "fast"),
         ("WS_MESSAGE_BURST", 0),
+        ("WS_AUTH_IN_BAND", "maybe"),
+        ("WS_AUTH_REFRESH_AHEAD", 0),
+        ("WS_AUTH_REFRESH_AHEAD", None),
+        ("WS_AUTH_TOKEN_MAX", 0),
+        ("WS_SUBPROTOCOLS", ["chat v2"]),  # not an RFC 7230 token
+        ("WS_SUBPROTOCOLS", ["bearer.x"]),  # reserved for tokens
+        ("WS_SUBPROTOCOLS", [""]),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: Any) -> None:
@@ -151,6 +162,19 @@ def test_bad_value_names_the_key(key: str, value: Any) -> None:
         WSConfig.from_mapping({key: value})
     assert info.value.key == key
     assert key in str(info.value)
+
+
+def test_auth_and_subprotocol_keys() -> None:
+    config = WSConfig.from_mapping({})
+    assert config.auth_in_band is False
+    assert config.auth_refresh_ahead == 30.0
+    assert config.auth_token_max == 8192
+    assert config.subprotocols == ()
+    config = WSConfig.from_mapping(
+        {"WS_AUTH_IN_BAND": "yes", "WS_SUBPROTOCOLS": "chat.v2, chat"}
+    )
+    assert config.auth_in_band is True
+    assert config.subprotocols == ("chat.v2", "chat")
 
 
 @pytest.mark.parametrize(

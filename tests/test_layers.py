@@ -79,7 +79,7 @@ def test_the_parts_do_not_import_the_manager() -> None:
 #: objects it hands out (``WireHost``, ``DeliveryEvents``).
 MANAGER_FRIENDS = {
     "connection": {"_update_presence"},
-    "endpoint": {"_accept", "_clock", "_config", "_limits", "_registry"},
+    "endpoint": {"_accept", "_clock", "_config", "_limits", "_lingering", "_registry"},
     "extension": {"_start", "_stop"},
     "monitoring": {"_cluster_stats", "_config", "_health_check"},
     "publish_route": {"_config"},

@@ -45,6 +45,7 @@ def test_all_is_pinned() -> None:
             "WSError",
             "WSExtension",
             "WSHandlers",
+            "bearer_token",
         ]
     )
     for name in sanic_ws_ext.__all__:

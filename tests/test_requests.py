@@ -472,3 +472,45 @@ async def test_what_a_holder_keeps_per_connection_is_bounded() -> None:
     answers = [(p["reason"], p["code"], p["to"]) for p in outbox.published]
     assert answers == [("fresh", 0, "a"), ("other", 1, "a")]
     assert conn._asks is None
+
+
+async def test_ping_is_answered_at_once(make_app: AppFactory) -> None:
+    """The browser client's heartbeat: a ``ping`` with a ref is answered
+    ``ok: true`` as it arrives, even behind a handler that has not returned,
+    and no handler sees it."""
+    app = make_app()
+    Extend(app).register(WSExtension)
+    h = WSHandlers(app)
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    @h.on_message
+    async def every(conn: Connection, msg: Envelope) -> None:
+        seen.append(msg.type)
+        if msg.type == "hold":
+            await release.wait()
+
+    async with serve(app) as server:
+        client = await WSTestClient.connect(server.ws_url())
+        async with client:
+            await client.send("hold")
+            await client.send("ping", ref="hb.1")
+            reply = await raw_reply(client)
+            assert (reply["ref"], reply["ok"], reply["data"]) == ("hb.1", True, None)
+            release.set()
+            assert await client.request("after") is None
+            assert seen == ["hold", "after"], "handlers never see the heartbeat"
+
+    # An app's own "ping" handler answers it, in its place in the queue.
+    app2 = make_app()
+    Extend(app2).register(WSExtension)
+    h2 = WSHandlers(app2)
+
+    @h2.on("ping")
+    async def pong(conn: Connection, msg: Envelope) -> str:
+        return "pong"
+
+    async with serve(app2) as server:
+        client = await WSTestClient.connect(server.ws_url())
+        async with client:
+            assert await client.request("ping") == "pong"

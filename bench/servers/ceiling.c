@@ -3,7 +3,8 @@
 // limit even for the native client: it answers the handshake; on a trigger
 // {"type":"go","data":{"k":K}} it frames K ~100-byte messages once and writes
 // them to every client (one write each); each chat message is re-sent as it
-// is to everyone, the messages of one loop pass in one write per client.
+// is to everyone, the messages of one loop pass in one write per client; a
+// request (a frame with a "ref") is answered at once with its reply.
 //
 //   cc -O2 -o bench/build/ceiling bench/servers/ceiling.c   (bench/native.py)
 //   bench/build/ceiling PORT
@@ -189,7 +190,22 @@ static void fan_out(long k) {
   free(all);
 }
 
-static void on_frame(char *p, size_t len) {
+// A request ({"type":...,"ref":"R",...}): the reply at once, with data 0.
+static int on_request(int fd, char *p, size_t len) {
+  const char *ref = memmem(p, len, "\"ref\":\"", 7);
+  if (!ref) return 0;
+  ref += 7;
+  const char *end = memchr(ref, '"', len - (size_t)(ref - p));
+  if (!end || end - ref > 100) return 1;
+  char text[160], frame[164];
+  int n = snprintf(text, sizeof text, "{\"type\":\"reply\",\"ref\":\"%.*s\",\"ok\":true,\"data\":0}",
+                   (int)(end - ref), ref);
+  send_bytes(fd, frame, text_frame(frame, text, (size_t)n));
+  return 1;
+}
+
+static void on_frame(int fd, char *p, size_t len) {
+  if (on_request(fd, p, len)) return;
   if (memmem(p, len, "\"chat\"", 6)) {
     chat = grow(chat, &chat_cap, chat_len + len + 4);
     chat_len += text_frame(chat + chat_len, p, len);
@@ -258,7 +274,7 @@ static void on_readable(int fd) {
     uint8_t *mask = b + pos + head - 4;
     char *p = c->in + pos + head;
     for (size_t i = 0; i < len; i++) p[i] ^= mask[i & 3];
-    if ((b[pos] & 0x0f) == 1) on_frame(p, len);
+    if ((b[pos] & 0x0f) == 1) on_frame(fd, p, len);
     pos += head + len;
   }
   memmove(c->in, c->in + pos, c->in_len - pos);

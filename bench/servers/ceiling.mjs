@@ -1,8 +1,8 @@
 // Not a peer: the load client's ceiling. A raw `net` server that answers the
 // handshake and, on any frame, writes K pre-framed ~100-byte messages to every
 // client in one write each (and re-sends each chat message to everyone as it
-// is): the cheapest server possible, so the figure is the
-// client's limit. node bench/servers/ceiling.mjs PORT
+// is; a request, a frame with a "ref", gets its reply at once): the cheapest
+// server possible, so the figure is the client's limit. node bench/servers/ceiling.mjs PORT
 import crypto from "node:crypto";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
@@ -55,6 +55,12 @@ net.createServer({ noDelay: true }, (socket) => {
       const body = Buffer.from(pending.subarray(pos + size, pos + size + len)).map((b, i) => b ^ mask[i & 3]);
       pos += size + len;
       const text = body.toString();
+      const ref = /"ref":"([^"]{1,100})"/.exec(text);
+      if (ref) {
+        // A request: its reply at once.
+        socket.write(frame(JSON.stringify({ type: "reply", ref: ref[1], ok: true, data: 0 })));
+        continue;
+      }
       if (text.includes('"chat"')) {
         // Corked: one write per client per event-loop turn.
         if (!chat.length) setImmediate(flushChat);

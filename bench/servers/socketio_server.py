@@ -50,3 +50,16 @@ async def chat(sid: str, data: Any) -> None:
 async def add(sid: str, data: dict[str, Any]) -> int:
     """An event with an ack (bench/requests.py): the return value is the ack."""
     return int(data["a"] + data["b"])
+
+
+@sio.on("whoami")  # type: ignore[untyped-decorator]
+async def whoami(sid: str, data: Any) -> dict[str, Any]:
+    """An event with an ack (bench/requests.py): this client's sid, its worker."""
+    return {"id": sid, "worker": os.getpid()}
+
+
+@sio.on("ask_peer")  # type: ignore[untyped-decorator]
+async def ask_peer(sid: str, data: dict[str, Any]) -> Any:
+    """An event with an ack (bench/requests.py): ``call()`` the client ``to``,
+    on whichever worker (through the Redis manager), to ``add``."""
+    return await sio.call("add", {"a": data["a"], "b": 1}, to=data["to"], timeout=10)

@@ -6,7 +6,10 @@ Run it from this folder::
     sanic auth_token:create_app --factory
 
 and connect to ``ws://127.0.0.1:8000/ws?token=<token>`` with a token from
-``make_token("alice", secret)``. tests/test_auth_example.py runs this file.
+``make_token("alice", secret)`` (or offer the subprotocols ``["chat",
+"bearer.<token>"]``). A connection lasts as long as its token: the server asks
+for a fresh one (``auth.refresh``) ahead of the expiry, and closes with 4401
+"token expired" if none came. tests/test_auth_example.py runs this file.
 """
 
 from __future__ import annotations
@@ -23,11 +26,18 @@ from typing import Any
 from sanic import Request, Sanic
 from sanic_ext import Extend
 
-from sanic_ws_ext import Accept, Connection, Reject, WSExtension, WSHandlers
+from sanic_ws_ext import (
+    Accept,
+    Connection,
+    Reject,
+    WSExtension,
+    WSHandlers,
+    bearer_token,
+)
 
-#: How long a token is good for. The browser client reconnects with the URL
-#: it was given, so a token must outlive the reconnects you want to succeed.
-TOKEN_TTL = 12 * 3600.0
+#: How long a token is good for. A connection lasts as long as its token,
+#: unless its client sends a fresh one (auth.refresh) before it runs out.
+TOKEN_TTL = 3600.0
 
 
 class BadToken(ValueError):
@@ -50,6 +60,14 @@ def make_token(
 
 def read_token(token: str, secret: bytes, *, now: float | None = None) -> str:
     """The user a valid token names; raises :class:`BadToken` for any other."""
+    user, _ = read_claims(token, secret, now=now)
+    return user
+
+
+def read_claims(
+    token: str, secret: bytes, *, now: float | None = None
+) -> tuple[str, int]:
+    """The user a valid token names and its expiry; :class:`BadToken` else."""
     payload, dot, signature = token.rpartition(".")
     if not dot or not payload:
         raise BadToken("malformed token")
@@ -65,7 +83,7 @@ def read_token(token: str, secret: bytes, *, now: float | None = None) -> str:
         raise BadToken("malformed token")
     if (time.time() if now is None else now) >= expires:
         raise BadToken("token expired")
-    return user
+    return user, expires
 
 
 def create_app(
@@ -82,20 +100,35 @@ def create_app(
             " export AUTH_TOKEN_SECRET=$(openssl rand -hex 32)"
         )
     app: Sanic[Any, Any] = Sanic(name)
+    # A browser that offers subprotocols (to carry "bearer.<token>") fails
+    # the handshake unless the server selects one of them.
+    app.config.WS_SUBPROTOCOLS = ["chat"]
     Extend(app).register(WSExtension)
     ws = WSHandlers(app)
 
     @ws.verify
     async def check_token(request: Request) -> Accept:
-        # Browsers cannot set headers on a WebSocket: the token comes in the URL.
-        token = request.args.get("token")
+        # Browsers cannot set headers on a WebSocket: the token comes as a
+        # subprotocol entry ("bearer.<token>", kept out of access logs) or
+        # in the URL.
+        token = bearer_token(request) or request.args.get("token")
         if not token:
             raise Reject(401, "missing token")
         try:
-            user = read_token(token, key)
+            user, expires = read_claims(token, key)
         except BadToken as exc:
             raise Reject(401, str(exc)) from None
-        return Accept(user=user)
+        return Accept(user=user, expires_at=expires)
+
+    @ws.on_refresh
+    async def fresh_token(conn: Connection, token: str) -> Accept:
+        # The client's answer to auth.refresh. A token of another user is
+        # refused by the extension (and the connection closed with 4403).
+        try:
+            user, expires = read_claims(token, key)
+        except BadToken as exc:
+            raise Reject(401, str(exc)) from None
+        return Accept(user=user, expires_at=expires)
 
     @ws.on_connect
     async def welcome(conn: Connection) -> None:

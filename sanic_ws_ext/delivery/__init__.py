@@ -67,6 +67,8 @@ class OpKind(IntEnum):
     ASK = 22  # target: connection id; payload: the envelope; code: timeout (s)
     ANSWER = 23  # to the asker; target: connection id; code 0: payload is the
     # reply as JSON {"ok", "data"|"error"}; code 1: the connection is gone
+    # Close every connection of a user (target: user; code, reason: the close).
+    USER_DISCONNECT = 24
 
 
 class Op(NamedTuple):

@@ -17,8 +17,23 @@ export function backoffDelay(attempt: number, backoff?: Partial<Backoff>, random
 
 export function defaultUrl(path?: string): string;
 
-/** False after 1000 and 4000-4999 (closes the server meant), true otherwise. */
+/**
+ * `url` with `params` added to its query (null and undefined left out); a
+ * relative URL is taken from the page's, and http(s) becomes ws(s).
+ */
+export function withQuery(url: string | URL, params?: Record<string, unknown> | null): string;
+
+/**
+ * False after 1000 and 4000-4999 (closes the server meant), true otherwise;
+ * but true after the in-band refusals another attempt may cure: 4401 (with a
+ * new token), 4408, 4429 and 4500-4599.
+ */
 export function shouldReconnect(code: number): boolean;
+
+/** Default heartbeat interval, ms (15000): a ping after this long without a frame. */
+export const DEFAULT_HEARTBEAT_MS: number;
+/** Default heartbeat timeout, ms (10000): dead if nothing comes this long after a ping. */
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS: number;
 
 export type Frame = string | ArrayBuffer | ArrayBufferView | Blob;
 
@@ -42,8 +57,10 @@ export interface Status {
   state: State;
   /** Reconnect attempts since the last open connection. */
   attempt: number;
-  /** Close code of the last connection, if it closed. */
+  /** Close code of the last connection, if it closed (1006 after a heartbeat timeout). */
   closeCode: number | null;
+  /** Its close reason ("token expired", "heartbeat timeout", ...). */
+  closeReason: string | null;
   /** Delay before the next attempt, while reconnecting. */
   nextRetryMs: number | null;
 }
@@ -57,10 +74,12 @@ export interface Envelope<T = unknown> {
 }
 
 /**
- * Why a request got no data. `code`: the server's (a handler's MessageError
- * code, "handler_error", "unknown_type", ...) or the client's own:
- * "timeout", "disconnected" (dropped after it was sent, no retry left),
- * "closed" (`close()`, or a close the client does not reconnect after).
+ * Why a request got no data (or a join was not made). `code`: the server's
+ * (a handler's MessageError code, "handler_error", "unknown_type",
+ * "room_refused", ...) or the client's own: "timeout", "disconnected"
+ * (dropped after it was sent, no retry left), "closed" (`close()`, or a
+ * close the client does not reconnect after), "left" (`leave()` before the
+ * room was joined).
  */
 export class RequestError extends Error {
   constructor(code: string, reason?: string);
@@ -79,7 +98,82 @@ export interface RequestOptions {
   retries?: number;
 }
 
+/** What the url, params and token functions are called with, on each attempt. */
+export interface ConnectInfo {
+  /**
+   * "connect" (the first attempt), "reconnect", "unauthorized" (the last
+   * token was refused with 4401: do not give a cached one again), or
+   * "refresh" (the server's auth.refresh; token function only).
+   */
+  reason: "connect" | "reconnect" | "unauthorized" | "refresh";
+  /** Attempts since the last open connection (0 for a refresh). */
+  attempt: number;
+  /** With reason "refresh": when the current token expires (Unix seconds), if the server said. */
+  expiresAt?: number | null;
+}
+
+/** A value, or a function giving it (or a promise of it), called on every attempt. */
+export type PerAttempt<T> = T | ((info: ConnectInfo) => T | Promise<T>);
+
+/** `on("auth.error", ...)`. */
+export interface AuthError {
+  /** "connect": a 4401/4403 close, or a token function that failed; "refresh": an auth.refresh. */
+  stage: "connect" | "refresh";
+  /**
+   * A close code (4401, 4403), or "token_error" (the token function threw or
+   * gave no usable token), the refresh reply's code ("auth_refused",
+   * "auth_user_mismatch", "auth_unsupported"), "timeout", or
+   * "no_token_function" (a refresh asked for, with a fixed token).
+   */
+  code: number | string;
+  reason: string;
+  /** No attempt follows: the client is closed (4403; 4401 with nothing new to offer). */
+  final: boolean;
+  /** What the token function threw. */
+  error?: unknown;
+}
+
+/** `on("auth.refreshed", ...)`: the server took the new token. */
+export interface AuthRefreshed {
+  /** When the new token expires, Unix seconds. */
+  expires_at?: number;
+  [field: string]: unknown;
+}
+
+/** `on("room.refused", ...)`: a join (or a re-join after a reconnect) the server refused. */
+export interface RoomRefused {
+  room: string;
+  code: string;
+  reason: string;
+}
+
 export interface WSClientOptions {
+  /**
+   * A token, or a function giving one (`async () => (await fetch("/ws-token")).text()`),
+   * called before every connect and reconnect and on the server's
+   * auth.refresh. null: none this time.
+   */
+  token?: PerAttempt<string | null>;
+  /** Query parameters, or a function giving them, per attempt. */
+  params?: PerAttempt<Record<string, string | number | boolean | null | undefined> | null>;
+  /** Subprotocols to offer (the server selects one: `ws.protocol`). */
+  protocols?: string | string[];
+  /**
+   * Where the token goes: "query" (default, `?token=`) or "subprotocol"
+   * (the entry `bearer.<token>`, besides `protocols`, which must hold one
+   * the server selects: the bearer entry is never echoed).
+   */
+  tokenTransport?: "query" | "subprotocol";
+  /** Ms without a frame before a ping (default 15000); 0: no heartbeat. */
+  heartbeatMs?: number;
+  /** Ms to wait for any frame after a ping before the connection counts as dead (default 10000). */
+  heartbeatTimeoutMs?: number;
+  /**
+   * Count a connection open only once the server's first frame came (the
+   * answer to a ping sent at once), so nothing is sent into an in-band
+   * refusal. Default: true with a token or a url/params function.
+   */
+  confirmOpen?: boolean;
   backoff?: Partial<Backoff>;
   /** Frames kept while offline (default 1000); past it the oldest are dropped. */
   queueLimit?: number;
@@ -178,8 +272,15 @@ export interface Recovery {
 }
 
 export class WSClient {
-  constructor(url?: string, options?: WSClientOptions);
-  readonly url: string;
+  constructor(url?: PerAttempt<string | URL>, options?: WSClientOptions);
+  readonly url: PerAttempt<string | URL>;
+  readonly params: WSClientOptions["params"] | null;
+  readonly protocols: readonly string[];
+  readonly tokenTransport: "query" | "subprotocol";
+  /** The subprotocol the server selected ("" when none, or not open). */
+  readonly protocol: string;
+  heartbeatMs: number;
+  heartbeatTimeoutMs: number;
   readonly state: State;
   readonly status: Status;
   readonly queue: SendQueue;
@@ -194,6 +295,12 @@ export class WSClient {
   on(type: "text", handler: (text: string) => void): () => void;
   /** A history room was re-joined with a position (or its epoch changed). */
   on(type: "room.recovery", handler: (recovery: Recovery) => void): () => void;
+  /** A join, or a re-join after a reconnect, was refused: the room is forgotten. */
+  on(type: "room.refused", handler: (refused: RoomRefused) => void): () => void;
+  /** 4401 or 4403, a failed token function, or a refused refresh. */
+  on(type: "auth.error", handler: (error: AuthError) => void): () => void;
+  /** The server took the token sent after its auth.refresh. */
+  on(type: "auth.refreshed", handler: (data: AuthRefreshed) => void): () => void;
   on<T = unknown>(type: string, handler: (data: T, envelope: Envelope<T>) => void): () => void;
   /**
    * Queued while not connected, except `volatile` sends (dropped); a queued
@@ -212,8 +319,13 @@ export class WSClient {
     handler: (data: T, envelope: Envelope<T>) => unknown,
   ): () => void;
   sendBinary(data: ArrayBuffer | ArrayBufferView | Blob): void;
-  /** Resolves to the room's next `room.joined` data (re-joined after reconnects, with `since`). */
-  join(room: string): Promise<RoomJoined>;
+  /**
+   * Resolves to the room's next `room.joined` data (re-joined after
+   * reconnects, with `since`); made offline, once connected. Rejects with a
+   * RequestError when refused (the room is then forgotten), or "left" /
+   * "closed".
+   */
+  join(room: string, options?: { since?: Position }): Promise<RoomJoined>;
   /** Also empties the room's presence store. */
   leave(room: string): void;
   /** The room's presence store (the same one each call); it does not join the room. */

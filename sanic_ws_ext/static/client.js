@@ -4,31 +4,49 @@
 //   const ws = new WSClient();                 // ws(s)://<this host>/ws
 //   ws.on("chat.message", (data, msg) => ...);
 //   ws.send("chat.send", { text: "hi" });      // queued while offline
-//   ws.join("lobby");                          // re-joined after reconnects
+//   await ws.join("lobby");                    // re-joined after reconnects
 //   ws.subscribe((status) => ...);             // a Svelte store: $ws.state
 //   const lobby = ws.presence("lobby");        // a Svelte store: $lobby.list
 //   const { recovered } = await ws.join("chat:1"); // a history room: resumes
-//   const sum = await ws.request("add", { a: 1, b: 2 }); // the handler's value
+//   const sum = await ws.request("add", { a: 2, b: 3 }); // the handler's value
 //   ws.onRequest("confirm", async (data) => window.confirm(data.text));
 //
+//   // A token asked for on every connect, reconnect and auth.refresh:
+//   const authed = new WSClient("/ws", { token: async () => (await fetch("/ws-token")).text() });
+//   authed.on("auth.error", ({ code, reason, final }) => ...);
+//
 // It does not reconnect after a close the server meant (1000, or an app code
-// 4000-4999, such as a kick); pass `shouldReconnect(code)` to decide otherwise.
+// 4000-4999, such as a kick), except 4401 (with a fresh token), 4408, 4429
+// and 4500-4599; pass `shouldReconnect(code)` to decide otherwise.
 //
 // Reconnects with exponential backoff, jitter and a cap, so a restarted
 // server is not hit by every client at once. Sends made while offline are
-// queued (bounded) and flushed, in order, once connected again.
+// queued (bounded) and flushed, in order, once connected again. A heartbeat
+// (a `ping` request every 15 s of silence) notices a dead network in seconds.
 
 /**
  * Whether to reconnect after the server closed with `code`: yes, except after
  * 1000 (a normal close the server chose) and application codes 4000-4999 (the
  * app closed this client on purpose, e.g. `disconnect(id, 4000, "kicked")`).
+ * Of those, the in-band refusals that another attempt may cure reconnect:
+ * 4401 (unauthorized: the next attempt asks for a new token), 4408 (timeout),
+ * 4429 (too many connections) and 4500-4599 (the server failed or was busy).
+ * 4403 (forbidden) and the others are final.
  */
 export function shouldReconnect(code) {
-  return code !== 1000 && !(code >= 4000 && code <= 4999);
+  if (code >= 4000 && code <= 4999) {
+    return code === 4401 || code === 4408 || code === 4429 || (code >= 4500 && code <= 4599);
+  }
+  return code !== 1000;
 }
 
 /** Default reconnect timing, in milliseconds. */
 export const DEFAULT_BACKOFF = Object.freeze({ base: 500, factor: 2, max: 30000, jitter: 0.5 });
+
+/** Default heartbeat: a ping after this long (ms) without a frame from the server... */
+export const DEFAULT_HEARTBEAT_MS = 15000;
+/** ...and the connection counts as dead if nothing arrives this long (ms) after it. */
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10000;
 
 /**
  * Delay before reconnect attempt `attempt` (0 for the first): exponential,
@@ -82,7 +100,9 @@ export class SendQueue {
  * Why a request got no data: `code` is the server's (a handler's
  * `MessageError` code, "handler_error", "unknown_type", ...) or the client's
  * own: "timeout" (no reply in time), "disconnected" (the connection dropped
- * after the request was sent, and no retry was left), "closed" (`close()`).
+ * after the request was sent, and no retry was left), "closed" (`close()`,
+ * or a close the client does not reconnect after), and for `join()` "left"
+ * (`leave()` of the room before it was joined).
  */
 export class RequestError extends Error {
   constructor(code, reason = "") {
@@ -103,25 +123,82 @@ export function defaultUrl(path = "/ws") {
   return url.href;
 }
 
+/**
+ * Append `params` (an object; null and undefined values are left out) to the
+ * query of `url`. A relative URL is taken from this page's, and an http(s)
+ * one becomes ws(s).
+ */
+export function withQuery(url, params) {
+  const entries = Object.entries(params ?? {}).filter(([, v]) => v !== undefined && v !== null);
+  if (!entries.length) return String(url);
+  const full = new URL(String(url), globalThis.location?.href);
+  if (full.protocol === "http:") full.protocol = "ws:";
+  else if (full.protocol === "https:") full.protocol = "wss:";
+  for (const [key, value] of entries) full.searchParams.set(key, String(value));
+  return full.href;
+}
+
+/** The characters a subprotocol (an HTTP token, RFC 9110) may hold. */
+const SUBPROTOCOL = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** A connection parameter (url, params or token) that could not be had. */
+class ParamError extends Error {
+  constructor(code, cause) {
+    super(String(cause?.message ?? cause), { cause });
+    this.code = code; // "token_error" | "params_error"
+  }
+}
+
 export class WSClient {
   /**
-   * @param {string} [url] ws:// or wss:// URL (default: this host's /ws)
-   * @param {object} [options] { backoff, queueLimit, connect (default true),
-   *   shouldReconnect(code), stableMs (default 5000), WebSocket (an
-   *   implementation, for tests), random, now, setTimeout, clearTimeout }
+   * @param {string | Function} [url] ws:// or wss:// URL (default: this
+   *   host's /ws), or a function returning one (or a promise of one), called
+   *   before every attempt
+   * @param {object} [options] { token, params, protocols, tokenTransport,
+   *   heartbeatMs, heartbeatTimeoutMs, confirmOpen, backoff, queueLimit,
+   *   connect (default true), shouldReconnect(code), stableMs (default
+   *   5000), WebSocket (an implementation, for tests), random, now,
+   *   setTimeout, clearTimeout }
    */
   constructor(url, options = {}) {
     this.url = url ?? defaultUrl();
+    /** Query parameters: an object, or a function giving one (or a promise), per attempt. */
+    this.params = options.params ?? null;
+    this._token = options.token ?? null;
+    this.tokenTransport = options.tokenTransport ?? "query";
+    if (this.tokenTransport !== "query" && this.tokenTransport !== "subprotocol") {
+      const given = this.tokenTransport;
+      throw new TypeError(`tokenTransport must be "query" or "subprotocol", not ${given}`);
+    }
+    const protocols = options.protocols ?? [];
+    this.protocols = Object.freeze(typeof protocols === "string" ? [protocols] : [...protocols]);
+    if (this.tokenTransport === "subprotocol" && !this.protocols.length) {
+      // Browsers fail a handshake that offered protocols and got none back,
+      // and the bearer entry is never echoed: the server must pick another.
+      throw new TypeError('tokenTransport "subprotocol" needs `protocols`: one the server selects');
+    }
+    /** The subprotocol the server selected for this connection ("" when none, or not open). */
+    this.protocol = "";
+    this.heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
+    this.heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS;
+    const renewable = [this.url, this.params, this._token].some((v) => typeof v === "function");
+    // Whether something new can be had for the next attempt after a 4401.
+    this._renewable = renewable;
+    // Wait for the server's first frame before counting a connection open
+    // (see _opened): an in-band refusal opens and closes at once.
+    this._confirmOpen = options.confirmOpen ?? (renewable || this._token !== null);
     this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff ?? {}) };
     this.queue = new SendQueue(options.queueLimit ?? 1000);
     this.rooms = new Set();
     /** History rooms: the position of the last publication taken, per room. */
     this.positions = new Map();
     this._recovering = new Set(); // rooms re-joined after a gap, until room.joined
-    this._joining = new Map(); // room -> resolvers of join() promises
+    this._joining = new Map(); // room -> [{resolve, reject}] of join() promises
+    this._joinRefs = new Map(); // ref of a room.join sent on this connection -> room
+    this._lastJoin = new Map(); // room -> ref of its latest room.join on this connection
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._random = options.random ?? Math.random;
-    this._shouldReconnect = options.shouldReconnect ?? shouldReconnect;
+    this._customReconnect = options.shouldReconnect ?? null;
     this._now = options.now ?? (() => Date.now());
     /** A connection open this long (ms) resets the backoff. */
     this.stableMs = options.stableMs ?? 5000;
@@ -136,9 +213,23 @@ export class WSClient {
     this._refBase = Math.random().toString(36).slice(2, 10);
     this._refSeq = 0;
     this._socket = null;
+    this._live = false; // the socket is open and counted so (rooms joined, queue sent)
+    this._pending = null; // an attempt whose url, params or token are being had
+    this._reason = null; // why the next attempt is made, when not the usual
     this._timer = null;
+    this._beatTimer = null;
+    this._seen = 0; // frames received on this connection
+    this._seenAt = 0; // when the last one came (this._now())
+    this._pingSeen = null; // this._seen when the outstanding ping went
+    this._refreshing = null; // the socket an auth.refresh is under way on
     this._stopped = false;
-    this.status = { state: "idle", attempt: 0, closeCode: null, nextRetryMs: null };
+    this.status = {
+      state: "idle",
+      attempt: 0,
+      closeCode: null,
+      closeReason: null,
+      nextRetryMs: null,
+    };
     if (options.connect !== false) this.connect();
   }
 
@@ -302,13 +393,22 @@ export class WSClient {
     }
   }
 
+
   /**
    * Join a room (the server's `on_join` guard decides); kept across
    * reconnects. Rooms are state, not messages: while offline only the wanted
    * set changes, and on each connect the client joins exactly that set, before
    * anything queued is sent. Resolves to the next `room.joined` data of the
    * room: for a history room `{room, position, recovered}` (`recovered` only
-   * when a position was sent, as after a reconnect).
+   * when a position was sent, as after a reconnect). Made offline, it waits
+   * for the join sent once connected.
+   *
+   * Rejects with a `RequestError` when the server refuses the join (its
+   * code, such as "room_refused", and reason): the room is then forgotten,
+   * not joined again after reconnects. A refused re-join after a reconnect
+   * is reported by `on("room.refused", ({room, code, reason}) => ...)`, as
+   * every refusal is. Also rejects with "left" (`leave(room)` came first) or
+   * "closed" (the client closed for good).
    *
    * `since` (a history room's `{offset, epoch}`, such as `positions.get(room)`
    * saved before a `leave`): resume from there, as after a reconnect; the
@@ -319,11 +419,14 @@ export class WSClient {
       this.positions.set(room, { offset: since.offset, epoch: since.epoch });
     }
     this.rooms.add(room);
-    const joined = new Promise((resolve) => {
+    const joined = new Promise((resolve, reject) => {
       if (!this._joining.has(room)) this._joining.set(room, []);
-      this._joining.get(room).push(resolve);
+      this._joining.get(room).push({ resolve, reject });
     });
-    if (this._isOpen()) this._socket.send(this._joinFrame(room));
+    // A join nobody awaits (the usual `ws.join(room)`) is no unhandled
+    // rejection: refusals are reported by "room.refused" too.
+    joined.catch(() => {});
+    if (this._isOpen()) this._sendJoin(room);
     return joined;
   }
 
@@ -332,6 +435,8 @@ export class WSClient {
     this.rooms.delete(room);
     this.positions.delete(room);
     this._recovering.delete(room);
+    this._lastJoin.delete(room); // a refusal still on its way is no news now
+    this._rejectJoins(room, new RequestError("left", `left ${room} before it was joined`));
     this._presences.get(room)?._clear();
     if (this._isOpen()) this._socket.send(roomFrame("room.leave", room));
   }
@@ -350,18 +455,23 @@ export class WSClient {
     return store;
   }
 
+  /** Connected, and counted so: rooms joined, the queue sent. */
   _isOpen() {
-    return this._socket !== null && this._socket.readyState === 1;
+    return this._live && this._socket !== null && this._socket.readyState === 1;
   }
 
   _send(frame, { volatile = false, key } = {}) {
-    const socket = this._socket;
-    if (socket && socket.readyState === 1) {
+    if (this._isOpen()) {
+      const socket = this._socket;
       this.queue.flush((f) => socket.send(f)); // anything left from a failed flush first
       socket.send(frame);
     } else if (!volatile) {
       this.queue.push(frame, key);
     }
+  }
+
+  _ref() {
+    return `${this._refBase}.${++this._refSeq}`;
   }
 
   _dispatch(event) {
@@ -381,9 +491,10 @@ export class WSClient {
       return;
     }
     if (typeof envelope.ref === "string") {
-      // A reply to one of our requests, or a request of the server's.
-      if (envelope.type === "reply") this._settle(envelope);
-      else this._answer(envelope);
+      // A reply to one of our requests (or joins), or a request of the server's.
+      if (envelope.type !== "reply") this._answer(envelope);
+      else if (this._joinRefs.has(envelope.ref)) this._joinReply(envelope);
+      else this._settle(envelope);
       return;
     }
     if (!this._fresh(envelope)) return; // a history room's publication already had
@@ -392,14 +503,57 @@ export class WSClient {
     for (const h of handlers(envelope.type)) safely(h, envelope.data, envelope);
     for (const h of handlers("*")) safely(h, envelope.data, envelope);
     if (envelope.type === "room.joined") this._joined(envelope.data);
+    else if (envelope.type === "auth.refresh") this._refresh(envelope.data);
+  }
+
+  /** Call the handlers of a client-made event ("room.recovery", "auth.error", ...). */
+  _emit(type, event) {
+    for (const h of [...(this._handlers.get(type) ?? [])]) safely(h, event);
+  }
+
+  // -- rooms ----------------------------------------------------------------------
+
+  /** Send a `room.join` of `room` on the open socket, with a ref to know its refusal by. */
+  _sendJoin(room) {
+    const ref = this._ref();
+    this._joinRefs.set(ref, room);
+    this._lastJoin.set(room, ref);
+    this._socket.send(this._joinFrame(room, ref));
+  }
+
+  /**
+   * The reply to a `room.join` (after its `room.joined`, when accepted). A
+   * refusal of the room's latest join forgets the room: it is not sent again
+   * on every reconnect to be refused again. One of an older join, with a
+   * newer one on its way, is left for the newer's answer.
+   */
+  _joinReply({ ref, ok, error }) {
+    const room = this._joinRefs.get(ref);
+    this._joinRefs.delete(ref);
+    if (ok === true || this._lastJoin.get(room) !== ref) return;
+    this._lastJoin.delete(room);
+    const code = String(error?.code ?? "error");
+    const reason = String(error?.reason ?? "");
+    this.rooms.delete(room);
+    this.positions.delete(room);
+    this._recovering.delete(room);
+    this._presences.get(room)?._clear();
+    this._rejectJoins(room, new RequestError(code, reason));
+    this._emit("room.refused", { room, code, reason });
+  }
+
+  _rejectJoins(room, error) {
+    const waiting = this._joining.get(room);
+    this._joining.delete(room);
+    for (const { reject } of waiting ?? []) reject(error);
   }
 
   // -- history rooms ------------------------------------------------------------
 
-  _joinFrame(room) {
+  _joinFrame(room, ref) {
     const since = this.positions.get(room);
     const data = since ? { room, since: { offset: since.offset, epoch: since.epoch } } : { room };
-    return JSON.stringify({ type: "room.join", data });
+    return JSON.stringify({ type: "room.join", data, ref });
   }
 
   /**
@@ -418,7 +572,7 @@ export class WSClient {
       if (offset > known.offset + 1) {
         if (!this._recovering.has(room) && this._isOpen()) {
           this._recovering.add(room);
-          this._socket.send(this._joinFrame(room));
+          this._sendJoin(room);
         }
         return false;
       }
@@ -446,7 +600,7 @@ export class WSClient {
     if ("recovered" in data) this._report({ room, recovered: data.recovered, position });
     const waiting = this._joining.get(room);
     this._joining.delete(room);
-    for (const resolve of waiting ?? []) resolve(data);
+    for (const { resolve } of waiting ?? []) resolve(data);
   }
 
   /**
@@ -465,13 +619,13 @@ export class WSClient {
     }
     if (known.offset >= position.offset || !this._isOpen()) return false;
     this._recovering.add(room);
-    this._socket.send(this._joinFrame(room));
+    this._sendJoin(room);
     return true;
   }
 
   /** `on("room.recovery", ({room, recovered, position}) => ...)`: after a resume. */
   _report(recovery) {
-    for (const h of [...(this._handlers.get("room.recovery") ?? [])]) safely(h, recovery);
+    this._emit("room.recovery", recovery);
   }
 
   _presenceFrame({ type, data }) {
@@ -488,79 +642,376 @@ export class WSClient {
     for (const store of this._presences.values()) store._stale();
   }
 
+  // -- authentication -------------------------------------------------------------
+
+  /**
+   * `on("auth.error", ({stage, code, reason, final, error}) => ...)`: stage
+   * "connect" for a close with 4401 or 4403 (`code` the close code, `reason`
+   * its reason, `final` when no attempt follows) or a token function that
+   * failed ("token_error", `error` what it threw); stage "refresh" for an
+   * `auth.refresh` that failed (the reply's code: "auth_refused",
+   * "auth_user_mismatch", "auth_unsupported", or "timeout", "token_error",
+   * "no_token_function"). With nobody listening, what a token function
+   * threw goes to `reportError`.
+   */
+  _authError(event) {
+    const { error, ...rest } = event;
+    const info = error === undefined ? { final: false, ...rest } : { final: false, ...rest, error };
+    if (this._handlers.get("auth.error")?.size) this._emit("auth.error", info);
+    else if (error !== undefined) report(error);
+  }
+
+  /**
+   * The server's `auth.refresh` push (`{expires_at}`): the token expires
+   * soon. Ask the token function for a new one and send it in an
+   * `auth.refresh` request; the server answers `{expires_at}` (then
+   * `on("auth.refreshed", data => ...)`), or refuses (`auth.error`). One at a
+   * time per connection; nothing is sent on a connection that dropped
+   * meanwhile (the next one asks for a fresh token anyway).
+   */
+  async _refresh(data) {
+    const socket = this._socket;
+    if (socket === null || this._refreshing === socket) return;
+    const stage = "refresh";
+    if (typeof this._token !== "function") {
+      const reason = "auth.refresh needs the `token` option to be a function";
+      this._authError({ stage, code: "no_token_function", reason });
+      return;
+    }
+    this._refreshing = socket;
+    try {
+      let token;
+      try {
+        const expiresAt = typeof data?.expires_at === "number" ? data.expires_at : null;
+        token = await this._token({ reason: "refresh", attempt: 0, expiresAt });
+        if (typeof token !== "string" || !token) {
+          throw new TypeError("the token function gave no token");
+        }
+      } catch (error) {
+        this._authError({ stage, code: "token_error", reason: messageOf(error), error });
+        return;
+      }
+      if (socket !== this._socket || !this._isOpen()) return;
+      let answer;
+      try {
+        answer = await this.request("auth.refresh", { token });
+      } catch (error) {
+        if (socket !== this._socket) return; // dropped meanwhile: the next connection asks anew
+        const code = String(error?.code ?? "error");
+        this._authError({ stage, code, reason: String(error?.reason ?? messageOf(error)) });
+        return;
+      }
+      this._emit("auth.refreshed", answer ?? {});
+    } finally {
+      if (this._refreshing === socket) this._refreshing = null;
+    }
+  }
+
+  /**
+   * The URL and subprotocols of the next attempt: `url`, `params` and
+   * `token` evaluated now (the functions among them called, never cached),
+   * or a promise of them when one of those gave a promise.
+   */
+  _target(info) {
+    const sources = [
+      [this.url, "params_error"],
+      [this.params, "params_error"],
+      [this._token, "token_error"],
+    ];
+    const values = [];
+    for (const [source, code] of sources) {
+      let value;
+      try {
+        value = typeof source === "function" ? source(info) : source;
+      } catch (error) {
+        for (const v of values) if (isThenable(v)) v.catch(() => {});
+        throw new ParamError(code, error);
+      }
+      if (isThenable(value)) {
+        value = Promise.resolve(value).catch((error) => {
+          throw new ParamError(code, error);
+        });
+      }
+      values.push(value);
+    }
+    if (!values.some(isThenable)) return this._build(...values);
+    return Promise.all(values).then((got) => this._build(...got));
+  }
+
+  _build(url, params, token) {
+    if (params !== null && typeof params !== "object") {
+      throw new ParamError("params_error", new TypeError("params must be an object"));
+    }
+    const query = { ...(params ?? {}) };
+    const protocols = [...this.protocols];
+    if (token !== null && token !== undefined && token !== "") {
+      if (typeof token !== "string") {
+        throw new ParamError("token_error", new TypeError("the token must be a string"));
+      }
+      if (this.tokenTransport === "query") {
+        query.token = token;
+      } else if (SUBPROTOCOL.test(token)) {
+        protocols.push(`bearer.${token}`);
+      } else {
+        const reason = "the token has characters a subprotocol cannot carry (base64url is fine)";
+        throw new ParamError("token_error", new TypeError(reason));
+      }
+    }
+    try {
+      return { url: withQuery(url, query), protocols };
+    } catch (error) {
+      throw new ParamError("params_error", error);
+    }
+  }
+
   // -- the connection ------------------------------------------------------------
 
-  /** Open the connection (done by the constructor unless `connect: false`). */
+  /**
+   * Open the connection (done by the constructor unless `connect: false`).
+   * `url`, `params` and `token` are evaluated first (the functions among
+   * them called with `{reason, attempt}`: reason "connect", "reconnect", or
+   * "unauthorized" after a 4401, when a cached token must not be reused).
+   */
   connect() {
     this._stopped = false;
     this._cancelTimer();
-    if (this._socket) return;
-    const reconnecting = this.status.attempt > 0;
-    this._set({ state: reconnecting ? "reconnecting" : "connecting", nextRetryMs: null });
-    const socket = new this._WebSocket(this.url);
+    if (this._socket || this._pending) return;
+    const attempt = this.status.attempt;
+    this._set({ state: attempt > 0 ? "reconnecting" : "connecting", nextRetryMs: null });
+    const reason = this._reason ?? (attempt > 0 ? "reconnect" : "connect");
+    this._reason = null;
+    let target;
+    try {
+      target = this._target({ reason, attempt });
+    } catch (error) {
+      if (reason === "unauthorized") this._reason = reason;
+      this._failed(error);
+      return;
+    }
+    if (!isThenable(target)) {
+      this._open(target);
+      return;
+    }
+    const pending = {};
+    this._pending = pending;
+    target.then(
+      (got) => {
+        if (this._pending !== pending) return; // closed meanwhile
+        this._pending = null;
+        this._open(got);
+      },
+      (error) => {
+        if (this._pending !== pending) return;
+        this._pending = null;
+        if (reason === "unauthorized") this._reason = reason; // still, for the next one
+        this._failed(error);
+      },
+    );
+  }
+
+  /** An attempt that got no socket (its token or URL could not be had): report, back off. */
+  _failed(error) {
+    if (error instanceof ParamError && error.code === "token_error") {
+      const { message: reason, cause } = error;
+      this._authError({ stage: "connect", code: "token_error", reason, error: cause });
+    } else {
+      report(error instanceof ParamError ? error.cause : error);
+    }
+    if (this._stopped) return; // a handler closed the client
+    this._retry(this.status.closeCode, this.status.closeReason);
+  }
+
+  _open({ url, protocols }) {
+    let socket;
+    try {
+      socket = protocols.length ? new this._WebSocket(url, protocols) : new this._WebSocket(url);
+    } catch (error) {
+      this._failed(error); // a malformed URL, say
+      return;
+    }
     socket.binaryType = "arraybuffer";
     this._socket = socket;
+    this._live = false;
+    this._refreshing = null;
     socket.onopen = () => {
-      // Rooms first (the server forgot them with the old connection), then
-      // what was sent while offline, in order.
-      this._openedAt = this._now();
-      this._recovering.clear();
-      for (const room of this.rooms) socket.send(this._joinFrame(room));
-      this.queue.flush((frame) => socket.send(frame));
-      for (const pending of this._requests.values()) {
-        if (pending.sent) continue;
-        socket.send(pending.frame); // the same ref: the server may see it again
-        pending.sent = true;
-      }
-      this._set({ state: "open", closeCode: null });
-    };
-    socket.onmessage = (event) => this._dispatch(event);
-    socket.onclose = (event) => {
       if (this._socket !== socket) return;
-      this._socket = null;
-      this._presenceStale();
-      if (this._stopped || !this._shouldReconnect(event.code)) {
-        this._stopped = true;
-        this._closeRequests();
-        this._set({ state: "closed", closeCode: event.code });
+      this.protocol = socket.protocol ?? "";
+      this._seen = 0;
+      this._seenAt = this._now();
+      if (!this._confirmOpen) {
+        this._opened(socket);
         return;
       }
-      // Attempts start over only after a connection that lasted: a server
-      // that accepts and closes at once must still see the backoff grow.
-      const stable = this._openedAt !== null && this._now() - this._openedAt >= this.stableMs;
-      this._openedAt = null;
-      this._dropRequests("disconnected", `the connection dropped (${event.code})`);
-      const attempt = stable ? 0 : this.status.attempt;
-      const delay = backoffDelay(attempt, this.backoff, this._random);
-      this._schedule(delay);
-      this._set({
-        state: "reconnecting",
-        attempt: attempt + 1,
-        closeCode: event.code,
-        nextRetryMs: Math.round(delay),
-      });
+      // A server refusing in-band opens, then closes at once: what went out
+      // meanwhile would be lost. The first frame back (the ping's answer)
+      // says the connection was accepted.
+      this._ping(socket);
+      this._beatIn(this.heartbeatTimeoutMs);
     };
+    socket.onmessage = (event) => {
+      if (this._socket !== socket) return;
+      this._seen += 1;
+      this._seenAt = this._now();
+      if (!this._live) this._opened(socket);
+      this._dispatch(event);
+    };
+    socket.onclose = (event) => this._closed(socket, event.code, event.reason ?? "");
+  }
+
+  /** The connection is open and accepted: rooms, then what waited, in order. */
+  _opened(socket) {
+    // Rooms first (the server forgot them with the old connection), then
+    // what was sent while offline, in order.
+    this._live = true;
+    this._openedAt = this._now();
+    this._recovering.clear();
+    for (const room of this.rooms) this._sendJoin(room);
+    this.queue.flush((frame) => socket.send(frame));
+    for (const pending of this._requests.values()) {
+      if (pending.sent) continue;
+      socket.send(pending.frame); // the same ref: the server may see it again
+      pending.sent = true;
+    }
+    this._pingSeen = null;
+    this._cancelBeat();
+    if (this.heartbeatMs > 0) this._beatIn(this.heartbeatMs);
+    this._set({ state: "open", closeCode: null, closeReason: null });
+  }
+
+  _ping(socket) {
+    this._pingSeen = this._seen;
+    socket.send(JSON.stringify({ type: "ping", ref: this._ref() }));
+  }
+
+  _beatIn(ms) {
+    this._cancelBeat();
+    this._beatTimer = this._setTimeout(() => {
+      this._beatTimer = null;
+      this._beat();
+    }, ms);
+  }
+
+  /**
+   * The heartbeat: after `heartbeatMs` without a frame from the server, a
+   * `ping` request (the server answers it at once); nothing back within
+   * `heartbeatTimeoutMs` and the connection is dead (a network that went
+   * away says nothing, and TCP takes minutes to give up): closed, and
+   * reconnected. Any frame counts, so a busy connection sends no pings.
+   */
+  _beat() {
+    const socket = this._socket;
+    if (socket === null) return;
+    if (this._pingSeen !== null) {
+      if (this._seen === this._pingSeen) {
+        this._lost(socket, "heartbeat timeout");
+        return;
+      }
+      this._pingSeen = null;
+    }
+    if (!this._live) return; // (opened by the frame that came)
+    const idle = this._now() - this._seenAt;
+    if (idle < this.heartbeatMs) {
+      this._beatIn(this.heartbeatMs - idle);
+      return;
+    }
+    this._ping(socket);
+    this._beatIn(this.heartbeatTimeoutMs);
+  }
+
+  _cancelBeat() {
+    if (this._beatTimer !== null) {
+      this._clearTimeout(this._beatTimer);
+      this._beatTimer = null;
+    }
+  }
+
+  /** Give up on a socket that went silent: as a lost connection (1006), then closed. */
+  _lost(socket, reason) {
+    this._closed(socket, 1006, reason);
+    try {
+      socket.close(3008, reason); // 3008: "timeout" (IANA); its own onclose is ignored
+    } catch {
+      // closing a dead socket may fail: it is dropped either way
+    }
+  }
+
+  _reconnects(code) {
+    if (this._customReconnect !== null) return this._customReconnect(code);
+    // After a 4401, only a new token (or URL) may help.
+    return shouldReconnect(code) && (code !== 4401 || this._renewable);
+  }
+
+  _closed(socket, code, reason) {
+    if (this._socket !== socket) return;
+    this._socket = null;
+    this._live = false;
+    this.protocol = "";
+    this._cancelBeat();
+    this._pingSeen = null;
+    this._refreshing = null;
+    this._joinRefs.clear();
+    this._lastJoin.clear();
+    this._presenceStale();
+    const final = this._stopped || !this._reconnects(code);
+    if (final) {
+      this._stopped = true;
+      this._openedAt = null;
+      this._closeRequests();
+      this._set({ state: "closed", closeCode: code, closeReason: reason, nextRetryMs: null });
+    } else {
+      if (code === 4401) this._reason = "unauthorized";
+      this._dropRequests("disconnected", `the connection dropped (${code})`);
+      this._retry(code, reason);
+    }
+    if (code === 4401 || code === 4403) this._authError({ stage: "connect", code, reason, final });
+  }
+
+  /** Schedule the next attempt, the backoff growing unless the last connection lasted. */
+  _retry(code, reason) {
+    // Attempts start over only after a connection that lasted: a server
+    // that accepts and closes at once must still see the backoff grow.
+    const stable = this._openedAt !== null && this._now() - this._openedAt >= this.stableMs;
+    this._openedAt = null;
+    const attempt = stable ? 0 : this.status.attempt;
+    const delay = backoffDelay(attempt, this.backoff, this._random);
+    this._schedule(delay);
+    this._set({
+      state: "reconnecting",
+      attempt: attempt + 1,
+      closeCode: code,
+      closeReason: reason,
+      nextRetryMs: Math.round(delay),
+    });
   }
 
   /** Close for good (no reconnect until `connect()` is called again). */
   close(code = 1000, reason = "") {
     this._stopped = true;
+    this._pending = null; // an attempt still getting its token is dropped
     this._cancelTimer();
+    this._cancelBeat();
     const socket = this._socket;
     this._socket = null; // its late onclose is ignored; connect() may start anew
+    this._live = false;
+    this.protocol = "";
+    this._joinRefs.clear();
+    this._lastJoin.clear();
     if (socket) socket.close(code, reason);
     this._presenceStale();
     this._closeRequests();
-    this._set({ state: "closed", closeCode: code, nextRetryMs: null });
+    this._set({ state: "closed", closeCode: code, closeReason: reason, nextRetryMs: null });
   }
 
-  /** Closed for good: no request waits for a connection that will not come. */
+  /** Closed for good: no request or join waits for a connection that will not come. */
   _closeRequests() {
     for (const pending of this._requests.values()) {
       this._clearTimeout(pending.timer);
       pending.reject(new RequestError("closed", "the client was closed"));
     }
     this._requests.clear();
+    for (const room of [...this._joining.keys()]) {
+      this._rejectJoins(room, new RequestError("closed", "the client was closed"));
+    }
   }
 
   _schedule(delay) {
@@ -577,6 +1028,14 @@ export class WSClient {
       this._timer = null;
     }
   }
+}
+
+function isThenable(value) {
+  return value !== null && typeof value === "object" && typeof value.then === "function";
+}
+
+function messageOf(error) {
+  return String(error?.message ?? error);
 }
 
 const PRESENCE_FRAMES = new Set(["presence.state", "presence.diff", "presence.count", "room.left"]);
@@ -847,7 +1306,12 @@ function safely(fn, ...args) {
   try {
     fn(...args);
   } catch (error) {
-    if (typeof globalThis.reportError === "function") globalThis.reportError(error);
-    else console.error(error);
+    report(error);
   }
+}
+
+/** Report an error the app did not catch, as the browser reports uncaught ones. */
+function report(error) {
+  if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+  else console.error(error);
 }

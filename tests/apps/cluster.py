@@ -88,6 +88,8 @@ async def do(conn: Connection, msg: Envelope) -> None:
         await ws.publish(args["room"], "room", args["data"])
     elif op == "disconnect":
         await ws.disconnect(args["to"], 4000, "kicked")
+    elif op == "disconnect_user":
+        await ws.disconnect_user(args["user"], 4401, "logged out")
     elif op == "members":
         result = sorted(m.id for m in await ws.members(args["room"]))
     elif op == "count":

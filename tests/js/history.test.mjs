@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { WSClient } from "../../sanic_ws_ext/static/client.js";
-import { FakeSocket } from "./fake-socket.mjs";
+import { FakeSocket, unref } from "./fake-socket.mjs";
 
 function client() {
   FakeSocket.made = [];
@@ -31,7 +31,7 @@ function joined(socket, data) {
   socket.receiveEnvelope("room.joined", data);
 }
 
-const sentFrames = (socket) => socket.sent.map((f) => JSON.parse(f));
+const sentFrames = (socket) => socket.sent.map(unref);
 
 test("join resolves to room.joined and the position is remembered", async () => {
   const { ws, socket } = client();

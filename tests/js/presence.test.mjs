@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { PresenceStore, WSClient } from "../../sanic_ws_ext/static/client.js";
-import { FakeSocket } from "./fake-socket.mjs";
+import { FakeSocket, unref } from "./fake-socket.mjs";
 
 /** A client on a FakeSocket, already open; reconnects run when `fire()` is called. */
 function client() {
@@ -191,7 +191,7 @@ test("a lost connection: the view stays, marked stale, until the next state repl
 
   fire();
   server().open();
-  assert.deepEqual(JSON.parse(server().sent[0]), { type: "room.join", data: { room: "lobby" } });
+  assert.deepEqual(unref(server().sent[0]), { type: "room.join", data: { room: "lobby" } });
   // A diff before the new state waits for it; none is applied to the stale view.
   server().receiveEnvelope(...diff("lobby", { dan: [{ ref: "d1" }] }));
   assert.deepEqual(keys(lobby), ["ann", "bob"]);

@@ -22,6 +22,7 @@ function client(options = {}) {
       return next;
     },
     clearTimeout: (id) => timers.delete(id),
+    heartbeatMs: 0, // its timer would stand among the requests' (heartbeat.test.mjs)
     ...options,
   });
   /** Fire the pending timer set for `ms` (a request's timeout, a reconnect). */
