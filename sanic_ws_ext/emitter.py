@@ -15,6 +15,9 @@ Nothing here needs Sanic to run::
 
 Use the workers' ``WS_REDIS_CHANNEL`` as ``channel``.
 
+The calls are the manager's: ``broadcast``, ``send``, ``publish`` (a room),
+``send_user``, ``disconnect``, ``disconnect_user``, ``join``, ``leave``.
+
 Guarantees (docs/topics/delivery.md): each receiving process applies an
 emitter's ops in the order sent (per channel; across channels too on one
 Redis), at most once: every message carries the emitter's name
@@ -57,6 +60,7 @@ from .delivery.redislink import IO_TIMEOUT
 from .delivery.wire import encode_op, frame_record, pack_message
 from .envelope import message_body
 from .errors import CloseCode, EmitFailed, PublishTooLarge
+from .manager import check_close
 from .wire import send_key
 
 __all__ = ["Emitter", "SyncEmitter"]
@@ -108,18 +112,13 @@ def _target(name: str, value: Any) -> str:
     return value
 
 
-def _disconnect_op(conn_id: str, code: int, reason: str, origin: str) -> Op:
-    if not isinstance(code, int) or not 1000 <= code <= 4999:
-        raise ValueError(f"code must be a close code (1000-4999), got {code!r}")
-    if not isinstance(reason, str) or len(reason.encode()) > 123:
-        raise ValueError("reason must be a str of at most 123 bytes")
-    return Op(
-        OpKind.DISCONNECT,
-        target=_target("conn_id", conn_id),
-        code=code,
-        reason=reason,
-        origin=origin,
-    )
+def _disconnect_op(
+    kind: OpKind, name: str, target: str, code: int, reason: str, origin: str
+) -> Op:
+    """DISCONNECT (a connection) or USER_DISCONNECT (every one of a user)."""
+    target = _target(name, target)
+    check_close(code, reason)
+    return Op(kind, target=target, code=code, reason=reason, origin=origin)
 
 
 def _membership_op(kind: OpKind, conn_id: str, room: str, origin: str) -> Op:
@@ -326,7 +325,19 @@ class Emitter:
         self, conn_id: str, code: int = CloseCode.NORMAL, reason: str = ""
     ) -> None:
         """Close one connection, after what it was already sent."""
-        await self._deliver(_disconnect_op(conn_id, code, reason, self.name))
+        op = _disconnect_op(
+            OpKind.DISCONNECT, "conn_id", conn_id, code, reason, self.name
+        )
+        await self._deliver(op)
+
+    async def disconnect_user(
+        self, user: str, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> None:
+        """Close every connection of ``user`` (logout everywhere)."""
+        op = _disconnect_op(
+            OpKind.USER_DISCONNECT, "user", user, code, reason, self.name
+        )
+        await self._deliver(op)
 
     async def join(self, conn_id: str, room: str) -> None:
         """Put a connection into ``room`` (returns at once, not once joined)."""
@@ -474,7 +485,19 @@ class SyncEmitter:
         self, conn_id: str, code: int = CloseCode.NORMAL, reason: str = ""
     ) -> None:
         """Close one connection, after what it was already sent."""
-        self._publish("disconnect", _disconnect_op(conn_id, code, reason, self.name))
+        op = _disconnect_op(
+            OpKind.DISCONNECT, "conn_id", conn_id, code, reason, self.name
+        )
+        self._publish("disconnect", op)
+
+    def disconnect_user(
+        self, user: str, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> None:
+        """Close every connection of ``user`` (logout everywhere)."""
+        op = _disconnect_op(
+            OpKind.USER_DISCONNECT, "user", user, code, reason, self.name
+        )
+        self._publish("disconnect_user", op)
 
     def join(self, conn_id: str, room: str) -> None:
         """Put a connection into ``room``."""

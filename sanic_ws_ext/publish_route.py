@@ -45,6 +45,7 @@ _OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "publish": (("room",), (*_SEND, "exclude")),
     "send_user": (("user",), (*_SEND, "exclude")),
     "disconnect": (("conn_id",), ("code", "reason")),
+    "disconnect_user": (("user",), ("code", "reason")),
     "join": (("conn_id", "room"), ()),
     "leave": (("conn_id", "room"), ()),
 }
@@ -162,11 +163,9 @@ async def _apply(manager: ConnectionManager, call: dict[str, Any]) -> Any:
     args = dict(call)
     op = args.pop("op")
     method: Callable[..., Awaitable[Any]] = getattr(manager, op)
-    if op == "disconnect":
-        return await method(args.pop("conn_id"), **args)
-    if op in ("join", "leave"):
-        return await method(args["conn_id"], args["room"])
     positional = [args.pop(name) for name in _OPS[op][0]]  # the target, if any
+    if op in ("disconnect", "disconnect_user", "join", "leave"):
+        return await method(*positional, **args)
     result = await method(*positional, args.pop("type", None), **args)
     if result is not None:  # a Position
         return result.as_dict()

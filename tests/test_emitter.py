@@ -153,6 +153,10 @@ async def test_every_send_of_an_emitter_arrives_once_in_order(kind: str) -> None
         assert not [
             m for m in members[0].ws._skipped if getattr(m, "type", "") == "e.room"
         ]
+        await em.run([("disconnect_user", ["bob"], {"code": 4003, "reason": "out"})])
+        assert await bob.ws.wait_closed() == (4003, "out")
+        two.clients.remove(bob)
+        everyone.remove(bob)
         # Never a member of the cluster; nothing missed or doubled anywhere.
         for node in (one, two):
             for client in node.clients[:2]:

@@ -69,7 +69,8 @@ def test_exceptions_share_one_root() -> None:
 
 @pytest.mark.parametrize("emitter", [sanic_ws_ext.Emitter, sanic_ws_ext.SyncEmitter])
 def test_emitters_take_the_managers_arguments(emitter: type) -> None:
-    for name in ("send", "broadcast", "publish", "send_user", "disconnect", "join"):
+    calls = ("send", "broadcast", "publish", "send_user", "disconnect", "join")
+    for name in (*calls, "leave", "disconnect_user"):
         ours = inspect.signature(getattr(emitter, name)).parameters
         theirs = inspect.signature(getattr(ConnectionManager, name)).parameters
         assert [(p.name, p.kind, p.default) for p in ours.values()] == [

@@ -128,3 +128,6 @@ async def test_every_call_across_four_workers() -> None:
         await post(op="disconnect", conn_id=far.id, code=4002, reason="http")
         assert await far.ws.wait_closed(units(10)) == (4002, "http")
         c.clients.remove(far)
+        await post(op="disconnect_user", user="bob", code=4003, reason="out")
+        assert await bob.ws.wait_closed(units(10)) == (4003, "out")
+        c.clients.remove(bob)
