@@ -323,6 +323,12 @@ async def test_an_emitter_over_a_redis_cluster(make_app: AppFactory) -> None:
         channel = a.app.config.WS_REDIS_CHANNEL
         async with Emitter(cluster.url, channel=channel) as em:
             assert em.status()["shards"] == 3
+            # Publishers only: the anchor counts the two nodes' subscribers
+            # on each of the three masters, not the emitter.
+            link = em._backplane.link
+            assert link is not None
+            anchor = f"{channel}:link"
+            assert (await link.numsub([anchor]))[anchor] == 2 * 3
             for i in range(50):
                 await em.broadcast("e", i)
             await em.publish("lobby", "e.room", "news")

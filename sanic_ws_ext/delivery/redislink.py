@@ -37,7 +37,8 @@ Channels on a cluster:
 
 Faults on a cluster: the link holds a subscriber connection to every master
 (each subscribed at least to a plain channel nobody publishes to, so a dead
-master is seen at once as a closed socket) and pings each every beat; a
+master is seen at once as a closed socket; a sender only, an emitter, holds
+publishers only) and pings each every beat; a
 connection silent for the deafness bound, an error, a ``MOVED`` or
 ``CLUSTERDOWN`` reply, or a ``sunsubscribe`` we did not ask for (Redis sends
 one when a shard channel's slot moves away) fails the whole link. The next
@@ -397,8 +398,17 @@ class ClusterLink:
                 with contextlib.suppress(Exception):
                     await pool.pop(node).aclose(close_connection_pool=True)
 
-    async def _open(self, node: Node) -> None:
-        """The subscriber and the publisher on master ``node``."""
+    async def _open(self, node: Node, subscriber: bool) -> None:
+        """The subscriber (unless a sender only) and the publisher on ``node``."""
+        if subscriber:
+            await self._open_subscriber(node)
+        if self._raw:
+            pub: AnyPublisher = await Publisher.open(self.url, node, self._room_prefix)
+        else:
+            pub = await PyPublisher.open(self._pub(node), self._room_prefix)
+        self._publishers[node] = pub
+
+    async def _open_subscriber(self, node: Node) -> None:
         hooks = Hooks(
             node,
             self._message,
@@ -415,11 +425,6 @@ class ClusterLink:
                 hooks,
             )
         self._subscribers[node] = sub
-        if self._raw:
-            pub: AnyPublisher = await Publisher.open(self.url, node, self._room_prefix)
-        else:
-            pub = await PyPublisher.open(self._pub(node), self._room_prefix)
-        self._publishers[node] = pub
 
     async def connect(self, rooms: Sequence[str], plain: Sequence[str]) -> None:
         loop = asyncio.get_running_loop()
@@ -437,11 +442,14 @@ class ClusterLink:
         for channel in rooms:
             placed[topology.owner(channel)].append(channel)
         try:
+            sender = not plain and not rooms  # an emitter: publishers only
 
             async def first(node: Node) -> None:
+                await self._open(node, not sender)
+                if sender:
+                    return
                 # Every master gets a plain channel nobody publishes to, so
                 # its connection is subscribed (read, pinged) even without rooms.
-                await self._open(node)
                 sub = self._subscribers[node]
                 sub.send("SUBSCRIBE", self._anchor)
                 for group in _by_slot(placed[node]):
@@ -479,6 +487,12 @@ class ClusterLink:
         """Until a master's subscriber fails (or a command did): raise that."""
         assert self._broken is not None
         waits = [sub.failed for sub in self._subscribers.values()]
+        # A sender only has no subscriber: its own publishers' failures.
+        waits += [
+            pub.failed
+            for pub in self._publishers.values()
+            if isinstance(pub, Publisher)
+        ]
         waits.append(self._broken)
         try:
             # asyncio.wait never cancels what it waits on.
