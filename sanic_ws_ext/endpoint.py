@@ -22,6 +22,10 @@ from sanic import Request
 from sanic.response import HTTPResponse, text
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeaderValue
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.http11 import Request as HandshakeRequest
 from websockets.server import ServerProtocol
 
@@ -77,6 +81,26 @@ _HANDSHAKE_HEADERS = frozenset(
         "sec-websocket-protocol",
     }
 )
+
+#: permessage-deflate as WS_COMPRESSION offers it: no context takeover
+#: either way, asked of clients even when they did not offer it (RFC 7692,
+#: 7.1.1), so a broadcast is compressed once for all receivers and an idle
+#: connection holds no zlib state. A client that asks for a smaller window
+#: for the server's frames gets it (frames are compressed once per size).
+_COMPRESSION = [
+    ServerPerMessageDeflateFactory(
+        server_no_context_takeover=True, client_no_context_takeover=True
+    )
+]
+
+
+def _deflate_bits(proto: ServerProtocol) -> int:
+    """The window of the server's frames if permessage-deflate was agreed, else 0."""
+    for extension in proto.extensions:
+        if isinstance(extension, PerMessageDeflate):
+            return int(extension.local_max_window_bits)
+    return 0
+
 
 #: Retry-After (seconds) when connections are full: they free up only as
 #: others close, so there is no better estimate; this spreads the retries.
@@ -207,7 +231,10 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     # Sanic already parsed the request: websockets checks it and makes the
     # response (only for the handshake: the Wire reads the frames), and we
     # serialize it ourselves.
-    proto = ServerProtocol(logger=_wire_log)
+    proto = ServerProtocol(
+        logger=_wire_log,
+        extensions=_COMPRESSION if config.compression else None,
+    )
     # Only the handshake's own headers: websockets refuses any header value
     # past Latin-1 (a browser's raw UTF-8 cookie, say), and its error would
     # carry that value, cookies included, into the error log.
@@ -257,6 +284,9 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
             if (value := request.headers.get(name)) is not None
         },
     )
+    deflate_bits = _deflate_bits(proto)
+    if deflate_bits:
+        conn.wire.enable_deflate(deflate_bits)
     transport.resume_reading()
     if leftover:
         cast(asyncio.Protocol, transport.get_protocol()).data_received(leftover)

@@ -53,6 +53,7 @@ from .applier import Applier
 from .cluster import Membership
 from .config import WSConfig
 from .connection import Connection
+from .deflate import Deflater
 from .delivery import Delivery, LinkState, Op, OpKind
 from .dispatch import CLOSED, OPENED, Dispatcher, cancel_tasks
 from .envelope import message_body
@@ -219,6 +220,10 @@ class ConnectionManager:
         self._loop = loop
         self.clock = loop.time
         self._flusher = Flusher(loop)
+        if self.config.compression:
+            self._flusher.deflater = Deflater(
+                self.config.compression_level, self.config.compression_min
+            )
         self.dispatcher.start(loop)
         self._requests.start(loop)
         self.membership.start(loop)
