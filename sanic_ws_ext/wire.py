@@ -495,7 +495,10 @@ class Wire(asyncio.Protocol):
     def _deflated(self, frame: bytes) -> bytes:
         deflater = self._flusher.deflater
         assert deflater is not None
-        return deflater.frame(frame, self.deflate_bits)
+        out = deflater.frame(frame, self.deflate_bits)
+        if out is not frame:
+            self._host.counters.compressed_out += 1
+        return out
 
     def send_ping(self) -> bool:
         """Queue the heartbeat's ping (a control frame: not a message)."""
@@ -801,6 +804,7 @@ class Wire(asyncio.Protocol):
                     )
                 elif fin:
                     if compressed:
+                        self._host.counters.compressed_in += 1
                         try:
                             payload = Inflater(config.max_message_size).feed(
                                 payload, True
@@ -812,6 +816,7 @@ class Wire(asyncio.Protocol):
                 else:
                     self._fragments = PartialMessage(text)
                     if compressed:
+                        self._host.counters.compressed_in += 1
                         self._inflater = Inflater(config.max_message_size)
                     self._fragment(payload, fin)
             elif opcode == OP_CONT:

@@ -11,6 +11,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -296,3 +297,80 @@ async def test_compression_is_off_unless_asked_for(make_app: AppFactory) -> None
         )
         assert "sec-websocket-extensions" not in head
         writer.transport.abort()
+
+
+async def test_node_ws_and_websockets_clients_with_and_without_compression(
+    make_app: AppFactory,
+) -> None:
+    """Clients as people run them: Node's ws and Python's websockets, each with
+    compression on and off, against one compressing server."""
+    app, _ = compressing_app(make_app)
+    script = Path(__file__).parent / "interop" / "ws_deflate_client.mjs"
+    async with serve(app) as server:
+        for mode in ("on", "off"):
+            node = await asyncio.create_subprocess_exec(
+                "node", str(script), server.ws_url(), mode,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(node.communicate(), units(30))
+            assert node.returncode == 0, err.decode()
+            result = json.loads(out)
+            assert result["echoed"] is True
+            assert ("permessage-deflate" in result["extensions"]) == (mode == "on")
+        for compression in ("deflate", None):
+            async with websockets.connect(
+                server.ws_url(), compression=compression
+            ) as ws:
+                await ws.send(json.dumps({"type": "echo", "data": BIG}))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), units(5)))
+                assert reply["data"] == BIG
+        counters = app.ctx.ws.counters
+        # Node's ws and websockets compressed theirs; ours went back compressed.
+        assert counters.compressed_in >= 2 and counters.compressed_out >= 2
+
+
+async def test_chromium_negotiates_and_reads_compressed_broadcasts(
+    make_app: AppFactory,
+) -> None:
+    from sanic import html
+
+    from .test_browser import chromium
+
+    app, _ = compressing_app(make_app)
+
+    @app.get("/")
+    async def blank(request: Any) -> Any:
+        return html("<!doctype html><title>deflate</title>")
+
+    async with serve(app) as server, chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(server.url("/"))
+        before = app.ctx.ws.counters.compressed_out
+        result = await page.evaluate(
+            """async (big) => {
+                const ws = new WebSocket(location.origin.replace("http", "ws") + "/ws");
+                const got = [];
+                await new Promise((resolve, reject) => {
+                    ws.onopen = resolve;
+                    ws.onerror = reject;
+                });
+                const done = new Promise((resolve) => {
+                    ws.onmessage = (event) => {
+                        const message = JSON.parse(event.data);
+                        if (message.type === "shout") got.push(message.data);
+                        if (got.length === 2) resolve();
+                    };
+                });
+                ws.send(JSON.stringify({ type: "shout", data: big }));
+                ws.send(JSON.stringify({ type: "shout", data: { small: 1 } }));
+                await done;
+                ws.close();
+                return { extensions: ws.extensions, got };
+            }""",
+            BIG,
+        )
+    assert "permessage-deflate" in result["extensions"]
+    assert result["got"] == [BIG, {"small": 1}]
+    counters = app.ctx.ws.counters
+    assert counters.compressed_in >= 1  # Chromium compresses what it sends
+    assert counters.compressed_out - before == 1  # the big one; the small went plain
