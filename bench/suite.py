@@ -18,7 +18,10 @@ over a Redis Cluster, interest routing against the single channel of
 5b7bee7), and history rooms (``bench/history.py``: publications per second
 against a plain room, 1,000 clients recovering at once, memory per kept
 publication), and request and reply (``bench/requests.py``: round trips
-against python-socketio's acks). Cluster scale (``bench/scale.py``: minutes
+against python-socketio's acks), and permessage-deflate
+(``bench/compression.py``: 1 KB chat messages, bytes on the wire, fan-out,
+chat and idle memory with compression on and off, ours and Node ws). Cluster
+scale (``bench/scale.py``: minutes
 at full size) runs on its own; ``--smoke`` includes it. Needs ``npm install
 --prefix bench`` (Node ``ws``) and ``pip install -e '.[bench]'`` (socketify,
 python-socketio, uvicorn).
@@ -130,6 +133,9 @@ def main() -> None:
         tiny_requests = ["--servers", "ours", "--rounds", "1", "--duration", "0.5",
                          "--clients", "5"]  # fmt: skip
         section("Request and reply (smoke)", script("requests.py", *tiny_requests))
+        # Exits non-zero if a message was lost, or a 1 KB message went
+        # uncompressed with the extension on, or did not get smaller.
+        section("Compression (smoke)", script("compression.py", "--smoke"))
         lost = [run for run in checked if run["received"] != run["expected"]]
         if not passed:  # a chat run that lost a message (or was late) fails
             lost.append({"chat": "ours failed 5 msg/s per client"})
@@ -169,6 +175,7 @@ def main() -> None:
     )
     section("History rooms", script("history.py", "--rounds", str(rounds)))
     section("Request and reply", script("requests.py", "--rounds", str(rounds)))
+    section("Compression", script("compression.py", "--rounds", str(rounds)))
     text = "\n".join(report)
     print(text)
     if args.out:
