@@ -25,7 +25,7 @@ def body(size: int, seed: int) -> str:
     x = (seed * 2654435761 + 1) & _M or 1
     out: list[str] = []
     length = 0
-    while length < size:  # bounded: every word adds at least 2
+    while length <= size:  # bounded: every word adds at least 2
         x ^= (x << 13) & _M
         x ^= x >> 17
         x ^= (x << 5) & _M

@@ -11,7 +11,7 @@ export function body(size, seed) {
   let x = (Math.imul(seed, 2654435761 | 0) + 1) >>> 0 || 1;
   const out = [];
   let n = 0;
-  while (n < size) {
+  while (n <= size) {
     x = (x ^ (x << 13)) >>> 0;
     x = (x ^ (x >>> 17)) >>> 0;
     x = (x ^ (x << 5)) >>> 0;
