@@ -80,7 +80,7 @@ def versus(
     if off not in values or not values[off] or not values[server]:
         return "-"
     pairs = zip(values[server], values[off], strict=True)
-    ratios = [b / a if invert else a / b for a, b in pairs if (a if invert else b)]
+    ratios = [b / a if invert else a / b for a, b in pairs if a and b]
     return fmt(ratios, digits) if ratios else "-"  # CPU reads 0 on a tiny run
 
 
