@@ -21,7 +21,9 @@ over a Redis Cluster, interest routing against the single channel of
 against a plain room, 1,000 clients recovering at once, memory per kept
 publication), and request and reply (``bench/requests.py``: round trips
 against python-socketio's acks, on one worker and across two, and the
-request client's ceiling). Cluster scale (``bench/scale.py``: minutes
+request client's ceiling), and permessage-deflate (``bench/compression.py``:
+1 KB chat messages, bytes on the wire, fan-out, chat and idle memory with
+compression on and off, ours and Node ws). Cluster scale (``bench/scale.py``: minutes
 at full size) runs on its own; ``--smoke`` includes it. Needs ``npm install
 --prefix bench`` (Node ``ws``) and ``pip install -e '.[bench]'`` (socketify,
 python-socketio, uvicorn).
@@ -140,6 +142,9 @@ def main() -> None:
                          "--rounds", "1", "--duration", "0.5",
                          "--clients", "5"]  # fmt: skip
         section("Request and reply (smoke)", script("requests.py", *tiny_requests))
+        # Exits non-zero if a message was lost, or a 1 KB message went
+        # uncompressed with the extension on, or did not get smaller.
+        section("Compression (smoke)", script("compression.py", "--smoke"))
         lost: list[Any] = [r for r in checked if r["received"] != r["expected"]]
         lost += flood_failed
         if not passed:  # a chat run that lost a message (or was late) fails
@@ -184,6 +189,7 @@ def main() -> None:
     )
     section("History rooms", script("history.py", "--rounds", str(rounds)))
     section("Request and reply", script("requests.py", "--rounds", str(rounds)))
+    section("Compression", script("compression.py", "--rounds", str(rounds)))
     text = "\n".join(report)
     print(text)
     if args.out:
