@@ -945,7 +945,7 @@ def fan_out(
     """
     queued = 0
     size = len(frame)
-    if volatile or key is not None or flusher.deflating:
+    if volatile or key is not None:
         # Not the hot path: each receiver decides (Wire.offer), and gets
         # the frame compressed if it negotiated it (once for all of them).
         for wire in wires:
@@ -957,23 +957,38 @@ def fan_out(
     is_open = ConnectionState.OPEN
     # Past half of the limit, the sender is told to pace (Flusher.pace).
     soft = limit >> 1 if limit is not None else 0
+    # With permessage-deflate on some wire of this process: the frame is
+    # compressed once (per window size, by the Deflater), before the loop
+    # needs it; each wire that agreed to it gets the compressed bytes.
+    deflater = flusher.deflater if flusher.deflating else None
+    compressed = 0
+    host: WireHost | None = None
     for wire in wires:
         if wire.state is not is_open or (exclude and wire.conn.id in exclude):
             continue
+        out, out_size = frame, size
+        if deflater is not None and wire.deflate_bits:
+            out = deflater.frame(frame, wire.deflate_bits)
+            if out is not frame:
+                out_size = len(out)
+                compressed += 1
+                host = wire._host
         pending_bytes = wire._pending_bytes
         if limit is not None and pending_bytes + wire._written > soft:
             flusher.behind = True
             if pending_bytes + wire._written > limit:
-                queued += wire._enqueue(frame)
+                queued += wire._enqueue(out)
                 continue
         pending = wire._pending
         if pending is None:
             flusher.mark(wire)
-            wire._pending = [frame]
+            wire._pending = [out]
         else:
-            pending.append(frame)
-        wire._pending_bytes = pending_bytes + size
+            pending.append(out)
+        wire._pending_bytes = pending_bytes + out_size
         queued += 1
+    if host is not None:
+        host.counters.compressed_out += compressed
     if account:
         flusher.account(size * queued)
     return queued
