@@ -200,8 +200,13 @@ def run(
     """Every table; each fan-out run and each passing chat run go to ``into``."""
     with body(size):
         runs = fanout_runs(clients, messages, rounds, servers)
-        chats = chat_table(chat_clients, rates, refine, duration, rounds, servers, into)
-        idle = memory_table(memory_clients, rounds, [s for s in servers if "ours" in s])
+        chats = (
+            chat_table(chat_clients, rates, refine, duration, rounds, servers, into)
+            if chat_clients
+            else []
+        )
+        ours = [s for s in servers if "ours" in s]
+        idle = memory_table(memory_clients, rounds, ours) if memory_clients else []
     if into is not None:
         into += [
             {"server": s, **x} for c in runs.values() for s, v in c.items() for x in v
@@ -218,16 +223,15 @@ def run(
     for c in clients:
         k = max(1, messages // c)
         out += ["", f"Fan-out, C = {c} clients, K = {k}:", "", *fanout_table(runs[c])]
-    out += [
-        "",
-        f"Chat, {chat_clients} clients, {duration:g} s per rate, p99 <= 100 ms:",
-        "",
-        *chats,
-        "",
-        f"Idle memory, {memory_clients:,} connections:",
-        "",
-        *idle,
-    ]
+    if chat_clients:  # 0: skipped
+        out += [
+            "",
+            f"Chat, {chat_clients} clients, {duration:g} s per rate, p99 <= 100 ms:",
+            "",
+            *chats,
+        ]
+    if memory_clients:  # 0: skipped
+        out += ["", f"Idle memory, {memory_clients:,} connections:", "", *idle]
     return out
 
 
