@@ -9,6 +9,9 @@
 //   bench/build/loadclient --url ws://127.0.0.1:8000/ws --clients 1000 --k 200
 //
 // See bench/loadclient.mjs for what each option means. Loopback (IPv4) only.
+// --deflate 1 offers permessage-deflate and inflates (zlib, hence -lz) each
+// frame with RSV1 set on its own: the servers must agree to no context
+// takeover (the upgrade is refused otherwise).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +26,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define READ_CHUNK (256 * 1024)
 #define STDIN_TAG UINT32_MAX
@@ -64,6 +68,20 @@ static double *lat;
 static long lat_cap, sampled;
 static int sync_mode, done_said;
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static int deflate_on;     // --deflate 1: offer permessage-deflate
+static z_stream inflater;  // one for all: each message inflated on its own
+static char *inflated;     // a message's inflated text
+static size_t inflated_cap;
+static long wire_bytes;    // bytes read off the sockets in the burst
+static long compressed;    // frames of the burst that came compressed
+// Messages inflated lately, by the crc32 of their compressed bytes.
+#define SEEN_SLOTS 4096
+typedef struct {
+  char *z, *text;
+  size_t z_len, z_cap, text_len, text_cap;
+} Seen;
+static Seen seen[SEEN_SLOTS];
+static const char *body_text;  // --body: chat-like text carried by chat messages
 
 static double now_ms(void) {  // epoch ms, as the servers stamp "t"
   struct timespec ts;
@@ -149,9 +167,9 @@ static void send_bytes(Conn *c, const char *data, size_t len) {
 
 // A client frame: masked, as RFC 6455 requires of clients.
 static void send_frame(Conn *c, int opcode, const char *payload, size_t len) {
-  char frame[16 + 4096];
+  char frame[16 + 16384];
   size_t head = 2;
-  if (len > 4096) return;  // our frames are all small
+  if (len > 16384) return;  // our frames are all small (a 1 KB body at most)
   frame[0] = (char)(0x80 | opcode);
   if (len < 126) {
     frame[1] = (char)(0x80 | len);
@@ -172,7 +190,7 @@ static void send_frame(Conn *c, int opcode, const char *payload, size_t len) {
 
 // One event in the server's framing: our envelope or a Socket.IO event.
 static void send_event(Conn *c, const char *type, const char *data) {
-  char text[512];
+  char text[16384];
   int n = socketio ? snprintf(text, sizeof text, "42[\"%s\",%s]", type, data)
                    : snprintf(text, sizeof text, "{\"type\":\"%s\",\"data\":%s}", type, data);
   send_frame(c, 1, text, (size_t)n);
@@ -205,7 +223,59 @@ static void on_message(const char *p, size_t len, double at) {
   if (parse_t(p, p + len, &t) && sampled < lat_cap) lat[sampled++] = at - t;
 }
 
-static void on_frame(Conn *c, int opcode, const char *p, size_t len, double at) {
+// A compressed message (RFC 7692): raw deflate without its 00 00 ff ff tail.
+// The inflater is reset first: the server keeps no context between messages.
+static int inflate_message(const char *p, size_t len, const char **out, size_t *out_len) {
+  static const unsigned char tail[4] = {0, 0, 0xff, 0xff};
+  if (inflateReset(&inflater) != Z_OK) return 0;
+  size_t have = 0;
+  for (int part = 0; part < 2; part++) {
+    inflater.next_in = part ? (Bytef *)tail : (Bytef *)p;
+    inflater.avail_in = part ? 4 : (uInt)len;
+    for (int rounds = 0; inflater.avail_in > 0 && rounds < 64; rounds++) {
+      inflated = grow(inflated, &inflated_cap, have + 4 * len + 4096);
+      inflater.next_out = (Bytef *)inflated + have;
+      inflater.avail_out = (uInt)(inflated_cap - have);
+      int rc = inflate(&inflater, Z_SYNC_FLUSH);
+      have = (size_t)((char *)inflater.next_out - inflated);
+      if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) return 0;
+    }
+    if (inflater.avail_in) return 0;
+  }
+  *out = inflated;
+  *out_len = have;
+  return 1;
+}
+
+// The connections stand for as many machines, each inflating its own copy.
+// Bytes inflated lately (a broadcast: a server sends the same compressed
+// bytes to all) are looked up instead: one client inflating for 1000
+// receivers would be the limit, not the server that compressed once.
+static void on_frame(Conn *c, int opcode, int rsv1, const char *p, size_t len, double at) {
+  if (rsv1) {
+    if (!deflate_on) {
+      fputs("loadclient: a compressed frame without --deflate\n", stderr);
+      exit(2);
+    }
+    Seen *s = &seen[crc32(0, (const Bytef *)p, (uInt)len) % SEEN_SLOTS];
+    if (!(s->z && len == s->z_len && memcmp(p, s->z, len) == 0)) {
+      const char *text;
+      size_t text_len;
+      if (!inflate_message(p, len, &text, &text_len)) {
+        fputs("loadclient: a compressed frame zlib could not inflate\n", stderr);
+        exit(2);
+      }
+      s->z = grow(s->z, &s->z_cap, len ? len : 1);
+      memcpy(s->z, p, len);
+      s->z_len = len;
+      s->text = grow(s->text, &s->text_cap, text_len ? text_len : 1);
+      memcpy(s->text, text, text_len);
+      s->text_len = text_len;
+    }
+    p = s->text;
+    len = s->text_len;
+    compressed++;
+  }
   if (opcode == 9) {  // ping: pong with the same payload
     send_frame(c, 10, p, len);
     return;
@@ -234,6 +304,14 @@ static size_t parse(Conn *c, const char *buf, size_t len, double at) {
       fprintf(stderr, "loadclient: no upgrade: %.*s\n", (int)(end - buf), buf);
       exit(2);
     }
+    if (deflate_on) {  // we inflate each message on its own: say so or stop
+      const char *ext = memmem(buf, (size_t)(end - buf), "server_no_context_takeover", 26);
+      if (!ext) {
+        fprintf(stderr, "loadclient: no server_no_context_takeover: %.*s\n", (int)(end - buf),
+                buf);
+        exit(2);
+      }
+    }
     c->state = OPEN;
     if (!socketio) c->ready = 1;
     pos = (size_t)(end - buf) + 4;
@@ -255,7 +333,7 @@ static size_t parse(Conn *c, const char *buf, size_t len, double at) {
     }
     if (b[pos + 1] & 0x80) head += 4;  // servers do not mask; skip a key if one does
     if (len - pos < head + plen) break;
-    on_frame(c, opcode, buf + pos + head, (size_t)plen, at);
+    on_frame(c, opcode, b[pos] & 0x40, buf + pos + head, (size_t)plen, at);
     pos += head + (size_t)plen;
   }
   return pos;
@@ -273,6 +351,7 @@ static void on_readable(Conn *c) {
     return;
   }
   double at = now_ms();  // once per chunk, as the Node client does
+  wire_bytes += n;
   size_t len = have + (size_t)n;
   size_t pos = parse(c, rbuf, len, at);
   c->carry_len = len - pos;
@@ -300,8 +379,11 @@ static void on_writable(Conn *c) {
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %016llxAAAAAA==\r\n"
-                     "Sec-WebSocket-Version: 13\r\nOrigin: http://%s\r\n\r\n",
-                     u->path, u->host, (unsigned long long)rng, u->host);
+                     "Sec-WebSocket-Version: 13\r\nOrigin: http://%s\r\n%s\r\n",
+                     u->path, u->host, (unsigned long long)rng, u->host,
+                     deflate_on ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                  "client_max_window_bits\r\n"
+                                : "");
     c->state = HANDSHAKE;
     c->want_out = 1;  // so that flush_out sets the events to read only
     send_bytes(c, req, (size_t)n);
@@ -458,6 +540,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "duration")) duration = atof(v);
     else if (!strcmp(a, "hold")) hold = 1;
     else if (!strcmp(a, "sync")) sync_mode = 1;
+    else if (!strcmp(a, "deflate")) deflate_on = atoi(v) != 0;
+    else if (!strcmp(a, "body")) body_text = v;
   }
   char *list = strdup(url_arg);
   for (char *save, *tok = strtok_r(list, ",", &save); tok && n_urls < 64;
@@ -469,6 +553,7 @@ int main(int argc, char **argv) {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
   }
+  if (deflate_on && inflateInit2(&inflater, -15) != Z_OK) die("inflateInit2");
   ep = epoll_create1(0);
   if (ep < 0) die("epoll_create1");
   n_conns = (unsigned)(clients + stalled);
@@ -493,7 +578,7 @@ int main(int argc, char **argv) {
     // Chat: every client sends `rate` messages/s for `duration` s, on a
     // 10 ms tick that catches up with the clock, as the Node client does.
     serve(now_ms() + 200, NULL);
-    received = sampled = skip_count = 0;
+    received = sampled = skip_count = wire_bytes = compressed = 0;
     wait_go();
     double cpu0 = cpu_ms();
     double started = now_ms();
@@ -502,8 +587,11 @@ int main(int argc, char **argv) {
       long due = (long)(rate * clients * (now_ms() - started) / 1000);
       if (due > total) due = total;
       while (sent < due) {
-        char data[64];
-        snprintf(data, sizeof data, "{\"t\":%.3f}", now_ms());
+        char data[8192];
+        if (body_text)
+          snprintf(data, sizeof data, "{\"t\":%.3f,\"body\":\"%s\"}", now_ms(), body_text);
+        else
+          snprintf(data, sizeof data, "{\"t\":%.3f}", now_ms());
         send_event(&conns[sent % clients], "chat", data);
         sent++;
       }
@@ -520,15 +608,17 @@ int main(int argc, char **argv) {
     pct(p50, sizeof p50, 0.5);
     pct(p99, sizeof p99, 0.99);
     printf("{\"clients\":%ld,\"rate\":%g,\"sent\":%ld,\"sendSeconds\":%.6f,\"received\":%ld,"
-           "\"expected\":%ld,\"p50_ms\":%s,\"p99_ms\":%s,\"client_cpu_ms\":%.1f}\n",
-           clients, rate, sent, send_seconds, received, target, p50, p99, cpu1 - cpu0);
+           "\"expected\":%ld,\"p50_ms\":%s,\"p99_ms\":%s,\"client_cpu_ms\":%.1f,"
+           "\"wire_bytes\":%ld,\"compressed\":%ld}\n",
+           clients, rate, sent, send_seconds, received, target, p50, p99, cpu1 - cpu0, wire_bytes,
+           compressed);
     fflush(stdout);
     return 0;
   }
 
   // Fan-out: let the servers finish their on-connect work, then one trigger.
   serve(now_ms() + 200, NULL);
-  received = sampled = skip_count = 0;
+  received = sampled = skip_count = wire_bytes = compressed = 0;
   long expected = clients * k;
   wait_go();
   double cpu0 = cpu_ms();
@@ -546,9 +636,10 @@ int main(int argc, char **argv) {
   pct(p50, sizeof p50, 0.5);
   pct(p99, sizeof p99, 0.99);
   printf("{\"clients\":%ld,\"k\":%ld,\"received\":%ld,\"expected\":%ld,\"seconds\":%.6f,"
-         "\"rate\":%.1f,\"p50_ms\":%s,\"p99_ms\":%s,\"first_ms\":%.3f,\"client_cpu_ms\":%.1f}\n",
+         "\"rate\":%.1f,\"p50_ms\":%s,\"p99_ms\":%s,\"first_ms\":%.3f,\"client_cpu_ms\":%.1f,"
+         "\"wire_bytes\":%ld,\"compressed\":%ld}\n",
          clients, k, received, expected, seconds, seconds > 0 ? received / seconds : 0.0, p50,
-         p99, received ? first_at - started : -1.0, cpu1 - cpu0);
+         p99, received ? first_at - started : -1.0, cpu1 - cpu0, wire_bytes, compressed);
   fflush(stdout);
   return received == expected ? 0 : 1;
 }

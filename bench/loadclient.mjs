@@ -26,10 +26,16 @@
 // stdin, and prints {"phase":"done"} the moment the last frame is in (before
 // its result): bench/measure.py reads the servers' CPU counters at those two
 // points. bench/loadclient.c is the same client in C, and much faster.
+//
+// --deflate 1 offers permessage-deflate (the server must agree to no context
+// takeover) and inflates each frame with RSV1 set on its own; the result
+// also counts the bytes read off the sockets in the burst (wire_bytes) and
+// the frames that came compressed. --body TEXT: chat messages carry TEXT.
 
 import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
+import zlib from "node:zlib";
 import { performance } from "node:perf_hooks";
 
 const args = Object.fromEntries(
@@ -44,6 +50,14 @@ const clients = Number(args.clients ?? 100);
 const k = Number(args.k ?? 100);
 const timeout = Number(args.timeout ?? 60) * 1000;
 const now = () => performance.timeOrigin + performance.now();
+const deflate = Number(args.deflate ?? 0) === 1;
+const body = args.body;
+const TAIL = Buffer.from([0, 0, 0xff, 0xff]);
+// The message ends in a sync flush, not the end of a deflate stream.
+const SYNC = { finishFlush: zlib.constants.Z_SYNC_FLUSH };
+let wireBytes = 0;
+let compressed = 0;
+const seen = new Map(); // compressed bytes (latin1) -> inflated text, lately
 
 const T_KEY = Buffer.from('"t":');
 let received = 0;
@@ -125,11 +139,14 @@ function connect(index) {
       socket.write(
         `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
           `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
-          `Sec-WebSocket-Version: 13\r\nOrigin: http://${url.host}\r\n\r\n`,
+          `Sec-WebSocket-Version: 13\r\nOrigin: http://${url.host}\r\n` +
+          (deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "") +
+          "\r\n",
       );
     });
     socket.on("data", (chunk) => {
       const at = now();
+      wireBytes += chunk.length;
       let buf = pending ? Buffer.concat([pending, chunk]) : chunk;
       pending = null;
       let pos = 0;
@@ -138,6 +155,11 @@ function connect(index) {
         if (end === -1) { pending = buf; return; }
         if (!buf.toString("latin1", 0, 12).includes("101")) {
           reject(new Error(`client ${index}: ${buf.toString("latin1", 0, end)}`));
+          socket.destroy();
+          return;
+        }
+        if (deflate && !buf.toString("latin1", 0, end).includes("server_no_context_takeover")) {
+          reject(new Error(`client ${index}: no server_no_context_takeover`));
           socket.destroy();
           return;
         }
@@ -159,6 +181,26 @@ function connect(index) {
           head = 10;
         }
         if (buf.length - pos < head + len) break;
+        if (buf[pos] & 0x40) {
+          // Compressed (RFC 7692): raw deflate, its 00 00 ff ff tail left off;
+          // inflated on its own (no context takeover), then read as text.
+          if (!deflate) throw new Error("a compressed frame without --deflate");
+          // The connections stand for as many machines, each inflating its
+          // own copy; bytes inflated lately (a broadcast: the same bytes to
+          // all) are looked up instead, or the client would be the limit.
+          const key = buf.toString("latin1", pos + head, pos + head + len);
+          let text = seen.get(key);
+          if (text === undefined) {
+            const raw = buf.subarray(pos + head, pos + head + len);
+            text = zlib.inflateRawSync(Buffer.concat([raw, TAIL]), SYNC);
+            if (seen.size >= 4096) seen.clear();
+            seen.set(key, text);
+          }
+          compressed += 1;
+          onMessage(text, 0, text.length, opcode, at);
+          pos += head + len;
+          continue;
+        }
         if (socketio && opcode === 1 && buf[pos + head] !== 52) {
           // Engine.IO control: "0{...}" open, then we join the namespace;
           // "40{...}" joined: connected; "2" ping: answer "3".
@@ -208,6 +250,8 @@ if (args.rate !== undefined) {
   await new Promise((r) => setTimeout(r, 200));
   received = 0;
   sampled = 0;
+  wireBytes = 0;
+  compressed = 0;
   await waitGo();
   const cpu0 = cpuMs();
   const startedAt = now();
@@ -217,7 +261,7 @@ if (args.rate !== undefined) {
     // Catch up with the clock: timers fire late under load, the rate must not.
     const due = Math.min(target, Math.floor((rate * clients * (now() - startedAt)) / 1000));
     while (sent < due) {
-      const frame = maskedText(event("chat", { t: now() }));
+      const frame = maskedText(event("chat", body ? { t: now(), body } : { t: now() }));
       sockets[sent % clients].write(frame);
       sent += 1;
     }
@@ -238,6 +282,7 @@ if (args.rate !== undefined) {
   console.log(JSON.stringify({
     clients, rate, sent, sendSeconds, received, expected: expectedChat,
     p50_ms: pct(0.5), p99_ms: pct(0.99), client_cpu_ms: clientCpu,
+    wire_bytes: wireBytes, compressed,
   }));
   for (const s of sockets) s.destroy();
   process.exit(0);
@@ -246,6 +291,8 @@ if (args.rate !== undefined) {
 await new Promise((r) => setTimeout(r, 200));
 received = 0;
 sampled = 0;
+wireBytes = 0;
+compressed = 0;
 const expected = clients * k;
 await waitGo();
 const cpu0 = cpuMs();
@@ -273,6 +320,8 @@ console.log(
     p99_ms: pct(0.99),
     first_ms: firstAt - startedAt,
     client_cpu_ms: clientCpu,
+    wire_bytes: wireBytes,
+    compressed,
   }),
 );
 for (const s of sockets) s.destroy();

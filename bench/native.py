@@ -1,9 +1,10 @@
 """The native load client and ceiling server, built with the machine's compiler.
 
 ``build("loadclient")`` compiles ``bench/loadclient.c`` (``build("ceiling")``:
-``bench/servers/ceiling.c``) with ``cc -O2`` into ``bench/build/`` (ignored by
-git), again only when the source is newer than the binary; ``None`` when there
-is no C compiler, and the callers fall back to the Node programs.
+``bench/servers/ceiling.c``) with ``cc -O2`` (the load client with zlib) into
+``bench/build/`` (ignored by git), again only when the source is newer than the
+binary; ``None`` when there is no C compiler, and the callers fall back to the
+Node programs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ SOURCES = {
 }
 
 
+#: What each links with: zlib inflates permessage-deflate (``--deflate 1``).
+LIBS = {"loadclient": ["-lz"]}
+
+
 def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
@@ -36,7 +41,7 @@ def build(name: str) -> Path | None:
     BUILD.mkdir(exist_ok=True)
     # Compile beside it, then rename: a concurrent run never sees half a file.
     tmp = BUILD / f".{name}.{os.getpid()}"
-    argv = [cc, "-O2", "-Wall", "-o", str(tmp), str(source)]
+    argv = [cc, "-O2", "-Wall", "-o", str(tmp), str(source), *LIBS.get(name, [])]
     out = subprocess.run(argv, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{out.stderr[-4000:]}")

@@ -24,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import chattext
 import native
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,8 @@ SCALED = ["ours-4w", "ours-2x2-redis", "socketio-4w-redis"]
 #: ``ours-before`` and ``ours-4w-before``, beside today's in the same run, for
 #: a before/after comparison on one machine in one sitting.
 BEFORE = os.environ.get("BENCH_BEFORE")
+#: permessage-deflate on (``bench/compression.py``): the load client must offer it.
+DEFLATE = ["ours-deflate", "node-ws-deflate"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Served:
     urls: list[str]
     pids: list[int]
     proto: str  # "ws" (our envelope) or "socketio" (Engine.IO 4 framing)
+    deflate: bool = False  # the client must offer permessage-deflate
     #: The Redis channel prefix of this run (WS_REDIS_CHANNEL, for emitters).
     channel: str = ""
 
@@ -75,6 +79,9 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
     server_dir = BENCH / "servers"
     every: dict[str, list[tuple[list[str], dict[str, str]]]] = {
         "ours": [(_sanic(ours, 0, "--single-process"), {})],
+        "ours-deflate": [
+            (_sanic(ours, 0, "--single-process"), {"SANIC_WS_COMPRESSION": "true"})
+        ],
         "ours-4w": [(_sanic(ours, 0, "--workers", "4"), {})],
         "ours-2w": [(_sanic(ours, 0, "--workers", "2"), {})],
         "ours-2x2-redis": [(_sanic(ours, 0, "--workers", "2"), redis)] * 2,
@@ -94,6 +101,12 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         "socketio-4w-redis": [(_uvicorn(0, "--workers", "4"), sio_redis)],
         "socketio-2w-redis": [(_uvicorn(0, "--workers", "2"), sio_redis)],
         "node-ws": [(["node", str(server_dir / "node_ws.mjs"), "{port}"], {})],
+        "node-ws-deflate": [
+            (
+                ["node", str(server_dir / "node_ws.mjs"), "{port}"],
+                {"BENCH_DEFLATE": "1"},
+            )
+        ],
         "socketify": [([PY, str(server_dir / "socketify_server.py"), "{port}"], {})],
         "client-ceiling": [(_ceiling(), {})],
         "client-ceiling-node": [
@@ -178,6 +191,7 @@ def serving(server: str, settle: float = 0.3) -> Iterator[Served]:
             urls=[f"ws://127.0.0.1:{port}{path}" for port, _ in started],
             pids=[pid for _, pid in started],
             proto=proto,
+            deflate=server in DEFLATE,
             channel=channel,
         )
 
@@ -191,7 +205,10 @@ SAMPLE_EVERY = 8
 def load_client(
     served: Served, clients: int, *options: str, client: str = "node"
 ) -> list[str]:
-    """The load client's command (``client``: node or native), pinned to core 1."""
+    """The load client's command (``client``: node or native), pinned to core 1.
+
+    It offers permessage-deflate when ``served`` needs it; with ``BENCH_BODY``
+    set, its chat messages carry that many bytes of chat-like text."""
     program = ["node", str(BENCH / "loadclient.mjs")]
     if client == "native":
         binary = native.build("loadclient")
@@ -202,6 +219,8 @@ def load_client(
         "taskset", "-c", "1", *program,
         "--url", ",".join(served.urls), "--proto", served.proto,
         "--clients", str(clients), "--every", str(SAMPLE_EVERY), *options,
+        *(["--deflate", "1"] if served.deflate else []),
+        *(["--body", chattext.body(size, 0)] if (size := chattext.env_size()) else []),
     ]  # fmt: skip
 
 

@@ -23,7 +23,9 @@ publication), and request and reply (``bench/requests.py``: round trips
 against python-socketio's acks, on one worker and across two, and the
 request client's ceiling), and sends from an emitter process
 (``bench/emitter.py``: one emitter to 1,000 clients through Redis, beside the
-same broadcasts from a handler). Cluster scale (``bench/scale.py``: minutes
+same broadcasts from a handler), and permessage-deflate (``bench/compression.py``:
+1 KB chat messages, bytes on the wire, fan-out, chat and idle memory with
+compression on and off, ours and Node ws). Cluster scale (``bench/scale.py``: minutes
 at full size) runs on its own; ``--smoke`` includes it. Needs ``npm install
 --prefix bench`` (Node ``ws``) and ``pip install -e '.[bench]'`` (socketify,
 python-socketio, uvicorn).
@@ -145,6 +147,9 @@ def main() -> None:
         # Exits non-zero if a message from the emitter was lost.
         tiny_emitter = ["--clients", "20", "--k", "10", "--rounds", "1"]
         section("From an emitter (smoke)", script("emitter.py", *tiny_emitter))
+        # Exits non-zero if a message was lost, or a 1 KB message went
+        # uncompressed with the extension on, or did not get smaller.
+        section("Compression (smoke)", script("compression.py", "--smoke"))
         lost: list[Any] = [r for r in checked if r["received"] != r["expected"]]
         lost += flood_failed
         if not passed:  # a chat run that lost a message (or was late) fails
@@ -193,6 +198,7 @@ def main() -> None:
         "From an emitter process to 1000 clients",
         script("emitter.py", "--rounds", str(rounds)),
     )
+    section("Compression", script("compression.py", "--rounds", str(rounds)))
     text = "\n".join(report)
     print(text)
     if args.out:

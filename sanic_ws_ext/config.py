@@ -152,6 +152,15 @@ DEFAULTS: dict[str, Any] = {
     # Subprotocols the server speaks, for Sec-WebSocket-Protocol; the first
     # the client offers (in its order) is selected.
     "WS_SUBPROTOCOLS": (),
+    # Negotiate permessage-deflate with clients that offer it (RFC 7692).
+    # Off by default. Without context takeover both ways: a broadcast is
+    # compressed once for every receiver, and an idle connection keeps no
+    # compression state.
+    "WS_COMPRESSION": False,
+    # Messages smaller than this many bytes go uncompressed.
+    "WS_COMPRESSION_MIN": 256,
+    # zlib's level, 1 (fastest) to 9 (smallest).
+    "WS_COMPRESSION_LEVEL": 6,
 }
 
 #: ``WS_*`` names that are not settings but may be in ``app.config``: Sanic
@@ -340,6 +349,9 @@ class WSConfig:
     auth_refresh_ahead: float
     auth_token_max: int
     subprotocols: tuple[str, ...]
+    compression: bool
+    compression_min: int
+    compression_level: int
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
@@ -442,7 +454,13 @@ class WSConfig:
         assert connect_burst is not None and message_burst is not None
         switches = {
             key: _switch(key, get(key))
-            for key in ("WS_HEALTH", "WS_STATS", "WS_GC_FREEZE", "WS_AUTH_IN_BAND")
+            for key in (
+                "WS_HEALTH",
+                "WS_STATS",
+                "WS_GC_FREEZE",
+                "WS_AUTH_IN_BAND",
+                "WS_COMPRESSION",
+            )
         }
         stats_token = _token("WS_STATS_TOKEN", get("WS_STATS_TOKEN"))
         publish_token = _token("WS_PUBLISH_TOKEN", get("WS_PUBLISH_TOKEN"))
@@ -454,6 +472,15 @@ class WSConfig:
             "WS_AUTH_TOKEN_MAX", get("WS_AUTH_TOKEN_MAX"), allow_none=False
         )
         assert token_max is not None
+        compression_min = _integer(
+            "WS_COMPRESSION_MIN", get("WS_COMPRESSION_MIN"), allow_none=False
+        )
+        assert compression_min is not None
+        level = get("WS_COMPRESSION_LEVEL")
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 9:
+            raise ConfigError(
+                "WS_COMPRESSION_LEVEL", f"must be an integer from 1 to 9, got {level!r}"
+            )
         return cls(
             path=path.rstrip("/") or "/",
             ping_interval=_number(
@@ -510,6 +537,9 @@ class WSConfig:
             backplane_buffer=buffer,
             health=switches["WS_HEALTH"],
             gc_freeze=switches["WS_GC_FREEZE"],
+            compression=switches["WS_COMPRESSION"],
+            compression_min=compression_min,
+            compression_level=level,
             stats=switches["WS_STATS"],
             stats_token=stats_token,
             publish_token=publish_token,

@@ -27,6 +27,10 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, text
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeaderValue
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.http11 import Request as HandshakeRequest
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -86,6 +90,26 @@ _HANDSHAKE_HEADERS = frozenset(
         "sec-websocket-protocol",
     }
 )
+
+#: permessage-deflate as WS_COMPRESSION offers it: no context takeover
+#: either way, asked of clients even when they did not offer it (RFC 7692,
+#: 7.1.1), so a broadcast is compressed once for all receivers and an idle
+#: connection holds no zlib state. A client that asks for a smaller window
+#: for the server's frames gets it (frames are compressed once per size).
+_COMPRESSION = [
+    ServerPerMessageDeflateFactory(
+        server_no_context_takeover=True, client_no_context_takeover=True
+    )
+]
+
+
+def _deflate_bits(proto: ServerProtocol) -> int:
+    """The window of the server's frames if permessage-deflate was agreed, else 0."""
+    for extension in proto.extensions:
+        if isinstance(extension, PerMessageDeflate):
+            return int(extension.local_max_window_bits)
+    return 0
+
 
 #: Retry-After (seconds) when connections are full: they free up only as
 #: others close, so there is no better estimate; this spreads the retries.
@@ -326,9 +350,10 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
     if not owns_socket(request):
         return text("WebSockets need Sanic's own server (not ASGI).\n", status=501)
 
-    response = handshake(request, subprotocol)
-    if isinstance(response, HTTPResponse):
-        return response
+    shaken = handshake(request, subprotocol, compression=config.compression)
+    if isinstance(shaken, HTTPResponse):
+        return shaken
+    response, deflate_bits = shaken
 
     # Take the socket from Sanic: whatever it buffered past the request head
     # belongs to the websocket, and Sanic must not close it when this
@@ -345,6 +370,7 @@ async def websocket_endpoint(request: Request) -> HTTPResponse | None:
             if (value := request.headers.get(name)) is not None
         },
         subprotocol=subprotocol,
+        deflate_bits=deflate_bits,
     )
     transport.resume_reading()
     if leftover:
@@ -361,8 +387,11 @@ def check_room(manager: ConnectionManager, remote: str) -> HTTPResponse | None:
     return check_capacity(manager, remote)
 
 
-def handshake(request: Request, subprotocol: str | None) -> bytes | HTTPResponse:
-    """The ``101`` response's bytes, or the HTTP refusal of a bad handshake.
+def handshake(
+    request: Request, subprotocol: str | None, *, compression: bool
+) -> tuple[bytes, int] | HTTPResponse:
+    """The ``101`` response's bytes and the window of permessage-deflate if
+    it was agreed (else 0), or the HTTP refusal of a bad handshake.
 
     Sanic already parsed the request: websockets checks it and makes the
     response (only for the handshake: the Wire reads the frames), and we
@@ -370,7 +399,9 @@ def handshake(request: Request, subprotocol: str | None) -> bytes | HTTPResponse
     """
     chosen = None if subprotocol is None else Subprotocol(subprotocol)
     proto = ServerProtocol(
-        logger=_wire_log, select_subprotocol=lambda _proto, _offered: chosen
+        logger=_wire_log,
+        select_subprotocol=lambda _proto, _offered: chosen,
+        extensions=_COMPRESSION if compression else None,
     )
     # Only the handshake's own headers: websockets refuses any header value
     # past Latin-1 (a browser's raw UTF-8 cookie, say), and its error would
@@ -405,7 +436,7 @@ def handshake(request: Request, subprotocol: str | None) -> bytes | HTTPResponse
             headers=headers,
             content_type="text/plain; charset=utf-8",
         )
-    return response.serialize()
+    return response.serialize(), _deflate_bits(proto)
 
 
 async def refuse_in_band(
@@ -431,9 +462,10 @@ async def refuse_in_band(
     refused = check_room(manager, remote)
     if refused is not None:
         return refused
-    response = handshake(request, subprotocol)
-    if isinstance(response, HTTPResponse):
-        return response
+    shaken = handshake(request, subprotocol, compression=False)
+    if isinstance(shaken, HTTPResponse):
+        return shaken
+    response, _ = shaken
     code = 4000 + status if 100 <= status <= 999 else 4403
     transport, leftover = detach(request)
     transport.write(response + encode_frame(OP_CLOSE, close_payload(code, reason)))

@@ -33,6 +33,7 @@ __all__ = [
     "OP_PONG",
     "OP_TEXT",
     "PING_FRAME",
+    "RSV1",
     "FrameError",
     "FrameReader",
     "close_payload",
@@ -48,6 +49,9 @@ OP_BINARY = 0x2
 OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
+#: RSV1: set on the first frame of a compressed message (permessage-deflate).
+#: :meth:`FrameReader.feed` returns such a frame's opcode with it added.
+RSV1 = 0x40
 
 _FIN = 0x80
 _OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
@@ -138,11 +142,22 @@ class FrameReader:
     of being buffered.
     """
 
-    __slots__ = ("_buffer", "_in_message", "_max_size", "_message_size", "error")
+    __slots__ = (
+        "_buffer",
+        "_in_message",
+        "_max_size",
+        "_message_size",
+        "compressed",
+        "error",
+    )
 
     def __init__(self, max_size: int | None) -> None:
         self._buffer = bytearray()
         self._max_size = max_size
+        #: permessage-deflate was negotiated: a message's first frame may
+        #: have RSV1 set (returned as ``opcode | RSV1``; the size bound then
+        #: counts compressed bytes, the inflater bounds the rest).
+        self.compressed = False
         #: A fragmented data message is open, and its size so far.
         self._in_message = False
         self._message_size = 0
@@ -162,7 +177,13 @@ class FrameReader:
                 length = buffer[at + 1]
                 opcode = first & 0x0F
                 fin = first & 0x80 != 0
-                if first & 0x70:
+                # RSV1 only on a message's first frame, and only once
+                # permessage-deflate was agreed; RSV2 and RSV3 never.
+                if first & 0x70 and (
+                    first & 0x70 != RSV1
+                    or not self.compressed
+                    or opcode not in (OP_TEXT, OP_BINARY)
+                ):
                     raise FrameError(1002, "reserved bits must be 0")
                 if opcode not in _OPCODES:
                     raise FrameError(1002, f"invalid opcode {opcode:#x}")
@@ -208,7 +229,7 @@ class FrameReader:
                 if opcode < OP_CLOSE:
                     self._in_message = not fin
                     self._message_size = 0 if fin else size
-                frames.append((opcode, fin, payload))
+                frames.append((opcode | (first & RSV1), fin, payload))
         except FrameError as exc:
             self.error = exc
             buffer.clear()

@@ -60,6 +60,7 @@ from .applier import Applier
 from .cluster import Membership
 from .config import WSConfig
 from .connection import Connection
+from .deflate import Deflater
 from .delivery import Delivery, LinkState, OpKind
 from .dispatch import CLOSED, OPENED, Dispatcher, cancel_tasks
 from .envelope import message_body
@@ -240,6 +241,10 @@ class ConnectionManager:
         self._loop = loop
         self._wires.clock = loop.time
         self._flusher = Flusher(loop)
+        if self._config.compression:
+            self._flusher.deflater = Deflater(
+                self._config.compression_level, self._config.compression_min
+            )
         self._dispatcher.start(loop)
         self._requests.start(loop)
         self._membership.start(loop)
@@ -637,10 +642,14 @@ class ConnectionManager:
         remote: str,
         headers: dict[str, str],
         subprotocol: str | None = None,
+        deflate_bits: int = 0,
     ) -> Connection:
-        """Adopt an upgraded socket (called by the endpoint after the 101)."""
+        """Adopt an upgraded socket (called by the endpoint after the 101);
+        ``deflate_bits``: permessage-deflate's window, if it was agreed."""
         assert self._flusher is not None, "ConnectionManager._start() was not awaited"
         wire = Wire(self._wires, transport, self._flusher)
+        if deflate_bits:
+            wire.enable_deflate(deflate_bits)
         conn = Connection(
             # The process's key first: any process can route to it.
             id=self._membership.key + uuid.uuid4().hex[:24],

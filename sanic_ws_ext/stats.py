@@ -40,6 +40,8 @@ class Counters:
 
     __slots__ = (
         "closed",
+        "compressed_in",
+        "compressed_out",
         "messages_in",
         "messages_out",
         "opened",
@@ -63,6 +65,10 @@ class Counters:
         self.volatile_skipped = 0
         #: Keyed frames that replaced an unsent one of the same key.
         self.replaced = 0
+        #: Messages that came compressed (permessage-deflate), and data
+        #: frames queued compressed (a broadcast to 1,000 counts 1,000).
+        self.compressed_in = 0
+        self.compressed_out = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -51,6 +51,7 @@ from collections.abc import Callable, Collection, Iterable
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from .deflate import Deflater, Inflater
 from .envelope import error_envelope
 from .errors import CloseCode, ErrorCode
 from .frames import (
@@ -61,6 +62,7 @@ from .frames import (
     OP_PONG,
     OP_TEXT,
     PING_FRAME,
+    RSV1,
     FrameError,
     FrameReader,
     close_payload,
@@ -235,6 +237,8 @@ class Flusher:
         "_scheduled",
         "_unyielded",
         "behind",
+        "deflater",
+        "deflating",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -252,6 +256,10 @@ class Flusher:
         #: Set by a send that left some wire past half of WS_MAX_BACKPRESSURE:
         #: the sender's next await paces (see pace()).
         self.behind = False
+        #: With WS_COMPRESSION: compresses each frame once for every wire
+        #: that negotiated permessage-deflate; how many open wires did.
+        self.deflater: Deflater | None = None
+        self.deflating = 0
 
     def limit(self) -> int:
         """The pass limit: _PER_WIRE for each wire waiting, within bounds."""
@@ -358,6 +366,7 @@ class Wire(asyncio.Protocol):
         "_flusher",
         "_fragments",
         "_host",
+        "_inflater",
         "_keyed",
         "_pending",
         "_pending_bytes",
@@ -370,6 +379,7 @@ class Wire(asyncio.Protocol):
         "close_code",
         "close_reason",
         "conn",
+        "deflate_bits",
         "last_seen",
         "ping_sent",
         "reading_paused",
@@ -414,6 +424,10 @@ class Wire(asyncio.Protocol):
         # The transport's own buffer size as of the last flush.
         self._written = 0
         self._fragments: PartialMessage | None = None
+        #: permessage-deflate's window for frames to this socket (0: off).
+        self.deflate_bits = 0
+        # The compressed message being inflated, while one is.
+        self._inflater: Inflater | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         # The close frames exchanged: (code, reason), None until then.
         self._close_rcvd: tuple[int, str] | None = None
@@ -445,7 +459,9 @@ class Wire(asyncio.Protocol):
         if volatile or key is not None:
             if not self.offer(frame, volatile, key):
                 return False
-        elif self.state is not ConnectionState.OPEN or not self._enqueue(frame):
+        elif self.state is not ConnectionState.OPEN or not self._enqueue(
+            self._deflated(frame) if self.deflate_bits else frame
+        ):
             return False
         self._host.counters.messages_out += 1
         self._flusher.account(len(frame))
@@ -463,6 +479,8 @@ class Wire(asyncio.Protocol):
         """
         if self.state is not ConnectionState.OPEN:
             return 0
+        if self.deflate_bits:
+            frame = self._deflated(frame)
         host = self._host
         if volatile and self.backlog > host.config.volatile_backlog:
             host.counters.volatile_skipped += 1
@@ -484,6 +502,22 @@ class Wire(asyncio.Protocol):
                 keyed = self._keyed = {}
             keyed[key] = len(self._pending or ()) - 1
         return 1
+
+    def enable_deflate(self, bits: int) -> None:
+        """permessage-deflate was negotiated, with a ``bits`` window for the
+        server's frames (see :mod:`sanic_ws_ext.deflate`)."""
+        assert self._flusher.deflater is not None
+        self.deflate_bits = bits
+        self._reader.compressed = True
+        self._flusher.deflating += 1
+
+    def _deflated(self, frame: bytes) -> bytes:
+        deflater = self._flusher.deflater
+        assert deflater is not None
+        out = deflater.frame(frame, self.deflate_bits)
+        if out is not frame:
+            self._host.counters.compressed_out += 1
+        return out
 
     def send_ping(self) -> bool:
         """Queue the heartbeat's ping (a control frame: not a message)."""
@@ -622,6 +656,7 @@ class Wire(asyncio.Protocol):
         closes TCP; nothing more the peer sends is read.
         """
         self._fragments = None
+        self._inflater = None
         self._set_close(code, reason)
         self._enter_closing()
         self._send_close(close_payload(code, reason), code, reason)
@@ -662,6 +697,9 @@ class Wire(asyncio.Protocol):
         self._pending = None
         self._pending_bytes = 0
         self._keyed = None
+        self._inflater = None
+        if self.deflate_bits:
+            self._flusher.deflating -= 1
         self._flusher.resumed(self)  # never waited for again
         self._host.lost(self.conn)
 
@@ -766,6 +804,9 @@ class Wire(asyncio.Protocol):
     def _process(self, frames: list[tuple[int, bool, bytes]]) -> None:
         config = self._host.config
         for opcode, fin, payload in frames:
+            compressed = opcode & RSV1
+            if compressed:
+                opcode ^= RSV1
             if opcode == OP_CLOSE:
                 self._fragments = None  # a message the peer never finished
                 self._peer_closed(payload)
@@ -781,9 +822,21 @@ class Wire(asyncio.Protocol):
                         CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not accepted"
                     )
                 elif fin:
+                    if compressed:
+                        self._host.counters.compressed_in += 1
+                        try:
+                            payload = Inflater(config.max_message_size).feed(
+                                payload, True
+                            )
+                        except FrameError as exc:
+                            self._fail(exc.code, exc.reason)
+                            return
                     self._message(text, payload)
                 else:
                     self._fragments = PartialMessage(text)
+                    if compressed:
+                        self._host.counters.compressed_in += 1
+                        self._inflater = Inflater(config.max_message_size)
                     self._fragment(payload, fin)
             elif opcode == OP_CONT:
                 if self._fragments is not None:
@@ -816,6 +869,15 @@ class Wire(asyncio.Protocol):
         if limit is not None and partial.count >= limit:
             self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
             return
+        inflater = self._inflater
+        if inflater is not None:
+            try:
+                payload = inflater.feed(payload, fin)
+            except FrameError as exc:
+                self._fail(exc.code, exc.reason)
+                return
+            if fin:
+                self._inflater = None
         try:
             partial.add(payload, fin)
         except UnicodeDecodeError:
@@ -884,7 +946,8 @@ def fan_out(
     queued = 0
     size = len(frame)
     if volatile or key is not None:
-        # Not the hot path: each receiver decides (Wire.offer).
+        # Not the hot path: each receiver decides (Wire.offer), and gets
+        # the frame compressed if it negotiated it (once for all of them).
         for wire in wires:
             if not (exclude and wire.conn.id in exclude):
                 queued += wire.offer(frame, volatile, key)
@@ -894,23 +957,38 @@ def fan_out(
     is_open = ConnectionState.OPEN
     # Past half of the limit, the sender is told to pace (Flusher.pace).
     soft = limit >> 1 if limit is not None else 0
+    # With permessage-deflate on some wire of this process: the frame is
+    # compressed once (per window size, by the Deflater), before the loop
+    # needs it; each wire that agreed to it gets the compressed bytes.
+    deflater = flusher.deflater if flusher.deflating else None
+    compressed = 0
+    host: WireHost | None = None
     for wire in wires:
         if wire.state is not is_open or (exclude and wire.conn.id in exclude):
             continue
+        out, out_size = frame, size
+        if deflater is not None and wire.deflate_bits:
+            out = deflater.frame(frame, wire.deflate_bits)
+            if out is not frame:
+                out_size = len(out)
+                compressed += 1
+                host = wire._host
         pending_bytes = wire._pending_bytes
         if limit is not None and pending_bytes + wire._written > soft:
             flusher.behind = True
             if pending_bytes + wire._written > limit:
-                queued += wire._enqueue(frame)
+                queued += wire._enqueue(out)
                 continue
         pending = wire._pending
         if pending is None:
             flusher.mark(wire)
-            wire._pending = [frame]
+            wire._pending = [out]
         else:
-            pending.append(frame)
-        wire._pending_bytes = pending_bytes + size
+            pending.append(out)
+        wire._pending_bytes = pending_bytes + out_size
         queued += 1
+    if host is not None:
+        host.counters.compressed_out += compressed
     if account:
         flusher.account(size * queued)
     return queued

@@ -28,6 +28,8 @@ def test_defaults() -> None:
     assert config.drain_timeout == 1.0
     assert config.volatile_backlog == 64 << 10
     assert config.gc_freeze is True
+    assert config.compression is False
+    assert (config.compression_min, config.compression_level) == (256, 6)
     assert set(DEFAULTS) == {
         "WS_PATH",
         "WS_PING_INTERVAL",
@@ -38,6 +40,9 @@ def test_defaults() -> None:
         "WS_ALLOWED_ORIGINS",
         "WS_KEEP_HEADERS",
         "WS_VOLATILE_BACKLOG",
+        "WS_COMPRESSION",
+        "WS_COMPRESSION_MIN",
+        "WS_COMPRESSION_LEVEL",
         "WS_CLOSE_TIMEOUT",
         "WS_DRAIN_TIMEOUT",
         "WS_MAX_QUEUE",
@@ -155,6 +160,10 @@ def test_origins_from_environment_string() -> None:
         ("WS_SUBPROTOCOLS", ["chat v2"]),  # not an RFC 7230 token
         ("WS_SUBPROTOCOLS", ["bearer.x"]),  # reserved for tokens
         ("WS_SUBPROTOCOLS", [""]),
+        ("WS_COMPRESSION", "maybe"),
+        ("WS_COMPRESSION_MIN", 0),
+        ("WS_COMPRESSION_LEVEL", 10),
+        ("WS_COMPRESSION_LEVEL", True),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: Any) -> None:

@@ -22,6 +22,8 @@ def test_counters_are_slotted_ints() -> None:
     counters.slow_closed += 1
     assert counters.as_dict() == {
         "closed": 0,
+        "compressed_in": 0,
+        "compressed_out": 0,
         "messages_in": 3,
         "messages_out": 0,
         "opened": 0,

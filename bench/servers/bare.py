@@ -10,7 +10,9 @@ docs/performance.md: what the features cost is ours minus this.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import ujson
@@ -18,9 +20,14 @@ from sanic import Request, Sanic
 
 from sanic_ws_ext.frames import OP_TEXT, encode_frame
 
+# bench/ on the path, as for the scripts there: the chat-like text of ticks.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from chattext import bodies, env_size
+
 app = Sanic("bench_bare")
 app.config.MOTD = False
 PAD = "x" * 40
+BODIES = bodies(env_size())  # BENCH_BODY=N: N bytes of chat-like text per tick
 #: Ticks of a burst between two passes of the loop (which flush them).
 PER_PASS = 64
 
@@ -57,7 +64,10 @@ async def endpoint(request: Request, ws: Any) -> None:
                 fan_out(encode_frame(OP_TEXT, raw.encode()))
                 continue
             for i in range(message["data"]["k"]):
-                data = {"t": time.time() * 1000, "i": i, "pad": PAD}
+                data: dict[str, Any] = {"t": time.time() * 1000, "i": i, "pad": PAD}
+                if BODIES:
+                    del data["pad"]
+                    data["body"] = BODIES[i % len(BODIES)]
                 text = ujson.dumps({"type": "tick", "data": data})
                 fan_out(encode_frame(OP_TEXT, text.encode()))
                 if i % PER_PASS == PER_PASS - 1:
