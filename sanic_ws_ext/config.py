@@ -134,6 +134,16 @@ DEFAULTS: dict[str, Any] = {
     # the app) out of the garbage collector's sight (gc.freeze): every full
     # collection then skips it, a shorter stall of the event loop.
     "WS_GC_FREEZE": True,
+    # Check what sends carry under a declared type (WSHandlers.sends, typed
+    # replies) against its schema, raising InvalidOutgoing in the sender:
+    # None (auto) is on in debug mode (sanic --dev) and under test clients
+    # (Sanic.test_mode), off in production, where it costs one test per send.
+    "WS_VALIDATE_OUTGOING": None,
+    # Serve <WS_PATH>/asyncapi.json (an AsyncAPI 3.0 document of the declared
+    # messages, rooms and codes) and <WS_PATH>/asyncapi (a page rendering it).
+    # Off by default, like WS_STATS: it describes the app's whole websocket
+    # surface, and sanic-ext's OAS switch is on by default.
+    "WS_ASYNCAPI": False,
 }
 
 #: ``WS_*`` names that are not settings but may be in ``app.config``: Sanic
@@ -280,6 +290,8 @@ class WSConfig:
     stats: bool
     stats_token: str | None
     gc_freeze: bool
+    validate_outgoing: bool | None = None
+    asyncapi: bool = False
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
@@ -382,8 +394,15 @@ class WSConfig:
         assert connect_burst is not None and message_burst is not None
         switches = {
             key: _switch(key, get(key))
-            for key in ("WS_HEALTH", "WS_STATS", "WS_GC_FREEZE")
+            for key in ("WS_HEALTH", "WS_STATS", "WS_GC_FREEZE", "WS_ASYNCAPI")
         }
+        outgoing = get("WS_VALIDATE_OUTGOING")
+        validate_outgoing = (
+            None
+            if outgoing is None
+            or (isinstance(outgoing, str) and outgoing.lower() in ("auto", "none"))
+            else _switch("WS_VALIDATE_OUTGOING", outgoing)
+        )
         stats_token = get("WS_STATS_TOKEN")
         if _is_off(stats_token):
             stats_token = None
@@ -452,6 +471,8 @@ class WSConfig:
             gc_freeze=switches["WS_GC_FREEZE"],
             stats=switches["WS_STATS"],
             stats_token=stats_token,
+            validate_outgoing=validate_outgoing,
+            asyncapi=switches["WS_ASYNCAPI"],
         )
 
     @property

@@ -35,9 +35,10 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 import ujson
+from typing_extensions import TypeVar
 
 from .errors import ErrorCode, MessageError
 from .frames import raw_body
@@ -72,12 +73,30 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: The type of an envelope's ``data``: ``Any`` unless a schema says.
+T = TypeVar("T", default=Any)
+
+
+def _default(obj: Any) -> Any:
+    """ujson's ``default``: schema instances (dataclasses, pydantic models,
+    msgspec structs) go out as their JSON form; only called for values
+    ujson cannot write itself, so plain data pays nothing."""
+    from .schemas import to_builtins
+
+    return to_builtins(obj)
+
+
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """One decoded text message."""
+class Envelope(Generic[T]):
+    """One decoded text message.
+
+    ``Envelope[ChatSend]`` as the annotation of a handler's message declares
+    the schema of its ``data`` (docs/howto/typed.md): the handler then gets
+    an envelope whose ``data`` is a validated ``ChatSend``.
+    """
 
     type: str
-    data: Any = None
+    data: T = None  # type: ignore[assignment]
     timestamp: int | float | None = None
     #: The client's request id, when it asked for a reply (else ``None``).
     #: A client that retries after a reconnect sends the same ref again: a
@@ -106,7 +125,11 @@ class RefusedRequest(MessageError):
 
 def _dumps(payload: dict[str, Any]) -> bytes:
     return ujson.dumps(
-        payload, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False
+        payload,
+        ensure_ascii=False,
+        escape_forward_slashes=False,
+        allow_nan=False,
+        default=_default,
     ).encode()
 
 
@@ -118,11 +141,15 @@ def encode_request(type: str, data: Any, ref: str) -> bytes:
 
 
 def encode_reply(
-    ref: str, data: Any = None, *, error: tuple[str, str] | None = None
+    ref: str,
+    data: Any = None,
+    *,
+    error: tuple[str, str] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> bytes:
     """The reply to a request with ``ref``: ``ok: true`` with ``data``, or
-    ``ok: false`` with ``error`` (code, reason). Raises as
-    :func:`encode_envelope` when ``data`` is not JSON-able."""
+    ``ok: false`` with ``error`` (code, reason, and ``details`` beside them).
+    Raises as :func:`encode_envelope` when ``data`` is not JSON-able."""
     if error is None:
         return _dumps(
             {"type": "reply", "ref": ref, "ok": True, "data": data,
@@ -131,7 +158,8 @@ def encode_reply(
     code, reason = error
     return _dumps(
         {"type": "reply", "ref": ref, "ok": False,
-         "error": {"code": code, "reason": reason}, "timestamp": now_ms()}
+         "error": {**(details or {}), "code": code, "reason": reason},
+         "timestamp": now_ms()}
     )  # fmt: skip
 
 
@@ -152,9 +180,7 @@ def encode_envelope(
         "data": data,
         "timestamp": now_ms() if timestamp is None else timestamp,
     }
-    return ujson.dumps(
-        payload, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False
-    ).encode()
+    return _dumps(payload)
 
 
 def encode_envelope_json(type: str, data: bytes) -> bytes:
@@ -184,8 +210,13 @@ def message_body(
     return raw_body(raw)
 
 
-def error_envelope(code: str, reason: str) -> bytes:
-    """The error frame body: ``{"type": "error", "data": {code, reason}}``."""
+def error_envelope(
+    code: str, reason: str, details: dict[str, Any] | None = None
+) -> bytes:
+    """The error frame body: ``{"type": "error", "data": {code, reason}}``,
+    with ``details`` beside ``code`` and ``reason`` in ``data``."""
+    if details:
+        return encode_envelope("error", {**details, "code": code, "reason": reason})
     return encode_envelope("error", {"code": code, "reason": reason})
 
 

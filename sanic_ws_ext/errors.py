@@ -23,6 +23,7 @@ Errors after the upgrade carry a close code or an error-frame code.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 from sanic.exceptions import SanicException
 
@@ -75,6 +76,10 @@ class ErrorCode:
     ROOM_REFUSED = "room_refused"
     #: Over ``WS_MESSAGE_RATE``: the message was dropped.
     RATE_LIMITED = "rate_limited"
+    #: The message's ``data`` does not match its type's schema (typed
+    #: handlers): the frame also carries ``field``, ``problem``, ``errors``
+    #: and ``count``.
+    INVALID_DATA = "invalid_data"
 
 
 class WSError(Exception):
@@ -118,7 +123,12 @@ class MessageError(WSError):
     ``reason`` a short human-readable explanation. Handlers may raise it to
     answer a bad request with an error frame without reaching the error hook
     as an unexpected failure.
+
+    ``details``, when set, are more fields of the error frame's ``data`` (and
+    of a reply's ``error``) beside ``code`` and ``reason``.
     """
+
+    details: dict[str, Any] | None = None
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
@@ -156,12 +166,17 @@ class RequestError(WSError):
 
 
 class RequestFailed(RequestError):
-    """The client answered a request with ``ok: false``: its ``code`` and ``reason``."""
+    """The client answered a request with ``ok: false``: its ``code`` and ``reason``
+    (and ``details``: the error's other fields, such as ``invalid_data``'s
+    ``field`` and ``problem``)."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(
+        self, code: str, reason: str, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.details = details or {}
 
 
 class RequestTimeout(RequestError, TimeoutError):

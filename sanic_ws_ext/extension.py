@@ -238,9 +238,16 @@ async def _start(app: Sanic[Any, Any]) -> None:
             buffer=config.backplane_buffer,
             beat=config.relay_beat,
         )
-    manager = ConnectionManager(
-        config, HandlerRegistry(groups), delivery, worker=worker
-    )
+    registry = HandlerRegistry(groups)
+    manager = ConnectionManager(config, registry, delivery, worker=worker)
+    check = config.validate_outgoing
+    if check is None:  # auto: in debug mode and under test clients
+        check = app.debug or Sanic.test_mode
+    if check:
+        from .schemas import checker
+
+        manager.check_out = checker(registry.outgoing)
+        manager.dispatcher.check_reply = checker(registry.replies)
     app.ctx.ws = manager
     await manager.start()
 

@@ -101,6 +101,9 @@ class ConnectionManager:
     ) -> None:
         self.config = config
         self.registry = registry
+        #: Checks a send's data against its declared type's schema
+        #: (WS_VALIDATE_OUTGOING), or None: off, one test per send.
+        self.check_out: Callable[[str | None, Any], None] | None = None
         self.delivery = delivery
         self.worker = worker
         #: This process's life: random, new at each start of a worker name.
@@ -281,6 +284,8 @@ class ConnectionManager:
         a connection): for cursors, ticks and progress, where only the
         latest matters.
         """
+        if self.check_out is not None:
+            self.check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.SEND, conn_id, body, binary, (), volatile, key)
         await self._pace()
@@ -296,6 +301,8 @@ class ConnectionManager:
         key: str | None = None,
     ) -> None:
         """Send to every connection but those in ``exclude`` (ids)."""
+        if self.check_out is not None:
+            self.check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.BROADCAST, "", body, binary, exclude, volatile, key)
         await self._pace()
@@ -321,6 +328,8 @@ class ConnectionManager:
         (every member gets each, in order): ``TypeError`` for ``raw``,
         ``ValueError`` for the others.
         """
+        if self.check_out is not None:
+            self.check_out(type, data)
         body, binary = message_body(type, data, raw)
         spec = self.sequencer.spec(room)
         if spec is not None:
@@ -369,6 +378,8 @@ class ConnectionManager:
         key: str | None = None,
     ) -> None:
         """Send to every connection of ``user`` (the verify identity)."""
+        if self.check_out is not None:
+            self.check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.USER_SEND, user, body, binary, exclude, volatile, key)
         await self._pace()
