@@ -209,6 +209,7 @@ async def _start(app: Sanic[Any, Any]) -> None:
         ("WS_PATH", config.path, registered.path),
         ("WS_HEALTH", config.health, registered.health),
         ("WS_STATS", config.stats, registered.stats),
+        ("WS_ASYNCAPI", config.asyncapi, registered.asyncapi),
         ("WS_BACKPLANE", config.backplane, registered.backplane),
         ("WS_RELAY_TRANSPORT", config.relay_transport, registered.relay_transport),
     ):
