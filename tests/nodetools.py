@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
+ROOT_DIR = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT_DIR / "tests" / "node"
 NPM_TIMEOUT = 600
 
 
