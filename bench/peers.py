@@ -72,6 +72,9 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
     server_dir = BENCH / "servers"
     every: dict[str, list[tuple[list[str], dict[str, str]]]] = {
         "ours": [(_sanic(ours, 0, "--single-process"), {})],
+        "ours-typed": [
+            (_sanic("bench.servers.ours_typed:app", 0, "--single-process"), {})
+        ],
         "ours-4w": [(_sanic(ours, 0, "--workers", "4"), {})],
         "ours-2x2-redis": [(_sanic(ours, 0, "--workers", "2"), redis)] * 2,
         "naive": [(_sanic("bench.servers.naive:app", 0, "--single-process"), {})],

@@ -7,7 +7,10 @@ One root, :class:`WSError`, drawn as a tree::
     │                          sit on a blueprint no app registered (at startup)
     ├── Reject                 refuse a connection before the upgrade (HTTP status)
     ├── MessageError           a client's message could not be accepted
-    │                          (sent back as an error frame, connection stays open)
+    │   │                      (sent back as an error frame, connection stays open)
+    │   └── InvalidData        its data does not match its type's schema
+    ├── InvalidOutgoing        a send's data does not match its declared schema
+    │                          (WS_VALIDATE_OUTGOING; also a ValueError)
     ├── PublishTooLarge        a message bigger than WS_MAX_PUBLISH was sent
     │                          through the Redis backplane (raised to the caller)
     └── RequestError           a request to a client (``conn.request``) got no data

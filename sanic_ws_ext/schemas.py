@@ -34,7 +34,7 @@ from typing import Any
 
 import typing_extensions
 
-from .errors import ErrorCode, MessageError
+from .errors import ErrorCode, MessageError, WSError
 
 __all__ = [
     "MAX_ERRORS",
@@ -90,7 +90,7 @@ class InvalidData(MessageError):
         }
 
 
-class InvalidOutgoing(ValueError):
+class InvalidOutgoing(WSError, ValueError):
     """What a send carries under a declared type does not match its schema.
 
     Raised in the sender's code when ``WS_VALIDATE_OUTGOING`` is on (tests,
