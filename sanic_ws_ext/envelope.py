@@ -42,6 +42,7 @@ from typing_extensions import TypeVar
 
 from .errors import ErrorCode, MessageError
 from .frames import raw_body
+from .schemas import as_data, to_builtins
 
 __all__ = [
     "MAX_REF_LENGTH",
@@ -77,13 +78,13 @@ def now_ms() -> int:
 T = TypeVar("T", default=Any)
 
 
-def _default(obj: Any) -> Any:
-    """ujson's ``default``: schema instances (dataclasses, pydantic models,
-    msgspec structs) go out as their JSON form; only called for values
-    ujson cannot write itself, so plain data pays nothing."""
-    from .schemas import to_builtins
-
-    return to_builtins(obj)
+#: ujson's ``default``: schema instances (dataclasses, pydantic models,
+#: msgspec structs) go out as their JSON form; only called for values ujson
+#: cannot write itself, so plain data pays nothing.
+_default = to_builtins
+#: What ujson writes itself: data of these types goes to it as it is; a
+#: schema instance at the top is converted first (ujson's default is slower).
+_NATIVE = frozenset({dict, list, str, int, float, bool, type(None)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,8 @@ def encode_reply(
     ``ok: false`` with ``error`` (code, reason, and ``details`` beside them).
     Raises as :func:`encode_envelope` when ``data`` is not JSON-able."""
     if error is None:
+        if data.__class__ not in _NATIVE:
+            data = as_data(data)
         return _dumps(
             {"type": "reply", "ref": ref, "ok": True, "data": data,
              "timestamp": now_ms()}
@@ -177,7 +180,7 @@ def encode_envelope(
         raise TypeError(f"envelope type must be a non-empty str, got {type!r}")
     payload = {
         "type": type,
-        "data": data,
+        "data": data if data.__class__ in _NATIVE else as_data(data),
         "timestamp": now_ms() if timestamp is None else timestamp,
     }
     return _dumps(payload)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -52,10 +53,11 @@ MAX_ERRORS = 10
 #: Longest field path or problem text in an ``invalid_data`` frame.
 MAX_TEXT = 200
 
-try:  # msgspec is optional: structs are supported when it is installed
-    import msgspec
-except ImportError:  # pragma: no cover - the dev extra installs it
-    msgspec = None  # type: ignore[assignment]
+
+def _msgspec() -> Any:
+    """msgspec if something imported it, else None: a struct exists only
+    once msgspec is imported, so the server never imports it for nothing."""
+    return sys.modules.get("msgspec")
 
 
 def _cut(text: str) -> str:
@@ -142,6 +144,7 @@ def is_schema_type(tp: Any) -> bool:
         return False
     if dataclasses.is_dataclass(tp) or typing_extensions.is_typeddict(tp):
         return True
+    msgspec = _msgspec()
     if msgspec is not None and issubclass(tp, msgspec.Struct):
         return True
     from pydantic import BaseModel
@@ -163,6 +166,7 @@ class Schema:
         self.type = tp
         self.name = tp.__name__
         self._adapter: Any = None
+        msgspec = _msgspec()
         if msgspec is not None and issubclass(tp, msgspec.Struct):
             self.kind = "msgspec"
         else:
@@ -177,6 +181,7 @@ class Schema:
     def validate(self, type: str, data: Any) -> Any:
         """``data`` as an instance of the schema; :class:`InvalidData` if not."""
         if self.kind == "msgspec":
+            msgspec = _msgspec()
             try:
                 return msgspec.convert(data, self.type)
             except msgspec.ValidationError as exc:
@@ -206,6 +211,8 @@ class Schema:
         as ``#/components/schemas/<name>``)."""
         ref = "#/components/schemas/{model}"
         if self.kind == "msgspec":
+            import msgspec.json
+
             (schema,), defs = msgspec.json.schema_components(
                 [self.type], ref_template=ref.replace("{model}", "{name}")
             )
@@ -243,7 +250,8 @@ def _plain(value: Any) -> bool:
 
 
 _SCHEMAS: dict[type[Any], Schema] = {}
-_DUMPERS: dict[type[Any], Any] = {}
+#: How each schema class's instances become JSON data, by class.
+_CONVERTERS: dict[type[Any], Callable[[Any], Any]] = {}
 
 
 def schema_of(tp: type[Any]) -> Schema:
@@ -254,13 +262,40 @@ def schema_of(tp: type[Any]) -> Schema:
     return schema
 
 
-def _dumper(tp: type[Any]) -> Any:
-    dumper = _DUMPERS.get(tp)
-    if dumper is None:
+def _converter(kind: type[Any]) -> Callable[[Any], Any] | None:
+    msgspec = _msgspec()
+    if msgspec is not None and issubclass(kind, msgspec.Struct):
+        to_builtins: Callable[[Any], Any] = msgspec.to_builtins
+        return to_builtins
+    serializer = getattr(kind, "__pydantic_serializer__", None)
+    if serializer is None and dataclasses.is_dataclass(kind):
         from pydantic import TypeAdapter
 
-        dumper = _DUMPERS[tp] = TypeAdapter(tp)
-    return dumper
+        serializer = TypeAdapter(kind).serializer
+    if serializer is None:
+        return None
+    to_python = serializer.to_python
+
+    def convert(obj: Any) -> Any:
+        return to_python(obj, mode="json", warnings=False)
+
+    return convert
+
+
+def _same(obj: Any) -> Any:
+    return obj
+
+
+def as_data(obj: Any) -> Any:
+    """A schema instance as its JSON form; anything else as it is (for the
+    encoder). By class, cached: one dict lookup for a class seen before."""
+    kind = type(obj)
+    convert = _CONVERTERS.get(kind)
+    if convert is None:
+        convert = _converter(kind) or _same
+        if len(_CONVERTERS) < 4096:  # classes made at run time: not kept all
+            _CONVERTERS[kind] = convert
+    return convert(obj)
 
 
 def to_builtins(obj: Any) -> Any:
@@ -268,14 +303,10 @@ def to_builtins(obj: Any) -> Any:
 
     Raises ``TypeError`` for anything else, as ujson would.
     """
-    kind = type(obj)
-    if msgspec is not None and isinstance(obj, msgspec.Struct):
-        return msgspec.to_builtins(obj)
-    if hasattr(kind, "model_dump"):
-        return obj.model_dump(mode="json", warnings=False)
-    if dataclasses.is_dataclass(kind):
-        return _dumper(kind).dump_python(obj, mode="json", warnings=False)
-    raise TypeError(f"{obj!r} is not JSON serializable")
+    converted = as_data(obj)
+    if converted is obj:
+        raise TypeError(f"{obj!r} is not JSON serializable")
+    return converted
 
 
 def checker(

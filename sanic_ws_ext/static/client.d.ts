@@ -63,10 +63,12 @@ export interface Envelope<T = unknown> {
  * "closed" (`close()`, or a close the client does not reconnect after).
  */
 export class RequestError extends Error {
-  constructor(code: string, reason?: string);
+  constructor(code: string, reason?: string, details?: Record<string, unknown>);
   readonly name: "RequestError";
   readonly code: string;
   readonly reason: string;
+  /** The error's other fields: `invalid_data`'s `field`, `problem`, `errors`, `count`. */
+  readonly details: Record<string, unknown>;
 }
 
 /** Default time a request waits for its reply, ms (10000). */

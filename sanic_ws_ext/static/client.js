@@ -85,11 +85,13 @@ export class SendQueue {
  * after the request was sent, and no retry was left), "closed" (`close()`).
  */
 export class RequestError extends Error {
-  constructor(code, reason = "") {
+  constructor(code, reason = "", details = {}) {
     super(reason ? `${code}: ${reason}` : code);
     this.name = "RequestError";
     this.code = code;
     this.reason = reason;
+    // The error's other fields: invalid_data's field, problem, errors, count.
+    this.details = details;
   }
 }
 
@@ -249,8 +251,8 @@ export class WSClient {
     if (envelope.ok === true) {
       pending.resolve(envelope.data ?? null);
     } else {
-      const error = envelope.error ?? {};
-      pending.reject(new RequestError(String(error.code ?? "error"), String(error.reason ?? "")));
+      const { code, reason, ...details } = envelope.error ?? {};
+      pending.reject(new RequestError(String(code ?? "error"), String(reason ?? ""), details));
     }
   }
 
