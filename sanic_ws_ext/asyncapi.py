@@ -112,18 +112,20 @@ def _id(type_: str) -> str:
     return _ID.sub("_", type_)
 
 
-def _envelope(type_: str, data: dict[str, Any], reply: bool = False) -> dict[str, Any]:
+def _envelope(type_: str, data: dict[str, Any], client: bool) -> dict[str, Any]:
+    """The JSON frame of an envelope of ``type_``: its payload schema."""
     properties: dict[str, Any] = {
         "type": {"type": "string", "const": type_},
         "data": data,
         "timestamp": {"type": "number", "description": "ms since the epoch"},
-        "ref": {
+    }
+    if client:
+        properties["ref"] = {
             "type": "string",
             "minLength": 1,
             "maxLength": 64,
             "description": "a request's id: the server answers with a reply",
-        },
-    }
+        }
     return {"type": "object", "required": ["type"], "properties": properties}
 
 
@@ -157,12 +159,12 @@ def asyncapi_document(
         return {"$ref": f"#/components/schemas/{name}"}
 
     def message(
-        key: str, type_: str, data: dict[str, Any], summary: str = ""
+        key: str, type_: str, data: dict[str, Any], summary: str, client: bool
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "name": type_,
             "title": type_,
-            "payload": _envelope(type_, data),
+            "payload": _envelope(type_, data, client),
         }
         if summary:
             entry["summary"] = summary
@@ -210,7 +212,7 @@ def asyncapi_document(
     for type_, _, summary in incoming:
         key = _id(type_)
         socket_messages[key] = message(
-            key, type_, data_schema(registry.incoming[type_]), summary
+            key, type_, data_schema(registry.incoming[type_]), summary, True
         )
         operations[f"receive.{key}"] = {
             "action": "receive",
@@ -223,7 +225,7 @@ def asyncapi_document(
         key = _id(type_)
         if key in socket_messages:
             continue
-        socket_messages[key] = message(key, type_, data, summary)
+        socket_messages[key] = message(key, type_, data, summary, True)
         operations[f"receive.{key}"] = {
             "action": "receive",
             "channel": channel_ref,
@@ -241,7 +243,7 @@ def asyncapi_document(
         key = _id(type_)
         if key in socket_messages:
             key = f"{key}.sent"
-        socket_messages[key] = message(key, type_, data, summary)
+        socket_messages[key] = message(key, type_, data, summary, False)
         operations[f"send.{key}"] = {
             "action": "send",
             "channel": channel_ref,
@@ -325,7 +327,7 @@ PAGE = """<!doctype html>
 </script>
 <script>
 AsyncApiStandalone.render({{
-  schema: {{ url: "{json}", options: {{ method: "GET" }} }},
+  schema: {{ url: "{json}", requestOptions: {{ method: "GET" }} }},
   config: {{ show: {{ sidebar: true }} }},
 }}, document.getElementById("asyncapi"));
 </script>
