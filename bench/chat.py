@@ -90,8 +90,12 @@ def run(
     servers: list[str],
     client: str = DEFAULT_CLIENT,
     into: list[dict[str, Any]] | None = None,
+    bases: tuple[str, ...] = ("socketify", "naive"),
 ) -> list[str]:
-    """The table; each passing run at a highest rate is appended to ``into``."""
+    """The table; each passing run at a highest rate is appended to ``into``.
+
+    ``bases``: the servers each is compared with (a column each).
+    """
     best: dict[str, list[int]] = {s: [] for s in servers}
     cpu: dict[str, list[float]] = {s: [] for s in servers}
     for r in range(rounds):
@@ -108,8 +112,8 @@ def run(
         f" {rounds} rounds; medians (range); load client: {client}.",
         "",
         "| server | highest rate per client (msg/s) | deliveries/s"
-        " | server CPU us/msg | x socketify | x naive |",
-        "| --- | --- | --- | --- | --- | --- |",
+        " | server CPU us/msg |" + "".join(f" x {b} |" for b in bases),
+        "| --- | --- | --- | --- |" + " --- |" * len(bases),
     ]
 
     def ratio(server: str, base: str) -> str:
@@ -124,10 +128,51 @@ def run(
             f"| {server} | {med:g} ({min(values)} - {max(values)}) |"
             f" {med * clients * clients:,.0f} |"
             f" {fmt(cpu[server], 2) if cpu[server] else '-'} |"
-            f" {ratio(server, 'socketify')} |"
-            f" {ratio(server, 'naive')} |"
+            + "".join(f" {ratio(server, b)} |" for b in bases)
         )
     return out
+
+
+def typed(
+    clients: int,
+    rates: list[int],
+    refine: int,
+    duration: float,
+    rounds: int,
+    client: str = DEFAULT_CLIENT,
+    into: list[dict[str, Any]] | None = None,
+) -> list[str]:
+    """Typed messages' cost: ours with a typed chat handler (a dataclass
+    validated per message, the typed object broadcast) against ours; target
+    >= 0.8x. Rounds alternate the two, so load drifts touch both."""
+    lines = run(
+        clients, rates, refine, duration, rounds, ["ours", "ours-typed"],
+        client, into, bases=("ours",),
+    )  # fmt: skip
+    lines[0] = lines[0].replace("Chat,", "Typed chat against untyped,")
+    # The highest rate is a threshold on p99, which a shared machine's load
+    # moves by 2x between rounds; the server's CPU per delivered message at
+    # one rate both pass is the steadier cost: its inverse ratio is the
+    # throughput ratio a CPU-bound server would see.
+    same = rates[min(2, len(rates) - 1)]
+    cpu: dict[str, list[float]] = {"ours": [], "ours-typed": []}
+    for _ in range(max(rounds, 3)):
+        for server in cpu:
+            ok, res = passes(server, clients, same, duration, client)
+            if ok:
+                cpu[server].append(res["cpu_us"])
+    if cpu["ours"] and cpu["ours-typed"]:
+        plain = statistics.median(cpu["ours"])
+        typed_ = statistics.median(cpu["ours-typed"])
+        lines += [
+            "",
+            f"At {same} msg/s per client ({same * clients * clients:,} deliveries/s),"
+            f" server CPU per delivered message, median of {len(cpu['ours'])} and"
+            f" {len(cpu['ours-typed'])} runs: ours {fmt(cpu['ours'], 2)} us,"
+            f" ours-typed {fmt(cpu['ours-typed'], 2)} us: typed throughput"
+            f" {plain / typed_:.2f}x untyped (CPU-bound; target >= 0.8x).",
+        ]
+    return lines
 
 
 def main() -> None:
@@ -139,7 +184,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", nargs="+", default=[*PEERS, "client-ceiling"])
     parser.add_argument("--client", choices=["native", "node"], default=DEFAULT_CLIENT)
+    parser.add_argument(
+        "--typed", action="store_true", help="only ours-typed against ours"
+    )
     args = parser.parse_args()
+    if args.typed:
+        lines = typed(
+            args.clients,
+            args.rates,
+            args.refine,
+            args.duration,
+            args.rounds,
+            args.client,
+        )
+        print("\n".join(lines))
+        return
     lines = run(
         args.clients,
         args.rates,

@@ -82,6 +82,9 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         "ours-deflate": [
             (_sanic(ours, 0, "--single-process"), {"SANIC_WS_COMPRESSION": "true"})
         ],
+        "ours-typed": [
+            (_sanic("bench.servers.ours_typed:app", 0, "--single-process"), {})
+        ],
         "ours-4w": [(_sanic(ours, 0, "--workers", "4"), {})],
         "ours-2w": [(_sanic(ours, 0, "--workers", "2"), {})],
         "ours-2x2-redis": [(_sanic(ours, 0, "--workers", "2"), redis)] * 2,

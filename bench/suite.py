@@ -13,7 +13,8 @@ figure), the two load clients compared on the same servers, one stalled
 client among 1000 (the others' throughput), a handler broadcasting ~22 MB per
 receiver in a loop to 10 readers and one stalled client (``bench/flood.py``:
 none of the readers closed, the stalled one closed with 1008), chat (100
-clients; the highest rate with p99 <= 100 ms), idle memory (5,000
+clients; the highest rate with p99 <= 100 ms; and a typed chat handler
+against the untyped one), idle memory (5,000
 connections), the relay between workers, and the Redis backplane between
 machines, and many nodes (``bench/nodes.py``: 8 nodes over one Redis and
 over a Redis Cluster, interest routing against the single channel of
@@ -122,6 +123,7 @@ def main() -> None:
         section("A sender in a loop, one stalled client (smoke)", flooded)
         passed: list[dict[str, Any]] = []
         section("Chat (smoke)", chat.run(10, [5], 0, 0.5, 1, ["ours"], into=passed))
+        section("Typed chat (smoke)", chat.typed(10, [5], 0, 0.5, 1, into=passed))
         per = memory.run(200, 1, ["ours"])
         section("Idle memory (smoke)", per)
         tiny = ["--rounds", "1", "--burst", "2000", "--rate", "1000",
@@ -182,6 +184,7 @@ def main() -> None:
         "Chat",
         chat.run(100, chat.RATES, 3, 2.0, rounds, [*PEERS, "client-ceiling"]),
     )
+    section("Typed chat", chat.typed(100, chat.RATES, 3, 2.0, rounds))
     section("Idle memory", memory.run(5000, rounds, PEERS))
     relay = []
     for workers in ("4", "2"):

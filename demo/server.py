@@ -19,17 +19,27 @@ or reconnects after a network drop or a server restart, is sent what it
 missed, each message once; when the server no longer has them (after a
 restart the history starts again), the page says so. It shows a message typed
 while offline greyed until it is sent, and works down to phone widths.
+
+Its messages are typed (docs/howto/typed.md): ``chat.send`` is validated
+against :class:`ChatSend` before the handler runs, and what the server sends
+is declared with ``sends``, for the AsyncAPI document (served at
+``/ws/asyncapi``) and the TypeScript types
+(``python -m sanic_ws_ext types demo.server:app``).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, html, raw
 from sanic_ext import Extend
+from typing_extensions import TypedDict
 
 from sanic_ws_ext import (
     Accept,
@@ -42,12 +52,38 @@ from sanic_ws_ext import (
 )
 
 app = Sanic("demo")
+app.config.WS_ASYNCAPI = True  # /ws/asyncapi.json and the page at /ws/asyncapi
 Extend(app).register(WSExtension)
 chat = WSHandlers(app)
 
 ROOMS = ("lobby", "random", "dev")
 MAX_TEXT = 500
 _NAME = re.compile(r"[\w .-]{1,24}")
+
+
+@dataclass
+class ChatSend:
+    """A message to a room the page joined."""
+
+    room: str
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+
+
+@dataclass
+class Welcome:
+    """Who the server says you are, once connected."""
+
+    id: str
+    name: str
+    rooms: list[str]
+    worker: str
+
+
+# "from" is a Python keyword: a TypedDict (functional form) can have it.
+ChatMessage = TypedDict("ChatMessage", {"room": str, "from": str, "text": str})
+
+chat.sends("chat.welcome", Welcome, "Who you are, once connected")
+chat.sends("chat.message", ChatMessage, "A message in a room you joined")
 
 
 @chat.verify
@@ -73,28 +109,20 @@ for _room in ROOMS:
 
 @chat.on_connect
 async def welcome(conn: Connection) -> None:
-    await conn.send(
-        "chat.welcome",
-        {"id": conn.id, "name": conn.user, "rooms": ROOMS, "worker": conn.worker},
-    )
+    welcome = Welcome(conn.id, conn.user or "", list(ROOMS), conn.worker)
+    await conn.send("chat.welcome", welcome)
 
 
 @chat.on("chat.send")
-async def say(conn: Connection, msg: Envelope) -> None:
-    room = _room_of(conn, msg)
-    text = msg.data.get("text")  # data is a dict: _room_of checked
-    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
-        raise MessageError("bad_text", f"text must be 1 to {MAX_TEXT} characters")
-    await conn.manager.publish(
-        room, "chat.message", {"room": room, "from": conn.user, "text": text}
-    )
-
-
-def _room_of(conn: Connection, msg: Envelope) -> str:
-    room = msg.data.get("room") if isinstance(msg.data, dict) else None
-    if not isinstance(room, str) or room not in conn.rooms:
+async def say(conn: Connection, msg: Envelope[ChatSend]) -> None:
+    """Say something in a room you joined: its members get chat.message."""
+    room, text = msg.data.room, msg.data.text
+    if room not in conn.rooms:
         raise MessageError("not_in_room", "join the room first")
-    return room
+    if not text.strip():
+        raise MessageError("bad_text", "say something")
+    message: ChatMessage = {"room": room, "from": conn.user or "", "text": text}
+    await conn.manager.publish(room, "chat.message", message)
 
 
 PAGE = Path(__file__).with_name("index.html").read_text()

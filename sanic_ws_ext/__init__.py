@@ -38,6 +38,7 @@ from .extension import WSExtension
 from .handlers import Accept, WSHandlers
 from .history import History, Page, Position
 from .manager import ConnectionManager
+from .schemas import InvalidData, InvalidOutgoing
 
 __all__ = [
     "DEFAULTS",
@@ -53,6 +54,8 @@ __all__ = [
     "Envelope",
     "ErrorCode",
     "History",
+    "InvalidData",
+    "InvalidOutgoing",
     "MessageError",
     "Page",
     "Position",

@@ -161,6 +161,16 @@ DEFAULTS: dict[str, Any] = {
     "WS_COMPRESSION_MIN": 256,
     # zlib's level, 1 (fastest) to 9 (smallest).
     "WS_COMPRESSION_LEVEL": 6,
+    # Check what sends carry under a declared type (WSHandlers.sends, typed
+    # replies) against its schema, raising InvalidOutgoing in the sender:
+    # None (auto) is on in debug mode (sanic --dev) and under test clients
+    # (Sanic.test_mode), off in production, where it costs one test per send.
+    "WS_VALIDATE_OUTGOING": None,
+    # Serve <WS_PATH>/asyncapi.json (an AsyncAPI 3.0 document of the declared
+    # messages, rooms and codes) and <WS_PATH>/asyncapi (a page rendering it).
+    # Off by default, like WS_STATS: it describes the app's whole websocket
+    # surface, and sanic-ext's OAS switch is on by default.
+    "WS_ASYNCAPI": False,
 }
 
 #: ``WS_*`` names that are not settings but may be in ``app.config``: Sanic
@@ -352,6 +362,8 @@ class WSConfig:
     compression: bool
     compression_min: int
     compression_level: int
+    validate_outgoing: bool | None = None
+    asyncapi: bool = False
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> WSConfig:
@@ -460,8 +472,16 @@ class WSConfig:
                 "WS_GC_FREEZE",
                 "WS_AUTH_IN_BAND",
                 "WS_COMPRESSION",
+                "WS_ASYNCAPI",
             )
         }
+        outgoing = get("WS_VALIDATE_OUTGOING")
+        validate_outgoing = (
+            None
+            if outgoing is None
+            or (isinstance(outgoing, str) and outgoing.lower() in ("auto", "none"))
+            else _switch("WS_VALIDATE_OUTGOING", outgoing)
+        )
         stats_token = _token("WS_STATS_TOKEN", get("WS_STATS_TOKEN"))
         publish_token = _token("WS_PUBLISH_TOKEN", get("WS_PUBLISH_TOKEN"))
         publish_max = _integer(
@@ -548,6 +568,8 @@ class WSConfig:
             auth_refresh_ahead=seconds("WS_AUTH_REFRESH_AHEAD"),
             auth_token_max=token_max,
             subprotocols=_subprotocols(get("WS_SUBPROTOCOLS")),
+            validate_outgoing=validate_outgoing,
+            asyncapi=switches["WS_ASYNCAPI"],
         )
 
     @property

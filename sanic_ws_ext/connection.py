@@ -161,6 +161,9 @@ class Connection:
         readers that are reading (see ``WS_DRAIN_TIMEOUT``), never for this
         socket alone. ``volatile`` and ``key``: as for the manager's sends.
         """
+        check = self.manager._check_out
+        if check is not None:
+            check(type, data)
         frame = data_frame(*message_body(type, data, raw))
         self._wire.send_frame(frame, volatile, send_key(key))
         await self._wire.pace()

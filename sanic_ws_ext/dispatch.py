@@ -146,6 +146,9 @@ class Dispatcher:
         self._settled = settled
         # Joins a history room: replay, then ``room.joined`` (sequencer.py).
         self._recover = recover
+        #: Checks a reply's data against its type's declared reply schema
+        #: (WS_VALIDATE_OUTGOING), or None.
+        self.check_reply: Callable[[str | None, Any], None] | None = None
         self.clock: Callable[[], float] = lambda: 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Each busy connection's task.
@@ -311,11 +314,13 @@ class Dispatcher:
             return
         if failure is None:
             try:
+                if self.check_reply is not None:
+                    self.check_reply(envelope.type, value)
                 body = encode_reply(ref, value)
             except (TypeError, ValueError, OverflowError) as exc:
                 log.error(
                     "websocket reply to %r on connection %s: the value handlers"
-                    " returned is not JSON-able",
+                    " returned is not JSON-able, or not of its declared type",
                     ref,
                     conn.id,
                     exc_info=exc,
@@ -331,11 +336,14 @@ class Dispatcher:
 
     def _refused(self, conn: Connection, ref: str, failure: Exception) -> None:
         """Answer the request ``ref`` of ``conn`` with ``ok: false``."""
+        details = None
         if isinstance(failure, MessageError):
             error = (failure.code, failure.reason)
+            details = failure.details
         else:
             error = (ErrorCode.HANDLER_ERROR, "internal error")
-        conn._wire.send_frame(encode_frame(OP_TEXT, encode_reply(ref, error=error)))
+        body = encode_reply(ref, error=error, details=details)
+        conn._wire.send_frame(encode_frame(OP_TEXT, body))
 
     async def _client_room(
         self, conn: Connection, envelope: Envelope
@@ -595,9 +603,8 @@ class Dispatcher:
 
     async def refuse(self, conn: Connection, exc: MessageError) -> None:
         """Answer a refused message with an error frame; run the error hooks."""
-        conn._wire.send_frame(
-            encode_frame(OP_TEXT, error_envelope(exc.code, exc.reason))
-        )
+        body = error_envelope(exc.code, exc.reason, exc.details)
+        conn._wire.send_frame(encode_frame(OP_TEXT, body))
         await self._run_error_hooks(conn, exc)
 
     async def _run_error_hooks(self, conn: Connection, exc: Exception) -> None:

@@ -35,12 +35,14 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 import ujson
+from typing_extensions import TypeVar
 
 from .errors import ErrorCode, MessageError
 from .frames import raw_body
+from .schemas import as_data, to_builtins
 
 __all__ = [
     "MAX_REF_LENGTH",
@@ -72,12 +74,30 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: The type of an envelope's ``data``: ``Any`` unless a schema says.
+T = TypeVar("T", default=Any)
+
+
+#: ujson's ``default``: schema instances (dataclasses, pydantic models,
+#: msgspec structs) go out as their JSON form; only called for values ujson
+#: cannot write itself, so plain data pays nothing.
+_default = to_builtins
+#: What ujson writes itself: data of these types goes to it as it is; a
+#: schema instance at the top is converted first (ujson's default is slower).
+_NATIVE = frozenset({dict, list, str, int, float, bool, type(None)})
+
+
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """One decoded text message."""
+class Envelope(Generic[T]):
+    """One decoded text message.
+
+    ``Envelope[ChatSend]`` as the annotation of a handler's message declares
+    the schema of its ``data`` (docs/howto/typed.md): the handler then gets
+    an envelope whose ``data`` is a validated ``ChatSend``.
+    """
 
     type: str
-    data: Any = None
+    data: T = None  # type: ignore[assignment]
     timestamp: int | float | None = None
     #: The client's request id, when it asked for a reply (else ``None``).
     #: A client that retries after a reconnect sends the same ref again: a
@@ -106,7 +126,11 @@ class RefusedRequest(MessageError):
 
 def _dumps(payload: dict[str, Any]) -> bytes:
     return ujson.dumps(
-        payload, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False
+        payload,
+        ensure_ascii=False,
+        escape_forward_slashes=False,
+        allow_nan=False,
+        default=_default,
     ).encode()
 
 
@@ -118,12 +142,18 @@ def encode_request(type: str, data: Any, ref: str) -> bytes:
 
 
 def encode_reply(
-    ref: str, data: Any = None, *, error: tuple[str, str] | None = None
+    ref: str,
+    data: Any = None,
+    *,
+    error: tuple[str, str] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> bytes:
     """The reply to a request with ``ref``: ``ok: true`` with ``data``, or
-    ``ok: false`` with ``error`` (code, reason). Raises as
-    :func:`encode_envelope` when ``data`` is not JSON-able."""
+    ``ok: false`` with ``error`` (code, reason, and ``details`` beside them).
+    Raises as :func:`encode_envelope` when ``data`` is not JSON-able."""
     if error is None:
+        if data.__class__ not in _NATIVE:
+            data = as_data(data)
         return _dumps(
             {"type": "reply", "ref": ref, "ok": True, "data": data,
              "timestamp": now_ms()}
@@ -131,7 +161,8 @@ def encode_reply(
     code, reason = error
     return _dumps(
         {"type": "reply", "ref": ref, "ok": False,
-         "error": {"code": code, "reason": reason}, "timestamp": now_ms()}
+         "error": {**(details or {}), "code": code, "reason": reason},
+         "timestamp": now_ms()}
     )  # fmt: skip
 
 
@@ -149,12 +180,10 @@ def encode_envelope(
         raise TypeError(f"envelope type must be a non-empty str, got {type!r}")
     payload = {
         "type": type,
-        "data": data,
+        "data": data if data.__class__ in _NATIVE else as_data(data),
         "timestamp": now_ms() if timestamp is None else timestamp,
     }
-    return ujson.dumps(
-        payload, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False
-    ).encode()
+    return _dumps(payload)
 
 
 def encode_envelope_json(type: str, data: bytes) -> bytes:
@@ -184,8 +213,13 @@ def message_body(
     return raw_body(raw)
 
 
-def error_envelope(code: str, reason: str) -> bytes:
-    """The error frame body: ``{"type": "error", "data": {code, reason}}``."""
+def error_envelope(
+    code: str, reason: str, details: dict[str, Any] | None = None
+) -> bytes:
+    """The error frame body: ``{"type": "error", "data": {code, reason}}``,
+    with ``details`` beside ``code`` and ``reason`` in ``data``."""
+    if details:
+        return encode_envelope("error", {**details, "code": code, "reason": reason})
     return encode_envelope("error", {"code": code, "reason": reason})
 
 

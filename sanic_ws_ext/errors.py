@@ -9,7 +9,10 @@ One root, :class:`WSError`, drawn as a tree::
     │                          or close code 4000 + status with WS_AUTH_IN_BAND),
     │                          or a fresh token (on_refresh)
     ├── MessageError           a client's message could not be accepted
-    │                          (sent back as an error frame, connection stays open)
+    │   │                      (sent back as an error frame, connection stays open)
+    │   └── InvalidData        its data does not match its type's schema
+    ├── InvalidOutgoing        a send's data does not match its declared schema
+    │                          (WS_VALIDATE_OUTGOING; also a ValueError)
     ├── PublishTooLarge        a message bigger than WS_MAX_PUBLISH was sent
     │                          through the Redis backplane (raised to the caller)
     ├── EmitFailed             a SyncEmitter could not hand an op to Redis
@@ -26,6 +29,7 @@ Errors after the upgrade carry a close code or an error-frame code.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 from sanic.exceptions import SanicException
 
@@ -90,6 +94,10 @@ class ErrorCode:
     AUTH_USER_MISMATCH = "auth_user_mismatch"
     #: An ``auth.refresh`` while no ``on_refresh`` hook is registered.
     AUTH_UNSUPPORTED = "auth_unsupported"
+    #: The message's ``data`` does not match its type's schema (typed
+    #: handlers): the frame also carries ``field``, ``problem``, ``errors``
+    #: and ``count``.
+    INVALID_DATA = "invalid_data"
 
 
 class WSError(Exception):
@@ -137,7 +145,12 @@ class MessageError(WSError):
     ``reason`` a short human-readable explanation. Handlers may raise it to
     answer a bad request with an error frame without reaching the error hook
     as an unexpected failure.
+
+    ``details``, when set, are more fields of the error frame's ``data`` (and
+    of a reply's ``error``) beside ``code`` and ``reason``.
     """
+
+    details: dict[str, Any] | None = None
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
@@ -192,12 +205,17 @@ class RequestError(WSError):
 
 
 class RequestFailed(RequestError):
-    """The client answered a request with ``ok: false``: its ``code`` and ``reason``."""
+    """The client answered a request with ``ok: false``: its ``code`` and ``reason``
+    (and ``details``: the error's other fields, such as ``invalid_data``'s
+    ``field`` and ``problem``)."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(
+        self, code: str, reason: str, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.details = details or {}
 
 
 class RequestTimeout(RequestError, TimeoutError):

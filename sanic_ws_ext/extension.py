@@ -217,6 +217,7 @@ async def _start(app: Sanic[Any, Any]) -> None:
             config.publish_token is not None,
             registered.publish_token is not None,
         ),
+        ("WS_ASYNCAPI", config.asyncapi, registered.asyncapi),
         ("WS_BACKPLANE", config.backplane, registered.backplane),
         ("WS_RELAY_TRANSPORT", config.relay_transport, registered.relay_transport),
     ):
@@ -246,9 +247,16 @@ async def _start(app: Sanic[Any, Any]) -> None:
             buffer=config.backplane_buffer,
             beat=config.relay_beat,
         )
-    manager = ConnectionManager(
-        config, HandlerRegistry(groups), delivery, worker=worker
-    )
+    registry = HandlerRegistry(groups)
+    manager = ConnectionManager(config, registry, delivery, worker=worker)
+    check = config.validate_outgoing
+    if check is None:  # auto: in debug mode and under test clients
+        check = app.debug or Sanic.test_mode
+    if check:
+        from .schemas import checker
+
+        manager._check_out = checker(registry.outgoing)
+        manager._dispatcher.check_reply = checker(registry.replies)
     app.ctx.ws = manager
     await manager._start()
 

@@ -24,9 +24,11 @@ see :func:`unregistered_blueprints`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import sys
+import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from types import FrameType
@@ -186,6 +188,11 @@ class WSHandlers:
         self.backplane: list[BackplaneHook] = []
         self.room_guards: list[RoomGuard] = []
         self.room_specs: list[RoomSpec] = []
+        #: Declared message types: what clients send (type -> schema class,
+        #: ``None`` when untyped), what the server sends, what replies carry.
+        self.incoming: dict[str, MessageDecl] = {}
+        self.outgoing: dict[str, MessageDecl] = {}
+        self.replies: dict[str, MessageDecl] = {}
         if target is not None:
             self.bind(target)
 
@@ -289,7 +296,7 @@ class WSHandlers:
         self.message.append(handler)
         return handler
 
-    def on(self, type: str) -> Callable[[F], F]:
+    def on(self, type: str, *, schema: type[Any] | None = None) -> Callable[[F], F]:
         """Run ``handler(conn, envelope)`` for envelopes of this ``type``.
 
         When the client's envelope carries a ``ref`` (a request), what the
@@ -299,6 +306,15 @@ class WSHandlers:
         run in order until one raises; the reply holds the last value other
         than ``None`` they returned, or that failure. Without a ``ref``, the
         value is ignored.
+
+        Typed messages: annotate the envelope ``Envelope[ChatSend]`` (or pass
+        ``schema=ChatSend``), where ``ChatSend`` is a dataclass, a pydantic
+        model, a ``TypedDict`` or a ``msgspec.Struct``. The handler then gets
+        an envelope whose ``data`` is a validated ``ChatSend``; data that
+        does not validate never reaches it: the client gets an
+        ``invalid_data`` error frame (or ``ok: false`` reply) naming the
+        field and the problem. A return annotation that is a schema class
+        declares what the reply's ``data`` holds.
         """
         if not isinstance(type, str) or not type:
             raise TypeError(f"message type must be a non-empty str, got {type!r}")
@@ -316,10 +332,38 @@ class WSHandlers:
 
         def register(handler: F) -> F:
             require_async(handler, f"on({type!r}) handler")
-            self.typed.setdefault(type, []).append(handler)
+            # The declaring scope's names too: a schema class defined in a
+            # function, as in tests, resolves like a module-level one.
+            scope = sys._getframe(1).f_locals
+            declared, reply = _schemas_of(handler, type, schema, scope)
+            run: Any = (
+                handler if declared is None else _validating(handler, type, declared)
+            )
+            self.typed.setdefault(type, []).append(run)
+            doc = inspect.getdoc(handler) or ""
+            if type not in self.incoming or declared is not None:
+                self.incoming[type] = MessageDecl(declared, doc.split("\n\n")[0])
+            if reply is not None:
+                self.replies[type] = MessageDecl(reply)
             return handler
 
         return register
+
+    def sends(self, type: str, schema: type[Any], description: str = "") -> None:
+        """Declare that the server sends messages of ``type`` with ``schema``.
+
+        For the AsyncAPI document and the TypeScript types; and with
+        ``WS_VALIDATE_OUTGOING`` on (tests and debug mode by default), every
+        send of ``type`` (``conn.send``, the manager's sends) checks its data
+        against ``schema`` and raises
+        :class:`~sanic_ws_ext.schemas.InvalidOutgoing` in the sender's code.
+        """
+        if not isinstance(type, str) or not type:
+            raise TypeError(f"message type must be a non-empty str, got {type!r}")
+        from .schemas import schema_of
+
+        schema_of(schema)  # refuses what is not a schema class, here
+        self.outgoing[type] = MessageDecl(schema, description)
 
     def on_binary(self, handler: F) -> F:
         """Run ``handler(conn, data)`` for every binary frame."""
@@ -421,6 +465,87 @@ class WSHandlers:
         return hook
 
 
+@dataclass(frozen=True, slots=True)
+class MessageDecl:
+    """A declared message type: its schema class (``None``: any data) and a
+    one-line description (the handler's docstring's first paragraph)."""
+
+    schema: type[Any] | None
+    description: str = ""
+
+
+def _schemas_of(
+    handler: Callable[..., Any],
+    msg_type: str,
+    explicit: type[Any] | None,
+    scope: dict[str, Any] | None = None,
+) -> tuple[type[Any] | None, type[Any] | None]:
+    """The schema of a handler's messages and of its replies.
+
+    ``explicit`` (``schema=``) or the annotation of its second parameter,
+    ``Envelope[Schema]``; the reply's from its return annotation.
+    """
+    from .envelope import Envelope
+    from .schemas import is_schema_type, schema_of
+
+    target: Any = inspect.unwrap(handler)
+    if not inspect.isroutine(target):  # an object with an async __call__
+        target = target.__call__
+    try:
+        hints = typing.get_type_hints(target, localns=scope)
+    except Exception as exc:  # names only imported under TYPE_CHECKING, ...
+        raw = str(getattr(target, "__annotations__", {}))
+        if explicit is None and "Envelope[" in raw:
+            raise TypeError(
+                f"on({msg_type!r}) handler {getattr(handler, '__qualname__', handler)}:"
+                f" its annotations cannot be resolved ({exc}); import the schema"
+                " class at run time (not under TYPE_CHECKING), or pass schema="
+            ) from None
+        hints = {}
+    declared: type[Any] | None = None
+    params = [
+        p
+        for p in inspect.signature(target).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) >= 2 and params[1].name in hints:
+        hint = hints[params[1].name]
+        if typing.get_origin(hint) is Envelope:
+            (arg,) = typing.get_args(hint)
+            if arg is not Any:
+                declared = arg
+    if explicit is not None:
+        if declared is not None and declared is not explicit:
+            raise TypeError(
+                f"on({msg_type!r}): schema={explicit.__name__} but the handler's"
+                f" envelope is annotated Envelope[{declared.__name__}]"
+            )
+        declared = explicit
+    if declared is not None:
+        schema_of(declared)  # refuses what is not a schema class, here
+    reply = hints.get("return")
+    return declared, reply if is_schema_type(reply) else None
+
+
+def _validating(
+    handler: Callable[..., Awaitable[Any]], msg_type: str, schema: type[Any]
+) -> Callable[..., Awaitable[Any]]:
+    """``handler``, called with the envelope's data validated against ``schema``."""
+    from .envelope import Envelope
+    from .schemas import schema_of
+
+    validate = schema_of(schema).validate
+
+    @functools.wraps(handler)
+    async def typed(conn: Connection, envelope: Envelope) -> Any:
+        data = validate(msg_type, envelope.data)
+        return await handler(
+            conn, Envelope(envelope.type, data, envelope.timestamp, envelope.ref)
+        )
+
+    return typed
+
+
 def groups_of(target: Sanic[Any, Any] | Blueprint) -> list[WSHandlers]:
     """The groups bound to an app or blueprint."""
     groups: list[WSHandlers] = target.ctx.__dict__.get(_CTX_KEY, [])
@@ -448,9 +573,12 @@ class HandlerRegistry:
         "connect",
         "disconnect",
         "error",
+        "incoming",
         "message",
         "middleware",
+        "outgoing",
         "refresh",
+        "replies",
         "room_guards",
         "rooms",
         "subprotocol",
@@ -472,6 +600,9 @@ class HandlerRegistry:
         self.backplane: list[BackplaneHook] = []
         self.room_guards: list[RoomGuard] = []
         self.rooms = RoomPolicies()
+        self.incoming: dict[str, MessageDecl] = {}
+        self.outgoing: dict[str, MessageDecl] = {}
+        self.replies: dict[str, MessageDecl] = {}
         seen: set[int] = set()
         for group in groups:
             if id(group) in seen:
@@ -492,6 +623,14 @@ class HandlerRegistry:
             self.room_guards += group.room_guards
             for spec in group.room_specs:
                 self.rooms.add(spec)
+            for mine, theirs in (
+                (self.incoming, group.incoming),
+                (self.outgoing, group.outgoing),
+                (self.replies, group.replies),
+            ):
+                for type_, decl in theirs.items():
+                    if type_ not in mine or mine[type_].schema is None:
+                        mine[type_] = decl
 
     def handles_text(self, type_: str) -> bool:
         """Whether an envelope of ``type_`` reaches any handler."""

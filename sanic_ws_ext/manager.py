@@ -109,6 +109,9 @@ class ConnectionManager:
     ) -> None:
         self._config = config
         self._registry = registry
+        # Checks a send's data against its declared type's schema
+        # (WS_VALIDATE_OUTGOING), or None: off, one test per send.
+        self._check_out: Callable[[str | None, Any], None] | None = None
         self._delivery = delivery
         self._worker = worker
         # This process's life: random, new at each start of a worker name.
@@ -310,6 +313,8 @@ class ConnectionManager:
         a connection): for cursors, ticks and progress, where only the
         latest matters.
         """
+        if self._check_out is not None:
+            self._check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.SEND, conn_id, body, binary, (), volatile, key)
         await self._pace()
@@ -325,6 +330,8 @@ class ConnectionManager:
         key: str | None = None,
     ) -> None:
         """Send to every connection but those in ``exclude`` (ids)."""
+        if self._check_out is not None:
+            self._check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.BROADCAST, "", body, binary, exclude, volatile, key)
         await self._pace()
@@ -350,6 +357,8 @@ class ConnectionManager:
         (every member gets each, in order): ``TypeError`` for ``raw``,
         ``ValueError`` for the others.
         """
+        if self._check_out is not None:
+            self._check_out(type, data)
         body, binary = message_body(type, data, raw)
         spec = self._sequencer.spec(room)
         if spec is not None:
@@ -398,6 +407,8 @@ class ConnectionManager:
         key: str | None = None,
     ) -> None:
         """Send to every connection of ``user`` (the verify identity)."""
+        if self._check_out is not None:
+            self._check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.USER_SEND, user, body, binary, exclude, volatile, key)
         await self._pace()

@@ -51,6 +51,16 @@ def add_routes(bp: Blueprint, base: str, config: WSConfig) -> None:
     """Add the routes ``config`` switches on, under ``base``."""
     if config.health:
         bp.add_route(serve_health, f"{base}/health", methods=["GET"], name="health")
+    if config.asyncapi:
+        bp.add_route(
+            serve_asyncapi, f"{base}/asyncapi.json", methods=["GET"], name="asyncapi"
+        )
+        bp.add_route(
+            serve_asyncapi_page,
+            f"{base}/asyncapi",
+            methods=["GET"],
+            name="asyncapi_page",
+        )
     if not config.stats:
         return
     bp.add_route(serve_stats, f"{base}/stats", methods=["GET"], name="stats")
@@ -60,6 +70,27 @@ def add_routes(bp: Blueprint, base: str, config: WSConfig) -> None:
     html = "text/html; charset=utf-8"
     add_static_route(bp, base, "dashboard", html, file="dashboard.html")
     add_static_route(bp, base, "dashboard.js", "text/javascript; charset=utf-8")
+
+
+async def serve_asyncapi(request: Request) -> HTTPResponse:
+    """``WS_ASYNCAPI``: the AsyncAPI 3.0 document of the app's websocket API,
+    with this request's host as its server."""
+    from .asyncapi import asyncapi_document
+
+    secure = request.scheme in ("https", "wss")
+    document = asyncapi_document(request.app, host=request.host, secure=secure)
+    return json(document, headers={"cache-control": "no-cache"})
+
+
+async def serve_asyncapi_page(request: Request) -> HTTPResponse:
+    """``WS_ASYNCAPI``: a page rendering the document (AsyncAPI's React
+    component, from a CDN, as sanic-ext's ``/docs`` does with Redoc)."""
+    from html import escape
+
+    from .asyncapi import PAGE
+
+    page = PAGE.format(title=escape(request.app.name), json="asyncapi.json")
+    return raw(page.encode(), content_type="text/html; charset=utf-8")
 
 
 def add_static_route(

@@ -133,6 +133,10 @@ class RoomPolicies:
         for spec in specs or ():
             self.add(spec)
 
+    def specs(self) -> list[RoomSpec]:
+        """Every declaration: exact names first, then patterns."""
+        return [*self._exact.values(), *self._patterns]
+
     def add(self, spec: RoomSpec) -> None:
         if spec._regex is None:
             if spec.pattern in self._exact:

@@ -375,8 +375,9 @@ class WSTestClient:
             self._asked.discard(ref)
         if reply.get("ok") is True:
             return reply.get("data")
-        error = reply.get("error") or {}
-        raise RequestFailed(str(error.get("code")), str(error.get("reason")))
+        error = dict(reply.get("error") or {})
+        code, reason = str(error.pop("code", None)), str(error.pop("reason", None))
+        raise RequestFailed(code, reason, error)
 
     async def reply(
         self, ref: str, data: Any = None, *, error: tuple[str, str] | None = None

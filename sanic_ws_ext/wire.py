@@ -199,6 +199,17 @@ _PASS_MIN = 2 << 20
 _PASS_MAX = 8 << 20
 _PER_WIRE = 8 << 10
 
+#: Bytes a scheduled pass (a callback of its own, the end of a loop pass)
+#: writes at most, whatever the limit above; the rest goes in the next
+#: passes, after the loop has polled its sockets. Loopback sends cost the TCP
+#: path of both ends: a pass of 8 MiB (presence diffs of 180 KB to 1,700
+#: members, queued by the tracker) was 54 ms of CPU in one loop tick, the
+#: largest stall after a peer died (bench/scale.py, issue 14). A flush a
+#: sender's own queuing set off (account) still writes up to the limit: it
+#: is that sender's turn, and writing less there let a broadcasting loop
+#: queue faster than it wrote (p99 33 -> 253 ms, bench/fanout.py).
+_PASS_WRITE = 2 << 20
+
 #: What one ``transport.write`` costs beyond its bytes, in bytes of the
 #: pass budget: a send on loopback is a system call and the TCP path of both
 #: ends, about 8 us on a loaded 2-core machine, while the bytes cost ~3 ns
@@ -334,13 +345,15 @@ class Flusher:
     def _pass(self) -> None:
         self._scheduled = False
         self._unyielded = 0
-        self.flush()
+        self.flush(min(self.limit(), _PASS_WRITE))
 
-    def flush(self) -> None:
-        """Write the dirty wires, up to the budget; schedule the rest."""
+    def flush(self, budget: int | None = None) -> None:
+        """Write the dirty wires, up to ``budget`` (the pass limit by
+        default); schedule the rest."""
         self._queued = 0
         dirty = self._dirty
-        budget = self.limit()
+        if budget is None:
+            budget = self.limit()
         while dirty and budget > 0:
             wire = dirty.popleft()
             try:

@@ -63,6 +63,8 @@ def test_defaults() -> None:
         "WS_MAX_CONNECTIONS_PER_IP",
         "WS_CONNECT_RATE_PER_IP",
         "WS_CONNECT_BURST_PER_IP",
+        "WS_VALIDATE_OUTGOING",
+        "WS_ASYNCAPI",
         "WS_MESSAGE_RATE",
         "WS_MESSAGE_BURST",
         "WS_HEALTH",

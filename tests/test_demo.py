@@ -55,6 +55,9 @@ async def test_demo_chat() -> None:
             assert (message["from"], message["text"]) == ("alice", "hi bob")
         # Refusals: an empty text, a room not joined, a room that does not exist.
         await bob.send("chat.send", {"room": "lobby", "text": ""})
+        error = (await bob.expect("error")).data
+        assert (error["code"], error["field"]) == ("invalid_data", "text")
+        await bob.send("chat.send", {"room": "lobby", "text": "  "})
         assert (await bob.expect("error")).data["code"] == "bad_text"
         await bob.send("chat.send", {"room": "dev", "text": "x"})
         assert (await bob.expect("error")).data["code"] == "not_in_room"

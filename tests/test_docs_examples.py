@@ -169,7 +169,7 @@ async def test_quickstart_on_two_nodes_through_redis() -> None:
                 "connections": 2,
                 "backplane": "connected",
             }
-            await a.send("chat.send", "across machines")
+            await a.send("chat.send", {"text": "across machines"})
             for client in (a, b):
                 message = (await client.expect("chat.message")).data
                 assert message == {"from": a_id, "text": "across machines"}

@@ -78,9 +78,10 @@ def test_the_parts_do_not_import_the_manager() -> None:
 #: handle. Everything else talks to it through its public API, or through the
 #: objects it hands out (``WireHost``, ``DeliveryEvents``).
 MANAGER_FRIENDS = {
-    "connection": {"_update_presence"},
+    "asyncapi": {"_registry"},
+    "connection": {"_check_out", "_update_presence"},
     "endpoint": {"_accept", "_clock", "_config", "_limits", "_lingering", "_registry"},
-    "extension": {"_start", "_stop"},
+    "extension": {"_check_out", "_dispatcher", "_start", "_stop"},
     "monitoring": {"_cluster_stats", "_config", "_health_check"},
     "publish_route": {"_config"},
 }

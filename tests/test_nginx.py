@@ -228,7 +228,7 @@ async def test_through_nginx_quiet_connections_live_on_pings() -> None:
             workers.add(worker)
         try:
             # A broadcast from a client of one worker reaches all of them.
-            await clients[0].send("chat.send", "through nginx")
+            await clients[0].send("chat.send", {"text": "through nginx"})
             for client in clients:
                 message = await client.expect("chat.message")
                 assert message.data["text"] == "through nginx"
@@ -236,7 +236,7 @@ async def test_through_nginx_quiet_connections_live_on_pings() -> None:
             quiet = 2.5 * read_timeout
             await asyncio.sleep(quiet)  # the quiet period is the point
             # Every connection is still there, and still carries messages.
-            await clients[-1].send("chat.send", "after the quiet")
+            await clients[-1].send("chat.send", {"text": "after the quiet"})
             for client in clients:
                 message = await client.expect("chat.message")
                 assert message.data["text"] == "after the quiet"
@@ -253,7 +253,7 @@ async def test_control_without_pings_nginx_cuts_a_quiet_connection() -> None:
     async with behind_nginx(3600.0, read_timeout) as (_server, port):
         client, _ = await connect(f"ws://127.0.0.1:{port}/ws")
         try:
-            await client.send("chat.send", "last words")
+            await client.send("chat.send", {"text": "last words"})
             await client.expect("chat.message")
             loop = asyncio.get_running_loop()
             quiet_since = loop.time()
@@ -266,7 +266,7 @@ async def test_control_without_pings_nginx_cuts_a_quiet_connection() -> None:
             # ...after proxy_read_timeout, not before (timers: some slack).
             assert 0.9 * read_timeout <= elapsed < 2.5 * read_timeout, elapsed
             with pytest.raises(ConnectionClosed):
-                await client.send("chat.send", "anyone?")
+                await client.send("chat.send", {"text": "anyone?"})
         finally:
             await client.close()
 

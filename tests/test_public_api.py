@@ -31,6 +31,8 @@ def test_all_is_pinned() -> None:
             "Envelope",
             "ErrorCode",
             "History",
+            "InvalidData",
+            "InvalidOutgoing",
             "MessageError",
             "Page",
             "Position",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,13 @@ log = logging.getLogger("quickstart")
 PAGE = Path(__file__).with_name("quickstart.html")
 
 
+@dataclass
+class ChatSend:
+    """A line of chat: ``{"type": "chat.send", "data": {"text": "hi"}}``."""
+
+    text: str
+
+
 def create_app(name: str = "quickstart") -> Sanic[Any, Any]:
     """The app: websockets at ``/ws``, a chat page at ``/``, ``/health``."""
     app: Sanic[Any, Any] = Sanic(name)
@@ -47,12 +55,13 @@ def create_app(name: str = "quickstart") -> Sanic[Any, Any]:
         await conn.send("welcome", {"id": conn.id, "worker": conn.worker})
 
     @chat.on("chat.send")
-    async def say(conn: Connection, msg: Envelope) -> None:
-        if not isinstance(msg.data, str) or not msg.data.strip():
-            raise MessageError("bad_text", "data must be a non-empty string")
+    async def say(conn: Connection, msg: Envelope[ChatSend]) -> None:
+        # msg.data is a ChatSend: data without a string "text" never gets here.
+        if not msg.data.text.strip():
+            raise MessageError("bad_text", "say something")
         # Reaches every connection, on every worker (and every machine).
         await conn.manager.broadcast(
-            "chat.message", {"from": conn.id, "text": msg.data}
+            "chat.message", {"from": conn.id, "text": msg.data.text}
         )
 
     @chat.on_disconnect

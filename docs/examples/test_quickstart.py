@@ -47,7 +47,7 @@ def test_a_message_reaches_everyone() -> None:
             alice = await WSTestClient.connect(server.ws_url())
             bob = await WSTestClient.connect(server.ws_url())
             me = (await alice.expect("welcome")).data["id"]
-            await alice.send("chat.send", "hi all")
+            await alice.send("chat.send", {"text": "hi all"})
             for client in (alice, bob):
                 message = await client.expect("chat.message")
                 assert message.data == {"from": me, "text": "hi all"}
@@ -64,8 +64,12 @@ def test_bad_input_gets_an_error_frame() -> None:
             serve(new_app()) as server,
             await WSTestClient.connect(server.ws_url()) as client,
         ):
-            await client.send("chat.send", "   ")
+            await client.send("chat.send", {"text": "   "})
             assert (await client.expect("error")).data["code"] == "bad_text"
+            # Not a ChatSend: refused before the handler, naming the field.
+            await client.send("chat.send", {"txt": "hi"})
+            error = (await client.expect("error")).data
+            assert (error["code"], error["field"]) == ("invalid_data", "text")
             await client.send("no.such.type")
             assert (await client.expect("error")).data["code"] == "unknown_type"
 
@@ -118,7 +122,7 @@ def test_two_workers_act_as_one_server() -> None:
                     break
             assert len(clients) == 2, f"connections reached only {list(clients)}"
             first, second = clients.values()
-            await first.send("chat.send", "across workers")
+            await first.send("chat.send", {"text": "across workers"})
             for client in (first, second):
                 message = await client.expect("chat.message")
                 assert message.data["text"] == "across workers"

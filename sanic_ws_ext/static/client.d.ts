@@ -82,10 +82,12 @@ export interface Envelope<T = unknown> {
  * room was joined).
  */
 export class RequestError extends Error {
-  constructor(code: string, reason?: string);
+  constructor(code: string, reason?: string, details?: Record<string, unknown>);
   readonly name: "RequestError";
   readonly code: string;
   readonly reason: string;
+  /** The error's other fields: `invalid_data`'s `field`, `problem`, `errors`, `count`. */
+  readonly details: Record<string, unknown>;
 }
 
 /** Default time a request waits for its reply, ms (10000). */
@@ -271,7 +273,72 @@ export interface Recovery {
   position: Position | null;
 }
 
-export class WSClient {
+/**
+ * A map of message types to their data, as `python -m sanic_ws_ext types
+ * module:app` writes it: what the client sends, what the server sends, what
+ * each request resolves to.
+ */
+export interface MessageMap {
+  client: object;
+  server: object;
+  replies: object;
+}
+
+/** The default: any type, any data (`unknown`). */
+export interface UntypedMessages {
+  client: Record<string, unknown>;
+  server: Record<string, unknown>;
+  replies: Record<string, unknown>;
+}
+
+/** The data of the protocol's own frames (see docs/reference/protocol.md). */
+export interface BuiltinServerMessages {
+  error: {
+    code: string;
+    reason: string;
+    /** invalid_data: the path of the first field in error ("a.b[2]"; "" for data itself). */
+    field?: string;
+    problem?: string;
+    errors?: { field: string; problem: string }[];
+    count?: number;
+  };
+  "room.joined": RoomJoined;
+  "room.left": { room: string };
+  "room.recovery": Recovery;
+  "presence.state": { room: string; users: Record<string, PresenceMeta[]> };
+  "presence.diff": {
+    room: string;
+    joins: Record<string, PresenceMeta[]>;
+    leaves: Record<string, { ref: string }[]>;
+  };
+  "presence.count": { room: string; connections: number };
+}
+
+type Keys<T> = keyof T & string;
+/** Types the server sends: the map's, and the protocol's own. */
+export type ServerType<M extends MessageMap> = Keys<M["server"]> | Keys<BuiltinServerMessages>;
+export type ServerData<M extends MessageMap, K extends string> = K extends Keys<BuiltinServerMessages>
+  ? BuiltinServerMessages[K]
+  : K extends Keys<M["server"]>
+    ? M["server"][K]
+    : unknown;
+export type ClientData<M extends MessageMap, K extends string> = K extends Keys<M["client"]>
+  ? M["client"][K]
+  : unknown;
+export type ReplyData<M extends MessageMap, K extends string> = K extends Keys<M["replies"]>
+  ? M["replies"][K]
+  : unknown;
+/** `data` may be left out when the type takes none (or any). */
+type SendArgs<D, O> = undefined extends D ? [data?: D, options?: O] : [data: D, options?: O];
+/** The untyped signatures apply only to an untyped map (`string` keys). */
+type Fallback<M extends MessageMap> = string extends Keys<M["client"]> ? string : never;
+type FallbackServer<M extends MessageMap> = string extends Keys<M["server"]> ? string : never;
+
+/**
+ * `new WSClient<Messages>(url)` with a generated `Messages` map: `send`,
+ * `request` and `on` accept only its types, with their data.
+ */
+export class WSClient<M extends MessageMap = UntypedMessages> {
   constructor(url?: PerAttempt<string | URL>, options?: WSClientOptions);
   readonly url: PerAttempt<string | URL>;
   readonly params: WSClientOptions["params"] | null;
@@ -301,14 +368,25 @@ export class WSClient {
   on(type: "auth.error", handler: (error: AuthError) => void): () => void;
   /** The server took the token sent after its auth.refresh. */
   on(type: "auth.refreshed", handler: (data: AuthRefreshed) => void): () => void;
-  on<T = unknown>(type: string, handler: (data: T, envelope: Envelope<T>) => void): () => void;
+  on<K extends ServerType<M>>(
+    type: K,
+    handler: (data: ServerData<M, K>, envelope: Envelope<ServerData<M, K>>) => void,
+  ): () => void;
+  on<T = unknown>(type: FallbackServer<M>, handler: (data: T, envelope: Envelope<T>) => void): () => void;
   /**
    * Queued while not connected, except `volatile` sends (dropped); a queued
    * send with the same `key` is replaced by the newer one.
    */
-  send(type: string, data?: unknown, options?: { volatile?: boolean; key?: string }): void;
+  send<K extends Keys<M["client"]>>(
+    type: K,
+    ...args: SendArgs<ClientData<M, K>, { volatile?: boolean; key?: string }>
+  ): void;
   /** Resolves with the reply's data; rejects with a RequestError. */
-  request<T = unknown>(type: string, data?: unknown, options?: RequestOptions): Promise<T>;
+  request<K extends Keys<M["client"]>>(
+    type: K,
+    ...args: SendArgs<ClientData<M, K>, RequestOptions>
+  ): Promise<ReplyData<M, K>>;
+  request<T = unknown>(type: Fallback<M>, data?: unknown, options?: RequestOptions): Promise<T>;
   /**
    * Answer the server's requests of `type`: the value (or promise) returned
    * is the reply's data; a throw is `ok: false` (code: the error's string

@@ -105,11 +105,13 @@ export class SendQueue {
  * (`leave()` of the room before it was joined).
  */
 export class RequestError extends Error {
-  constructor(code, reason = "") {
+  constructor(code, reason = "", details = {}) {
     super(reason ? `${code}: ${reason}` : code);
     this.name = "RequestError";
     this.code = code;
     this.reason = reason;
+    // The error's other fields: invalid_data's field, problem, errors, count.
+    this.details = details;
   }
 }
 
@@ -340,8 +342,8 @@ export class WSClient {
     if (envelope.ok === true) {
       pending.resolve(envelope.data ?? null);
     } else {
-      const error = envelope.error ?? {};
-      pending.reject(new RequestError(String(error.code ?? "error"), String(error.reason ?? "")));
+      const { code, reason, ...details } = envelope.error ?? {};
+      pending.reject(new RequestError(String(code ?? "error"), String(reason ?? ""), details));
     }
   }
 

@@ -80,9 +80,31 @@ test("ok: false rejects with a RequestError carrying code and reason", async () 
     assert.equal(error.name, "RequestError");
     assert.equal(error.code, "not_allowed");
     assert.equal(error.reason, "you may not");
+    assert.deepEqual(error.details, {});
     return true;
   });
   assert.deepEqual(seen, [], "replies are consumed, not handed to on()");
+});
+
+test("invalid_data: the field and the problem are in the error's details", async () => {
+  const { ws, socket, sent } = client();
+  socket().open();
+  const pending = ws.request("chat.send", { txt: "hi" });
+  const { ref } = sent()[0];
+  const problem = { field: "text", problem: "Field required", count: 1 };
+  socket().receive(
+    JSON.stringify({
+      type: "reply",
+      ref,
+      ok: false,
+      error: { code: "invalid_data", reason: "data.text: Field required", ...problem },
+    }),
+  );
+  await assert.rejects(pending, (error) => {
+    assert.equal(error.code, "invalid_data");
+    assert.deepEqual(error.details, problem);
+    return true;
+  });
 });
 
 test("no reply in time: rejected with timeout; a late reply is dropped", async () => {
