@@ -300,9 +300,12 @@ def redis_install_hint() -> str:
     """The command that adds the ``[redis]`` extra to this installation.
 
     Run from a clone (``pip install -e .``), the extra comes from that clone;
-    installed from one (a ``file://`` URL, which pip records in the
-    distribution's ``direct_url.json``, PEP 610), from the same URL;
-    otherwise from the package index.
+    installed from a URL (which pip records in the distribution's
+    ``direct_url.json``, PEP 610: a ``file://`` directory or archive, an
+    ``https://`` archive, or a repository, ``git+https://...``), from the
+    same URL, a repository at the commit installed; otherwise from the
+    package index. The package is not on an index yet, so only a copy
+    installed from an index is told to use it.
     """
     from importlib.metadata import PackageNotFoundError, distribution
     from pathlib import Path
@@ -315,10 +318,32 @@ def redis_install_hint() -> str:
         info = json.loads(raw or "{}")
     except (PackageNotFoundError, ValueError):
         info = {}
-    url = info.get("url", "") if isinstance(info, dict) else ""
-    if isinstance(url, str) and url.startswith("file://"):
+    url = _direct_url(info) if isinstance(info, dict) else ""
+    if url:
         return f"pip install 'sanic-ws-ext[redis] @ {url}'"
     return "pip install 'sanic-ws-ext[redis]'"
+
+
+def _direct_url(info: dict[str, Any]) -> str:
+    """The URL a PEP 508 requirement takes for what ``direct_url.json`` says
+    was installed, or "" (none recorded, or not one pip can use)."""
+    url = info.get("url")
+    if not isinstance(url, str) or not url:
+        return ""
+    vcs = info.get("vcs_info")
+    if isinstance(vcs, dict):  # recorded without its "git+" and revision
+        kind, commit = vcs.get("vcs"), vcs.get("commit_id")
+        if not isinstance(kind, str) or not kind:
+            return ""
+        url = f"{kind}+{url}"
+        if isinstance(commit, str) and commit:
+            url += f"@{commit}"
+    elif "://" not in url:
+        return ""
+    subdirectory = info.get("subdirectory")
+    if isinstance(subdirectory, str) and subdirectory:
+        url += f"#subdirectory={subdirectory}"
+    return url
 
 
 async def _stop(app: Sanic[Any, Any]) -> None:
