@@ -245,6 +245,22 @@ def _switch(key: str, value: Any) -> bool:
     )
 
 
+# Keys people guess from other libraries, where the closest spelling would
+# send them wrong (WS_REDIS_URL is nearest to WS_REDIS_CHANNEL): what they
+# meant instead.
+_GUESSED = {
+    **dict.fromkeys(
+        ("WS_REDIS_URL", "WS_REDIS", "WS_REDIS_DSN", "WS_REDIS_HOST", "WS_BROKER_URL"),
+        "did you mean WS_BACKPLANE? It takes the Redis URL (redis://host:6379/0)",
+    ),
+    **dict.fromkeys(
+        ("WS_HISTORY", "WS_HISTORY_SIZE", "WS_HISTORY_TTL"),
+        "a room's history is not a config key: declare the room with"
+        " history=History(...), see docs/howto/history.md",
+    ),
+}
+
+
 def check_keys(config: Mapping[str, Any]) -> None:
     """Refuse ``WS_*`` keys this extension does not know, naming the closest."""
     for key in config:
@@ -253,7 +269,7 @@ def check_keys(config: Mapping[str, Any]) -> None:
         if key in DEFAULTS or key in NOT_SETTINGS:
             continue
         close = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=0.6)
-        hint = (
+        hint = _GUESSED.get(key) or (
             f"did you mean {close[0]}?"
             if close
             else "see docs/reference/config.md for the keys"

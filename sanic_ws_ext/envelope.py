@@ -344,6 +344,9 @@ _PROBLEMS = (
     ("Invalid \\uXXXX escape", "a \\u escape needs four hex digits"),
     ("Extra data", "more text after the end of the JSON value (one envelope"
      " per message)"),
+    ("Unexpected UTF-8 BOM", "the message starts with a byte order mark"
+     " (U+FEFF): send the JSON without it"),
+    ("Illegal trailing comma", "a comma before the closing bracket"),
 )  # fmt: skip
 
 
@@ -360,13 +363,17 @@ def explain_invalid_json(text: str) -> str:
         where = f"at character {exc.colno}"
         if exc.lineno > 1:
             where = f"at line {exc.lineno}, column {exc.colno}"
+        # Only our words: a message of the parser's we have no words for
+        # (another Python's) is left out, the place and the text found say it.
         problem = next(
-            (words for prefix, words in _PROBLEMS if exc.msg.startswith(prefix)),
-            exc.msg[:1].lower() + exc.msg[1:],
+            (f": {words}" for prefix, words in _PROBLEMS if exc.msg.startswith(prefix)),
+            "",
         )
         found = text[exc.pos : exc.pos + 12]
         near = f" (found {found!r})" if found.strip() else ""
-        return f"not valid JSON {where}: {problem}{near}"
+        if not text[exc.pos :].strip():
+            near = " (where the message ends: is it cut short?)"
+        return f"not valid JSON {where}{problem}{near}"
     except ValueError:
         pass
     # Read by the standard parser, not by ujson: what ujson alone refuses.

@@ -24,6 +24,13 @@ is what failed). A second call with other settings (``config=``,
 ``app.ext``. The first ``Extend(app)`` of an app runs sanic-ext's own code
 unchanged. Those two wrappers are the whole footprint on sanic-ext.
 
+Sanic's own ``app.extend(extensions=[...])`` refuses any call after the app
+has its ``Extend`` ("Cannot extend Sanic after Sanic Extensions has been
+setup"), so ``app.extend(extensions=[WSExtension])`` in a second module
+stopped the app. The import also wraps ``Sanic.extend``: for an app that has
+its ``Extend``, the call goes through the same sharing ``Extend(app)`` and
+returns ``app.ext``; the first call runs Sanic's code unchanged.
+
 ``startup()`` runs in every process that builds ``Extend`` (main process,
 each worker, the reloader); it only registers the route and listeners.
 Connections and the manager are made in ``before_server_start``, in the
@@ -300,9 +307,12 @@ def redis_install_hint() -> str:
     """The command that adds the ``[redis]`` extra to this installation.
 
     Run from a clone (``pip install -e .``), the extra comes from that clone;
-    installed from one (a ``file://`` URL, which pip records in the
-    distribution's ``direct_url.json``, PEP 610), from the same URL;
-    otherwise from the package index.
+    installed from a URL (which pip records in the distribution's
+    ``direct_url.json``, PEP 610: a ``file://`` directory or archive, an
+    ``https://`` archive, or a repository, ``git+https://...``), from the
+    same URL, a repository at the commit installed; otherwise from the
+    package index. The package is not on an index yet, so only a copy
+    installed from an index is told to use it.
     """
     from importlib.metadata import PackageNotFoundError, distribution
     from pathlib import Path
@@ -315,10 +325,32 @@ def redis_install_hint() -> str:
         info = json.loads(raw or "{}")
     except (PackageNotFoundError, ValueError):
         info = {}
-    url = info.get("url", "") if isinstance(info, dict) else ""
-    if isinstance(url, str) and url.startswith("file://"):
+    url = _direct_url(info) if isinstance(info, dict) else ""
+    if url:
         return f"pip install 'sanic-ws-ext[redis] @ {url}'"
     return "pip install 'sanic-ws-ext[redis]'"
+
+
+def _direct_url(info: dict[str, Any]) -> str:
+    """The URL a PEP 508 requirement takes for what ``direct_url.json`` says
+    was installed, or "" (none recorded, or not one pip can use)."""
+    url = info.get("url")
+    if not isinstance(url, str) or not url:
+        return ""
+    vcs = info.get("vcs_info")
+    if isinstance(vcs, dict):  # recorded without its "git+" and revision
+        kind, commit = vcs.get("vcs"), vcs.get("commit_id")
+        if not isinstance(kind, str) or not kind:
+            return ""
+        url = f"{kind}+{url}"
+        if isinstance(commit, str) and commit:
+            url += f"@{commit}"
+    elif "://" not in url:
+        return ""
+    subdirectory = info.get("subdirectory")
+    if isinstance(subdirectory, str) and subdirectory:
+        url += f"#subdirectory={subdirectory}"
+    return url
 
 
 async def _stop(app: Sanic[Any, Any]) -> None:
@@ -372,7 +404,8 @@ def _extend_again(
     if settings:
         raise RuntimeError(
             "Sanic Extensions is already set up for this app (by an earlier"
-            f" Extend(app)); {', '.join(sorted(settings))} can only be given"
+            f" Extend(app) or app.extend()); {', '.join(sorted(settings))} can"
+            " only be given"
             " the first time. Use app.ext (the existing one) instead, e.g."
             " app.ext.register(WSExtension)"
         )
@@ -404,5 +437,43 @@ def _patch_extend_init() -> None:
     setattr(Extend, "__init__", init)  # noqa: B010
 
 
+def _patch_sanic_extend() -> None:
+    original = Sanic.extend
+    if getattr(original, "_sanic_ws_ext", False):
+        return
+
+    @functools.wraps(original)
+    def extend(
+        self: Sanic[Any, Any],
+        *,
+        extensions: list[Any] | None = None,
+        built_in_extensions: bool = True,
+        config: Any = None,
+        **kwargs: Any,
+    ) -> Extend:
+        existing = getattr(self, "_ext", None)
+        if not isinstance(existing, Extend):
+            return original(
+                self,
+                extensions=extensions,
+                built_in_extensions=built_in_extensions,
+                config=config,
+                **kwargs,
+            )
+        # Already extended: what Extend(app) does then (share, start what is
+        # new, or say to use app.ext when other settings are given).
+        settings = dict(kwargs)
+        if config is not None:
+            settings["config"] = config
+        if built_in_extensions is not True:
+            settings["built_in_extensions"] = built_in_extensions
+        Extend(self, extensions=extensions, **settings)
+        return existing
+
+    extend._sanic_ws_ext = True  # type: ignore[attr-defined]
+    setattr(Sanic, "extend", extend)  # noqa: B010
+
+
 _patch_extend_register()
 _patch_extend_init()
+_patch_sanic_extend()

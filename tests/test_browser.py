@@ -7,7 +7,9 @@ and, when the server is restarted, both reconnect by themselves and carry
 on (saying that what was said meanwhile could not be recovered: the new
 server has no history); a message typed meanwhile shows as pending until it
 is sent. A page whose network drops (a proxy between it and the server cuts
-it) is caught up on what it missed, each message once, in order. Names are
+it) is caught up on what it missed, each message once, in order; a page
+opened later is shown a room's recent messages, and one back in a room it
+left what was said there meanwhile. Names are
 chosen in a form; tabs of one browser are guests of their own until a name
 is chosen, then one user; at 420 px wide the messages stay readable. A
 screenshot of the chat is saved (its path is printed with the test's
@@ -256,6 +258,45 @@ class CuttableLink:
         finally:
             self._links.discard(writer)
             writer.transport.abort()
+
+
+async def test_a_room_shows_its_recent_messages_and_what_was_missed() -> None:
+    """Issue 23, after history landed: a page opened later is shown the
+    room's recent messages, and a page back in a room it left is shown what
+    was said there meanwhile, each once, and no note of a loss."""
+    port = free_port()
+    wait = units(20) * 1000
+    async with chromium() as browser, demo(port):
+        alice = await open_chat(browser, port, "alice")
+        await expect(alice.locator("#state")).to_have_text("open", timeout=wait)
+        await say(alice, "said before carol came")
+        await expect(alice.locator("#log .msg").last).to_have_text(
+            "alicesaid before carol came", timeout=wait
+        )
+        carol = await open_chat(browser, port, "carol")
+        log = carol.locator("#log .msg")
+        await expect(log).to_have_text(["alicesaid before carol came"], timeout=wait)
+        await expect(alice.locator('#members li[data-user="carol"]')).to_have_count(
+            1, timeout=wait
+        )
+        await enter(carol, "random")
+        await expect(alice.locator('#members li[data-user="carol"]')).to_have_count(
+            0, timeout=wait
+        )
+        await say(alice, "said while carol was in random")
+        await expect(alice.locator("#log .msg").last).to_have_text(
+            "alicesaid while carol was in random", timeout=wait
+        )
+        await enter(carol, "lobby")
+        await expect(log).to_have_text(
+            ["alicesaid before carol came", "alicesaid while carol was in random"],
+            timeout=wait,
+        )
+        await say(alice, "and now")
+        await expect(log.last).to_have_text("aliceand now", timeout=wait)
+        await expect(log).to_have_count(3)
+        lost = carol.locator("#log .note", has_text="could not be recovered")
+        await expect(lost).to_have_count(0)
 
 
 async def test_a_network_drop_is_caught_up_each_message_once() -> None:

@@ -248,6 +248,22 @@ def test_a_misspelled_key_is_refused_naming_the_close_match(
     assert f"did you mean {meant}?" in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        # Nearest by spelling is WS_REDIS_CHANNEL, which is not the URL.
+        ("WS_REDIS_URL", "did you mean WS_BACKPLANE? It takes the Redis URL"),
+        ("WS_REDIS", "did you mean WS_BACKPLANE?"),
+        ("WS_HISTORY", "history=History(...), see docs/howto/history.md"),
+    ],
+)
+def test_a_key_guessed_from_elsewhere_names_what_does_it(key: str, meant: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        WSConfig.from_mapping({key: "redis://127.0.0.1:6379/0"})
+    assert meant in str(refused.value)
+    assert "WS_REDIS_CHANNEL" not in str(refused.value)
+
+
 def test_an_unknown_ws_key_without_a_close_match_points_to_the_reference() -> None:
     with pytest.raises(ConfigError, match=r"docs/reference/config\.md"):
         WSConfig.from_mapping({"WS_FROBNICATE": 1})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import ujson
 
@@ -105,6 +107,16 @@ def test_decode_refuses_bad_input(text: str, code: str) -> None:
         ('{"type": "a"} {"type": "b"}', "at character 15: more text after the end"),
         ('{"type":\n "a"\n x}', "at line 3, column 2: expected ','"),
         ("[" * 5000 + "]" * 5000, "not valid JSON here: nested too deeply"),
+        # The parser's own "Unexpected UTF-8 BOM (decode using utf-8-sig)"
+        # is advice for Python code, not for whoever sent the message.
+        (
+            '\ufeff{"type": "a"}',
+            "at character 1: the message starts with a byte order mark (U+FEFF):"
+            " send the JSON without it",
+        ),
+        # Cut short: said, instead of "(found '')".
+        ('{"type": ', "at character 10: expected a value (an object, array"),
+        ("{", "(where the message ends: is it cut short?)"),
         # Raw control characters in strings are allowed (as ujson does): the
         # reason names the real problem, the trailing text.
         ('{"type": "a\x01"} x', "at character 16: more text after the end"),
@@ -115,8 +127,25 @@ def test_invalid_json_is_explained_in_our_words(text: str, reason: str) -> None:
         decode_envelope(text)
     assert refused.value.code == ErrorCode.INVALID_JSON
     assert reason in refused.value.reason
-    # Never the parser's own words ("when decoding 'null'").
+    # Never the parser's own words ("when decoding 'null'", "utf-8-sig").
     assert "decoding" not in refused.value.reason
+    assert "utf-8-sig" not in refused.value.reason
+
+
+def test_a_parser_message_without_our_words_is_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another Python's parser may word a problem we have no words for: the
+    reason then says where, and what is there, without the parser's text."""
+
+    def loads(text: str, **_: object) -> None:
+        raise json.JSONDecodeError("Some new complaint", text, 8)
+
+    monkeypatch.setattr(json, "loads", loads)  # what explain_invalid_json calls
+    with pytest.raises(MessageError) as refused:
+        decode_envelope('{"type" x}')
+    assert "not valid JSON at character 9 (found 'x}')" in refused.value.reason
+    assert "complaint" not in refused.value.reason
 
 
 def test_surrogate_pairs_and_escaped_backslashes_pass() -> None:

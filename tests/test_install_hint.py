@@ -1,6 +1,7 @@
 """The missing-redis error says how to install the extra, however this
-package was installed: from a clone (editable), from a file URL, or (once
-published) from the package index (issue 23)."""
+package was installed: from a clone (editable), from a file URL, from a
+repository or an archive URL, or (once published) from the package index
+(issue 23)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,27 @@ def _installed_copy(site: Path, direct_url: dict[str, Any] | None) -> str:
 def test_installed_from_a_file_url_the_hint_uses_that_url(tmp_path: Path) -> None:
     url = "file:///home/me/src/sanic-ws-ext"
     hint = _installed_copy(tmp_path, {"url": url, "dir_info": {}})
+    assert hint == f"pip install 'sanic-ws-ext[redis] @ {url}'"
+
+
+def test_installed_from_a_repository_the_hint_uses_it_at_that_commit(
+    tmp_path: Path,
+) -> None:
+    # pip records a "git+" URL without its prefix and revision (PEP 610): the
+    # index's name would fail while the package is on no index.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    vcs = {"vcs": "git", "requested_revision": "main", "commit_id": commit}
+    url = "https://example.com/me/sanic-ws-ext.git"
+    hint = _installed_copy(
+        tmp_path, {"url": url, "vcs_info": vcs, "subdirectory": "py"}
+    )
+    want = f"git+{url}@{commit}#subdirectory=py"
+    assert hint == f"pip install 'sanic-ws-ext[redis] @ {want}'"
+
+
+def test_installed_from_an_archive_url_the_hint_uses_that_url(tmp_path: Path) -> None:
+    url = "https://example.com/dist/sanic_ws_ext-0.1.0-py3-none-any.whl"
+    hint = _installed_copy(tmp_path, {"url": url, "archive_info": {}})
     assert hint == f"pip install 'sanic-ws-ext[redis] @ {url}'"
 
 

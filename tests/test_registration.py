@@ -61,6 +61,23 @@ def _register_both_ways(app: Sanic[Any, Any]) -> None:
     app.ext.register(WSExtension)
 
 
+def _register_app_extend_twice(app: Sanic[Any, Any]) -> None:
+    # Two modules each with app.extend(...): Sanic alone refuses the second
+    # ("Cannot extend Sanic after Sanic Extensions has been setup").
+    app.extend(extensions=[WSExtension])
+    assert app.extend(extensions=[WSExtension]) is app.ext
+
+
+def _register_one_liner_then_app_extend(app: Sanic[Any, Any]) -> None:
+    Extend(app).register(WSExtension)
+    app.extend(extensions=[WSExtension])
+
+
+def _register_app_extend_after_a_plain_extend(app: Sanic[Any, Any]) -> None:
+    Extend(app)  # sanic-ext for something else, before the extension
+    app.extend(extensions=[WSExtension])
+
+
 def _register_two_one_liners(app: Sanic[Any, Any]) -> None:
     # Two modules with the README's one-liner: sanic-ext alone stops at the
     # second Extend(app) (its openapi blueprint, registered twice).
@@ -84,6 +101,9 @@ def _register_constructor_then_one_liner(app: Sanic[Any, Any]) -> None:
         _register_both_ways,
         _register_two_one_liners,
         _register_constructor_then_one_liner,
+        _register_app_extend_twice,
+        _register_one_liner_then_app_extend,
+        _register_app_extend_after_a_plain_extend,
     ],
 )
 async def test_each_registration_serves(
@@ -116,6 +136,15 @@ def test_a_second_extend_with_other_settings_says_to_use_app_ext(
     Extend(app)
     with pytest.raises(RuntimeError, match=r"app\.ext"):
         Extend(app, built_in_extensions=False)
+
+
+def test_a_second_app_extend_with_other_settings_says_to_use_app_ext(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    app.extend(extensions=[WSExtension])
+    with pytest.raises(RuntimeError, match=r"app\.ext\.register\(WSExtension\)"):
+        app.extend(extensions=[WSExtension], built_in_extensions=False)
 
 
 async def test_configured_path(make_app: AppFactory) -> None:
