@@ -231,8 +231,14 @@ async def test_a_redis_restart_loses_nothing_the_emitter_buffered(
                 lambda: _true(emitter.status()["listeners"] == 2), "counted"
             )
 
+            down = asyncio.Event()
+
             async def paced() -> None:
                 for i in range(n):
+                    if i == n // 2:
+                        # The second half in the outage, whatever the machine's
+                        # speed: it waits for the emitter to know Redis is gone.
+                        await down.wait()
                     await emitter.broadcast("e", i)
                     if i % 10 == 9:
                         await asyncio.sleep(0.02)  # spread over time
@@ -242,10 +248,11 @@ async def test_a_redis_restart_loses_nothing_the_emitter_buffered(
             redis_server.kill()  # mid-stream
             for states in (sa, sb):
                 assert await asyncio.wait_for(states.get(), units(10)) == "reconnecting"
-            await sending
             await eventually(
                 lambda: _true(emitter.state == "reconnecting"), "emitter down"
             )
+            down.set()
+            await sending
             assert emitter.status()["buffered_bytes"] > 0  # sent in the outage
             await redis_server.start()
             for states in (sa, sb):
