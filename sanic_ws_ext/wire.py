@@ -47,7 +47,7 @@ import socket
 import sys
 import termios
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -226,6 +226,70 @@ _WRITE_COST = 4 << 10
 #: messages never reach it in a pass.
 _WIRE_CHUNK = 64 << 10
 
+#: Most bytes one shared run gathers: no more than one flush hands a
+#: transport, so a member whose pending list is the run alone gets it in one
+#: write and the run's bytes are never sliced.
+_RUN_MAX = _WIRE_CHUNK
+
+
+class Run:
+    """The frames of consecutive broadcasts to the same wires, queued once.
+
+    While a handler broadcasts in a loop, or one room's messages follow each
+    other, every broadcast goes to the same receivers. The first one puts
+    this object in each receiver's pending list; the next ones only append
+    their frame here, and the flush joins the frames once and hands every
+    member the same bytes: per receiver, a broadcast costs nothing but the
+    write its pass makes anyway (issue 16: the work per receiver per message
+    was most of our CPU per delivered message).
+
+    The :class:`Flusher` holds the open run; anything else queued to any
+    wire, a wire leaving OPEN, and every flush end it (:meth:`Flusher.end_run`),
+    so a run's frames are always the last thing in its members' pending
+    lists and order is kept.
+    """
+
+    __slots__ = (
+        "_data",
+        "exclude",
+        "frames",
+        "members",
+        "sent",
+        "size",
+        "source",
+        "top",
+    )
+
+    def __init__(
+        self, frame: bytes, source: list[Wire], exclude: Collection[str]
+    ) -> None:
+        self.frames = [frame]
+        self.size = len(frame)
+        #: The size the members' ``_pending_bytes`` count (the first frame):
+        #: the rest is added when the run ends.
+        self.sent = self.size
+        #: The receiver list the run was made for, and the excluded ids: a
+        #: later broadcast joins the run when it has equal ones.
+        self.source = source
+        self.exclude = exclude
+        #: The wires holding this run (``source`` when nobody was excluded).
+        self.members = source
+        #: The largest backlog of a member before the run: a frame joins
+        #: only if that member could take it (``WS_MAX_BACKPRESSURE``).
+        self.top = 0
+        self._data: bytes | None = None
+
+    def data(self) -> bytes:
+        """The frames as one bytes object (joined once; the run has ended)."""
+        data = self._data
+        if data is None:
+            frames = self.frames
+            data = self._data = frames[0] if len(frames) == 1 else b"".join(frames)
+        return data
+
+
+Pending = list[bytes | memoryview | Run]
+
 
 class Flusher:
     """Writes every wire's pending frames once per event-loop pass.
@@ -250,6 +314,7 @@ class Flusher:
         "behind",
         "deflater",
         "deflating",
+        "run",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -271,6 +336,20 @@ class Flusher:
         #: that negotiated permessage-deflate; how many open wires did.
         self.deflater: Deflater | None = None
         self.deflating = 0
+        #: The shared run the next broadcast to the same wires may join.
+        self.run: Run | None = None
+
+    def end_run(self) -> None:
+        """Close the open run: its members count the bytes it gathered."""
+        run = self.run
+        if run is None:
+            return
+        self.run = None
+        extra = run.size - run.sent
+        if extra:
+            for wire in run.members:
+                if wire._pending is not None:
+                    wire._pending_bytes += extra
 
     def limit(self) -> int:
         """The pass limit: _PER_WIRE for each wire waiting, within bounds."""
@@ -351,6 +430,8 @@ class Flusher:
         """Write the dirty wires, up to ``budget`` (the pass limit by
         default); schedule the rest."""
         self._queued = 0
+        if self.run is not None:
+            self.end_run()  # what a member writes now, later frames must follow
         dirty = self._dirty
         if budget is None:
             budget = self.limit()
@@ -430,7 +511,7 @@ class Wire(asyncio.Protocol):
         # Frames not yet handed to the transport; None while there are none
         # (most sockets, most of the time: one object less per connection
         # for every full garbage collection to walk).
-        self._pending: list[bytes | memoryview] | None = None
+        self._pending: Pending | None = None
         self._pending_bytes = 0
         # Keyed frames still in _pending: key -> index (None until one is).
         self._keyed: dict[str, int] | None = None
@@ -504,7 +585,9 @@ class Wire(asyncio.Protocol):
             if at is not None:
                 pending = self._pending
                 assert pending is not None  # keyed frames are pending ones
-                self._pending_bytes += len(frame) - len(pending[at])
+                replaced = pending[at]
+                assert not isinstance(replaced, Run)  # each queued on its own
+                self._pending_bytes += len(frame) - len(replaced)
                 pending[at] = frame
                 host.counters.replaced += 1
                 return 0
@@ -539,9 +622,13 @@ class Wire(asyncio.Protocol):
     @property
     def backlog(self) -> int:
         """Bytes accepted for this socket and not yet sent to the kernel."""
+        if self._flusher.run is not None:
+            self._flusher.end_run()  # its members count what it gathered
         return self._pending_bytes + self._transport.get_write_buffer_size()
 
     def _enqueue(self, frame: bytes) -> bool:
+        if self._flusher.run is not None:
+            self._flusher.end_run()  # this frame must follow the run's
         limit = self._host.config.max_backpressure
         queued = self._pending_bytes
         if (
@@ -580,7 +667,13 @@ class Wire(asyncio.Protocol):
             # Paused: resume_writing marks this wire again.
             return 0
         transport = self._transport
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        data: bytes | memoryview
+        if len(pending) == 1:
+            first = pending[0]
+            # A run: the same bytes for every member, joined once.
+            data = first.data() if isinstance(first, Run) else first
+        else:
+            data = b"".join([p.data() if isinstance(p, Run) else p for p in pending])
         if len(data) > _WIRE_CHUNK:
             # A view, not a copy: one frame is shared by every member.
             view = memoryview(data)
@@ -657,6 +750,8 @@ class Wire(asyncio.Protocol):
         """
         if self.state is ConnectionState.OPEN:
             self.state = ConnectionState.CLOSING
+            if self._flusher.run is not None:
+                self._flusher.end_run()  # data frames stop here
         if self._close_timer is None and self.state is ConnectionState.CLOSING:
             self._close_timer = asyncio.get_running_loop().call_later(
                 self._host.config.close_timeout, self._transport.abort
@@ -681,6 +776,8 @@ class Wire(asyncio.Protocol):
             return
         self._set_close(code, reason)
         self.state = ConnectionState.CLOSING
+        if self._flusher.run is not None:
+            self._flusher.end_run()  # its members must all be open
         self._pending = None
         self._pending_bytes = 0
         self._keyed = None
@@ -707,6 +804,8 @@ class Wire(asyncio.Protocol):
             else:
                 self.close_code = CloseCode.ABNORMAL
                 self.close_reason = "connection lost"
+        if self._flusher.run is not None:
+            self._flusher.end_run()
         self._pending = None
         self._pending_bytes = 0
         self._keyed = None
@@ -935,7 +1034,7 @@ def send_key(key: str | None) -> str | None:
 
 
 def fan_out(
-    wires: Iterable[Wire],
+    wires: list[Wire],
     frame: bytes,
     exclude: Collection[str],
     limit: int | None,
@@ -952,12 +1051,39 @@ def fan_out(
     and the flusher read once for all. A wire that may be past the limit
     takes the full path, which drops it if it is. Returns how many took it.
 
+    A broadcast to the same wires (and exclusions) as the one before, with
+    nothing else queued since, joins that one's :class:`Run`: no work per
+    receiver at all. Its members' backlog is checked when the run starts,
+    and grows by at most ``_RUN_MAX`` before the next check.
+
     ``account=False``: leave the writing to the flusher's next pass, however
     much was queued (for a caller that is no handler's loop and has work of
     its own in this pass, the presence tracker).
     """
-    queued = 0
     size = len(frame)
+    run = flusher.run
+    if run is not None:
+        # What the fullest member holds before this frame, as the per-wire
+        # path would see it: past the limit, that path drops it.
+        backlog = run.top + run.size
+        if (
+            run.size + size <= _RUN_MAX
+            and (limit is None or backlog <= limit)
+            and not volatile
+            and key is None
+            and exclude == run.exclude
+            and wires == run.source  # in C: identity of each element
+        ):
+            if limit is not None and backlog > limit >> 1:
+                flusher.behind = True
+            run.frames.append(frame)
+            run.size += size
+            queued = len(run.members)
+            if account:
+                flusher.account(size * queued)
+            return queued
+        flusher.end_run()
+    queued = 0
     if volatile or key is not None:
         # Not the hot path: each receiver decides (Wire.offer), and gets
         # the frame compressed if it negotiated it (once for all of them).
@@ -974,6 +1100,46 @@ def fan_out(
     # compressed once (per window size, by the Deflater), before the loop
     # needs it; each wire that agreed to it gets the compressed bytes.
     deflater = flusher.deflater if flusher.deflating else None
+    if deflater is None and size < _RUN_MAX:
+        # Each receiver gets a new run: the next broadcast to them may join.
+        run = Run(frame, wires, exclude)
+        members: list[Wire] | None = [] if exclude else None
+        whole = True  # every receiver took the run, not a frame of its own
+        top = 0  # the largest backlog among them
+        for wire in wires:
+            if wire.state is not is_open or (exclude and wire.conn.id in exclude):
+                continue
+            pending_bytes = wire._pending_bytes
+            backlog = pending_bytes + wire._written
+            if limit is not None and backlog > soft:
+                flusher.behind = True
+                if backlog > limit:
+                    queued += wire._enqueue(frame)
+                    whole = False
+                    continue
+            if backlog > top:
+                top = backlog
+            pending = wire._pending
+            if pending is None:
+                flusher.mark(wire)
+                wire._pending = [run]
+            else:
+                pending.append(run)
+            wire._pending_bytes = pending_bytes + size
+            if members is not None:
+                members.append(wire)
+            queued += 1
+        if whole and queued:
+            if members is not None:
+                run.members = members
+            elif queued != len(wires):
+                whole = False  # a receiver not open: not one to append to
+            if whole:
+                run.top = top
+                flusher.run = run
+        if account:
+            flusher.account(size * queued)
+        return queued
     compressed = 0
     host: WireHost | None = None
     for wire in wires:

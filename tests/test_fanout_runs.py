@@ -1,0 +1,139 @@
+"""Consecutive broadcasts to the same receivers share one run of frames.
+
+A handler broadcasting in a loop queues its frames once for all receivers
+(sanic_ws_ext.wire.Run) instead of once per receiver. These tests pin what
+must not change with it: each client's order, who gets what when membership
+or exclusions change between two broadcasts, and the backlog each connection
+counts. Each scenario first checks that a run really formed, so it cannot
+pass by going the per-receiver way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sanic import Sanic
+
+from sanic_ws_ext.envelope import message_body
+from sanic_ws_ext.frames import OP_TEXT, encode_frame
+from sanic_ws_ext.manager import ConnectionManager
+from sanic_ws_ext.testing import WSTestClient, serve
+
+from .conftest import units
+from .helpers import ws_app
+
+AppFactory = Callable[..., Sanic[Any, Any]]
+
+
+async def connect(ws: ConnectionManager, url: str) -> tuple[WSTestClient, str]:
+    """A client and its connection id."""
+    before = set(ws.connections)
+    client = await WSTestClient.connect(url)
+    (conn_id,) = set(ws.connections) - before
+    return client, conn_id
+
+
+async def types(client: WSTestClient, count: int) -> list[str]:
+    got = []
+    for _ in range(count):
+        message = await client.recv(units(10))
+        assert not isinstance(message, bytes)
+        got.append(message.type)
+    return got
+
+
+def run_frames(ws: ConnectionManager) -> int:
+    """Frames in the flusher's open run (0: none open)."""
+    run = ws._flusher.run if ws._flusher is not None else None
+    return 0 if run is None else len(run.frames)
+
+
+async def test_a_send_between_broadcasts_keeps_each_clients_order(
+    make_app: AppFactory,
+) -> None:
+    app, _, _ = ws_app(make_app, WS_PING_INTERVAL=None)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        (a, a_id), (b, _) = [await connect(ws, server.ws_url()) for _ in range(2)]
+        await ws.broadcast("one")
+        await ws.broadcast("two")
+        assert run_frames(ws) == 2  # the second broadcast joined the first's run
+        await ws.send(a_id, "own")  # must come after "two" and before "three"
+        await ws.broadcast("three")
+        await ws.broadcast("four")
+        assert await types(a, 5) == ["one", "two", "own", "three", "four"]
+        assert await types(b, 4) == ["one", "two", "three", "four"]
+        await a.close()
+        await b.close()
+
+
+async def test_who_joins_or_leaves_between_two_broadcasts_gets_only_its_share(
+    make_app: AppFactory,
+) -> None:
+    app, _, _ = ws_app(make_app, WS_PING_INTERVAL=None)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        clients = [await connect(ws, server.ws_url()) for _ in range(3)]
+        (a, a_id), (b, b_id), (c, c_id) = clients
+        for conn_id in (a_id, b_id):
+            await ws.join(conn_id, "r")
+        await ws.publish("r", "one")
+        await ws.publish("r", "two")
+        assert run_frames(ws) == 2
+        await ws.join(c_id, "r")  # the room's receivers change mid-run
+        await ws.publish("r", "three")
+        await ws.leave(b_id, "r")
+        await ws.publish("r", "four")
+        for _, conn_id in clients:
+            await ws.send(conn_id, "end")
+        assert await types(a, 5) == ["one", "two", "three", "four", "end"]
+        assert await types(b, 4) == ["one", "two", "three", "end"]
+        assert await types(c, 3) == ["three", "four", "end"]
+        for client, _ in clients:
+            await client.close()
+
+
+async def test_exclusions_are_part_of_what_a_run_is_for(
+    make_app: AppFactory,
+) -> None:
+    app, _, _ = ws_app(make_app, WS_PING_INTERVAL=None)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        (a, a_id), (b, b_id) = [await connect(ws, server.ws_url()) for _ in range(2)]
+        await ws.broadcast("not-a", exclude=[a_id])
+        await ws.broadcast("not-a-again", exclude=[a_id])
+        assert run_frames(ws) == 2
+        await ws.broadcast("all")
+        await ws.broadcast("not-b", exclude=[b_id])
+        for conn_id in (a_id, b_id):
+            await ws.send(conn_id, "end")
+        assert await types(a, 3) == ["all", "not-b", "end"]
+        assert await types(b, 4) == ["not-a", "not-a-again", "all", "end"]
+        await a.close()
+        await b.close()
+
+
+async def test_a_connections_backlog_counts_every_frame_of_a_run(
+    make_app: AppFactory,
+) -> None:
+    app, _, _ = ws_app(make_app, WS_PING_INTERVAL=None)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        clients = [await connect(ws, server.ws_url()) for _ in range(3)]
+        sizes = []
+        for i in range(20):
+            body = f"message {i}"
+            await ws.broadcast("tick", body)
+            sizes.append(
+                len(encode_frame(OP_TEXT, message_body("tick", body, None)[0]))
+            )
+        assert run_frames(ws) == 20
+        conn = ws.get(clients[0][1])
+        assert conn is not None
+        # Read before the loop wrote anything: all twenty, not the first.
+        assert conn.backlog == sum(sizes)
+        assert run_frames(ws) == 0  # reading it closed the run
+        for client, _ in clients:
+            assert await types(client, 20) == ["tick"] * 20
+            await client.close()
