@@ -39,14 +39,28 @@ Result = dict[str, Any]
 
 
 def run_one(
-    server: str, clients: int, k: int, stalled: int = 0, client: str = DEFAULT_CLIENT
+    server: str,
+    clients: int,
+    k: int,
+    stalled: int = 0,
+    client: str = DEFAULT_CLIENT,
+    warmup: int = 0,
 ) -> Result:
+    """One fresh server, C clients, one measured burst of K.
+
+    ``warmup``: broadcasts of one burst before it, not measured: a server
+    process's first burst pays for its cold start (memory it has not touched,
+    caches), which a server up for a while does not (see docs/performance.md).
+    """
     # Long enough for the slowest peer's million messages.
     timeout = 60 + clients * k // 20_000
     with serving(server) as served:
         options = ["--k", str(k), "--timeout", str(timeout), "--stalled", str(stalled)]
+        if warmup:
+            options += ["--warmup", str(warmup)]
         load = load_client(served, clients, *options, client=client)
-        result = run_load(server, load, served.pids, limit=timeout + 60)
+        limit = timeout + 60 + (timeout if warmup else 0)
+        result = run_load(server, load, served.pids, limit=limit)
     if result["received"] != result["expected"]:
         print(f"  {server}: only {result['received']}/{result['expected']}")
     return result
@@ -91,8 +105,11 @@ def run(
     rounds: int,
     servers: list[str],
     kinds: tuple[str, ...] = (DEFAULT_CLIENT,),
+    warmup: int | None = None,
 ) -> list[str]:
-    """Every (C, K) for every server and client kind, interleaved round by round."""
+    """Every (C, K) for every server and client kind, interleaved round by round.
+
+    ``warmup``: broadcasts before each measured burst (``None``: K)."""
     label = {
         (kind, s): s if len(kinds) == 1 else f"{s} [{kind}]"
         for kind in kinds
@@ -104,13 +121,15 @@ def run(
             for c in clients:
                 for server in servers:
                     for kind in kinds:
-                        result = run_one(server, c, k, client=kind)
+                        warm = k if warmup is None else warmup
+                        result = run_one(server, c, k, client=kind, warmup=warm)
                         runs = results.setdefault((c, k), {})
                         runs.setdefault(label[kind, server], []).append(result)
         print(f"fan-out: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     out = [
         f"Fan-out, messages of ~100 bytes, {rounds} rounds; medians (range);"
-        f" load client: {', '.join(kinds)}."
+        f" load client: {', '.join(kinds)}; warm-up burst before each:"
+        f" {'K' if warmup is None else warmup}."
     ]
     for k in ks:
         for c in clients:
@@ -176,6 +195,13 @@ def main() -> None:
     parser.add_argument(
         "--stall", action="store_true", help="ours with one stalled client and without"
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="broadcasts of an unmeasured burst before each measured one (default:"
+        " K; 0: none, each burst is the server process's first)",
+    )
     args = parser.parse_args()
     if args.stall:
         for kind in args.client:
@@ -184,7 +210,8 @@ def main() -> None:
             print("\n".join(lines))
     else:
         kinds = tuple(args.client)
-        print("\n".join(run(args.clients, args.k, args.rounds, args.servers, kinds)))
+        lines = run(args.clients, args.k, args.rounds, args.servers, kinds, args.warmup)
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -435,6 +435,8 @@ static int batch_ready(void) {
   return 1;
 }
 static int all_received(void) { return target >= 0 && received >= target; }
+static long warm_target;  // --warmup: frames of the unmeasured burst
+static int warm_received(void) { return received >= warm_target; }
 static int got_eof(void) { return stdin_eof; }
 
 static void open_conn(unsigned i, int stalled) {
@@ -523,6 +525,7 @@ int main(int argc, char **argv) {
   const char *url_arg = "ws://127.0.0.1:8000/ws";
   long clients = 100, k = 100, stalled = 0, samples = -1;
   double timeout = 60, rate = -1, duration = 3;
+  long warmup = 0;
   int hold = 0;
   for (int i = 1; i + 1 < argc; i++) {
     const char *a = argv[i], *v = argv[i + 1];
@@ -532,6 +535,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "proto")) socketio = !strcmp(v, "socketio");
     else if (!strcmp(a, "clients")) clients = atol(v);
     else if (!strcmp(a, "k")) k = atol(v);
+    else if (!strcmp(a, "warmup")) warmup = atol(v);
     else if (!strcmp(a, "timeout")) timeout = atof(v);
     else if (!strcmp(a, "stalled")) stalled = atol(v);
     else if (!strcmp(a, "every")) every = atol(v) > 0 ? atol(v) : 1;
@@ -618,6 +622,19 @@ int main(int argc, char **argv) {
 
   // Fan-out: let the servers finish their on-connect work, then one trigger.
   serve(now_ms() + 200, NULL);
+  if (warmup > 0) {
+    // --warmup N: one burst of N first, not measured: a server process's first
+    // burst pays for its cold start (memory it has not touched yet), which a
+    // server that has been up for a while does not.
+    char data[64];
+    snprintf(data, sizeof data, "{\"k\":%ld}", warmup);
+    received = 0;
+    warm_target = clients * warmup;  // not `target`: that one says "done"
+    send_event(&conns[0], "go", data);
+    serve(now_ms() + timeout * 1000, warm_received);
+    if (received < warm_target) die("the warm-up burst did not arrive");
+    serve(now_ms() + 100, NULL);
+  }
   received = sampled = skip_count = wire_bytes = compressed = 0;
   long expected = clients * k;
   wait_go();

@@ -289,6 +289,19 @@ if (args.rate !== undefined) {
 }
 // Let the servers finish their on-connect work before the clock starts.
 await new Promise((r) => setTimeout(r, 200));
+const warmup = Number(args.warmup ?? 0);
+if (warmup > 0) {
+  // --warmup N: one burst of N first, not measured (a server process's first
+  // burst pays for its cold start).
+  received = 0;
+  sockets[0].write(maskedText(event("go", { k: warmup })));
+  const until = now() + timeout;
+  while (received < clients * warmup && now() < until) {
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  if (received < clients * warmup) throw new Error("the warm-up burst did not arrive");
+  await new Promise((r) => setTimeout(r, 100));
+}
 received = 0;
 sampled = 0;
 wireBytes = 0;
