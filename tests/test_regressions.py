@@ -33,7 +33,7 @@ TOKEN = "a-stats-token-long-enough"
         '{"type": "x", "data": [-1e400]}',
         '{"type": "x", "data": {"a": 1E999}}',
         '{"type": "x", "data": 2e+0400}',
-        '{"type": "x", "data": ' + "9" * 309 + "}",  # no exponent at all
+        '{"type": "x", "data": ' + "9" * 309 + ".5}",  # no exponent at all
     ],
 )
 def test_overflowing_float_literal_is_refused(text: str) -> None:
