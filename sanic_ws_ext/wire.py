@@ -253,11 +253,13 @@ class Run:
         "_data",
         "exclude",
         "frames",
+        "host",
         "members",
         "sent",
         "size",
         "source",
         "top",
+        "variants",
     )
 
     def __init__(
@@ -277,10 +279,45 @@ class Run:
         #: The largest backlog of a member before the run: a frame joins
         #: only if that member could take it (``WS_MAX_BACKPRESSURE``).
         self.top = 0
+        #: With permessage-deflate: the frames as members with each window
+        #: size get them, compressed once per frame (see Deflater).
+        self.variants: dict[int, Variant] | None = None
+        #: Where compressed frames are counted (while there are variants).
+        self.host: WireHost | None = None
+        self._data: bytes | None = None
+
+    def data(self, bits: int = 0) -> bytes:
+        """The frames as one bytes object, as a member with a ``bits``
+        deflate window gets them (joined once; the run has ended)."""
+        if bits and self.variants is not None:
+            return self.variants[bits].data()
+        data = self._data
+        if data is None:
+            frames = self.frames
+            data = self._data = frames[0] if len(frames) == 1 else b"".join(frames)
+        return data
+
+    def extra(self, bits: int) -> int:
+        """Bytes gathered after the first frame, for a member with ``bits``."""
+        if bits and self.variants is not None:
+            variant = self.variants[bits]
+            return variant.size - variant.sent
+        return self.size - self.sent
+
+
+class Variant:
+    """A run's frames as the members with one deflate window size get them."""
+
+    __slots__ = ("_data", "frames", "members", "sent", "size")
+
+    def __init__(self, frame: bytes) -> None:
+        self.frames = [frame]
+        self.size = self.sent = len(frame)
+        #: Members with this window (a compressed frame counts once for each).
+        self.members = 0
         self._data: bytes | None = None
 
     def data(self) -> bytes:
-        """The frames as one bytes object (joined once; the run has ended)."""
         data = self._data
         if data is None:
             frames = self.frames
@@ -345,6 +382,11 @@ class Flusher:
         if run is None:
             return
         self.run = None
+        if run.variants is not None:
+            for wire in run.members:
+                if wire._pending is not None:
+                    wire._pending_bytes += run.extra(wire.deflate_bits)
+            return
         extra = run.size - run.sent
         if extra:
             for wire in run.members:
@@ -679,9 +721,12 @@ class Wire(asyncio.Protocol):
         if len(pending) == 1:
             first = pending[0]
             # A run: the same bytes for every member, joined once.
-            data = first.data() if isinstance(first, Run) else first
+            data = first.data(self.deflate_bits) if isinstance(first, Run) else first
         else:
-            data = b"".join([p.data() if isinstance(p, Run) else p for p in pending])
+            bits = self.deflate_bits
+            data = b"".join(
+                [p.data(bits) if isinstance(p, Run) else p for p in pending]
+            )
         if len(data) > _WIRE_CHUNK:
             # A view, not a copy: one frame is shared by every member.
             view = memoryview(data)
@@ -1086,6 +1131,8 @@ def fan_out(
                 flusher.behind = True
             run.frames.append(frame)
             run.size += size
+            if run.variants is not None:
+                _join_variants(run, frame, flusher)
             queued = len(run.members)
             if account:
                 flusher.account(size * queued)
@@ -1108,23 +1155,29 @@ def fan_out(
     # compressed once (per window size, by the Deflater), before the loop
     # needs it; each wire that agreed to it gets the compressed bytes.
     deflater = flusher.deflater if flusher.deflating else None
-    if deflater is None and size < _RUN_MAX:
+    if size < _RUN_MAX:
         # Each receiver gets a new run: the next broadcast to them may join.
         run = Run(frame, wires, exclude)
         members: list[Wire] | None = [] if exclude else None
         whole = True  # every receiver took the run, not a frame of its own
         top = 0  # the largest backlog among them
+        host: WireHost | None = None  # set once a member compresses
         for wire in wires:
             if wire.state is not is_open or (exclude and wire.conn.id in exclude):
                 continue
+            out = frame
+            if deflater is not None and wire.deflate_bits:
+                out = deflater.frame(frame, wire.deflate_bits)
             pending_bytes = wire._pending_bytes
             backlog = pending_bytes + wire._written
             if limit is not None and backlog > soft:
                 flusher.behind = True
                 if backlog > limit:
-                    queued += wire._enqueue(frame)
+                    queued += wire._enqueue(out)
                     whole = False
                     continue
+            if wire.deflate_bits and deflater is not None:
+                host = _add_variant(run, wire, out)
             if backlog > top:
                 top = backlog
             pending = wire._pending
@@ -1133,10 +1186,15 @@ def fan_out(
                 wire._pending = [run]
             else:
                 pending.append(run)
-            wire._pending_bytes = pending_bytes + size
+            wire._pending_bytes = pending_bytes + len(out)
             if members is not None:
                 members.append(wire)
             queued += 1
+        if host is not None and run.variants is not None:
+            run.host = host
+            host.counters.compressed_out += sum(
+                v.members for v in run.variants.values() if v.frames[0] is not frame
+            )
         if whole and queued:
             if members is not None:
                 run.members = members
@@ -1148,8 +1206,9 @@ def fan_out(
         if account:
             flusher.account(size * queued)
         return queued
+    # A frame too large for a run: each receiver on its own.
     compressed = 0
-    host: WireHost | None = None
+    host = None
     for wire in wires:
         if wire.state is not is_open or (exclude and wire.conn.id in exclude):
             continue
@@ -1179,3 +1238,31 @@ def fan_out(
     if account:
         flusher.account(size * queued)
     return queued
+
+
+def _add_variant(run: Run, wire: Wire, out: bytes) -> WireHost:
+    """``wire``, with a deflate window, gets the run's first frame as ``out``
+    (compressed, or the frame itself if too small to gain)."""
+    variants = run.variants
+    if variants is None:
+        variants = run.variants = {}
+    variant = variants.get(wire.deflate_bits)
+    if variant is None:
+        variant = variants[wire.deflate_bits] = Variant(out)
+    variant.members += 1
+    return wire._host
+
+
+def _join_variants(run: Run, frame: bytes, flusher: Flusher) -> None:
+    """A frame joins ``run``: compressed once for each window size in it."""
+    deflater = flusher.deflater
+    assert deflater is not None and run.variants is not None
+    compressed = 0
+    for bits, variant in run.variants.items():
+        out = deflater.frame(frame, bits)
+        variant.frames.append(out)
+        variant.size += len(out)
+        if out is not frame:
+            compressed += variant.members
+    if compressed and run.host is not None:
+        run.host.counters.compressed_out += compressed

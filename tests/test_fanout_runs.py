@@ -10,18 +10,20 @@ pass by going the per-receiver way.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from sanic import Sanic
 
 from sanic_ws_ext.envelope import message_body
-from sanic_ws_ext.frames import OP_TEXT, encode_frame
+from sanic_ws_ext.frames import OP_TEXT, RSV1, encode_frame
 from sanic_ws_ext.manager import ConnectionManager
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .conftest import units
-from .helpers import ws_app
+from .helpers import until, ws_app
+from .test_deflate import inflate, raw_connect, read_raw
 
 AppFactory = Callable[..., Sanic[Any, Any]]
 
@@ -137,3 +139,49 @@ async def test_a_connections_backlog_counts_every_frame_of_a_run(
         for client, _ in clients:
             assert await types(client, 20) == ["tick"] * 20
             await client.close()
+
+
+async def test_a_run_carries_each_window_sizes_compressed_frames(
+    make_app: AppFactory,
+) -> None:
+    """With permessage-deflate, a run keeps each frame compressed once per
+    window size: every client gets every message, in order, compressed where
+    it agreed to it (RSV1) and plain where not, and each compressed frame is
+    counted once per receiver."""
+    app, _, _ = ws_app(make_app, WS_COMPRESSION=True, WS_PING_INTERVAL=None)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        offers = [
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; server_max_window_bits=10",
+            None,
+            "permessage-deflate",  # a second member with a 15-bit window
+        ]
+        clients = [await raw_connect(server.host, server.port, o) for o in offers]
+        await until(lambda: len(ws.connections) == 4)
+        before = ws._counters.compressed_out
+        bodies = [f"{i} " + "compressible text " * 40 for i in range(6)]
+        for body in bodies[:3]:
+            await ws.broadcast("tick", body)
+        assert run_frames(ws) == 3
+        await ws.broadcast("small", "x")  # too small to compress: plain to all
+        for body in bodies[3:]:
+            await ws.broadcast("tick", body)
+        for (reader, _, _), bits, compressed in (
+            (clients[0], 15, True),
+            (clients[1], 10, True),
+            (clients[2], 15, False),
+            (clients[3], 15, True),
+        ):
+            got: list[str] = []
+            for _ in range(7):
+                first, payload = await read_raw(reader)
+                is_tick = len(got) != 3
+                assert bool(first & RSV1) == (compressed and is_tick)
+                text = inflate(payload, bits) if first & RSV1 else payload
+                got.append(json.loads(text)["data"])
+            assert got == [*bodies[:3], "x", *bodies[3:]]
+        # 6 compressed frames for each of the three compressing clients.
+        assert ws._counters.compressed_out - before == 18
+        for _, writer, _ in clients:
+            writer.transport.abort()
