@@ -47,7 +47,7 @@ import socket
 import sys
 import termios
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -205,9 +205,10 @@ _PER_WIRE = 8 << 10
 #: path of both ends: a pass of 8 MiB (presence diffs of 180 KB to 1,700
 #: members, queued by the tracker) was 54 ms of CPU in one loop tick, the
 #: largest stall after a peer died (bench/scale.py, issue 14). A flush a
-#: sender's own queuing set off (account) still writes up to the limit: it
-#: is that sender's turn, and writing less there let a broadcasting loop
-#: queue faster than it wrote (p99 33 -> 253 ms, bench/fanout.py).
+#: sender's own queuing set off (account) still writes the whole limit and
+#: the writes that carry it (Flusher.budget, up to 12 MiB): it is that
+#: sender's turn, and writing less there let a broadcasting loop queue
+#: faster than it wrote (p99 33 -> 253 ms, bench/fanout.py).
 _PASS_WRITE = 2 << 20
 
 #: What one ``transport.write`` costs beyond its bytes, in bytes of the
@@ -263,7 +264,7 @@ class Run:
     )
 
     def __init__(
-        self, frame: bytes, source: list[Wire], exclude: Collection[str]
+        self, frame: bytes, source: Sequence[Wire], exclude: Collection[str]
     ) -> None:
         self.frames = [frame]
         self.size = len(frame)
@@ -272,10 +273,10 @@ class Run:
         self.sent = self.size
         #: The receiver list the run was made for, and the excluded ids: a
         #: later broadcast joins the run when it has equal ones.
-        self.source = source
-        self.exclude = exclude
+        self.source: Sequence[Wire] = source
+        self.exclude: Collection[str] = exclude
         #: The wires holding this run (``source`` when nobody was excluded).
-        self.members = source
+        self.members: Sequence[Wire] = source
         #: The largest backlog of a member before the run: a frame joins
         #: only if that member could take it (``WS_MAX_BACKPRESSURE``).
         self.top = 0
@@ -286,6 +287,14 @@ class Run:
         self.host: WireHost | None = None
         self._data: bytes | None = None
 
+    def release(self) -> None:
+        """The run has ended: let go of its receiver lists. It stays in the
+        pending lists of members that have not written yet (a stalled one
+        may hold thousands of runs), which must not keep every receiver of
+        every broadcast alive with it."""
+        self.source = self.members = ()
+        self.exclude = ()
+
     def data(self, bits: int = 0) -> bytes:
         """The frames as one bytes object, as a member with a ``bits``
         deflate window gets them (joined once; the run has ended)."""
@@ -295,6 +304,7 @@ class Run:
         if data is None:
             frames = self.frames
             data = self._data = frames[0] if len(frames) == 1 else b"".join(frames)
+            self.frames = []  # held once, joined
         return data
 
     def extra(self, bits: int) -> int:
@@ -322,6 +332,7 @@ class Variant:
         if data is None:
             frames = self.frames
             data = self._data = frames[0] if len(frames) == 1 else b"".join(frames)
+            self.frames = []
         return data
 
 
@@ -386,12 +397,13 @@ class Flusher:
             for wire in run.members:
                 if wire._pending is not None:
                     wire._pending_bytes += run.extra(wire.deflate_bits)
-            return
-        extra = run.size - run.sent
-        if extra:
-            for wire in run.members:
-                if wire._pending is not None:
-                    wire._pending_bytes += extra
+        else:
+            extra = run.size - run.sent
+            if extra:
+                for wire in run.members:
+                    if wire._pending is not None:
+                        wire._pending_bytes += extra
+        run.release()
 
     def limit(self) -> int:
         """The pass limit: _PER_WIRE for each wire waiting, within bounds."""
@@ -635,6 +647,9 @@ class Wire(asyncio.Protocol):
             if at is not None:
                 pending = self._pending
                 assert pending is not None  # keyed frames are pending ones
+                if self._flusher.run is not None:
+                    # The open run's members were checked with the old size.
+                    self._flusher.end_run()
                 replaced = pending[at]
                 assert not isinstance(replaced, Run)  # each queued on its own
                 self._pending_bytes += len(frame) - len(replaced)
@@ -1106,14 +1121,17 @@ def fan_out(
 
     A broadcast to the same wires (and exclusions) as the one before, with
     nothing else queued since, joins that one's :class:`Run`: no work per
-    receiver at all. Its members' backlog is checked when the run starts,
-    and grows by at most ``_RUN_MAX`` before the next check.
+    receiver at all. A frame joins only if the run's fullest member (its
+    backlog when the run started, plus the run) could take it, as the
+    per-receiver path decides; a run holds at most ``_RUN_MAX``.
 
     ``account=False``: leave the writing to the flusher's next pass, however
     much was queued (for a caller that is no handler's loop and has work of
     its own in this pass, the presence tracker).
     """
     size = len(frame)
+    if not exclude:
+        exclude = ()  # frozenset() and () alike: the same receivers
     run = flusher.run
     if run is not None:
         # What the fullest member holds before this frame, as the per-wire
@@ -1203,6 +1221,8 @@ def fan_out(
             if whole:
                 run.top = top
                 flusher.run = run
+        if flusher.run is not run:
+            run.release()  # nothing will join it
         if account:
             flusher.account(size * queued)
         return queued

@@ -10,12 +10,14 @@ pass by going the per-receiver way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 
 from sanic import Sanic
 
+from sanic_ws_ext import CloseCode
 from sanic_ws_ext.envelope import message_body
 from sanic_ws_ext.frames import OP_TEXT, RSV1, encode_frame
 from sanic_ws_ext.manager import ConnectionManager
@@ -185,3 +187,49 @@ async def test_a_run_carries_each_window_sizes_compressed_frames(
         assert ws._counters.compressed_out - before == 18
         for _, writer, _ in clients:
             writer.transport.abort()
+
+
+async def test_a_keyed_replacement_during_a_run_is_held_to_the_limit(
+    make_app: AppFactory,
+) -> None:
+    """A keyed send that replaces a small pending frame with a big one ends
+    the open run: the next broadcast checks the grown backlog and drops the
+    connection past WS_MAX_BACKPRESSURE (1008), as without runs."""
+    limit = 100_000
+    app, _, gone = ws_app(make_app, WS_MAX_BACKPRESSURE=limit, WS_PING_INTERVAL=None)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        (a, a_id), (b, _) = [await connect(ws, server.ws_url()) for _ in range(2)]
+        await ws.send(a_id, "progress", "0%", key="k")
+        await ws.broadcast("one")
+        await ws.broadcast("two")
+        assert run_frames(ws) == 2
+        await ws.send(a_id, "progress", "x" * (limit + 50_000), key="k")
+        assert run_frames(ws) == 0
+        await ws.broadcast("three")
+        dropped = await asyncio.wait_for(gone.get(), units(10))
+        assert dropped.id == a_id and dropped.close_code == CloseCode.POLICY_VIOLATION
+        assert await types(b, 3) == ["one", "two", "three"]
+        await b.close()
+        await a.close()
+
+
+async def test_an_ended_run_lets_go_of_its_receivers(make_app: AppFactory) -> None:
+    """A run stays in the pending list of every member that has not written
+    yet; once ended it must not keep the receiver lists (every connection of
+    every broadcast) alive, nor its frames once joined."""
+    app, _, _ = ws_app(make_app, WS_PING_INTERVAL=None)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        clients = [await connect(ws, server.ws_url()) for _ in range(3)]
+        await ws.broadcast("one")
+        await ws.broadcast("two")
+        assert ws._flusher is not None
+        run = ws._flusher.run
+        assert run is not None and len(run.members) == 3
+        for client, _ in clients:
+            assert await types(client, 2) == ["one", "two"]  # written: ended
+        assert ws._flusher.run is None
+        assert (run.source, run.members, run.frames) == ((), (), [])
+        for client, _ in clients:
+            await client.close()
