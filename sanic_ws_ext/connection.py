@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from .envelope import message_body
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "ConnectionState"]
 
+#: What ``rooms`` is for a connection in none.
+_NO_ROOMS: frozenset[str] = frozenset()
+
 
 class Connection:
     """A connected client.
@@ -36,7 +40,9 @@ class Connection:
         remote: The client's IP address as Sanic sees it.
         headers: The request headers listed in ``WS_KEEP_HEADERS``.
         worker: The name of the worker process that holds the socket.
-        rooms: The rooms this connection is in.
+        rooms: The rooms this connection is in: a read-only, set-like view
+            (``in``, iteration, ``len``, ``&``, ``|``, ``-``); join and leave
+            with the manager's :meth:`join` and :meth:`leave`.
         presence: What rooms with full presence show of it to their members
             (the verify hook's ``Accept.presence``); change it with
             :meth:`update_presence`.
@@ -60,6 +66,7 @@ class Connection:
         "_client_rooms",
         "_mailbox",
         "_refresh_asked",
+        "_rooms",
         "_wire",
         "connected_at",
         "expires_at",
@@ -69,7 +76,6 @@ class Connection:
         "meta",
         "presence",
         "remote",
-        "rooms",
         "subprotocol",
         "user",
         "worker",
@@ -96,8 +102,11 @@ class Connection:
         self.remote = remote
         self.headers = headers
         self.worker = worker
-        #: Rooms this connection is in (kept by the process that holds it).
-        self.rooms: set[str] = set()
+        # Rooms this connection is in, as a dict's keys (kept by the local
+        # index): a dict of strings is one object the garbage collector does
+        # not track, where a set is one more it walks in every full
+        # collection (issue 14); None while in none.
+        self._rooms: dict[str, None] | None = None
         self.connected_at = time.time()
         # The socket engine, wire.py (apps use the methods below).
         self._wire = wire
@@ -124,6 +133,11 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
+
+    @property
+    def rooms(self) -> AbstractSet[str]:
+        rooms = self._rooms
+        return _NO_ROOMS if rooms is None else rooms.keys()
 
     @property
     def state(self) -> ConnectionState:

@@ -61,17 +61,23 @@ class LocalIndex:
 
     def join(self, conn: Connection, room: str) -> bool:
         """Put ``conn`` in ``room``; False if it was in it already."""
-        if room in conn.rooms:
+        rooms = conn._rooms
+        if rooms is None:
+            rooms = conn._rooms = {}
+        elif room in rooms:
             return False
-        conn.rooms.add(room)
+        rooms[room] = None
         self.rooms.setdefault(room, set()).add(conn._wire)
         return True
 
     def leave(self, conn: Connection, room: str) -> bool:
         """Take ``conn`` out of ``room``; False if it was not in it."""
-        if room not in conn.rooms:
+        rooms = conn._rooms
+        if rooms is None or room not in rooms:
             return False
-        conn.rooms.discard(room)
+        del rooms[room]
+        if not rooms:
+            conn._rooms = None
         discard_from(self.rooms, room, conn._wire)
         return True
 

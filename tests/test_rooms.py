@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +92,32 @@ async def test_rooms_and_users(make_app: AppFactory) -> None:
         assert await ws.count() == 2
         await a.close()
         await c.close()
+
+
+async def test_a_connections_rooms_are_a_set_like_view_of_untracked_strings(
+    make_app: AppFactory,
+) -> None:
+    """``conn.rooms`` reads like a set; underneath, a dict of strings that the
+    garbage collector does not walk (one object less per connection in every
+    full collection), and nothing at all while the connection is in no room."""
+    app, _ = build(make_app)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        a, a_id = await connect(server.ws_url())
+        conn = ws.get(a_id)
+        assert conn is not None
+        assert conn.rooms == set() and not conn.rooms and conn._rooms is None
+        for room in ("r", "s"):
+            await a.send("join", room)
+            await a.expect("joined")
+        assert conn.rooms == {"r", "s"} and "r" in conn.rooms and len(conn.rooms) == 2
+        assert conn.rooms & {"s", "t"} == {"s"} and conn.rooms - {"r"} == {"s"}
+        assert conn._rooms is not None and not gc.is_tracked(conn._rooms)
+        for room in ("r", "s"):
+            await a.send("leave", room)
+            await a.expect("left")
+        assert conn.rooms == set() and conn._rooms is None
+        await a.close()
 
 
 async def test_full_presence_is_state_then_diffs_keyed_by_user(
