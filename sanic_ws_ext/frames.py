@@ -163,6 +163,12 @@ class FrameReader:
         self._message_size = 0
         self.error: FrameError | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Between messages, with no part of a frame held: any connection's
+        next bytes may go to this reader (see ``WireHost.reader``)."""
+        return not self._buffer and not self._in_message and self.error is None
+
     def feed(self, data: bytes) -> list[tuple[int, bool, bytes]]:
         if self.error is not None:
             return []

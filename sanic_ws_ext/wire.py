@@ -156,7 +156,7 @@ class WireHost:
     for apps.
     """
 
-    __slots__ = ("clock", "config", "counters", "lost", "message")
+    __slots__ = ("clock", "config", "counters", "lost", "message", "reader")
 
     def __init__(
         self,
@@ -174,6 +174,12 @@ class WireHost:
         self.message = message
         #: The socket is gone; the connection's close code and reason are final.
         self.lost = lost
+        #: The reader lent to a wire for one ``data_received`` when it holds
+        #: no part of a frame, as most do between messages: an idle
+        #: connection has no reader of its own, one object less per
+        #: connection for every full garbage collection (issue 14). A wire
+        #: left with a partial frame keeps it, and a new one is made here.
+        self.reader = FrameReader(config.max_message_size)
 
 
 def _not_started() -> float:
@@ -553,7 +559,9 @@ class Wire(asyncio.Protocol):
         self.conn: Connection
         self._host = host
         self._transport = transport
-        self._reader = FrameReader(host.config.max_message_size)
+        # Its own reader only while a frame or a fragmented message is
+        # partly in (see WireHost.reader).
+        self._reader: FrameReader | None = None
         self._flusher = flusher
         self.state = ConnectionState.OPEN
         self.close_code: int | None = None
@@ -669,7 +677,6 @@ class Wire(asyncio.Protocol):
         server's frames (see :mod:`sanic_ws_ext.deflate`)."""
         assert self._flusher.deflater is not None
         self.deflate_bits = bits
-        self._reader.compressed = True
         self._flusher.deflating += 1
 
     def _deflated(self, frame: bytes) -> bytes:
@@ -970,7 +977,19 @@ class Wire(asyncio.Protocol):
         if self._eof_pending or self._close_rcvd is not None:
             return  # closed by the peer, or failed: nothing more is read
         reader = self._reader
-        self._process(reader.feed(data))
+        if reader is None:
+            reader = self._host.reader
+            reader.compressed = self.deflate_bits != 0  # RSV1 allowed or not
+            frames = reader.feed(data)
+            if not reader.idle:
+                # Part of a frame (or of a fragmented message) is in: keep it.
+                self._reader = reader
+                self._host.reader = FrameReader(self._host.config.max_message_size)
+        else:
+            frames = reader.feed(data)
+            if reader.idle:
+                self._reader = None
+        self._process(frames)
         error = reader.error
         if error is not None and self._close_rcvd is None:
             self._fail(error.code, error.reason)
