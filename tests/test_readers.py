@@ -85,3 +85,26 @@ async def test_partial_frames_and_fragments_from_many_clients_each_arrive_whole(
         assert await echoed(b) == "still here"
         a.close_socket()
         b.close_socket()
+
+
+async def test_a_backlog_of_small_and_large_frames_goes_out_whole_and_in_order(
+    make_app: AppFactory,
+) -> None:
+    """A reader that stopped for a while holds small frames and frames larger
+    than one write (64 KiB) one after another; each flush writes one chunk
+    across them, cutting the frame that crosses it, and the reader gets every
+    frame whole and in order once it reads again."""
+    app, _, _ = ws_app(make_app, WS_PING_INTERVAL=None)
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        reader = await RawClient.connect(server.host, server.port, rcvbuf=4096)
+        await until(lambda: len(ws.connections) == 1)
+        (conn_id,) = ws.connections
+        sizes = [10, 300_000, 20, 30, 100_000, 40, 70_000, 65_000, 50]
+        for i, size in enumerate(sizes):
+            await ws.send(conn_id, "part", {"i": i, "body": "y" * size})
+        for i, size in enumerate(sizes):
+            frame = await reader.read_frame()
+            data = json.loads(bytes(frame.data))["data"]
+            assert (data["i"], len(data["body"])) == (i, size)
+        reader.close_socket()
