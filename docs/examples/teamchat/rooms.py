@@ -75,7 +75,7 @@ def _room_and_text(
 ) -> tuple[str, str]:
     data = msg.data if isinstance(msg.data, dict) else {}
     room, text = data.get("room"), data.get("text", "")
-    if room not in conn.rooms:
+    if not isinstance(room, str) or room not in conn.rooms:
         raise MessageError("not_in_room", "join the room first")
     if need_text and not (isinstance(text, str) and text.strip()):
         raise MessageError("bad_text", "text must be a non-empty string")
