@@ -233,9 +233,9 @@ _WRITE_COST = 4 << 10
 #: messages never reach it in a pass.
 _WIRE_CHUNK = 64 << 10
 
-#: Most bytes one shared run gathers: no more than one flush hands a
-#: transport, so a member whose pending list is the run alone gets it in one
-#: write and the run's bytes are never sliced.
+#: Most bytes a run gathers by joining: no more than one flush hands a
+#: transport, so a run of joined frames goes out in one write (a single
+#: larger frame is a run of its own, written a chunk at a time).
 _RUN_MAX = _WIRE_CHUNK
 
 
@@ -308,8 +308,7 @@ class Run:
             return self.variants[bits].data()
         data = self._data
         if data is None:
-            frames = self.frames
-            data = self._data = frames[0] if len(frames) == 1 else b"".join(frames)
+            data = self._data = _joined(self.frames)
             self.frames = []  # held once, joined
         return data
 
@@ -336,10 +335,13 @@ class Variant:
     def data(self) -> bytes:
         data = self._data
         if data is None:
-            frames = self.frames
-            data = self._data = frames[0] if len(frames) == 1 else b"".join(frames)
+            data = self._data = _joined(self.frames)
             self.frames = []
         return data
+
+
+def _joined(frames: list[bytes]) -> bytes:
+    return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 Pending = list[bytes | memoryview | Run]
@@ -1217,88 +1219,55 @@ def fan_out(
     # compressed once (per window size, by the Deflater), before the loop
     # needs it; each wire that agreed to it gets the compressed bytes.
     deflater = flusher.deflater if flusher.deflating else None
-    if size < _RUN_MAX:
-        # Each receiver gets a new run: the next broadcast to them may join.
-        run = Run(frame, wires, exclude)
-        members: list[Wire] | None = [] if exclude else None
-        whole = True  # every receiver took the run, not a frame of its own
-        top = 0  # the largest backlog among them
-        host: WireHost | None = None  # set once a member compresses
-        for wire in wires:
-            if wire.state is not is_open or (exclude and wire.conn.id in exclude):
-                continue
-            out = frame
-            if deflater is not None and wire.deflate_bits:
-                out = deflater.frame(frame, wire.deflate_bits)
-            pending_bytes = wire._pending_bytes
-            backlog = pending_bytes + wire._written
-            if limit is not None and backlog > soft:
-                flusher.behind = True
-                if backlog > limit:
-                    queued += wire._enqueue(out)
-                    whole = False
-                    continue
-            if wire.deflate_bits and deflater is not None:
-                host = _add_variant(run, wire, out)
-            if backlog > top:
-                top = backlog
-            pending = wire._pending
-            if pending is None:
-                flusher.mark(wire)
-                wire._pending = [run]
-            else:
-                pending.append(run)
-            wire._pending_bytes = pending_bytes + len(out)
-            if members is not None:
-                members.append(wire)
-            queued += 1
-        if host is not None and run.variants is not None:
-            run.host = host
-            host.counters.compressed_out += sum(
-                v.members for v in run.variants.values() if v.frames[0] is not frame
-            )
-        if whole and queued:
-            if members is not None:
-                run.members = members
-            elif queued != len(wires):
-                whole = False  # a receiver not open: not one to append to
-            if whole:
-                run.top = top
-                flusher.run = run
-        if flusher.run is not run:
-            run.release()  # nothing will join it
-        if account:
-            flusher.account(size * queued)
-        return queued
-    # A frame too large for a run: each receiver on its own.
-    compressed = 0
-    host = None
+    # Each receiver gets a new run: the next broadcast to them may join.
+    run = Run(frame, wires, exclude)
+    members: list[Wire] | None = [] if exclude else None
+    whole = True  # every receiver took the run, not a frame of its own
+    top = 0  # the largest backlog among them
+    host: WireHost | None = None  # set once a member compresses
     for wire in wires:
         if wire.state is not is_open or (exclude and wire.conn.id in exclude):
             continue
-        out, out_size = frame, size
+        out = frame
         if deflater is not None and wire.deflate_bits:
             out = deflater.frame(frame, wire.deflate_bits)
-            if out is not frame:
-                out_size = len(out)
-                compressed += 1
-                host = wire._host
         pending_bytes = wire._pending_bytes
-        if limit is not None and pending_bytes + wire._written > soft:
+        backlog = pending_bytes + wire._written
+        if limit is not None and backlog > soft:
             flusher.behind = True
-            if pending_bytes + wire._written > limit:
+            if backlog > limit:
                 queued += wire._enqueue(out)
+                whole = False
                 continue
+        if wire.deflate_bits and deflater is not None:
+            host = _add_variant(run, wire, out)
+        if backlog > top:
+            top = backlog
         pending = wire._pending
         if pending is None:
             flusher.mark(wire)
-            wire._pending = [out]
+            wire._pending = [run]
         else:
-            pending.append(out)
-        wire._pending_bytes = pending_bytes + out_size
+            pending.append(run)
+        wire._pending_bytes = pending_bytes + len(out)
+        if members is not None:
+            members.append(wire)
         queued += 1
-    if host is not None:
-        host.counters.compressed_out += compressed
+    if host is not None and run.variants is not None:
+        run.host = host
+        host.counters.compressed_out += sum(
+            v.members for v in run.variants.values() if v.frames[0] is not frame
+        )
+    if whole and queued:
+        if members is not None:
+            run.members = members
+        elif queued != len(wires):
+            whole = False  # a receiver not open: not one to append to
+        if whole:
+            run.top = top
+            flusher.run = run
+    if flusher.run is not run:
+        run.release()  # nothing will join it
     if account:
         flusher.account(size * queued)
     return queued
