@@ -165,7 +165,9 @@ class RedisBackplane:
         self.beat = beat
         self._node_prefix = node + "/"
         self._all = f"{channel}:all"
-        self._anchor = f"{channel}:link"  # on a cluster only; see redislink
+        # On a cluster only (see redislink): ours alone, so that a probe
+        # published to it is heard by this process only.
+        self._anchor = f"{channel}:link:{process}"
         self._direct = f"{channel}:to:"
         self._room_prefix = f"{channel}:room:"
         self._room_prefix_b = self._room_prefix.encode()
@@ -760,6 +762,15 @@ class RedisBackplane:
             if counts.get(self._all, 0) >= want and all(
                 counts.get(ch, 0) for ch in direct
             ):
+                # Counted is not reached: a restarted node's cluster bus may
+                # not forward plain messages yet (a cluster only).
+                if await self._link.reaches(deadline):
+                    return
+                log.warning(
+                    "redis backplane: our home node's cluster bus forwarded"
+                    " no probe in %.0f s; sending the buffer anyway",
+                    RESUBSCRIBE_WAIT,
+                )
                 return
             if self._loop.time() > deadline:
                 log.warning(

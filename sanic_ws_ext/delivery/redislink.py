@@ -23,6 +23,7 @@ Channels on a cluster:
   ``SSUBSCRIBE``): each lives on the shard that owns its hash slot, and only
   that shard carries its messages, so room capacity grows with shards;
 - ``<prefix>:all`` and the per-process channels ``<prefix>:to:<process>``
+  and ``<prefix>:link:<process>`` (the anchor)
   stay *plain* (``PUBLISH``, ``SUBSCRIBE``), which Redis Cluster forwards to
   every node. A process publishes all its plain messages to one node, its
   *home* (the master owning the slot of its own channel's name, so homes
@@ -44,7 +45,9 @@ connection silent for the deafness bound, an error, a ``MOVED`` or
 one when a shard channel's slot moves away) fails the whole link. The next
 connection reads the slot map again (``CLUSTER SLOTS`` from the URL's node or
 any node known from the last map) and subscribes each channel on its owner.
-So one shard's failure is an outage of the whole link for that time, exactly
+Before the backplane sends what it buffered, :meth:`ClusterLink.reaches`
+checks that the home's cluster bus forwards to every master again (a probe
+on the process's own anchor channel). So one shard's failure is an outage of the whole link for that time, exactly
 as a single Redis's restart: outgoing messages wait in the buffer and every
 receiver's sequence numbers tell a resend from a gap.
 """
@@ -230,6 +233,10 @@ class SingleLink:
     async def numsub(self, channels: Sequence[str]) -> dict[str, int]:
         return _counts(await self._pub.pubsub_numsub(*channels))
 
+    async def reaches(self, deadline: float) -> bool:
+        """One server: whoever it counts hears what we publish."""
+        return True
+
     async def watch(self, deaf_after: float) -> None:
         """Nothing beyond hearing our own beat (the backplane checks that)."""
 
@@ -254,6 +261,7 @@ class SingleLink:
 
 
 _OWNERS = 65536  # channels whose owner a Topology remembers
+_PROBE_EVERY = 0.1  # seconds before a probe of the cluster bus is sent again
 
 
 class Topology:
@@ -358,10 +366,19 @@ class ClusterLink:
         self._subscribers: dict[Node, AnySubscriber] = {}
         self._publishers: dict[Node, AnyPublisher] = {}
         self._broken: asyncio.Future[None] | None = None
+        # The probe in flight (see reaches): its token, the masters that
+        # heard it, and an event set when all have.
+        self._probe: tuple[bytes, set[Node], asyncio.Event] | None = None
+        self._probes = 0
 
     @property
     def shards(self) -> int:
         return len(self.topology.masters) if self.topology is not None else 0
+
+    @property
+    def home(self) -> Node:
+        """The master our plain channels go through."""
+        return self._home
 
     def _client(self, pool: dict[Node, Any], node: Node, **options: Any) -> Any:
         redis = pool.get(node)
@@ -409,9 +426,17 @@ class ClusterLink:
         self._publishers[node] = pub
 
     async def _open_subscriber(self, node: Node) -> None:
+        anchor, forward = self._anchor.encode(), self._message
+
+        def message(channel: bytes, data: bytes) -> None:
+            if channel == anchor:
+                self._probe_heard(node, data)
+            else:
+                forward(channel, data)
+
         hooks = Hooks(
             node,
-            self._message,
+            message,
             self._confirmed,
             # The backplane's deafness watch hears the home's traffic (its
             # beat comes on :all); every connection's own is watched here.
@@ -592,6 +617,49 @@ class ClusterLink:
             *(count(n, True) for n in self.topology.replicas),
         )
         return total
+
+    async def reaches(self, deadline: float) -> bool:
+        """Until a probe published through our home is heard on every master.
+
+        Plain channels cross the cluster bus, and a node that just restarted
+        forwards nothing to a node its bus has not reconnected to yet (Redis
+        drops the message for that node): counting subscribers is not enough
+        before our buffer goes out. The probe goes to our own anchor channel,
+        which our subscriber on every master listens to, and is sent again
+        every ``_PROBE_EVERY`` until all heard one or ``deadline`` (loop time)
+        passes. False then.
+        """
+        assert self.topology is not None
+        if not self._subscribers:
+            return True  # a sender only (an emitter) cannot hear a probe
+        loop = asyncio.get_running_loop()
+        masters = set(self.topology.masters)
+        try:
+            while True:
+                self._probes += 1
+                token = b"probe:%d" % self._probes
+                heard: set[Node] = set()
+                done = asyncio.Event()
+                self._probe = (token, heard, done)
+                await self._publishers[self._home].publish([(self._anchor, token)])
+                wait = min(_PROBE_EVERY, deadline - loop.time())
+                if wait <= 0:
+                    return False
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(done.wait(), wait)
+                if heard >= masters:
+                    return True
+        finally:
+            self._probe = None
+
+    def _probe_heard(self, node: Node, token: bytes) -> None:
+        probe = self._probe
+        if probe is None or token != probe[0]:
+            return  # an older probe's late echo
+        assert self.topology is not None
+        probe[1].add(node)
+        if probe[1] >= set(self.topology.masters):
+            probe[2].set()
 
     async def watch(self, deaf_after: float) -> None:
         """Fail when a master's connection went silent; ping each for next time."""
