@@ -18,9 +18,10 @@ against the untyped one), idle memory (5,000
 connections), the relay between workers, and the Redis backplane between
 machines, and many nodes (``bench/nodes.py``: 8 nodes over one Redis and
 over a Redis Cluster, interest routing against the single channel of
-5b7bee7), and history rooms (``bench/history.py``: publications per second
-against a plain room, 1,000 clients recovering at once, memory per kept
-publication), and request and reply (``bench/requests.py``: round trips
+5b7bee7; and ``bench/wakecost.py``: a server's CPU per message against
+the message rate, a trivial echo server beside ours), and history rooms
+(``bench/history.py``: publications per second against a plain room,
+1,000 clients recovering at once, memory per kept publication), and request and reply (``bench/requests.py``: round trips
 against python-socketio's acks, on one worker and across two, and the
 request client's ceiling), and sends from an emitter process
 (``bench/emitter.py``: one emitter to 1,000 clients through Redis, beside the
@@ -136,6 +137,7 @@ def main() -> None:
         # Three nodes per design, before and after, one Redis and a cluster:
         # exits non-zero if a room message was lost or came twice.
         section("Many nodes (smoke)", script("nodes.py", "--smoke"))
+        section("What a wake-up costs (smoke)", script("wakecost.py", "--smoke"))
         # Exits non-zero if a recovering client missed or repeated a message.
         tiny_history = ["--workers", "2", "--tasks", "4", "--seconds", "0.3",
                         "--rounds", "1", "--recovery", "20", "--missed", "10",
@@ -194,6 +196,11 @@ def main() -> None:
     section(
         "Many nodes: interest routing against one channel",
         script("nodes.py", "--rounds", str(rounds)),
+    )
+    # What the node CPU figures above hold of this machine's wake-up cost.
+    section(
+        "What a wake-up costs: CPU per message against rate",
+        script("wakecost.py", "--rounds", str(rounds)),
     )
     section("History rooms", script("history.py", "--rounds", str(rounds)))
     section("Request and reply", script("requests.py", "--rounds", str(rounds)))

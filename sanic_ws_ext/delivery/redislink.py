@@ -47,9 +47,10 @@ connection reads the slot map again (``CLUSTER SLOTS`` from the URL's node or
 any node known from the last map) and subscribes each channel on its owner.
 Before the backplane sends what it buffered, :meth:`ClusterLink.reaches`
 checks that the home's cluster bus forwards to every master again (a probe
-on the process's own anchor channel). So one shard's failure is an outage of the whole link for that time, exactly
-as a single Redis's restart: outgoing messages wait in the buffer and every
-receiver's sequence numbers tell a resend from a gap.
+on the process's own anchor channel). So one shard's failure is an outage of
+the whole link for that time, exactly as a single Redis's restart: outgoing
+messages wait in the buffer and every receiver's sequence numbers tell a
+resend from a gap.
 """
 
 from __future__ import annotations
