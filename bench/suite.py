@@ -10,27 +10,27 @@ peers, then four workers on one core: ours over the relay, ours as two
 machines over Redis, python-socketio with its Redis manager; and the load
 client's ceiling, with the server's CPU per delivered message beside each
 figure), the two load clients compared on the same servers, one stalled
-client among 1000 (the others' throughput), a handler broadcasting ~22 MB per
-receiver in a loop to 10 readers and one stalled client (``bench/flood.py``:
-none of the readers closed, the stalled one closed with 1008), chat (100
-clients; the highest rate with p99 <= 100 ms; and a typed chat handler
-against the untyped one), idle memory (5,000
-connections), the relay between workers, and the Redis backplane between
-machines, and many nodes (``bench/nodes.py``: 8 nodes over one Redis and
-over a Redis Cluster, interest routing against the single channel of
-5b7bee7; and ``bench/wakecost.py``: a server's CPU per message against
-the message rate, a trivial echo server beside ours), and history rooms
-(``bench/history.py``: publications per second against a plain room,
-1,000 clients recovering at once, memory per kept publication), and request and reply (``bench/requests.py``: round trips
-against python-socketio's acks, on one worker and across two, and the
-request client's ceiling), and sends from an emitter process
-(``bench/emitter.py``: one emitter to 1,000 clients through Redis, beside the
-same broadcasts from a handler), and permessage-deflate (``bench/compression.py``:
-1 KB chat messages, bytes on the wire, fan-out, chat and idle memory with
-compression on and off, ours and Node ws). Cluster scale (``bench/scale.py``: minutes
-at full size) runs on its own; ``--smoke`` includes it. Needs ``npm install
---prefix bench`` (Node ``ws``) and ``pip install -e '.[bench]'`` (socketify,
-python-socketio, uvicorn).
+client among 1000 (the others' throughput), a handler broadcasting ~22 MB
+per receiver in a loop to 10 readers and one stalled client
+(``bench/flood.py``: none of the readers closed, the stalled one closed with
+1008), chat (100 clients; the highest rate with p99 <= 100 ms; and a typed
+chat handler against the untyped one), idle memory (5,000 connections), the
+relay between workers, and the Redis backplane between machines, and many
+nodes (``bench/nodes.py``: 8 nodes over one Redis and over a Redis Cluster,
+interest routing against the single channel of 5b7bee7; and
+``bench/wakecost.py``: a server's CPU per message against the message rate,
+a trivial echo server beside ours), and history rooms (``bench/history.py``:
+publications per second against a plain room, 1,000 clients recovering at
+once, memory per kept publication), and request and reply
+(``bench/requests.py``: round trips against python-socketio's acks, on one
+worker and across two, and the request client's ceiling), and sends from an
+emitter process (``bench/emitter.py``: one emitter to 1,000 clients through
+Redis, beside the same broadcasts from a handler), and permessage-deflate
+(``bench/compression.py``: 1 KB chat messages, bytes on the wire, fan-out,
+chat and idle memory with compression on and off, ours and Node ws). Cluster
+scale (``bench/scale.py``: minutes at full size) runs on its own;
+``--smoke`` includes it. Needs ``npm install --prefix bench`` (Node ``ws``)
+and ``pip install -e '.[bench]'`` (socketify, python-socketio, uvicorn).
 
 ``--smoke`` runs every scenario tiny, only ours and the naive loop (nothing to
 install but Node), with both load clients when there is a compiler, and exits
