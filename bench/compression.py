@@ -50,7 +50,11 @@ from peers import fmt
 Result = dict[str, Any]
 SERVERS = ["ours", "ours-deflate", "node-ws", "node-ws-deflate"]
 #: Each compressing peer and the same server without compression.
-OFF = {"ours-deflate": "ours", "node-ws-deflate": "node-ws"}
+OFF = {
+    "ours-deflate": "ours",
+    "node-ws-deflate": "node-ws",
+    "ours-deflate-before": "ours-before",  # with BENCH_BEFORE
+}
 
 
 @contextmanager

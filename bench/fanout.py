@@ -82,20 +82,26 @@ def table(
         " | x naive | p50 ms | p99 ms | client CPU | complete |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    base_rates = [x["rate"] for x in results.get(base, [])]
+    base_runs = results.get(base, [])
     for row in rows:
-        runs = results[row]
+        runs = [x for x in results[row] if "failed" not in x]
         rates = [x["rate"] for x in runs]
         ratio = "-"
-        if base_rates:
-            ratio = fmt([a / b for a, b in zip(rates, base_rates, strict=True)], 2)
+        if base_runs:  # round by round, where both ran
+            pairs = zip(results[row], base_runs, strict=True)
+            ratios = [
+                a["rate"] / b["rate"]
+                for a, b in pairs
+                if "failed" not in a and "failed" not in b
+            ]
+            ratio = fmt(ratios, 2) if ratios else "-"
         complete = sum(x["received"] == x["expected"] for x in runs)
         lines.append(
             f"| {row} | {fmt(rates)} | {fmt([x['cpu_us'] for x in runs], 2)} |"
             f" {fmt([x['sys_us'] for x in runs], 2)} | {ratio} |"
             f" {fmt([x['p50_ms'] for x in runs], 1)} |"
             f" {fmt([x['p99_ms'] for x in runs], 1)} |"
-            f" {fmt([busy(x) for x in runs])}% | {complete}/{len(runs)} |"
+            f" {fmt([busy(x) for x in runs])}% | {complete}/{len(results[row])} |"
         )
     return lines
 
@@ -123,7 +129,14 @@ def run(
                 for server in servers:
                     for kind in kinds:
                         warm = k if warmup is None else warmup
-                        result = run_one(server, c, k, client=kind, warmup=warm)
+                        try:
+                            result = run_one(server, c, k, client=kind, warmup=warm)
+                        except RuntimeError as exc:
+                            # One peer failing one run (a load client that
+                            # gave up on it) must not cost every other
+                            # figure of the sitting: it shows as incomplete.
+                            print(f"  {server}: failed: {exc}", file=sys.stderr)
+                            result = {"failed": str(exc), "expected": c * k}
                         runs = results.setdefault((c, k), {})
                         runs.setdefault(label[kind, server], []).append(result)
         print(f"fan-out: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)

@@ -39,11 +39,12 @@ PEERS = ["naive", "bare", "ours", "websockets", "socketio", "node-ws", "socketif
 SCALED = ["ours-4w", "ours-2x2-redis", "socketio-4w-redis"]
 #: ``BENCH_BEFORE=<dir>``: a checkout of an earlier commit (``git worktree
 #: add <dir> <commit>``). Its ``ours`` and ``ours-4w`` then run as
-#: ``ours-before`` and ``ours-4w-before``, beside today's in the same run, for
+#: ``ours-before`` and ``ours-4w-before`` (and ``ours-deflate-before``),
+#: beside today's in the same run, for
 #: a before/after comparison on one machine in one sitting.
 BEFORE = os.environ.get("BENCH_BEFORE")
 #: permessage-deflate on (``bench/compression.py``): the load client must offer it.
-DEFLATE = ["ours-deflate", "node-ws-deflate"]
+DEFLATE = ["ours-deflate", "node-ws-deflate", "ours-deflate-before"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,12 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         before = {"PYTHONPATH": BEFORE, "BENCH_CWD": BEFORE}
         every["ours-before"] = [(_sanic(ours, 0, "--single-process"), before)]
         every["ours-4w-before"] = [(_sanic(ours, 0, "--workers", "4"), before)]
+        every["ours-deflate-before"] = [
+            (
+                _sanic(ours, 0, "--single-process"),
+                {**before, "SANIC_WS_COMPRESSION": "true"},
+            )
+        ]
     return every[server]
 
 
@@ -237,7 +244,9 @@ def run_load(server: str, command: list[str], limit: float = 120) -> dict[str, f
 
 
 def fmt(values: list[float], digits: int = 0) -> str:
-    """Median (min - max)."""
+    """Median (min - max); "-" for none (every run of a row failed)."""
+    if not values:
+        return "-"
     values = sorted(values)
     mid = len(values) // 2
     med = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2

@@ -75,6 +75,19 @@ def paced(rate: float, count: int, one: Callable[[], None]) -> None:
             time.sleep(delay)  # pacing the client, not synchronising
 
 
+def per_rate(
+    pid: int, rates: list[int], seconds: float, one: Callable[[], None]
+) -> dict[int, float]:
+    """The server's CPU µs per ``one()``, at each rate in turn."""
+    found = {}
+    for rate in rates:
+        count = max(10, int(rate * seconds))
+        before = cpu_ns(pid)
+        paced(rate, count, one)
+        found[rate] = (cpu_ns(pid) - before) / 1e3 / count
+    return found
+
+
 def measure_echo(rates: list[int], seconds: float) -> dict[int, float]:
     port = free_port()
     proc = subprocess.Popen([PY, __file__, "--serve-echo", str(port)])
@@ -90,12 +103,7 @@ def measure_echo(rates: list[int], seconds: float) -> dict[int, float]:
             while got < len(payload):
                 got += len(sock.recv(4096))
 
-        found = {}
-        for rate in rates:
-            count = max(10, int(rate * seconds))
-            before = cpu_ns(proc.pid)
-            paced(rate, count, one)
-            found[rate] = (cpu_ns(proc.pid) - before) / 1e3 / count
+        found = per_rate(proc.pid, rates, seconds, one)
         sock.close()
         return found
     finally:
@@ -124,13 +132,7 @@ def measure_ours(rates: list[int], seconds: float) -> dict[int, float]:
                 ws.send(text)
                 assert json.loads(ws.recv(10))["type"] == "msg"
 
-            found = {}
-            for rate in rates:
-                count = max(10, int(rate * seconds))
-                before = cpu_ns(proc.pid)
-                paced(rate, count, one)
-                found[rate] = (cpu_ns(proc.pid) - before) / 1e3 / count
-        return found
+            return per_rate(proc.pid, rates, seconds, one)
     finally:
         proc.terminate()
         proc.wait(10)
