@@ -201,9 +201,18 @@ def _not_started() -> float:
 #: CPU; 8 KB per write cut the CPU per delivered message from 0.67-0.87 to
 #: 0.25-0.36 us in the same runs (docs/performance.md). 100 clients keep
 #: 2 MiB: their writes are large already, and a pass stays short.
+#:
+#: 32 KiB per wire, not 8: a loopback write costs mostly its fixed part, so
+#: 8 KiB writes made ~1 KB broadcasts to 1,000 clients one write per 8
+#: frames (251,000 writes for 2 M deliveries, 0.68 M msg/s); 32 KiB gave
+#: 2.9 M, and 100-byte fan-out 10.3 M against 4.5 M at half the CPU per
+#: message. The price is the latency of a burst queued in one pass (p99 of
+#: 1,000 broadcasts to 1,000 clients 20 against 13 ms): only a handler that
+#: queues more than the limit in one go waits for it; other traffic is
+#: written at the end of its loop pass, as before.
 _PASS_MIN = 2 << 20
-_PASS_MAX = 8 << 20
-_PER_WIRE = 8 << 10
+_PASS_MAX = 32 << 20
+_PER_WIRE = 32 << 10
 
 #: Bytes a scheduled pass (a callback of its own, the end of a loop pass)
 #: writes at most, whatever the limit above; the rest goes in the next
@@ -221,9 +230,8 @@ _PASS_WRITE = 2 << 20
 #: pass budget: a send on loopback is a system call and the TCP path of both
 #: ends, about 8 us on a loaded 2-core machine, while the bytes cost ~3 ns
 #: each. Without it a pass of small presence diffs to 1,400 members was
-#: 1,400 writes, 30 ms of CPU (bench/scale.py, issue 14); with it a pass
-#: holds at most ~2,000 writes (_PASS_MAX over this), as it did when the
-#: budget was 2 MiB and a write cost 1 KiB.
+#: 1,400 writes, 30 ms of CPU (bench/scale.py, issue 14); with it a
+#: scheduled pass holds at most ~500 writes (_PASS_WRITE over this).
 _WRITE_COST = 4 << 10
 
 #: Bytes one flush hands one transport. The transport pauses us when the
