@@ -367,8 +367,8 @@ class ClusterLink:
         self._subscribers: dict[Node, AnySubscriber] = {}
         self._publishers: dict[Node, AnyPublisher] = {}
         self._broken: asyncio.Future[None] | None = None
-        # The probe in flight (see reaches): its token, the masters that
-        # heard it, and an event set when all have.
+        # The probe in flight (see reaches): its token, the masters that have
+        # not heard it yet, and an event set when none is left.
         self._probe: tuple[bytes, set[Node], asyncio.Event] | None = None
         self._probes = 0
 
@@ -634,21 +634,20 @@ class ClusterLink:
         if not self._subscribers:
             return True  # a sender only (an emitter) cannot hear a probe
         loop = asyncio.get_running_loop()
-        masters = set(self.topology.masters)
         try:
             while True:
                 self._probes += 1
                 token = b"probe:%d" % self._probes
-                heard: set[Node] = set()
+                missing = set(self.topology.masters)
                 done = asyncio.Event()
-                self._probe = (token, heard, done)
+                self._probe = (token, missing, done)
                 await self._publishers[self._home].publish([(self._anchor, token)])
                 wait = min(_PROBE_EVERY, deadline - loop.time())
                 if wait <= 0:
                     return False
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(done.wait(), wait)
-                if heard >= masters:
+                if not missing:
                     return True
         finally:
             self._probe = None
@@ -657,9 +656,9 @@ class ClusterLink:
         probe = self._probe
         if probe is None or token != probe[0]:
             return  # an older probe's late echo
-        assert self.topology is not None
-        probe[1].add(node)
-        if probe[1] >= set(self.topology.masters):
+        missing = probe[1]
+        missing.discard(node)
+        if not missing:
             probe[2].set()
 
     async def watch(self, deaf_after: float) -> None:
