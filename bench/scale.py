@@ -78,6 +78,11 @@ TRACE = os.environ.get("BENCH_TRACE") == "1"
 #: the kill on, into <dir>/<pid>.txt (collapsed stacks), to tell what a
 #: stall is made of.
 SPY = os.environ.get("BENCH_SPY")
+#: BENCH_PERF=<dir>: perf (``/usr/bin/perf``) records each survivor's
+#: thread for 5 s from the kill on, kernel included, at 2 kHz, into
+#: <dir>/<pid>.data: what py-spy cannot see (uvloop's C code, the TCP path
+#: of a loopback write), with timestamps that tell one tick from the next.
+PERF = os.environ.get("BENCH_PERF")
 
 
 async def spy(pid: int) -> asyncio.subprocess.Process:
@@ -85,6 +90,15 @@ async def spy(pid: int) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         "py-spy", "record", "--pid", str(pid), "--duration", "5", "--rate", "500",
         "--format", "raw", "--output", f"{SPY}/{pid}.txt", "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def perf(pid: int) -> asyncio.subprocess.Process:
+    assert PERF is not None
+    return await asyncio.create_subprocess_exec(
+        "perf", "record", "-F", "2000", "-g", "-p", str(pid),
+        "-o", f"{PERF}/{pid}.data", "--", "sleep", "5",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -519,6 +533,9 @@ async def cluster_round(sizes: Sizes, smoke: bool) -> dict[str, float]:
         for client in (ca, cb):
             await client.call({"cmd": "mark"})
         spies = [await spy(pid) for pid in survivors] if SPY else []
+        if PERF:
+            spies += [await perf(pid) for pid in survivors]
+            await asyncio.sleep(0.5)  # perf attaches
         os.kill(target, signal.SIGKILL)
         expect = m - on_target
         query = {"cmd": "report", "dead": target, "expect": expect}
@@ -585,7 +602,7 @@ async def cluster_round(sizes: Sizes, smoke: bool) -> dict[str, float]:
                 window = after[pid]["worst_window_ms"], after[pid]["worst_window_calls"]
                 print(
                     f"  kill: {pid} stall {stall:.1f} ms, of it traced {window};"
-                    f" gc objects {objects}"
+                    f" gc objects {objects}, frozen {after[pid].get('gc_frozen')}"
                     f" slowest {slowest}",
                     file=sys.stderr,
                     flush=True,

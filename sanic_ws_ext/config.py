@@ -137,9 +137,15 @@ DEFAULTS: dict[str, Any] = {
     # Largest body (bytes) POST <WS_PATH>/publish accepts (413 past it).
     "WS_PUBLISH_MAX": 64 * 1024,
     # Once a worker has started, move what startup built (modules, routes,
-    # the app) out of the garbage collector's sight (gc.freeze): every full
-    # collection then skips it, a shorter stall of the event loop.
+    # the app), and from then on what survives each full collection, out of
+    # the garbage collector's sight (gc.freeze): a full collection then walks
+    # only what came since, a shorter stall of the event loop.
     "WS_GC_FREEZE": True,
+    # With WS_GC_FREEZE: every this many seconds, what was frozen is thawed
+    # and collected once (a full collection of the whole heap), so that
+    # reference cycles among long-lived objects do not stay for good.
+    # None: never.
+    "WS_GC_THAW": 600.0,
     # A verify hook's refusal (Reject or a Sanic HTTP exception) accepts the
     # upgrade and closes at once with 4000 + status and the reason, so that
     # browsers, which never see a refused upgrade's status, can tell why.
@@ -371,6 +377,7 @@ class WSConfig:
     publish_token: str | None
     publish_max: int
     gc_freeze: bool
+    gc_thaw: float | None
     auth_in_band: bool
     auth_refresh_ahead: float
     auth_token_max: int
@@ -573,6 +580,7 @@ class WSConfig:
             backplane_buffer=buffer,
             health=switches["WS_HEALTH"],
             gc_freeze=switches["WS_GC_FREEZE"],
+            gc_thaw=_number("WS_GC_THAW", get("WS_GC_THAW"), allow_none=True),
             compression=switches["WS_COMPRESSION"],
             compression_min=compression_min,
             compression_level=level,

@@ -40,7 +40,6 @@ processes that serve.
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from sanic_ext import Extend
 from sanic_ext.extensions.base import Extension
 
 from . import sanic_compat
+from .collector import Collector
 from .config import DEFAULTS, WSConfig
 from .delivery import Delivery
 from .delivery.backplane import RedisBackplane
@@ -119,25 +119,28 @@ def install(app: Sanic[Any, Any]) -> None:
     # Last of the startup listeners: what the app's own ones build is frozen too.
     app.register_listener(_freeze, "after_server_start", priority=-_PRIORITY)
     app.register_listener(_stop, "before_server_stop", priority=-_PRIORITY)
+    app.register_listener(_thaw, "after_server_stop")
 
 
 async def _freeze(app: Sanic[Any, Any]) -> None:
-    """``WS_GC_FREEZE``: keep startup's objects out of every full collection.
-
-    CPython 3.11 walks every tracked object in a full collection, at about
-    0.7 us each on a 2-core machine: the ~50,000 a bare Sanic app with this
-    extension holds once started cost 33 ms of loop stall at every one
-    (bench/servers/scale_app.py's ``/bench/census``). Frozen objects are
-    still freed by reference counting; only a reference cycle among them
-    would never be, and startup's garbage is collected just before.
-    """
+    """``WS_GC_FREEZE``: keep long-lived objects out of full collections
+    (startup's, then what each full collection leaves: collector.py)."""
     # Not in a test process (sanic-testing, testing.serve): what it builds
     # test after test must stay collectable.
-    if WSConfig.from_mapping(app.config).gc_freeze and not Sanic.test_mode:
-        gc.collect()
-        gc.freeze()
+    config = WSConfig.from_mapping(app.config)
+    if config.gc_freeze and not Sanic.test_mode:
+        collector = Collector(config.gc_thaw)
+        collector.start()
+        setattr(app.ctx, _COLLECTOR, collector)
 
 
+async def _thaw(app: Sanic[Any, Any]) -> None:
+    collector: Collector | None = getattr(app.ctx, _COLLECTOR, None)
+    if collector is not None:
+        collector.stop()
+
+
+_COLLECTOR = "sanic_ws_ext_collector"
 _RELAY_KEY = "sanic_ws_ext_relay"
 _NODE_KEY = "sanic_ws_ext_node"
 

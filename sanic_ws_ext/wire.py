@@ -923,7 +923,13 @@ class Wire(asyncio.Protocol):
         if self.deflate_bits:
             self._flusher.deflating -= 1
         self._flusher.resumed(self)  # never waited for again
-        self._host.lost(self.conn)
+        conn = self.conn
+        # The engine lets go of the app's handle, which keeps the engine:
+        # no cycle, so a closed connection is freed by reference counting
+        # alone, even once frozen out of the collector's sight (collector.py).
+        # Only code that checks for an open wire first reads ``conn``.
+        del self.conn
+        self._host.lost(conn)
 
     # -- flow control of incoming messages --------------------------------
 
@@ -1215,7 +1221,9 @@ def fan_out(
         # Not the hot path: each receiver decides (Wire.offer), and gets
         # the frame compressed if it negotiated it (once for all of them).
         for wire in wires:
-            if not (exclude and wire.conn.id in exclude):
+            if wire.state is ConnectionState.OPEN and not (
+                exclude and wire.conn.id in exclude
+            ):
                 queued += wire.offer(frame, volatile, key)
         if account:
             flusher.account(size * queued)

@@ -73,6 +73,7 @@ def test_defaults() -> None:
         "WS_PUBLISH_TOKEN",
         "WS_PUBLISH_MAX",
         "WS_GC_FREEZE",
+        "WS_GC_THAW",
         "WS_AUTH_IN_BAND",
         "WS_AUTH_REFRESH_AHEAD",
         "WS_AUTH_TOKEN_MAX",

@@ -222,9 +222,11 @@ async def figures(reset: bool, light: bool = False) -> dict[str, Any]:
             status=ws.status(),
         )
         if TRACE:
-            # What a full collection has to walk.
+            # What a full collection has to walk (WS_GC_FREEZE: not what
+            # was frozen, counted apart).
             objects = gc.get_objects()
             found["gc_objects"] = len(objects)
+            found["gc_frozen"] = gc.get_freeze_count()
             kinds = collections.Counter(type(o).__name__ for o in objects)
             found["gc_kinds"] = dict(kinds.most_common(12))
     if reset:
