@@ -89,6 +89,10 @@ def rss_kb() -> int:
 async def state(request: Request) -> JSONResponse:
     ws = request.app.ctx.ws
     gc.collect()
+    # WS_GC_FREEZE froze every survivor as the collection ended, out of
+    # get_objects()'s sight: thawed, they are counted (the next full
+    # collection freezes them again).
+    gc.unfreeze()
     objects = gc.get_objects()
     return json(
         {
