@@ -38,6 +38,7 @@ __all__ = [
     "Diffs",
     "Entry",
     "PresenceTable",
+    "RoomDiff",
     "checked_presence",
     "new_entry",
     "peer_entry",
@@ -253,18 +254,41 @@ class Diffs:
     def take(self) -> dict[str, bytes]:
         """Each changed room's diff, the data of its ``presence.diff`` frame
         (``{"room", "joins", "leaves"}``, by key) as JSON; resets."""
+        return {room: diff.encode() for room, diff in self.take_rooms().items()}
+
+    def take_rooms(self) -> dict[str, RoomDiff]:
+        """Each changed room's diff, to encode when it is sent; resets."""
         joins, leaves = self.joins, self.leaves
         self.joins = {}
         self.leaves = {}
         return {
-            room: b'{"room":%s,"joins":%s,"leaves":%s}'
-            % (
-                _dumps(room),
-                _by_key(joins.get(room, {}).values(), _meta),
-                _by_key(leaves.get(room, {}).values(), _ref),
-            )
+            room: RoomDiff(room, joins.get(room, {}), leaves.get(room, {}))
             for room in {**joins, **leaves}
         }
+
+
+class RoomDiff:
+    """One room's joins and leaves of an interval, by ref."""
+
+    __slots__ = ("joins", "leaves", "room")
+
+    def __init__(
+        self, room: str, joins: dict[str, Entry], leaves: dict[str, Entry]
+    ) -> None:
+        self.room = room
+        self.joins = joins
+        self.leaves = leaves
+
+    def __len__(self) -> int:
+        return len(self.joins) + len(self.leaves)
+
+    def encode(self) -> bytes:
+        """The data of its ``presence.diff`` frame as JSON."""
+        return b'{"room":%s,"joins":%s,"leaves":%s}' % (
+            _dumps(self.room),
+            _by_key(self.joins.values(), _meta),
+            _by_key(self.leaves.values(), _ref),
+        )
 
 
 def _dumps(value: str) -> bytes:
