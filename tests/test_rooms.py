@@ -214,6 +214,52 @@ async def test_changes_within_an_interval_are_one_frame(make_app: AppFactory) ->
             await client.close()
 
 
+async def test_rooms_are_told_a_pass_at_a_time_and_a_late_joiner_gets_the_next_state(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members are told a room per loop pass here (the work per pass at its
+    least); one who joins a room while it waits its turn is not sent that
+    interval's diff (it holds nothing to apply it to) but the next state."""
+    monkeypatch.setattr("sanic_ws_ext.tracker._TELL_WORK", 1)
+    app, handlers = build(make_app, WS_PRESENCE_INTERVAL=3600)  # flushed by hand
+    handlers.room("a", presence="full")
+    handlers.room("b", presence="full")
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        tracker = ws._tracker
+        first, _ = await connect(server.ws_url() + "?user=first")
+        for room in ("a", "b"):
+            await first.send("join", room)
+            await first.expect("joined")
+        tracker.flush()
+        for _ in range(2):
+            await first.expect("presence.state")
+        second, _ = await connect(server.ws_url() + "?user=second")
+        for room in ("a", "b"):
+            await second.send("join", room)
+            await second.expect("joined")
+        late, late_id = await connect(server.ws_url() + "?user=late")
+        tracker.flush()  # tells "a" now, "b" in the next pass
+        ws._sessions.join(ws.connections[late_id], "b")  # before b's turn
+        diffs = {}
+        for _ in range(2):
+            diff = (await first.expect("presence.diff", units(5))).data
+            diffs[diff["room"]] = diff
+        assert sorted(diffs) == ["a", "b"]
+        assert all(list(d["joins"]) == ["second"] for d in diffs.values())
+        states = [(await second.expect("presence.state")).data for _ in range(2)]
+        assert sorted(s["room"] for s in states) == ["a", "b"]
+        tracker.flush()
+        state = (await late.expect("presence.state", units(5))).data
+        assert state["room"] == "b"
+        assert sorted(state["users"]) == ["first", "late", "second"]
+        # Nothing before it or after it: the next frame is a marker.
+        await ws.broadcast("marker")
+        assert (await late.recv()).type == "marker"  # type: ignore[union-attr]
+        for client in (first, second, late):
+            await client.close()
+
+
 async def test_counted_presence(make_app: AppFactory) -> None:
     app, handlers = build(make_app)
     handlers.room("stream:{id}", presence="counts")
