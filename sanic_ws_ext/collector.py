@@ -50,16 +50,19 @@ class Collector:
         self._arm()
 
     def stop(self) -> None:
+        """The server stopped: back to CPython's own collections."""
         if self._collected in gc.callbacks:
             gc.callbacks.remove(self._collected)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        gc.unfreeze()
 
     def _collected(self, phase: str, info: dict[str, Any]) -> None:
         # Right after a full collection every survivor is in the oldest
-        # generation and the younger ones are empty: freezing now takes
-        # nothing that was garbage.
+        # generation; the younger ones hold only what the collection itself
+        # made (finalizers, weakref callbacks). Nothing that was garbage is
+        # frozen, and what such code made waits for the thaw at worst.
         if phase == "stop" and info["generation"] == 2:
             gc.freeze()
 

@@ -403,10 +403,15 @@ class Tracker:
         is taken now, at the interval's end, as the diffs are, so the next
         interval's diff follows it exactly.
         """
+        telling = self._telling
+        if telling:
+            # The last interval is still being told (a pass took longer than
+            # the interval, or flush() ran twice): finish it first, while
+            # those who joined since are still this interval's newcomers.
+            self._tell_some(whole=True)
         newcomers, self._newcomers = self._newcomers, {}
         recount, self._recount = self._recount, set()
         rooms = self.local.rooms
-        telling = self._telling
         for room, diff in self._diffs.take_rooms().items():
             fresh = newcomers.pop(room, None)
             state = self._state(room) if fresh and rooms.get(room) else None
@@ -425,17 +430,23 @@ class Tracker:
         if not self._tell_scheduled:
             self._tell_some()
 
-    def _tell_some(self) -> None:
+    def _tell_some(self, whole: bool = False) -> None:
         """Tell rooms until about _TELL_WORK entries and members are done;
         the rest in the next pass. A worker's death told all at once was one
         callback of 15 to 27 ms (5,000 leaves to 3,300 members of one room,
-        and the small rooms they were in: bench/scale.py, issue 14)."""
+        and the small rooms they were in: bench/scale.py, issue 14).
+        ``whole``: all of it now."""
         self._tell_scheduled = False
         telling = self._telling
         done = 0
         sent = 0
-        while telling and done < _TELL_WORK:
-            work, told = telling.popleft()()
+        while telling and (whole or done < _TELL_WORK):
+            try:
+                work, told = telling.popleft()()
+            except Exception:
+                # One room's failure must not stop the others being told.
+                log.exception("websocket presence: telling members failed")
+                continue
             done += work
             sent += told
         self.counters.messages_out += sent

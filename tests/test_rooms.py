@@ -214,12 +214,14 @@ async def test_changes_within_an_interval_are_one_frame(make_app: AppFactory) ->
             await client.close()
 
 
+@pytest.mark.parametrize("next_interval_at_once", [False, True])
 async def test_rooms_are_told_a_pass_at_a_time_and_a_late_joiner_gets_the_next_state(
-    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, next_interval_at_once: bool
 ) -> None:
     """Members are told a room per loop pass here (the work per pass at its
     least); one who joins a room while it waits its turn is not sent that
-    interval's diff (it holds nothing to apply it to) but the next state."""
+    interval's diff (it holds nothing to apply it to) but the next state,
+    also when the next interval ends before the room's turn came."""
     monkeypatch.setattr("sanic_ws_ext.tracker._TELL_WORK", 1)
     app, handlers = build(make_app, WS_PRESENCE_INTERVAL=3600)  # flushed by hand
     handlers.room("a", presence="full")
@@ -241,6 +243,8 @@ async def test_rooms_are_told_a_pass_at_a_time_and_a_late_joiner_gets_the_next_s
         late, late_id = await connect(server.ws_url() + "?user=late")
         tracker.flush()  # tells "a" now, "b" in the next pass
         ws._sessions.join(ws.connections[late_id], "b")  # before b's turn
+        if next_interval_at_once:
+            tracker.flush()
         diffs = {}
         for _ in range(2):
             diff = (await first.expect("presence.diff", units(5))).data
@@ -249,7 +253,8 @@ async def test_rooms_are_told_a_pass_at_a_time_and_a_late_joiner_gets_the_next_s
         assert all(list(d["joins"]) == ["second"] for d in diffs.values())
         states = [(await second.expect("presence.state")).data for _ in range(2)]
         assert sorted(s["room"] for s in states) == ["a", "b"]
-        tracker.flush()
+        if not next_interval_at_once:
+            tracker.flush()
         state = (await late.expect("presence.state", units(5))).data
         assert state["room"] == "b"
         assert sorted(state["users"]) == ["first", "late", "second"]
