@@ -34,13 +34,11 @@ log = logging.getLogger("sanic.root.sanic_ws_ext")
 class Collector:
     """Freezes what startup built and what each full collection leaves."""
 
-    __slots__ = ("_thaw", "_timer", "thawed")
+    __slots__ = ("_thaw", "_timer")
 
     def __init__(self, thaw: float | None) -> None:
         self._thaw = thaw
         self._timer: asyncio.TimerHandle | None = None
-        #: Thaws done, for tests and figures.
-        self.thawed = 0
 
     def start(self) -> None:
         """Collect startup's garbage, freeze the rest, and keep freezing."""
@@ -78,7 +76,6 @@ class Collector:
         frozen = gc.get_freeze_count()
         gc.unfreeze()
         gc.collect()  # its end freezes the survivors (_collected)
-        self.thawed += 1
         log.debug(
             "gc thaw: %d frozen objects collected in %.1f ms",
             frozen,

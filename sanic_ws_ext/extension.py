@@ -119,7 +119,7 @@ def install(app: Sanic[Any, Any]) -> None:
     # Last of the startup listeners: what the app's own ones build is frozen too.
     app.register_listener(_freeze, "after_server_start", priority=-_PRIORITY)
     app.register_listener(_stop, "before_server_stop", priority=-_PRIORITY)
-    app.register_listener(_thaw, "after_server_stop")
+    app.register_listener(_unfreeze, "after_server_stop")
 
 
 async def _freeze(app: Sanic[Any, Any]) -> None:
@@ -134,7 +134,9 @@ async def _freeze(app: Sanic[Any, Any]) -> None:
         setattr(app.ctx, _COLLECTOR, collector)
 
 
-async def _thaw(app: Sanic[Any, Any]) -> None:
+async def _unfreeze(app: Sanic[Any, Any]) -> None:
+    """The server stopped: the collector's callback and timer go, and
+    nothing stays frozen."""
     collector: Collector | None = getattr(app.ctx, _COLLECTOR, None)
     if collector is not None:
         collector.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sanic import Sanic
@@ -39,3 +39,13 @@ async def until(condition: Callable[[], bool], seconds: float = 20) -> None:
     while not condition():
         assert loop.time() < deadline, "condition never held"
         await asyncio.sleep(0.01)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``check`` (state of another process or replicated: no event to
+    await) until it holds; fail after 10 test time units."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10 * time_unit()
+    while not await check():
+        assert loop.time() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)

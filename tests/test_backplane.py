@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -28,7 +28,7 @@ from sanic_ws_ext.delivery.backplane import RedisBackplane
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .conftest import units
-from .helpers import AppFactory, ws_app
+from .helpers import AppFactory, eventually, ws_app
 from .redisproc import SHARED_URL, RedisServer
 
 BEAT = 0.2
@@ -98,15 +98,6 @@ class Node:
         query = f"?user={user}" if user else ""
         client = await WSTestClient.connect(self.ws_url + query)
         return client, (await client.expect("welcome")).data["id"]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll replicated state (it has no event to await), bounded in time."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + units(10)
-    while not await check():
-        assert loop.time() < deadline, f"never: {what}"
-        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager

@@ -4,9 +4,8 @@ collects the cycles freezing kept (sanic_ws_ext/collector.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,20 +13,10 @@ import httpx
 from sanic_ws_ext.testing import WSTestClient
 
 from .conftest import units
+from .helpers import eventually
 from .procs import SanicProcess
 
 APP = "tests.apps.collector:app"
-
-
-async def _eventually(
-    check: Callable[[], Awaitable[bool]], seconds: float = 20
-) -> None:
-    """Poll ``check`` (a figure of another process: no event to await)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + units(seconds)
-    while not await check():
-        assert loop.time() < deadline, "never held"
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -60,14 +49,14 @@ async def test_closed_connections_are_freed_though_frozen() -> None:
             seen.update((await http.get("/gc")).json())
             return bool(seen["connections"] == 0)
 
-        await _eventually(all_closed)
+        await eventually(all_closed, "every client closed")
         # Frozen, walked by no collection, and still freed by reference
         # counting alone (a connection is 8 tracked objects): its Connection
         # and Wire no longer refer to each other. With the cycle, none were.
         assert held - seen["frozen"] >= 5 * 200, (held, seen["frozen"])
 
 
-async def test_a_cycle_frozen_is_kept_until_the_thaw() -> None:
+async def test_a_frozen_cycle_outlives_full_collections() -> None:
     async with _served({"SANIC_WS_GC_THAW": "none"}) as (_, http):
         assert (await http.post("/gc/cycle")).json() == {"alive": True}
         # Dropped, but it lived through a full collection: frozen, no
@@ -83,4 +72,4 @@ async def test_the_thaw_collects_what_freezing_kept() -> None:
         async def freed() -> bool:
             return (await http.get("/gc")).json()["cycle_alive"] is False
 
-        await _eventually(freed)
+        await eventually(freed, "the thaw freed the cycle")

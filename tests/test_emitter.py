@@ -25,9 +25,9 @@ from sanic_ws_ext import EmitFailed, Emitter, PublishTooLarge, SyncEmitter
 from sanic_ws_ext.testing import WSTestClient
 
 from .conftest import units
-from .helpers import AppFactory
+from .helpers import AppFactory, eventually
 from .redisproc import SHARED_URL, RedisServer
-from .test_backplane import eventually, nodes
+from .test_backplane import nodes
 from .test_backplane_cluster import cover, two_nodes
 from .test_cluster import Client, Cluster, drain
 

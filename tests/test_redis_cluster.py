@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 from sanic_ws_ext.delivery.redislink import ClusterLink, Topology
 
 from .conftest import units
-from .helpers import AppFactory
+from .helpers import AppFactory, eventually
 from .rediscluster import RedisCluster
-from .test_backplane import Node, _count, eventually, nodes
+from .test_backplane import Node, _count, nodes
 from .test_backplane_cluster import act_as_one
 
 # Beats of a second and the default peer timeouts: on a starved machine the

@@ -163,8 +163,6 @@ if TRACE:
         (RedisBackplane, "_subscriber_read"),
         (Heartbeat, "sweep"),
         (Wire, "resume_writing"),
-        (Wire, "pause_writing"),
-        (Wire, "connection_lost"),
         (Wire, "data_received"),
         (Tracker, "flush"),
         (Tracker, "_publish_changes"),
