@@ -194,9 +194,18 @@ class Applier:
 
     # -- the cluster -----------------------------------------------------------------
 
-    def meet(self, peer: str, life: str, intro: dict[str, Any] | None = None) -> bool:
+    def meet(
+        self,
+        peer: str,
+        life: str,
+        intro: dict[str, Any] | None = None,
+        *,
+        started: bool = False,
+    ) -> bool:
         """Note ``peer`` living ``life``. Newly met (started, restarted, or
-        heard again after we dropped it): each sends the other its state."""
+        heard again after we dropped it): each introduces itself to the
+        other, and unless it just ``started`` (it holds nothing yet) we ask
+        it for its part of the rooms we follow."""
         assert self._loop is not None
         intro = intro or {}
         new = self.membership.meet(
@@ -207,8 +216,10 @@ class Applier:
             machine=intro.get("machine", ""),
         )
         if new:
-            self.tracker.send_sync(peer)
+            self.tracker.introduce(peer)
             self.outbox.request_sync(peer)
+            if not started:
+                self.tracker.resync(peer)
             self._met()
         return new
 
@@ -227,7 +238,7 @@ class Applier:
         membership = self.membership
         if op.kind is OpKind.HELLO:
             hello = ujson.loads(op.payload)
-            self.meet(peer, hello["life"], hello)
+            self.meet(peer, hello["life"], hello, started=True)
         elif op.kind is OpKind.BEAT:
             # "<life> <sample as JSON>": the peer's counters ride on its beat.
             raw_life, _, sample = op.payload.partition(b" ")
@@ -238,15 +249,24 @@ class Applier:
         elif op.kind is OpKind.SYNC:
             if op.reason == "request":
                 intro = ujson.loads(op.payload) if op.payload else {}
-                if "life" not in intro or not self.meet(peer, intro["life"], intro):
-                    self.tracker.send_sync(peer)
+                rooms = intro.get("rooms")
+                if rooms is not None:  # the rooms whose state it wants
+                    if "life" in intro and not membership.is_dead(intro["life"]):
+                        self.meet(peer, intro["life"])
+                    self.tracker.answer(peer, rooms)
+                elif "life" not in intro or not self.meet(peer, intro["life"], intro):
+                    self.tracker.introduce(peer)
                 return
             part = ujson.loads(op.payload)
             if membership.is_dead(part["life"]):
                 return
             self.meet(peer, part["life"], part)
-            if membership.knows(peer, part["life"]):
-                self.tracker.apply_sync(peer, part)
+            if not membership.knows(peer, part["life"]):
+                return
+            if "room" in part:
+                self.tracker.apply_answer(peer, part)
+            elif part.get("ask"):  # it dropped ops for us: ask it again
+                self.tracker.resync(peer)
         elif op.kind is OpKind.BYE and membership.knows(peer, op.payload.decode()):
             membership.drop(peer, "stopped")
 

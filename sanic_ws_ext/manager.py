@@ -148,6 +148,9 @@ class ConnectionManager:
             worker=worker,
             life=self._life,
             publish=self._outbox.presence,
+            peers=self._membership.alive,
+            subscribed=delivery.ready,
+            clustered=lambda: delivery.clustered,
         )
         sessions = self._sessions = Sessions(
             config, self._local, self._counters, self._limits, self._tracker, delivery
@@ -211,7 +214,7 @@ class ConnectionManager:
             config, self._counters, message=self._dispatcher.queue, lost=self._lost
         )
         # What the delivery backend reports through (DeliveryEvents).
-        self._reports = _DeliveryReports(self._tracker, self._outbox, self._link)
+        self._reports = _DeliveryReports(self._tracker, self._link)
         self._heartbeat = Heartbeat(
             config,
             self._local,
@@ -630,6 +633,8 @@ class ConnectionManager:
 
     def _link(self, state: LinkState) -> None:
         """The Redis link changed state: run the ``on_backplane`` hooks."""
+        if state is LinkState.CONNECTED:
+            self._tracker.discover()  # peers are heard again
         if not self._registry.backplane or self._loop is None:
             return
         task = self._loop.create_task(self._run_backplane_hooks(str(state.value)))
@@ -701,22 +706,20 @@ class _DeliveryReports:
     it at start instead of the manager: each report goes to the part it
     concerns."""
 
-    __slots__ = ("_link", "_outbox", "_tracker")
+    __slots__ = ("_link", "_tracker")
 
-    def __init__(
-        self, tracker: Tracker, outbox: Outbox, link: Callable[[LinkState], None]
-    ) -> None:
+    def __init__(self, tracker: Tracker, link: Callable[[LinkState], None]) -> None:
         self._tracker = tracker
-        self._outbox = outbox
         self._link = link
 
     def gap(self, peer: str) -> None:
-        """Ops for ``peer`` were dropped: send it our whole state again."""
-        self._tracker.send_sync(peer)
+        """Ops for ``peer`` were dropped: it should ask us again for the
+        rooms it follows."""
+        self._tracker.introduce(peer, ask=True)
 
     def missed(self, peer: str) -> None:
-        """We missed ops of ``peer``: ask it for its whole state."""
-        self._outbox.request_sync(peer)
+        """We missed ops of ``peer``: ask it again for the rooms we follow."""
+        self._tracker.resync(peer)
 
     def link(self, state: LinkState) -> None:
         """The Redis link changed state."""

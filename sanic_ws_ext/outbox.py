@@ -11,8 +11,8 @@ Rules this module keeps:
 - An op for one connection goes only to the process its id names
   (:meth:`Outbox.address`); an id of a process not heard of yet (just
   started) goes to every process, and the holder acts.
-- Ops that only other processes need (HELLO, BEAT, BYE, PRESENCE batches)
-  are not published by a process alone.
+- Ops that only other processes need (HELLO, BEAT, BYE, presence) are not
+  published by a process alone.
 """
 
 from __future__ import annotations
@@ -81,12 +81,19 @@ class Outbox:
         """Publish an op for one connection to the process that holds it."""
         self.publish(kind, target=conn_id, to=self.membership.route(conn_id), **fields)
 
-    def presence(self, payload: bytes, to: str | None, kind: str) -> None:
-        """The tracker's output: a part of our state (``"sync"``) or a batch."""
-        if kind == "sync":
+    def presence(self, payload: bytes, to: str | None, kind: str, room: str) -> None:
+        """The tracker's output (see :data:`~sanic_ws_ext.tracker.Publish`):
+        a room's changes go to the processes following it (the room's own
+        channel on Redis); answers and introductions to one process;
+        requests to one process or all."""
+        if not self.clustered:
+            return
+        if kind == "presence":
+            self.publish(OpKind.PRESENCE, target=room, payload=payload)
+        elif kind == "request":
+            self.publish(OpKind.SYNC, reason="request", payload=payload, to=to)
+        else:  # "answer", "hello"
             self.publish(OpKind.SYNC, payload=payload, to=to)
-        elif self.clustered:
-            self.publish(OpKind.PRESENCE, payload=payload)
 
     # -- membership ----------------------------------------------------------------
 

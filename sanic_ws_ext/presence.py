@@ -17,10 +17,6 @@ Rules this module keeps:
 - Each entry belongs to the process that holds its connection; only that
   process adds or removes it, and a process that is gone takes its entries
   with it (:meth:`PresenceTable.drop_process`).
-- A full transfer of a process's entries (a *sync*) is applied in parts:
-  every entry it lists is marked with the sync's epoch, and when its last
-  part arrives the process's entries not marked are removed
-  (:meth:`PresenceTable.end_sync`), in slices.
 - :class:`Diffs` nets out what happens within one interval: an entry that
   joined and left again is never sent.
 """
@@ -102,13 +98,13 @@ def peer_entry(item: Any, process: str) -> Entry:
 
 
 class PresenceTable:
-    """Every full-presence entry this process knows of, by room and by process.
+    """The full-presence entries this process knows of, by room and by process.
 
     Every container here holds only strings, numbers, bytes and entries, so
     the collector stops tracking them too once their entries are untracked.
     """
 
-    __slots__ = ("_epochs", "_marks", "by_process", "keys", "refs", "rooms")
+    __slots__ = ("by_process", "keys", "refs", "rooms")
 
     def __init__(self) -> None:
         #: room -> ref -> entry
@@ -117,51 +113,28 @@ class PresenceTable:
         self.keys: dict[str, dict[str, int]] = {}
         self.refs: dict[str, Entry] = {}
         self.by_process: dict[str, set[str]] = {}
-        # The epoch of the last sync from its process that listed a ref
-        # (absent: 0); and each process's current sync epoch.
-        self._marks: dict[str, int] = {}
-        self._epochs: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def add(self, entry: Entry) -> bool:
-        """Add ``entry``; False if its ref was known (then it is re-marked)."""
-        ref, process = entry[REF], entry[PROCESS]
-        known = self.refs.get(ref)
-        self._mark(
-            ref, self._epochs.get(process if known is None else known[PROCESS], 0)
-        )
-        if known is not None:
+        """Add ``entry``; False if its ref was known."""
+        ref = entry[REF]
+        if ref in self.refs:
             return False
         self.refs[ref] = entry
         room = entry[ROOM]
         self.rooms.setdefault(room, {})[ref] = entry
         keys = self.keys.setdefault(room, {})
         keys[entry[KEY]] = keys.get(entry[KEY], 0) + 1
-        self.by_process.setdefault(process, set()).add(ref)
+        self.by_process.setdefault(entry[PROCESS], set()).add(ref)
         return True
-
-    def _mark(self, ref: str, epoch: int) -> None:
-        if epoch:
-            self._marks[ref] = epoch
-        else:
-            self._marks.pop(ref, None)
-
-    def marked(self, ref: str) -> int:
-        """The epoch of the last sync that listed ``ref`` (0: none)."""
-        return self._marks.get(ref, 0)
-
-    def epoch(self, process: str) -> int:
-        """``process``'s current sync epoch (0: none yet)."""
-        return self._epochs.get(process, 0)
 
     def remove(self, ref: str) -> Entry | None:
         """Remove the entry with ``ref``; it, or None if unknown."""
         entry = self.refs.pop(ref, None)
         if entry is None:
             return None
-        self._marks.pop(ref, None)
         room, key = entry[ROOM], entry[KEY]
         entries = self.rooms[room]
         del entries[ref]
@@ -182,26 +155,9 @@ class PresenceTable:
 
     def drop_process(self, process: str) -> list[Entry]:
         """Remove every entry of ``process``; returns them."""
-        self._epochs.pop(process, None)
         refs = self.by_process.pop(process, set())
         gone = [e for e in (self.remove(ref) for ref in list(refs)) if e is not None]
         return gone
-
-    def forget(self, process: str) -> None:
-        """``process`` is gone: its sync epoch need not be kept."""
-        self._epochs.pop(process, None)
-
-    def begin_sync(self, process: str) -> None:
-        """A full transfer from ``process`` starts: what it lists is re-marked."""
-        self._epochs[process] = self._epochs.get(process, 0) + 1
-
-    def stale(self, process: str) -> list[str]:
-        """Refs of ``process`` that its latest sync did not list (so far)."""
-        epoch = self._epochs.get(process, 0)
-        marks = self._marks
-        return [
-            ref for ref in self.by_process.get(process, ()) if marks.get(ref, 0) < epoch
-        ]
 
     def processes(self) -> list[str]:
         return list(self.by_process)

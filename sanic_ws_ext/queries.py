@@ -14,7 +14,9 @@ Rules this module keeps:
   silent): one stuck process cannot hang a call. A peer dropped meanwhile is
   no longer waited for (:meth:`Queries.forget`); a late reply is ignored.
 - Rooms with full presence are answered from this process's presence table
-  at once, without asking anyone.
+  at once, without asking anyone, where this process follows the room
+  (it has members of it); elsewhere they are asked too, and each process
+  answers with its own entries.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import ujson
 
 from .delivery import Op, OpKind
+from .presence import PROCESS, Entry
+from .tracker import chunks
 
 if TYPE_CHECKING:
     from .cluster import Membership
@@ -89,19 +93,11 @@ class Queries:
 
     async def members(self, room: str) -> list[Member]:
         """The members of ``room``, cluster-wide."""
-        if self.tracker.full(room):
-            return [
-                Member(
-                    id=conn,
-                    user=None if key.startswith("~") else key,
-                    worker=process,
-                    presence={k: v for k, v in ujson.loads(meta).items() if k != "ref"},
-                )
-                for _, key, _, meta, process, conn in self.tracker.table.entries(room)
-            ]
+        if self.tracker.full(room) and self.tracker.holds(room):
+            return [_present(entry) for entry in self.tracker.table.entries(room)]
         answers = await self.ask({"q": "members", "room": room})
         return [
-            Member(m["id"], m["user"], m["worker"])
+            Member(m["id"], m["user"], m["worker"], m.get("presence") or {})
             for found in answers.values()
             for m in found or ()
         ]
@@ -153,7 +149,14 @@ class Queries:
         """This process's part of a cluster-wide question."""
         kind = question.get("q")
         if kind == "members":
-            wires = self.local.rooms.get(str(question.get("room")), ())
+            room = str(question.get("room"))
+            if self.tracker.full(room):  # with each one's presence
+                return [
+                    _present(entry).as_dict()
+                    for entry in self.tracker.table.entries(room)
+                    if entry[PROCESS] == self.worker
+                ]
+            wires = self.local.rooms.get(room, ())
             return [
                 {"id": w.conn.id, "user": w.conn.user, "worker": self.worker}
                 for w in wires
@@ -165,26 +168,73 @@ class Queries:
         return None
 
     def on_query(self, op: Op) -> None:
-        """A peer asks: answer it alone."""
+        """A peer asks: answer it alone, in parts if the answer is large (a
+        room of 100,000, or members with their presence)."""
         if op.origin == self.worker:
             return
         question = ujson.loads(op.payload)
-        answer = {"id": question.get("id"), "answer": self.answer(question)}
-        self.outbox.publish(
-            OpKind.REPLY, payload=ujson.dumps(answer).encode(), to=op.origin
-        )
+        qid = question.get("id")
+        answer = self.answer(question)
+        if isinstance(answer, list):
+            items = [ujson.dumps(item).encode() for item in answer]
+            opening, closing = b"[", b"]"
+        elif isinstance(answer, dict):
+            items = [b"%s:%s" % (_json(k), _json(v)) for k, v in answer.items()]
+            opening, closing = b"{", b"}"
+        else:
+            items, opening, closing = [], b"", b""
+        budget = self.config.max_publish // 2 - 512
+        parts = list(chunks(items, budget)) if items else []
+        if not parts:
+            body = ujson.dumps({"id": qid, "answer": answer}).encode()
+            self.outbox.publish(OpKind.REPLY, payload=body, to=op.origin)
+            return
+        for index, part in enumerate(parts):
+            more = b"true" if index < len(parts) - 1 else b"false"
+            body = b'{"id":%s,"more":%s,"answer":%s%s%s}' % (
+                _json(qid),
+                more,
+                opening,
+                b",".join(part),
+                closing,
+            )
+            self.outbox.publish(OpKind.REPLY, payload=body, to=op.origin)
 
     def on_reply(self, op: Op) -> None:
-        """A peer answered one of our questions."""
+        """A peer answered one of our questions (or sent a part of it)."""
         reply = ujson.loads(op.payload)
         waiting = self._waiting.get(reply.get("id"))
         if waiting is None:
             return  # too late: the question timed out
         answers, expected, done = waiting
-        answers[op.origin] = reply.get("answer")
+        part = reply.get("answer")
+        so_far = answers.get(op.origin)
+        if isinstance(so_far, list) and isinstance(part, list):
+            so_far.extend(part)
+        elif isinstance(so_far, dict) and isinstance(part, dict):
+            so_far.update(part)
+        else:
+            answers[op.origin] = part
+        if reply.get("more"):
+            return
         expected.discard(op.origin)
         if not expected:
             done.set()
+
+
+def _json(value: Any) -> bytes:
+    return ujson.dumps(value).encode()
+
+
+def _present(entry: Entry) -> Member:
+    """A member of a room with full presence, from its entry."""
+    _, key, _, meta, process, conn = entry
+    return Member(
+        id=conn,
+        user=None if key.startswith("~") else key,
+        worker=process,
+        presence={k: v for k, v in ujson.loads(meta).items() if k != "ref"},
+    )
 
 
 def _sum_sizes(answers: dict[str, Any]) -> dict[str, int]:

@@ -1,26 +1,39 @@
-"""Presence across processes: tracking, batching, and bounded transfers.
+"""Presence across processes: tracking, batching, routing by interest.
 
-The :class:`Tracker` keeps this process's view of every room with presence
-(a :class:`~sanic_ws_ext.presence.PresenceTable` of full rooms and the
-:class:`~sanic_ws_ext.presence.Counts` of counted ones), and tells this
+The :class:`Tracker` keeps this process's view of the rooms with presence it
+*follows* (a :class:`~sanic_ws_ext.presence.PresenceTable` of full rooms and
+the :class:`~sanic_ws_ext.presence.Counts` of counted ones), and tells this
 process's members what changed.
 
 Rules this module keeps:
 
 - Nothing is replicated for rooms without presence. For a full room each
   process shares its own entries; for a counted room, only its count.
+- Routed by interest: a process follows a room while it has members of it
+  (and two beats after the last one left, so a page reload does not ask
+  again), and hears nothing of the others. Its changes go to the room's own
+  channel. When it starts to follow a room it asks every process for its
+  part of the room (a ``SYNC`` request naming it), and tells its members the
+  state once every live process answered (at most ``WS_QUERY_TIMEOUT``).
+- Versions order what travels on different channels. Each op a process
+  publishes for a room carries a version (one counter per process, across
+  rooms) and the version of its previous op for that room (0: it had
+  nothing there). A follower applies an op that follows the version it
+  holds for its sender, drops one it has seen, and on a gap asks the sender
+  again, holding its ops until it answers. An answer is the sender's state
+  at a version (its pending changes to the room are published first), so it
+  may arrive before or after the ops around it.
 - Changes are batched per ``WS_PRESENCE_INTERVAL``: once per interval this
-  process publishes one ``PRESENCE`` op with its own changes, and each of its
-  members of a changed room gets one frame: ``presence.state`` for those who
-  joined in the interval (encoded once for all of them), ``presence.diff``
-  for the others, ``presence.count`` for counted rooms. No timer runs while
-  nothing changes. Members are told a room at a time, a few milliseconds of
-  it per loop pass, in the order the intervals ended.
-- A full transfer (``SYNC``: to a process that started, or one that missed
-  our ops) is cut into parts well under ``WS_MAX_PUBLISH``, made and applied
-  a slice at a time, so neither side's loop stalls for more than a few
-  milliseconds. A process dropped from the cluster is forgotten in slices
-  too.
+  process publishes one ``PRESENCE`` op per changed room with its own
+  changes, and each of its members of a changed room gets one frame:
+  ``presence.state`` for those who joined in the interval (encoded once for
+  all of them), ``presence.diff`` for the others, ``presence.count`` for
+  counted rooms. No timer runs while nothing changes. Members are told a
+  room at a time, a few milliseconds of it per loop pass, in the order the
+  intervals ended.
+- An answer is cut into parts well under ``WS_MAX_PUBLISH``; a process
+  dropped from the cluster, and a room no longer followed, are forgotten in
+  slices, so no loop stalls for more than a few milliseconds.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import ujson
@@ -40,6 +53,9 @@ import ujson
 from .envelope import encode_envelope, encode_envelope_json
 from .frames import OP_TEXT, encode_frame
 from .presence import (
+    PROCESS,
+    REF,
+    ROOM,
     Counts,
     Diffs,
     PresenceTable,
@@ -58,23 +74,70 @@ if TYPE_CHECKING:
     from .stats import Counters
     from .wire import Flusher, Wire
 
-__all__ = ["Tracker"]
+__all__ = ["Tracker", "chunks"]
 
 log = logging.getLogger("sanic.root.sanic_ws_ext")
 
-#: Entries per part of a transfer, and per slice of work between yields.
-#: About 100 bytes each as JSON: a part stays far under WS_MAX_PUBLISH.
+#: Entries per slice of work between yields, and per part of an answer at
+#: most. About 100 bytes each as JSON: a part stays far under WS_MAX_PUBLISH.
 _SLICE = 2000
 
 #: Entries encoded plus members told per loop pass while telling members
 #: what changed: about 2 ms of CPU on a 2-core machine. A room is told whole.
 _TELL_WORK = 4000
 
-Publish = Callable[[bytes, str | None, str], None]
+#: A room is followed this many beats after its last member here left.
+_LINGER_BEATS = 2
+
+#: Ops of one sender held for one room while its answer is awaited; past
+#: this they are let go, and the gap they leave is asked about again.
+_HELD_MAX = 256
+
+#: publish(payload, to, kind, room): kind is "presence" (a room's changes,
+#: to everyone following ``room``), "answer" (a part of our state of a room,
+#: to ``to``), "request" (rooms whose state we want, from ``to`` or
+#: everyone) or "hello" (who we are, to ``to``).
+Publish = Callable[[bytes, str | None, str, str], None]
 
 
 def new_ref() -> str:
     return uuid.uuid4().hex[:12]
+
+
+class _Changes:
+    """This process's changes to one room, not published yet."""
+
+    __slots__ = ("count", "joins", "leaves")
+
+    def __init__(self) -> None:
+        #: ref -> the join as it crosses processes (JSON bytes).
+        self.joins: dict[str, bytes] = {}
+        self.leaves: list[str] = []
+        #: The room's new count here (counted rooms), if it changed.
+        self.count: int | None = None
+
+
+class _Following:
+    """A room this process follows, and how far it is with each sender."""
+
+    __slots__ = ("asked", "base", "held", "linger", "listed", "ready", "waiting")
+
+    def __init__(self) -> None:
+        #: Sender -> the version of its part of the room held here.
+        self.base: dict[str, int] = {}
+        #: Sender -> its ops held until its answer is applied.
+        self.held: dict[str, list[dict[str, Any]]] = {}
+        #: Senders whose answer is awaited (their ops are held).
+        self.waiting: set[str] = set()
+        #: Sender -> refs its answer listed so far (an answer in parts).
+        self.listed: dict[str, set[str]] = {}
+        #: The room's state was asked for (until then every op is held).
+        self.asked = False
+        #: Every live process answered (or the wait ran out): members may
+        #: be told the state.
+        self.ready = False
+        #: The pending end of following, after the last member here left.
+        self.linger: asyncio.TimerHandle | None = None
 
 
 class Tracker:
@@ -90,6 +153,9 @@ class Tracker:
         worker: str,
         life: str,
         publish: Publish,
+        peers: Callable[[], Iterable[str]] = tuple,
+        subscribed: Callable[[str], Awaitable[None]] | None = None,
+        clustered: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         self.policies = rooms
@@ -97,30 +163,43 @@ class Tracker:
         self.counters = counters
         self.worker = worker
         self.life = life
-        # publish(payload, to, kind): kind is "presence" or "sync".
         self._publish = publish
+        # The live peers a room's first member here waits to hear from.
+        self._peers = peers
+        # Returns once a room's publications reach this process (bounded).
+        self._subscribed = subscribed
+        # Whether other processes can exist (else nobody is asked).
+        self._clustered = clustered
+        # The first beat after start: peers are still being met (each is
+        # asked as it is met), so no room's state is complete before it ends.
+        self._discovering = True
+        self._discovery: asyncio.TimerHandle | None = None
         self.table = PresenceTable()
         self.counts = Counts()
         self._diffs = Diffs()
-        # This process's own changes, not yet published.
-        # ref -> the join as it crosses processes (JSON bytes).
-        self._out_joins: dict[str, bytes] = {}
-        self._out_leaves: list[str] = []
-        self._out_counts: dict[str, int] = {}
+        # The rooms followed (see the module's rules).
+        self._following: dict[str, _Following] = {}
+        # Rooms no longer followed whose peers' entries are being forgotten,
+        # a slice at a time: room -> refs left to remove.
+        self._forgetting: dict[str, list[str]] = {}
+        # This process's own changes, not yet published, by room.
+        self._changes: dict[str, _Changes] = {}
+        # Versions: the last one used, and each room's last op's.
+        self._version = 0
+        self._versions: dict[str, int] = {}
         # Local members who joined a room this interval (they get its state).
         self._newcomers: dict[str, set[Wire]] = {}
         # Counted rooms whose total changed, or that have newcomers.
         self._recount: set[str] = set()
         # Each local connection's refs, by room.
         self._refs: dict[str, dict[str, str]] = {}
-        # Removals in slices under way (a dropped peer, a sync's stale
-        # entries): members are told once they are done, in one diff.
+        # Removals in slices under way (a dropped peer): members are told
+        # once they are done, in one diff.
         self._removing = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._syncs: dict[str, asyncio.Task[None]] = {}
         # What the intervals tell local members, a room per item, in order
         # (_tell_some): (work done, frames sent) of each.
         self._telling: deque[Callable[[], tuple[int, int]]] = deque()
@@ -130,12 +209,37 @@ class Tracker:
     def start(self, loop: asyncio.AbstractEventLoop, flusher: Flusher) -> None:
         self._loop = loop
         self._flusher = flusher
+        self.discover()
+
+    def discover(self) -> None:
+        """Peers are being met (this process started, or its link is back):
+        for one beat, no room's state is taken for complete."""
+        if self._loop is None:
+            return
+        self._discovering = True
+        if self._discovery is not None:
+            self._discovery.cancel()
+        self._discovery = self._loop.call_later(
+            self.config.relay_beat, self._discovered
+        )
+
+    def _discovered(self) -> None:
+        self._discovery = None
+        self._discovering = False
+        for room, following in self._following.items():
+            if following.asked and not following.ready and not following.waiting:
+                self._ready(room, following)
 
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._telling.clear()
+        if self._discovery is not None:
+            self._discovery.cancel()
+        for following in self._following.values():
+            if following.linger is not None:
+                following.linger.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -147,14 +251,15 @@ class Tracker:
         """``conn`` (of this process) joined ``room``."""
         spec, _ = self.policies.lookup(room)
         if spec.presence == "full":
+            self._follow(room)
             self._track(conn, room, spec)
-            self._newcomers.setdefault(room, set()).add(conn._wire)
         elif spec.presence == "counts":
+            self._follow(room)
             self._count_local(room)
-            self._newcomers.setdefault(room, set()).add(conn._wire)
             self._recount.add(room)
         else:
             return
+        self._newcomers.setdefault(room, set()).add(conn._wire)
         self._arm()
 
     def left(self, conn: Connection, room: str) -> None:
@@ -174,6 +279,8 @@ class Tracker:
         newcomers = self._newcomers.get(room)
         if newcomers is not None:
             newcomers.discard(conn._wire)
+        if not self.local.rooms.get(room):
+            self._unfollow_later(room)
         self._arm()
 
     def update(self, conn: Connection) -> None:
@@ -199,7 +306,7 @@ class Tracker:
         self.table.add(entry)
         self._diffs.join(entry)
         self._refs.setdefault(conn.id, {})[room] = ref
-        self._out_joins[ref] = wire_entry(entry)
+        self._changes_of(room).joins[ref] = wire_entry(entry)
 
     def _anonymous(self, conn_id: str) -> str:
         """A stable key for a connection without a user, that reveals nothing of it."""
@@ -210,71 +317,266 @@ class Tracker:
         entry = self.table.remove(ref)
         if entry is not None:
             self._diffs.leave(entry)
-            # A join not published yet is dropped; the leave is published
-            # all the same: a transfer (SYNC) may have listed the entry.
-            # Peers that never heard of it ignore it.
-            self._out_joins.pop(ref, None)
-            self._out_leaves.append(ref)
+            changes = self._changes_of(entry[ROOM])
+            # A join not published yet is dropped, and nobody needs its
+            # leave: an answer lists only what was published (see answer()).
+            if changes.joins.pop(ref, None) is None:
+                changes.leaves.append(ref)
 
     def _count_local(self, room: str) -> None:
         count = len(self.local.rooms.get(room, ()))
         if self.counts.set(room, self.worker, count):
-            self._out_counts[room] = count
+            self._changes_of(room).count = count
             self._recount.add(room)
+
+    def _changes_of(self, room: str) -> _Changes:
+        changes = self._changes.get(room)
+        if changes is None:
+            changes = self._changes[room] = _Changes()
+        return changes
+
+    # -- following rooms -----------------------------------------------------------
+
+    def _follow(self, room: str) -> None:
+        following = self._following.get(room)
+        if following is not None:
+            if following.linger is not None:
+                following.linger.cancel()
+                following.linger = None
+            return
+        forgetting = self._forgetting.pop(room, None)
+        if forgetting:  # followed again before its last slices went
+            self._forget(forgetting)
+        following = self._following[room] = _Following()
+        if self._loop is None or self._subscribed is None or not self._clustered():
+            following.asked = following.ready = True  # one process: nobody to ask
+            return
+        self._run(self._ask(room, following))
+
+    async def _ask(self, room: str, following: _Following) -> None:
+        """Ask every live process for its part of ``room``, once this process
+        hears the room's channel (an op published before that is caught as a
+        gap: it only costs asking its sender again)."""
+        assert self._subscribed is not None and self._loop is not None
+        await self._subscribed(room)
+        if self._following.get(room) is not following:
+            return  # no longer followed
+        following.asked = True
+        following.waiting.update(p for p in self._peers() if p != self.worker)
+        if following.waiting:
+            self._request([room], None)
+        held, following.held = following.held, {}
+        for sender, ops in held.items():
+            if sender in following.waiting:
+                following.held[sender] = ops
+            else:  # a process not known when we asked: its ops are whole
+                for batch in ops:
+                    self._apply_op(room, following, sender, batch)
+        # Peers met from now on during discovery are asked too: bounded all
+        # the same.
+        self._loop.call_later(self.config.query_timeout, self._give_up, room, following)
+        if not following.waiting:
+            self._ready(room, following)
+        self._arm()
+
+    def _give_up(self, room: str, following: _Following) -> None:
+        if self._following.get(room) is not following or following.ready:
+            return
+        if not following.waiting:
+            return  # only discovery holds it: _discovered() readies it
+        log.warning(
+            "presence of %r: no state from %s within %gs",
+            room,
+            ", ".join(sorted(following.waiting)),
+            self.config.query_timeout,
+        )
+        # Their answers, if they come, are still applied.
+        following.waiting.clear()
+        self._ready(room, following)
+
+    def _ready(self, room: str, following: _Following) -> None:
+        if self._discovering:
+            return  # _discovered() comes back to it
+        following.ready = True
+        if self._newcomers.get(room):
+            self._arm()
+
+    def _unfollow_later(self, room: str) -> None:
+        following = self._following.get(room)
+        if following is None or following.linger is not None or self._loop is None:
+            return
+        following.linger = self._loop.call_later(
+            _LINGER_BEATS * self.config.relay_beat, self._unfollow, room, following
+        )
+
+    def _unfollow(self, room: str, following: _Following) -> None:
+        following.linger = None
+        if self._following.get(room) is not following or self.local.rooms.get(room):
+            return
+        del self._following[room]
+        self._newcomers.pop(room, None)
+        for process in list(self.counts.rooms.get(room, ())):
+            if process != self.worker:
+                self.counts.set(room, process, 0)
+        others = [
+            ref
+            for ref, entry in self.table.rooms.get(room, {}).items()
+            if entry[PROCESS] != self.worker
+        ]
+        if len(others) <= _SLICE:
+            self._forget(others)
+        else:
+            self._forgetting[room] = others
+            self._run(self._forget_slices(room, others))
+
+    async def _forget_slices(self, room: str, refs: list[str]) -> None:
+        """Forget a room no longer followed a slice per loop pass (nobody
+        here is told: nobody here is in it)."""
+        while self._forgetting.get(room) is refs and refs:
+            self._forget(refs[-_SLICE:])
+            del refs[-_SLICE:]
+            await asyncio.sleep(0)
+        if self._forgetting.get(room) is refs:
+            del self._forgetting[room]
+
+    def _forget(self, refs: list[str]) -> None:
+        remove = self.table.remove
+        for ref in refs:
+            remove(ref)
+
+    def holds(self, room: str) -> bool:
+        """Whether this process holds ``room``'s whole presence now."""
+        following = self._following.get(room)
+        return following is not None and following.ready
 
     # -- what peers publish ------------------------------------------------------
 
     def apply_presence(self, origin: str, batch: dict[str, Any]) -> None:
-        """A peer's batch of changes (a ``PRESENCE`` op, decoded)."""
-        for item in batch.get("j", ()):
-            entry = peer_entry(item, origin)
-            if self.table.add(entry):
-                self._diffs.join(entry)
-        for ref in batch.get("l", ()):
-            gone = self.table.remove(ref)
-            if gone is not None:
-                self._diffs.leave(gone)
-        for room, count in batch.get("c", {}).items():
-            if self.counts.set(room, origin, count):
-                self._recount.add(room)
+        """A peer's changes to one room (a ``PRESENCE`` op, decoded)."""
+        room = batch.get("room")
+        following = self._following.get(room) if isinstance(room, str) else None
+        if following is None:
+            return  # not followed here (or a batch of an earlier release)
+        assert isinstance(room, str)
+        if (
+            not following.asked
+            or origin in following.waiting
+            or origin in following.listed
+        ):
+            held = following.held.setdefault(origin, [])
+            if len(held) >= _HELD_MAX:
+                held.clear()  # the gap this leaves is asked about again
+            held.append(batch)
+            return
+        self._apply_op(room, following, origin, batch)
         self._arm()
 
-    def apply_sync(self, origin: str, part: dict[str, Any]) -> None:
-        """One part of a peer's full transfer."""
+    def _apply_op(
+        self, room: str, following: _Following, origin: str, batch: dict[str, Any]
+    ) -> None:
+        version = batch.get("v", 0)
+        previous = batch.get("p", 0)
+        base = following.base.get(origin)
+        if base is not None and version <= base:
+            return  # seen, or older than the answer applied
+        if previous == 0:
+            # The sender had nothing in the room before this op.
+            self._remove_part(room, origin)
+        elif previous != base:
+            # Ops were missed: ask the sender; its ops wait for the answer.
+            log.info("presence of %r: missed ops of %s; asking it again", room, origin)
+            following.waiting.add(origin)
+            following.held.setdefault(origin, []).append(batch)
+            self._request([room], origin)
+            return
+        table = self.table
+        for ref in batch.get("l", ()):
+            entry = table.refs.get(ref)
+            if entry is not None and entry[PROCESS] == origin:
+                table.remove(ref)
+                self._diffs.leave(entry)
+        for item in batch.get("j", ()):
+            entry = peer_entry(item, origin)
+            if entry[ROOM] == room and table.add(entry):
+                self._diffs.join(entry)
+        count = batch.get("c")
+        if count is not None and self.counts.set(room, origin, count):
+            self._recount.add(room)
+        following.base[origin] = version
+
+    def _remove_part(self, room: str, origin: str, keep: Collection[str] = ()) -> None:
+        """Remove ``origin``'s entries of ``room`` but ``keep``."""
+        table = self.table
+        gone = [
+            ref
+            for ref, entry in table.rooms.get(room, {}).items()
+            if entry[PROCESS] == origin and ref not in keep
+        ]
+        for ref in gone:
+            entry = table.remove(ref)
+            if entry is not None:
+                self._diffs.leave(entry)
+
+    def apply_answer(self, origin: str, part: dict[str, Any]) -> None:
+        """A part of a peer's answer: its state of one room at a version."""
+        room = part.get("room")
+        following = self._following.get(room) if isinstance(room, str) else None
+        if following is None:
+            return
+        assert isinstance(room, str)
+        version = part.get("v", 0)
+        base = following.base.get(origin)
+        if base is not None and version < base:
+            following.listed.pop(origin, None)
+            return  # we hold a later state than this
+        listed = following.listed.get(origin)
         if part.get("first"):
-            self.table.begin_sync(origin)
+            listed = following.listed[origin] = set()
+        if listed is None:
+            return  # the rest of an answer whose start we did not take
+        table = self.table
         for item in part.get("entries", ()):
             entry = peer_entry(item, origin)
-            if self.table.add(entry):
+            if entry[ROOM] != room:
+                continue
+            listed.add(entry[REF])
+            if table.add(entry):
                 self._diffs.join(entry)
-        if part.get("last"):
-            counts: dict[str, int] = part.get("counts", {})
-            for room in set(self.counts.of(origin)) | set(counts):
-                if self.counts.set(room, origin, counts.get(room, 0)):
-                    self._recount.add(room)
-            stale = self.table.stale(origin)
-            if stale:
-                log.warning(
-                    "resync with %s: %d presence entr%s vanished",
-                    origin,
-                    len(stale),
-                    "y" if len(stale) == 1 else "ies",
-                )
-                self._run(self._remove_slices(stale, origin))
+        if not part.get("last"):
+            return
+        del following.listed[origin]
+        self._remove_part(room, origin, keep=listed)
+        if self.counts.set(room, origin, part.get("c", 0)):
+            self._recount.add(room)
+        following.base[origin] = version
+        following.waiting.discard(origin)
+        for batch in following.held.pop(origin, ()):
+            if origin in following.waiting:  # asked again meanwhile
+                following.held.setdefault(origin, []).append(batch)
+            else:
+                self._apply_op(room, following, origin, batch)
+        if following.asked and not following.ready and not following.waiting:
+            self._ready(room, following)
         self._arm()
 
     def drop(self, process: str) -> None:
         """``process`` is gone: its entries and counts go, in slices."""
         for room in self.counts.drop_process(process):
             self._recount.add(room)
+        for room, following in self._following.items():
+            following.base.pop(process, None)
+            following.held.pop(process, None)
+            following.listed.pop(process, None)
+            if process in following.waiting:
+                following.waiting.discard(process)
+                if following.asked and not following.ready and not following.waiting:
+                    self._ready(room, following)
         refs = list(self.table.by_process.get(process, ()))
-        self.table.forget(process)
         self._run(self._remove_slices(refs))
         self._arm()
 
-    async def _remove_slices(self, refs: list[str], synced: str | None = None) -> None:
+    async def _remove_slices(self, refs: list[str]) -> None:
         table = self.table
-        epoch = table.epoch(synced) if synced else 0
         self._removing += 1
         try:
             for start in range(0, len(refs), _SLICE):
@@ -283,8 +585,6 @@ class Tracker:
                 # No pass after the last slice: when the table is right, the
                 # removal is over, and a flush then tells members at once.
                 for ref in refs[start : start + _SLICE]:
-                    if ref not in table.refs or (synced and table.marked(ref) >= epoch):
-                        continue  # gone, or listed again since
                     entry = table.remove(ref)
                     if entry is not None:
                         self._diffs.leave(entry)
@@ -292,45 +592,66 @@ class Tracker:
             self._removing -= 1
             self._arm()
 
-    # -- transfers ------------------------------------------------------------------
+    # -- asking and answering -------------------------------------------------------
 
-    def send_sync(self, to: str) -> None:
-        """Send ``to`` everything this process holds, in parts."""
-        old = self._syncs.pop(to, None)
-        if old is not None:
-            old.cancel()  # never two transfers to one peer at once
-        task = self._run(self._sync_parts(to))
-        if task is not None:
-            self._syncs[to] = task
+    def resync(self, peer: str) -> None:
+        """Ops of ``peer`` may have been missed (or it was dropped and is
+        back): ask it again for its part of every room followed here."""
+        rooms = [room for room, f in self._following.items() if f.asked]
+        for room in rooms:
+            self._following[room].waiting.add(peer)
+        if rooms:
+            self._request(rooms, peer)
 
-    async def _sync_parts(self, to: str) -> None:
-        mine = list(self.table.by_process.get(self.worker, ()))
+    def _request(self, rooms: list[str], to: str | None) -> None:
         budget = self._budget()
-        chunk: list[bytes] = []
-        size = 0
-        first = True
+        head = {"life": self.life}
+        for names in chunks([ujson.dumps(room).encode() for room in rooms], budget):
+            self._publish(_with_list(head, "rooms", names), to, "request", "")
 
-        def send(last: bool) -> None:
-            nonlocal chunk, size, first
-            head: dict[str, Any] = {"life": self.life, "first": first, "last": last}
-            if last:
-                head["counts"] = self.counts.of(self.worker)
-            self._publish(_with_list(head, "entries", chunk), to, "sync")
-            chunk, size, first = [], 0, False
+    def answer(self, to: str, rooms: Iterable[Any]) -> None:
+        """Send ``to`` this process's part of each of ``rooms``, each at a
+        version: our pending changes to it are published first, so what is
+        listed is what was published. Made at once, not in slices: the
+        listing must be of one moment."""
+        budget = self._budget()
+        for room in rooms:
+            if not isinstance(room, str):
+                continue
+            changes = self._changes.pop(room, None)
+            if changes is not None:
+                try:
+                    self._send_room(room, changes)
+                except Exception:
+                    self._requeue(room, changes)
+                    log.exception("presence of %r: answer to %s failed", room, to)
+                    continue
+            version = self._versions.get(room, self._version)
+            mine = [
+                wire_entry(entry)
+                for entry in self.table.rooms.get(room, {}).values()
+                if entry[PROCESS] == self.worker
+            ]
+            parts = list(chunks(mine, budget)) or [[]]
+            for index, items in enumerate(parts):
+                head: dict[str, Any] = {
+                    "life": self.life,
+                    "room": room,
+                    "v": version,
+                    "first": index == 0,
+                    "last": index == len(parts) - 1,
+                }
+                if head["last"]:
+                    head["c"] = self.counts.rooms.get(room, {}).get(self.worker, 0)
+                self._publish(_with_list(head, "entries", items), to, "answer", room)
 
-        send(last=False)  # "first" goes out with the snapshot: later batches follow it
-        for start in range(0, len(mine), _SLICE):
-            for ref in mine[start : start + _SLICE]:
-                entry = self.table.refs.get(ref)
-                if entry is None:
-                    continue  # it left since we began
-                encoded = wire_entry(entry)
-                if chunk and size + len(encoded) > budget:
-                    send(last=False)
-                chunk.append(encoded)
-                size += len(encoded) + 1
-            await asyncio.sleep(0)  # a slice at a time: the loop goes on
-        send(last=True)
+    def introduce(self, to: str, *, ask: bool = False) -> None:
+        """Tell ``to`` who we are (it meets us); ``ask``: we dropped ops for
+        it, so it should ask us again for the rooms it follows."""
+        head: dict[str, Any] = {"life": self.life}
+        if ask:
+            head["ask"] = True
+        self._publish(ujson.dumps(head).encode(), to, "hello", "")
 
     def _budget(self) -> int:
         """Bytes of entries per op: under half of ``WS_MAX_PUBLISH`` (at least
@@ -362,38 +683,64 @@ class Tracker:
             log.exception("websocket presence flush failed")
 
     def _publish_changes(self) -> None:
-        joins, leaves, counts = self._out_joins, self._out_leaves, self._out_counts
-        if not (joins or leaves or counts):
-            return
-        self._out_joins, self._out_leaves, self._out_counts = {}, [], {}
-        try:
-            self._send_changes(joins, leaves, counts)
-        except Exception:
-            # Not lost: tried again at the next interval (the error is logged
-            # by flush()).
-            self._out_joins = {**joins, **self._out_joins}
-            self._out_leaves = leaves + self._out_leaves
-            self._out_counts = {**counts, **self._out_counts}
-            raise
+        changes, self._changes = self._changes, {}
+        failed: Exception | None = None
+        for room, room_changes in changes.items():
+            try:
+                self._send_room(room, room_changes)
+            except Exception as exc:
+                # Not lost: tried again at the next interval (the error is
+                # logged by flush()).
+                self._requeue(room, room_changes)
+                failed = exc
+        if failed is not None:
+            raise failed
 
-    def _send_changes(
-        self, joins: dict[str, bytes], leaves: list[str], counts: dict[str, int]
-    ) -> None:
+    def _requeue(self, room: str, changes: _Changes) -> None:
+        newer = self._changes.get(room)
+        if newer is not None:
+            changes.joins.update(newer.joins)
+            changes.leaves.extend(newer.leaves)
+            if newer.count is not None:
+                changes.count = newer.count
+        self._changes[room] = changes
+
+    def _send_room(self, room: str, changes: _Changes) -> None:
+        """Publish our changes to ``room``, each op a version after the last.
+
+        Leaves first, in their own ops: they are small, and a join that
+        follows a leave of the same key (a metadata update) then arrives
+        after it, as it happened.
+        """
         budget = self._budget()
-        head: dict[str, Any] = {"life": self.life}
-        if counts:
-            head["c"] = counts
-        # Leaves first, in their own ops: they are small, and a join that
-        # follows a leave of the same key (a metadata update) then arrives
-        # after it, as it happened.
-        for items in _chunks([ujson.dumps(ref).encode() for ref in leaves], budget):
-            self._publish(_with_list(head, "l", items), None, "presence")
-            head = {"life": self.life}
-        for items in _chunks(list(joins.values()), budget):
-            self._publish(_with_list(head, "j", items), None, "presence")
-            head = {"life": self.life}
-        if len(head) > 1:  # counts alone
-            self._publish(ujson.dumps(head).encode(), None, "presence")
+        leaves = [ujson.dumps(ref).encode() for ref in changes.leaves]
+        ops = [("l", items) for items in chunks(leaves, budget)]
+        ops += [("j", items) for items in chunks(list(changes.joins.values()), budget)]
+        if not ops:
+            if changes.count is None:
+                return
+            ops = [("", [])]
+        for index, (key, items) in enumerate(ops):
+            self._version += 1
+            head: dict[str, Any] = {
+                "life": self.life,
+                "room": room,
+                "v": self._version,
+                "p": self._versions.get(room, 0),
+            }
+            if changes.count is not None and index == len(ops) - 1:
+                head["c"] = changes.count
+            self._publish(_with_list(head, key, items), None, "presence", room)
+            self._versions[room] = self._version
+            # What is sent is not sent again if a later op fails.
+            if key == "l":
+                changes.leaves = changes.leaves[len(items) :]
+            elif key == "j":
+                for ref in list(changes.joins)[: len(items)]:
+                    del changes.joins[ref]
+        if not self.local.rooms.get(room):
+            # Nothing of ours is left there: our next op there starts anew.
+            self._versions.pop(room, None)
 
     def _tell_members(self) -> None:
         """Queue what this interval's changes tell local members, and start
@@ -412,7 +759,16 @@ class Tracker:
         newcomers, self._newcomers = self._newcomers, {}
         recount, self._recount = self._recount, set()
         rooms = self.local.rooms
+        following = self._following
+        for room in list(newcomers):
+            room_following = following.get(room)
+            if room_following is not None and not room_following.ready:
+                # Its state is still being gathered: its newcomers wait for
+                # it (they are told the whole of it, not this diff).
+                self._newcomers[room] = newcomers.pop(room)
         for room, diff in self._diffs.take_rooms().items():
+            if room in self._newcomers:
+                continue
             fresh = newcomers.pop(room, None)
             state = self._state(room) if fresh and rooms.get(room) else None
             telling.append(functools.partial(self._tell_diff, diff, fresh, state))
@@ -426,6 +782,9 @@ class Tracker:
                 state = self._state(room)
                 telling.append(functools.partial(self._tell_state, room, fresh, state))
         for room in recount:
+            if room in self._newcomers:
+                self._recount.add(room)
+                continue
             telling.append(functools.partial(self._tell_count, room))
         if not self._tell_scheduled:
             self._tell_some()
@@ -534,10 +893,11 @@ class Tracker:
             "entries": len(self.table),
             "rooms": len(self.table.rooms),
             "counted_rooms": len(self.counts.rooms),
+            "followed": len(self._following),
         }
 
 
-def _chunks(items: list[bytes], budget: int) -> Iterator[list[bytes]]:
+def chunks(items: list[bytes], budget: int) -> Iterator[list[bytes]]:
     """``items`` in runs of at most ``budget`` bytes (at least one each)."""
     run: list[bytes] = []
     size = 0
@@ -552,6 +912,9 @@ def _chunks(items: list[bytes], budget: int) -> Iterator[list[bytes]]:
 
 
 def _with_list(head: dict[str, Any], key: str, items: list[bytes]) -> bytes:
-    """``head`` as JSON with ``key`` set to the already-encoded ``items``."""
+    """``head`` as JSON with ``key`` set to the already-encoded ``items``
+    (no ``key``: ``head`` alone)."""
     body = ujson.dumps(head).encode()
+    if not key:
+        return body
     return b'%s,"%s":[%s]}' % (body[:-1], key.encode(), b",".join(items))

@@ -49,18 +49,6 @@ def test_table_by_room_key_and_process() -> None:
     assert len(table) == 0
 
 
-def test_a_sync_removes_what_it_did_not_list() -> None:
-    table = PresenceTable()
-    for ref in "abc":
-        table.add(entry(ref, process="w1"))
-    table.begin_sync("w1")
-    table.add(entry("a", process="w1"))  # listed again
-    table.add(entry("d", process="w1"))  # new
-    assert sorted(table.stale("w1")) == ["b", "c"]
-    table.add(entry("b", process="w1"))  # a later part lists it too
-    assert table.stale("w1") == ["c"]
-
-
 def test_diffs_net_out_and_group_by_key() -> None:
     diffs = Diffs()
     a, b = entry("a", name="Ann"), entry("b", key="bob")
@@ -152,8 +140,7 @@ def test_entries_cost_a_full_collection_nothing() -> None:
         e = entry(str(n), key=f"user{n % 300}", room=f"r{n % 3}", name="Ann")
         table.add(e)
         diffs.join(e)
-    table.begin_sync("w0")
-    table.add(entry("7", key="user7", room="r1"))
+    table.add(entry("7", key="user7", room="r1"))  # known: not added again
     gc.collect()
     assert not any(gc.is_tracked(e) for e in table.refs.values())
     assert not gc.is_tracked(table.refs)

@@ -53,49 +53,97 @@ def node(make_app: AppFactory, channel: str, **config: Any) -> Sanic[Any, Any]:
             await conn.join(room)
         await conn.send("joined")
 
+    @handlers.on("meta")
+    async def meta(conn: Connection, msg: Envelope) -> None:
+        await conn.update_presence({"x": msg.data})
+        await conn.send("meta")
+
     return app
 
 
-async def test_a_state_larger_than_max_publish_reaches_a_new_node(
+async def view_of(client: WSTestClient, room: str, keys: int) -> dict[str, set[str]]:
+    """``client``'s view of ``room`` (key -> refs), from its state and the
+    diffs after it, once it has ``keys`` keys. A member that joins while its
+    process is still meeting its peers may get the state in two steps."""
+    view: dict[str, set[str]] | None = None
+    while view is None or len(view) != keys:
+        frame = await client.recv()
+        assert isinstance(frame, Envelope)
+        if frame.type not in ("presence.state", "presence.diff"):
+            continue
+        if frame.data["room"] != room:
+            continue
+        if frame.type == "presence.state":
+            view = {k: {m["ref"] for m in ms} for k, ms in frame.data["users"].items()}
+            continue
+        assert view is not None, "a diff before the state"
+        for key, metas in frame.data["leaves"].items():
+            view[key] -= {m["ref"] for m in metas}
+            if not view[key]:
+                del view[key]
+        for key, metas in frame.data["joins"].items():
+            view.setdefault(key, set()).update(m["ref"] for m in metas)
+    return view
+
+
+async def of_room(client: WSTestClient, type_: str, room: str) -> Envelope:
+    """The next ``type_`` envelope about ``room`` (others of it are skipped)."""
+    while True:
+        envelope = await client.expect(type_)
+        if envelope.data["room"] == room:
+            return envelope
+
+
+async def test_a_state_larger_than_max_publish_reaches_a_new_follower(
     make_app: AppFactory,
 ) -> None:
-    """1000 entries (about 90 kB) with WS_MAX_PUBLISH at 32 KiB: a node that
-    starts later gets them all, in parts, and so does the first from it."""
+    """A's part of a room is about 10 kB with WS_MAX_PUBLISH at 8 KiB (parts
+    of 3.5 kB): a node whose first member joins later gets all of it; it
+    holds only the rooms it has members of, and A gets B's member."""
     channel = f"test-{uuid.uuid4().hex[:12]}"
-    small = {"WS_MAX_PUBLISH": 32 * 1024, "WS_BACKPLANE_BUFFER": 1 << 20}
-    rooms = [f"r:{i}" for i in range(100)]
+    small = {"WS_MAX_PUBLISH": 8 * 1024, "WS_BACKPLANE_BUFFER": 1 << 20}
+    rooms = [f"r:{i}" for i in range(10)]
     async with AsyncExitStack() as stack:
         a = node(make_app, channel, **small)
         a_server = await stack.enter_async_context(serve(a))
         clients = []
         for _ in range(10):
             client = await WSTestClient.connect(a_server.ws_url())
-            await client.send("join", rooms)
+            await client.send("meta", "x" * 900)  # an entry is about 1 kB
+            await client.expect("meta")
+            await client.send("join", ["big:one", *rooms])
             await client.expect("joined")
             clients.append(client)
-        assert len(a.ctx.ws._tracker.table) == 1000
+        assert len(a.ctx.ws._tracker.table) == 110
 
         b = node(make_app, channel, **small)
         b_server = await stack.enter_async_context(serve(b))
         late = await WSTestClient.connect(b_server.ws_url())
-        await late.send("join", rooms[:50])
+        await late.send("join", ["big:one", *rooms[:5]])
         await late.expect("joined")
-        await until(lambda: len(b.ctx.ws._tracker.table) == 1050)
-        await until(lambda: len(a.ctx.ws._tracker.table) == 1050)
-        members = await b.ctx.ws.members("r:7")
+        await view_of(late, "big:one", 11)  # anonymous: a key each
+        # B follows 6 rooms: A's 10 entries of each, and its own.
+        await until(lambda: len(b.ctx.ws._tracker.table) == 6 * 11)
+        await until(lambda: len(a.ctx.ws._tracker.table) == 110 + 6)
+        members = await b.ctx.ws.members("r:3")
         assert sorted(m.id for m in members) == sorted(
-            m.id for m in await a.ctx.ws.members("r:7")
+            m.id for m in await a.ctx.ws.members("r:3")
         )
         assert len(members) == 11
+        # A room B does not follow is asked for, with each one's presence.
+        far = await b.ctx.ws.members("r:7")
+        assert len(far) == 10 and all(m.presence == {"x": "x" * 900} for m in far)
+        assert not b.ctx.ws._tracker.table.count("r:7")[0]
         for client in (*clients, late):
             await client.close()
 
 
-async def test_a_leave_reaches_a_node_that_a_transfer_told_of_the_join(
+async def test_a_leave_reaches_a_follower_that_an_answer_told_of_the_join(
     make_app: AppFactory,
 ) -> None:
-    """Review of issue 14: an entry listed by a SYNC and gone before its join
-    was published left a ghost on the receiver (its leave was netted out)."""
+    """An entry not published yet when a follower asked: the answer lists it
+    (its join is published first), and its leave then reaches the follower
+    (a ghost before issue 14's review, when a leave could be netted out)."""
     channel = f"test-{uuid.uuid4().hex[:12]}"
     async with AsyncExitStack() as stack:
         a = node(make_app, channel, WS_PRESENCE_INTERVAL=3600)  # flushed by hand
@@ -104,13 +152,20 @@ async def test_a_leave_reaches_a_node_that_a_transfer_told_of_the_join(
         await x.send("join", ["lobby"])
         await x.expect("joined")  # joined, not yet published
         b = node(make_app, channel)
-        await stack.enter_async_context(serve(b))
-        # B's HELLO makes A send it a transfer, which lists x.
-        await until(lambda: b.ctx.ws._tracker.table.count("lobby")[0] == 1)
+        b_server = await stack.enter_async_context(serve(b))
+        y = await WSTestClient.connect(b_server.ws_url())
+        await y.send("join", ["lobby"])
+        await y.expect("joined")
+        # B's first member makes B ask; A's answer lists x.
+        state = await of_room(y, "presence.state", "lobby")
+        assert len(state.data["users"]) == 2
         await x.close()
         await until(lambda: not a.ctx.ws.connections)
         a.ctx.ws._tracker.flush()
-        await until(lambda: b.ctx.ws._tracker.table.count("lobby")[0] == 0)
+        diff = await of_room(y, "presence.diff", "lobby")
+        assert len(diff.data["leaves"]) == 1
+        await until(lambda: b.ctx.ws._tracker.table.count("lobby")[0] == 1)
+        await y.close()
 
 
 async def test_a_peer_dying_with_a_big_room_sends_each_survivor_one_diff(

@@ -51,10 +51,14 @@ class OpKind(IntEnum):
     # ROOM_JOINED, ROOM_LEFT), retired: nothing is replicated per connection.
     # Membership of the cluster.
     HELLO = 12  # a process started: payload JSON {"life", "pid", "machine"}
-    SYNC = 13  # reason "request": send me your state; else one part of it (JSON)
+    # SYNC, reason "request": JSON {"life", "rooms"}: send me your part of
+    # these rooms' presence (without "rooms": introduce yourself); else JSON
+    # {"life", "room", "v", ...}: a part of that answer, or {"life"}: who I am.
+    SYNC = 13
     BEAT = 14  # the sender is alive: payload "<life> <sample JSON>"
     BYE = 15  # the sender stops: payload its life
-    # Presence of rooms that track it: one batch per interval (JSON).
+    # Presence: a process's changes to one room, per interval (target: the
+    # room, routed like ROOM_SEND; JSON {"life", "room", "v", "p", ...}).
     PRESENCE = 16
     # A cluster-wide question and its answers (JSON {"id", ...}).
     QUERY = 17

@@ -350,7 +350,7 @@ class RedisBackplane:
             record = frame_record(encode_op(op))  # once, for the relay and Redis
         if to is None:
             self.local.deliver(op, None, record)
-            if op.kind is OpKind.ROOM_SEND:
+            if op.kind is OpKind.ROOM_SEND or op.kind is OpKind.PRESENCE:
                 channel = self._room_prefix + op.target
             else:
                 channel = self._all
