@@ -24,7 +24,9 @@ from sanic_ws_ext import (
     Envelope,
     PublishTooLarge,
 )
+from sanic_ws_ext.delivery import OpKind
 from sanic_ws_ext.delivery.backplane import RedisBackplane
+from sanic_ws_ext.delivery.wire import decode_op, iter_records, unpack_message
 from sanic_ws_ext.testing import WSTestClient, serve
 
 from .conftest import units
@@ -458,3 +460,53 @@ async def test_room_subscriptions_come_back_after_a_redis_restart(
         await eventually(both_back, "both nodes resubscribed to the room")
         await a.ws.publish("news", "n", "after the restart")
         assert (await cb.expect("n", units(10))).data == "after the restart"
+
+
+async def test_presence_reaches_only_the_nodes_with_members(
+    make_app: AppFactory,
+) -> None:
+    """A room's presence ops go on its own channel, never to everyone; a node
+    holds nothing of a room until it has a member, then gets its whole state
+    (asking the others) and its changes."""
+    async with nodes(make_app) as [(a, *_), (b, *_)]:
+        prefix = a.app.config.WS_REDIS_CHANNEL
+        listener = aioredis.Redis.from_url(SHARED_URL)
+        pubsub = listener.pubsub()
+        await pubsub.subscribe(prefix + ":all", prefix + ":room:lobby")
+        try:
+            ca, ida = await a.connect(user="ann")
+            cb, idb = await b.connect(user="bob")
+            await eventually(lambda: _count(b, 2), "B sees both")
+            await a.ws.join(ida, "lobby")
+            assert (await ca.expect("presence.state")).data["users"].keys() == {"ann"}
+            kinds: dict[str, set[OpKind]] = {"all": set(), "room": set()}
+
+            async def heard_presence() -> bool:
+                while message := await pubsub.get_message(timeout=0.01):
+                    if message["type"] != "message":
+                        continue
+                    where = "room" if message["channel"].endswith(b"lobby") else "all"
+                    chunk = unpack_message(message["data"])[3]
+                    kinds[where].update(decode_op(r).kind for r in iter_records(chunk))
+                return OpKind.PRESENCE in kinds["room"]
+
+            await eventually(heard_presence, "A's presence op on the room's channel")
+            assert OpKind.PRESENCE not in kinds["all"]
+            assert b.ws._tracker.table.count("lobby") == (0, 0)
+            assert b.ws.status()["presence"]["followed"] == 0
+            # B's first member gets the whole state: B asked A for its part.
+            await b.ws.join(idb, "lobby")
+            state = (await cb.expect("presence.state", units(5))).data
+            assert sorted(state["users"]) == ["ann", "bob"]
+            diff = (await ca.expect("presence.diff", units(5))).data
+            assert list(diff["joins"]) == ["bob"]
+            await ca.close()
+            diff = (await cb.expect("presence.diff", units(5))).data
+            assert list(diff["leaves"]) == ["ann"]
+            await heard_presence()
+            assert OpKind.PRESENCE not in kinds["all"]
+            assert b.backplane.missed == 0
+            await cb.close()
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await listener.aclose()
