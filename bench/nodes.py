@@ -42,8 +42,13 @@ that directory as their working directory (``python -m sanic`` puts it first
 on ``sys.path``); each node says which package it runs, and the bench checks.
 
 Two phases per design: ``pairs`` publishes only to the shared rooms (every
-room on 2 nodes: the issue's target), ``mixed`` to all rooms in turn. Per
-phase, from counters read before and after it:
+room on 2 nodes: the issue's target), ``mixed`` to all rooms in turn. With
+``--presence``, a third, ``presence``: the shared rooms have full presence
+and each message also changes its sender's presence metadata, for designs
+on today's package or ``--base`` (5b7bee7 had no presence to declare); it
+adds presence ops published per second and how many peers applied each one
+(counted in ``nodes_app``). Per phase, from counters read before and after
+it:
 
 - Redis messages per publish: messages Redis delivered to subscribers over
   ``PUBLISH`` + ``SPUBLISH`` commands. Publishes are Redis's own count
@@ -109,6 +114,9 @@ BASE_DESIGNS = ["base", "base-cluster"]
 #: What --smoke runs: both designs and both kinds of Redis, in seconds.
 SMOKE_DESIGNS = ["before", "after", "cluster"]
 PHASES = ["pairs", "mixed"]
+#: With ``--presence`` (designs on today's package and base only): the shared
+#: rooms have full presence, and each message also changes its sender's.
+PRESENCE_PHASE = "presence"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 Figures = dict[str, Any]
@@ -161,7 +169,7 @@ class Sizes:
 
     def rooms(self, phase: str) -> list[str]:
         shared = [f"s{i}" for i in range(self.nodes)]
-        if phase == "pairs":
+        if phase in ("pairs", PRESENCE_PHASE):
             return shared
         # Interleaved, so each stretch of the phase touches every node.
         own = [f"o{i}-{j}" for j in range(self.own) for i in range(self.nodes)]
@@ -328,7 +336,7 @@ async def node_figures(port: int) -> Figures:
 
 @asynccontextmanager
 async def nodes(
-    count: int, url: str, channel: str, package: Path
+    count: int, url: str, channel: str, package: Path, presence: bool = False
 ) -> AsyncIterator[list[Node]]:
     """``count`` nodes on ``url`` running the package in ``package``."""
     env = {
@@ -336,6 +344,8 @@ async def nodes(
         "SANIC_WS_BACKPLANE": url,
         "SANIC_WS_REDIS_CHANNEL": channel,
     }
+    if presence:
+        env["BENCH_PRESENCE"] = "1"
     if package != ROOT:
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # a checkout of before stays as it was
     procs = [
@@ -367,6 +377,8 @@ async def snapshot(
         "delivered": sum(sum(f["redis_in"].values()) for f in found),
         "missed": sum(f["status"]["delivery"].get("missed", 0) for f in found),
         "lost": sum(f["status"]["delivery"].get("lost", 0) for f in found),
+        "presence_out": sum(f.get("presence", {}).get("out", 0) for f in found),
+        "presence_in": sum(f.get("presence", {}).get("in", 0) for f in found),
         "at": time.monotonic(),
     }
 
@@ -388,11 +400,13 @@ async def measure(
     package: Path,
     run_id: str,
     profile: Path | None = None,
+    presence: bool = False,
 ) -> dict[str, Figures]:
     """One design: start its nodes, fill the rooms, run each phase."""
     count = sizes.count(design)
+    presence = presence and not design.startswith("before")
     async with (
-        nodes(count, redis.url, f"nodes-{run_id}", package) as procs,
+        nodes(count, redis.url, f"nodes-{run_id}", package, presence) as procs,
         Client() as client,
     ):
         groups = [
@@ -413,7 +427,7 @@ async def measure(
             "redis": (last["redis"]["cpu"] - first["redis"]["cpu"]) / span,
         }
         out: dict[str, Figures] = {}
-        for phase in PHASES:
+        for phase in PHASES + ([PRESENCE_PHASE] if presence else []):
             n = max(1, int(sizes.rate * sizes.seconds))
             first = await snapshot(redis, procs, client)
             spying = None
@@ -428,6 +442,7 @@ async def measure(
                     "rate": sizes.rate,
                     "count": n,
                     "timeout": sizes.seconds + 30,
+                    "presence": phase == PRESENCE_PHASE,
                 },
                 sizes.seconds + 40,
             )
@@ -465,6 +480,10 @@ def figures(
         "node_idle_ms": idle["node"] * 1000,  # CPU ms per second, all nodes
         "redis_idle_ms": idle["redis"] * 1000,
         "client_share": d("client_cpu") / max(1e-9, d("at")),
+        # Presence ops: published per second (all nodes), and applied by a
+        # peer per op published (how far each travels).
+        "presence_per_s": d("presence_out") / max(1e-9, d("at")),
+        "presence_fanout": d("presence_in") / max(1.0, d("presence_out")),
     }
 
 
@@ -503,6 +522,7 @@ async def run(
     before: Path | None,
     base: Path | None = None,
     profile: Path | None = None,
+    presence: bool = False,
 ) -> Results:
     results: Results = {}
     async with Redis(cluster=False) as single, Redis(cluster=True) as cluster:
@@ -520,7 +540,9 @@ async def run(
                 assert package is not None
                 run_id = f"{os.getpid()}-{r}-{design}"
                 started = time.monotonic()
-                found = await measure(design, sizes, redis, package, run_id, profile)
+                found = await measure(
+                    design, sizes, redis, package, run_id, profile, presence
+                )
                 took = time.monotonic() - started
                 print(f"{design}: {took:.1f} s", file=sys.stderr, flush=True)
                 for phase, figs in found.items():
@@ -555,26 +577,41 @@ TABLES = [
 ]
 
 
+#: The presence phase's own columns, beside the node table.
+PRESENCE_COLUMNS = [
+    ("presence ops per s", "presence_per_s", 0),
+    ("applied by peers per op", "presence_fanout", 2),
+]
+
+
 def table(results: Results, sizes: Sizes, designs: list[str]) -> list[str]:
     lines = []
-    for phase in PHASES:
+    for phase in [*PHASES, PRESENCE_PHASE]:
         rooms = {
             "pairs": "the shared rooms (each on 2 nodes)",
             "mixed": "every room in turn (own and shared)",
+            PRESENCE_PHASE: "the shared rooms, with full presence, each message"
+            " also changing its sender's presence",
         }[phase]
-        some = results[(designs[0], phase)][0]
+        had = [d for d in designs if (d, phase) in results]
+        if not had:
+            continue
+        some = results[(had[0], phase)][0]
         lines += [
             f"**{phase}**: {some['sent']:,} room messages at {sizes.rate:,}/s to"
-            f" {rooms}; medians (range) over {len(results[(designs[0], phase)])}"
+            f" {rooms}; medians (range) over {len(results[(had[0], phase)])}"
             " rounds.",
         ]
-        for columns in TABLES:
+        tables = TABLES
+        if phase == PRESENCE_PHASE:
+            tables = [TABLES[0], TABLES[1] + PRESENCE_COLUMNS]
+        for columns in tables:
             lines += [
                 "",
                 "| design | nodes | " + " | ".join(c for c, _, _ in columns) + " |",
                 "| --- | --- |" + " --- |" * len(columns),
             ]
-            for design in designs:
+            for design in had:
                 runs = results[(design, phase)]
                 cells = [fmt([float(f[key] or 0) for f in runs], digits)
                          for _, key, digits in columns]  # fmt: skip
@@ -596,6 +633,12 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--presence",
+        action="store_true",
+        help="a third phase: the shared rooms with full presence, each message"
+        " changing its sender's (designs on today's package and --base only)",
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -646,7 +689,7 @@ def main() -> None:
         # Server logs printed on a failure go to stderr: stdout is the report.
         with contextlib.redirect_stdout(sys.stderr):
             results = asyncio.run(
-                run(sizes, rounds, designs, before, base, args.profile)
+                run(sizes, rounds, designs, before, base, args.profile, args.presence)
             )
     lines = [
         f"{sizes.nodes} nodes (one process each), {sizes.own} rooms of each"

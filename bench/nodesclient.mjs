@@ -7,8 +7,9 @@
 //   opens n connections to url?room=<room> for every group (at most 50
 //   handshakes in flight) and waits for each one's "welcome" (sent once the
 //   server joined it to its room). Answers {"opened": total}.
-// {"cmd": "run", "phase": p, "rooms": [...], "rate": r, "count": c, "timeout": s}
-//   sends c "pub" envelopes at r per second (1 ms ticks), to the rooms in
+// {"cmd": "run", "phase": p, "rooms": [...], "rate": r, "count": c, "timeout": s,
+//  "presence": bool}
+//   sends c "pub" envelopes (with "presence": the sender's presence changes too) at r per second (1 ms ticks), to the rooms in
 //   turn, each from the room's next member (so from each of its nodes in
 //   turn), stamped with the send time. Every member of a room, sender
 //   included, should get each one back as "msg". Answers once all arrived,
@@ -87,7 +88,7 @@ async function open({ groups, timeout }) {
   return { opened: todo.length };
 }
 
-function run({ phase, rooms, rate, count, timeout }) {
+function run({ phase, rooms, rate, count, timeout, presence = false }) {
   return new Promise((resolve) => {
     const lat = [];
     lat.capacity = 2_000_000;
@@ -117,7 +118,7 @@ function run({ phase, rooms, rate, count, timeout }) {
         phaseState.expected += list.length;
         for (const member of list) member.expect += 1;
         const n = phaseState.sent++;
-        ws.send(JSON.stringify({ type: "pub", data: { room, phase, n, t: now() } }));
+        ws.send(JSON.stringify({ type: "pub", data: { room, phase, n, t: now(), presence } }));
       }
       if (phaseState.sent < count) {
         ticks += 1;

@@ -464,8 +464,12 @@ class Tracker:
             or origin in following.listed
         ):
             held = following.held.setdefault(origin, [])
-            if len(held) >= _HELD_MAX:
-                held.clear()  # the gap this leaves is asked about again
+            if len(held) >= _HELD_MAX and following.asked:
+                # Its answer is long in coming: let the ops go and ask again
+                # (the answer covers them).
+                held.clear()
+                following.waiting.add(origin)
+                self._request([room], origin)
             held.append(batch)
             return
         self._apply_op(room, following, origin, batch)
@@ -608,6 +612,27 @@ class Tracker:
         head = {"life": self.life}
         for names in chunks([ujson.dumps(room).encode() for room in rooms], budget):
             self._publish(_with_list(head, "rooms", names), to, "request", "")
+        if to is not None and self._loop is not None:
+            # A request or its answer can be lost (a link down): ask again
+            # while ``to`` lives and has not answered.
+            self._loop.call_later(
+                self.config.query_timeout, self._unanswered, rooms, to
+            )
+
+    def _unanswered(self, rooms: list[str], to: str) -> None:
+        again = [
+            room
+            for room in rooms
+            if (following := self._following.get(room)) is not None
+            and to in following.waiting
+        ]
+        if again:
+            log.info(
+                "presence: %s has not answered for %d room(s); asking again",
+                to,
+                len(again),
+            )
+            self._request(again, to)
 
     def answer(self, to: str, rooms: Iterable[Any]) -> None:
         """Send ``to`` this process's part of each of ``rooms``, each at a

@@ -11,6 +11,7 @@ tests/test_backplane.py.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ from sanic_ws_ext.presence import PROCESS
 from sanic_ws_ext.rooms import RoomPolicies, RoomSpec
 from sanic_ws_ext.stats import Counters
 from sanic_ws_ext.tracker import Tracker
+from sanic_ws_ext.wire import Flusher
+
+from .helpers import eventually
 
 
 @dataclass
@@ -217,3 +221,24 @@ def test_an_answer_lists_only_what_was_published() -> None:
     a.leave("a2")
     deliver(b, sent + a.publish(), "a")
     assert b.conns("a") == a.conns("a") == {"a1"}
+
+
+async def test_an_unanswered_request_is_sent_again() -> None:
+    """A request lost on the way (or its answer) is sent again while the
+    peer lives and has not answered, and the answer then applies."""
+    a, b = pair(WS_QUERY_TIMEOUT=0.05)
+    loop = asyncio.get_running_loop()
+    b.tracker.start(loop, Flusher(loop))
+    a.join("a2")
+    a.publish()  # lost
+    b.tracker.resync("a")
+    assert [s.kind for s in b.take()] == ["request"]  # lost too
+
+    async def asked_again() -> bool:
+        return any(s.kind == "request" and s.to == "a" for s in b.out)
+
+    await eventually(asked_again, "B asks A again")
+    deliver(a, b.take(), "b")
+    deliver(b, a.take(), "a")
+    assert b.conns("a") == {"a1", "a2"}
+    await b.tracker.stop()

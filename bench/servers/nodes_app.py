@@ -7,6 +7,13 @@ today's code the join returns once Redis confirmed the room's subscription)
 and then sent ``welcome``. A ``pub`` envelope ``{"room": r, ...}`` is
 published to room ``r`` as ``msg`` with the same data, time stamp included.
 
+With ``BENCH_PRESENCE=1`` (today's package only), the shared rooms ``s{i}``
+have full presence, and a ``pub`` with ``"presence": true`` first changes
+the sender's presence metadata (its entry leaves and joins again: one
+presence change per message, batched per interval and room by each node).
+Presence ops published and applied are counted, by wrapping the outbox and
+the tracker (``presence_out``, ``presence_in``).
+
 ``GET /bench/node`` answers this process's figures: which package it runs
 (so the bench can check that ``BENCH_BEFORE`` took), ``ws.status()``, and
 every message Redis delivered to it, by channel kind (``all``, ``to``,
@@ -41,6 +48,11 @@ handlers = WSHandlers(app)
 PACKAGE = os.path.dirname(os.path.realpath(sanic_ws_ext.__file__))
 #: Messages Redis delivered to this process, by the channel's kind.
 REDIS_IN: collections.Counter[str] = collections.Counter()
+#: Presence ops this process published, and peers' presence ops it applied.
+PRESENCE: collections.Counter[str] = collections.Counter()
+
+if os.environ.get("BENCH_PRESENCE"):
+    handlers.room("s{i}", presence="full")
 
 
 def _count_receive() -> None:
@@ -59,6 +71,33 @@ def _count_receive() -> None:
 _count_receive()
 
 
+def _count_presence() -> None:
+    from sanic_ws_ext.outbox import Outbox
+    from sanic_ws_ext.tracker import Tracker
+
+    publish, apply = Outbox.presence, Tracker.apply_presence
+
+    @functools.wraps(publish)
+    def published(
+        self: Outbox, payload: bytes, to: str | None, kind: str, *rest: Any
+    ) -> None:
+        if kind == "presence":
+            PRESENCE["out"] += 1
+        publish(self, payload, to, kind, *rest)
+
+    @functools.wraps(apply)
+    def applied(self: Tracker, origin: str, batch: dict[str, Any]) -> None:
+        PRESENCE["in"] += 1
+        apply(self, origin, batch)
+
+    Outbox.presence = published  # type: ignore[method-assign,assignment]
+    Tracker.apply_presence = applied  # type: ignore[method-assign]
+
+
+if os.environ.get("BENCH_PRESENCE"):
+    _count_presence()
+
+
 @handlers.verify
 async def room_from_query(request: Request) -> Accept:
     return Accept(meta={"room": request.args.get("room")})
@@ -74,6 +113,8 @@ async def join_room(conn: Connection) -> None:
 
 @handlers.on("pub")
 async def pub(conn: Connection, msg: Envelope) -> None:
+    if msg.data.get("presence"):
+        await conn.update_presence({"n": msg.data["n"]})
     await conn.manager.publish(msg.data["room"], "msg", msg.data)
 
 
@@ -83,6 +124,7 @@ async def node(request: Request) -> JSONResponse:
         "pid": os.getpid(),
         "package": PACKAGE,
         "redis_in": dict(REDIS_IN),
+        "presence": dict(PRESENCE),
         "status": app.ctx.ws.status(),
     }
     return json(found)
