@@ -273,6 +273,8 @@ class Applier:
     def _presence(self, op: Op) -> None:
         if op.origin == self.worker:
             return  # applied here when it happened
+        if not self.tracker.follows(op.target):
+            return  # a room nobody here is in (the relay brings every room's)
         batch = ujson.loads(op.payload)
         batch_life = batch.get("life", "")
         if self.membership.is_dead(batch_life):

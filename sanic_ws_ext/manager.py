@@ -574,9 +574,10 @@ class ConnectionManager:
     async def members(self, room: str) -> list[Member]:
         """The members of ``room``, cluster-wide.
 
-        Rooms with full presence answer from this process's view at once.
-        For other rooms every process is asked, and the answer waits for the
-        others (at most ``WS_QUERY_TIMEOUT``).
+        A room with full presence that this process has members of answers
+        from its view at once. Otherwise every process is asked (each answers
+        for its own connections, with their presence in a full room), and
+        the answer waits for the others (at most ``WS_QUERY_TIMEOUT``).
         """
         return await self._queries.members(room)
 

@@ -14,7 +14,8 @@ Rules this module keeps:
   again), and hears nothing of the others. Its changes go to the room's own
   channel. When it starts to follow a room it asks every process for its
   part of the room (a ``SYNC`` request naming it), and tells its members the
-  state once every live process answered (at most ``WS_QUERY_TIMEOUT``).
+  state once every live process answered, or ``WS_QUERY_TIMEOUT`` after it
+  heard the room (then the silent ones are asked again, alone).
 - Versions order what travels on different channels. Each op a process
   publishes for a room carries a version (one counter per process, across
   rooms) and the version of its previous op for that room (0: it had
@@ -120,7 +121,16 @@ class _Changes:
 class _Following:
     """A room this process follows, and how far it is with each sender."""
 
-    __slots__ = ("asked", "base", "held", "linger", "listed", "ready", "waiting")
+    __slots__ = (
+        "asked",
+        "base",
+        "held",
+        "late",
+        "linger",
+        "listed",
+        "ready",
+        "waiting",
+    )
 
     def __init__(self) -> None:
         #: Sender -> the version of its part of the room held here.
@@ -136,6 +146,9 @@ class _Following:
         #: Every live process answered (or the wait ran out): members may
         #: be told the state.
         self.ready = False
+        #: The wait for answers ran out (``WS_QUERY_TIMEOUT``): the room is
+        #: ready whoever is still asked, once discovery allows.
+        self.late = False
         #: The pending end of following, after the last member here left.
         self.linger: asyncio.TimerHandle | None = None
 
@@ -194,8 +207,11 @@ class Tracker:
         # Each local connection's refs, by room.
         self._refs: dict[str, dict[str, str]] = {}
         # Removals in slices under way (a dropped peer): members are told
-        # once they are done, in one diff.
-        self._removing = 0
+        # once they are done, in one diff. Process -> refs left to remove.
+        self._removing: dict[str, list[str]] = {}
+        # One pending "ask again" per peer (_unanswered), for every room.
+        self._asking: dict[str, asyncio.TimerHandle] = {}
+        self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -227,10 +243,18 @@ class Tracker:
         self._discovery = None
         self._discovering = False
         for room, following in self._following.items():
-            if following.asked and not following.ready and not following.waiting:
+            if (
+                following.asked
+                and not following.ready
+                and (following.late or not following.waiting)
+            ):
                 self._ready(room, following)
 
     async def stop(self) -> None:
+        self._stopped = True  # timers still pending do nothing from now on
+        for handle in self._asking.values():
+            handle.cancel()
+        self._asking.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -380,18 +404,26 @@ class Tracker:
         self._arm()
 
     def _give_up(self, room: str, following: _Following) -> None:
-        if self._following.get(room) is not following or following.ready:
+        if (
+            self._stopped
+            or self._following.get(room) is not following
+            or following.ready
+        ):
             return
-        if not following.waiting:
-            return  # only discovery holds it: _discovered() readies it
-        log.warning(
-            "presence of %r: no state from %s within %gs",
-            room,
-            ", ".join(sorted(following.waiting)),
-            self.config.query_timeout,
-        )
-        # Their answers, if they come, are still applied.
-        following.waiting.clear()
+        following.late = True
+        silent = sorted(following.waiting)
+        if silent:
+            log.warning(
+                "presence of %r: no state from %s within %gs; asking each again",
+                room,
+                ", ".join(silent),
+                self.config.query_timeout,
+            )
+            for peer in silent:
+                # A part of its answer may be lost: start over, asked alone
+                # (and again while it does not answer); its ops wait for it.
+                following.listed.pop(peer, None)
+                self._request([room], peer)
         self._ready(room, following)
 
     def _ready(self, room: str, following: _Following) -> None:
@@ -444,6 +476,10 @@ class Tracker:
         for ref in refs:
             remove(ref)
 
+    def follows(self, room: str) -> bool:
+        """Whether this process follows ``room`` (it takes its presence ops)."""
+        return room in self._following
+
     def holds(self, room: str) -> bool:
         """Whether this process holds ``room``'s whole presence now."""
         following = self._following.get(room)
@@ -458,6 +494,8 @@ class Tracker:
         if following is None:
             return  # not followed here (or a batch of an earlier release)
         assert isinstance(room, str)
+        if origin in self._removing:
+            self._finish_removal(origin)
         if (
             not following.asked
             or origin in following.waiting
@@ -528,6 +566,8 @@ class Tracker:
         if following is None:
             return
         assert isinstance(room, str)
+        if origin in self._removing:
+            self._finish_removal(origin)
         version = part.get("v", 0)
         base = following.base.get(origin)
         if base is not None and version < base:
@@ -575,32 +615,49 @@ class Tracker:
                 following.waiting.discard(process)
                 if following.asked and not following.ready and not following.waiting:
                     self._ready(room, following)
+        self._finish_removal(process)  # an earlier drop's, if any
         refs = list(self.table.by_process.get(process, ()))
-        self._run(self._remove_slices(refs))
+        if refs and self._loop is not None:
+            self._removing[process] = refs
+            self._run(self._remove_slices(process, refs))
+        else:
+            self._remove(refs)
         self._arm()
 
-    async def _remove_slices(self, refs: list[str]) -> None:
-        table = self.table
-        self._removing += 1
+    async def _remove_slices(self, process: str, refs: list[str]) -> None:
         try:
-            for start in range(0, len(refs), _SLICE):
-                if start:
+            while self._removing.get(process) is refs and refs:
+                self._remove(refs[-_SLICE:])
+                del refs[-_SLICE:]
+                if refs:
                     await asyncio.sleep(0)  # a slice per loop pass
                 # No pass after the last slice: when the table is right, the
                 # removal is over, and a flush then tells members at once.
-                for ref in refs[start : start + _SLICE]:
-                    entry = table.remove(ref)
-                    if entry is not None:
-                        self._diffs.leave(entry)
         finally:
-            self._removing -= 1
+            if self._removing.get(process) is refs:
+                del self._removing[process]
             self._arm()
+
+    def _finish_removal(self, process: str) -> None:
+        """Remove now what is left of ``process``'s removal: it is heard
+        again, and what it says next must not be removed by a later slice."""
+        refs = self._removing.pop(process, None)
+        if refs:
+            self._remove(refs)
+
+    def _remove(self, refs: list[str]) -> None:
+        table = self.table
+        for ref in refs:
+            entry = table.remove(ref)
+            if entry is not None:
+                self._diffs.leave(entry)
 
     # -- asking and answering -------------------------------------------------------
 
     def resync(self, peer: str) -> None:
         """Ops of ``peer`` may have been missed (or it was dropped and is
         back): ask it again for its part of every room followed here."""
+        self._finish_removal(peer)
         rooms = [room for room, f in self._following.items() if f.asked]
         for room in rooms:
             self._following[room].waiting.add(peer)
@@ -608,24 +665,25 @@ class Tracker:
             self._request(rooms, peer)
 
     def _request(self, rooms: list[str], to: str | None) -> None:
+        if self._stopped:
+            return
         budget = self._budget()
         head = {"life": self.life}
         for names in chunks([ujson.dumps(room).encode() for room in rooms], budget):
             self._publish(_with_list(head, "rooms", names), to, "request", "")
-        if to is not None and self._loop is not None:
+        if to is not None and to not in self._asking and self._loop is not None:
             # A request or its answer can be lost (a link down): ask again
-            # while ``to`` lives and has not answered.
-            self._loop.call_later(
-                self.config.query_timeout, self._unanswered, rooms, to
+            # while ``to`` lives and has not answered, one timer per peer
+            # for all its rooms.
+            self._asking[to] = self._loop.call_later(
+                self.config.query_timeout, self._unanswered, to
             )
 
-    def _unanswered(self, rooms: list[str], to: str) -> None:
-        again = [
-            room
-            for room in rooms
-            if (following := self._following.get(room)) is not None
-            and to in following.waiting
-        ]
+    def _unanswered(self, to: str) -> None:
+        self._asking.pop(to, None)
+        if self._stopped:
+            return
+        again = [room for room, f in self._following.items() if to in f.waiting]
         if again:
             log.info(
                 "presence: %s has not answered for %d room(s); asking again",
@@ -649,6 +707,7 @@ class Tracker:
                     self._send_room(room, changes)
                 except Exception:
                     self._requeue(room, changes)
+                    self._arm()  # tried again at the next interval
                     log.exception("presence of %r: answer to %s failed", room, to)
                     continue
             version = self._versions.get(room, self._version)
@@ -687,7 +746,7 @@ class Tracker:
     # -- the interval -----------------------------------------------------------------
 
     def _arm(self) -> None:
-        if self._timer is None and self._loop is not None:
+        if self._timer is None and self._loop is not None and not self._stopped:
             self._timer = self._loop.call_later(
                 self.config.presence_interval, self.flush
             )
@@ -697,6 +756,10 @@ class Tracker:
         self._timer = None
         try:
             self._publish_changes()
+        except Exception:
+            log.exception("websocket presence: publishing changes failed")
+            self._arm()  # what failed is tried again at the next interval
+        try:
             if self._removing:
                 # Half a dead peer's leaves now and half in the next
                 # interval would be two diffs (and twice the frames) where
@@ -705,7 +768,7 @@ class Tracker:
             else:
                 self._tell_members()
         except Exception:
-            log.exception("websocket presence flush failed")
+            log.exception("websocket presence: telling members failed")
 
     def _publish_changes(self) -> None:
         changes, self._changes = self._changes, {}
@@ -714,8 +777,8 @@ class Tracker:
             try:
                 self._send_room(room, room_changes)
             except Exception as exc:
-                # Not lost: tried again at the next interval (the error is
-                # logged by flush()).
+                # Not lost: tried again at the next interval (flush() logs
+                # the error and arms it).
                 self._requeue(room, room_changes)
                 failed = exc
         if failed is not None:

@@ -510,3 +510,46 @@ async def test_presence_reaches_only_the_nodes_with_members(
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             await listener.aclose()
+
+
+async def test_a_leave_dropped_in_an_outage_still_reaches_the_room(
+    make_app: AppFactory,
+) -> None:
+    """A's buffer overflows during an outage with messages to a room, and
+    its member's leave is dropped with them; A sends nothing more to that
+    room. Once the backlog is through, A marks the hole on the room's
+    channel: B sees the gap, asks A again, and its view loses the member."""
+    async with (
+        RedisServer() as redis_server,
+        nodes(
+            make_app,
+            redis_server.url,
+            WS_MAX_PUBLISH=8192,
+            WS_BACKPLANE_BUFFER=8192 + 64 * 1024,
+        ) as [(a, sa, _), (b, sb, _)],
+    ):
+        ca, ida = await a.connect()
+        cb, idb = await b.connect()
+        await a.ws.join(ida, "lobby")
+        await b.ws.join(idb, "lobby")
+        await eventually(lambda: _in_lobby(b, ida), "B holds A's member")
+        for states in (sa, sb):
+            assert await states.get() == "connected"
+        redis_server.kill()
+        assert await asyncio.wait_for(sa.get(), units(10)) == "reconnecting"
+        for i in range(200):  # only to the room: nothing to everyone is lost
+            await a.ws.publish("lobby", "m", {"i": i, "pad": "x" * 900})
+            await asyncio.sleep(0)
+        assert await asyncio.wait_for(sa.get(), units(5)) == "down"
+        await a.ws.leave(ida, "lobby")
+        a.ws._tracker.flush()  # the leave goes out now: dropped
+        await redis_server.start()
+        assert await asyncio.wait_for(sa.get(), units(10)) == "connected"
+
+        async def gone() -> bool:
+            return not await _in_lobby(b, ida)
+
+        await eventually(gone, "B's view loses A's member")
+        assert b.backplane.missed > 0
+        await ca.close()
+        await cb.close()

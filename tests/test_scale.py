@@ -157,8 +157,7 @@ async def test_a_leave_reaches_a_follower_that_an_answer_told_of_the_join(
         await y.send("join", ["lobby"])
         await y.expect("joined")
         # B's first member makes B ask; A's answer lists x.
-        state = await of_room(y, "presence.state", "lobby")
-        assert len(state.data["users"]) == 2
+        await view_of(y, "lobby", 2)
         await x.close()
         await until(lambda: not a.ctx.ws.connections)
         a.ctx.ws._tracker.flush()

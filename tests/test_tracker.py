@@ -50,7 +50,7 @@ class Sent:
 class Process:
     """A tracker and what it published, not yet delivered."""
 
-    def __init__(self, name: str, **config: Any) -> None:
+    def __init__(self, name: str, peers: tuple[str, ...] = (), **config: Any) -> None:
         self.name = name
         self.local = LocalIndex()
         self.members: dict[str, Member] = {}
@@ -64,7 +64,16 @@ class Process:
             worker=name,
             life=f"{name}-life",
             publish=self._publish,
+            # With peers: a cluster that asks them (once the tracker runs on
+            # a loop: see started()); without, it asks nobody.
+            peers=lambda: peers,
+            subscribed=_subscribed if peers else None,
+            clustered=lambda: bool(peers),
         )
+
+    def started(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tracker.start(loop, Flusher(loop))
 
     def _publish(self, payload: bytes, to: str | None, kind: str, room: str) -> None:
         self.out.append(Sent(kind, to, room, ujson.loads(payload)))
@@ -95,6 +104,10 @@ class Process:
             for e in self.tracker.table.entries("lobby")
             if of is None or e[PROCESS] == of
         }
+
+
+async def _subscribed(room: str) -> None:
+    pass  # the room's channel is heard at once here
 
 
 def deliver(to: Process, sent: list[Sent], origin: str) -> None:
@@ -227,8 +240,7 @@ async def test_an_unanswered_request_is_sent_again() -> None:
     """A request lost on the way (or its answer) is sent again while the
     peer lives and has not answered, and the answer then applies."""
     a, b = pair(WS_QUERY_TIMEOUT=0.05)
-    loop = asyncio.get_running_loop()
-    b.tracker.start(loop, Flusher(loop))
+    b.started()
     a.join("a2")
     a.publish()  # lost
     b.tracker.resync("a")
@@ -241,4 +253,53 @@ async def test_an_unanswered_request_is_sent_again() -> None:
     deliver(a, b.take(), "b")
     deliver(b, a.take(), "a")
     assert b.conns("a") == {"a1", "a2"}
+    await b.tracker.stop()
+
+
+async def test_a_peer_met_again_during_its_removal_keeps_what_it_answers() -> None:
+    """B drops A (silent) and removes its entries a slice per loop pass; A
+    is heard again before the slices are done: what A then answers must
+    not be removed by the slices still to come."""
+    a, b = pair()
+    for n in range(5000):
+        a.join(f"x{n}")
+    b.tracker.resync("a")
+    deliver(a, b.take(), "b")
+    deliver(b, a.take(), "a")
+    assert len(b.conns("a")) == 5001
+    b.started()
+    b.tracker.drop("a")
+    await asyncio.sleep(0)  # one slice
+    assert 0 < len(b.conns("a")) < 5001
+    b.tracker.resync("a")  # met again
+    deliver(a, b.take(), "b")
+    deliver(b, a.take(), "a")
+    for _ in range(5):
+        await asyncio.sleep(0)  # the slices' turns, had they stayed
+    assert b.conns("a") == a.conns("a")
+    await b.tracker.stop()
+
+
+async def test_a_lost_answer_to_the_first_request_is_asked_for_again() -> None:
+    """B's first member makes it ask everyone; A's answer is lost: after
+    WS_QUERY_TIMEOUT B tells its members what it has and asks A alone
+    again, and A's part arrives then."""
+    a = Process("a")
+    b = Process("b", peers=("a",), WS_QUERY_TIMEOUT=0.05, WS_RELAY_BEAT=0.05)
+    a.join("a1")
+    a.publish()
+    b.started()
+    b.join("b1")
+
+    async def asked(to: str | None) -> bool:
+        return any(s.kind == "request" and s.to == to for s in b.out)
+
+    await eventually(lambda: asked(None), "B asks everyone")
+    deliver(a, b.take(), "b")
+    a.take()  # the answer is lost
+    await eventually(lambda: asked("a"), "B asks A alone")
+    assert b.tracker.holds("lobby")  # members were told what B had
+    deliver(a, b.take(), "b")
+    deliver(b, a.take(), "a")
+    assert b.conns() == {"a1", "b1"}
     await b.tracker.stop()

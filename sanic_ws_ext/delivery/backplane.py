@@ -224,6 +224,8 @@ class RedisBackplane:
         self._last_heard = 0.0
         self._ever_up = False
         self._dropping = False
+        # Room channels where messages were dropped (see _mark_holes).
+        self._holes: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
         self._connected_once: asyncio.Event | None = None
@@ -378,13 +380,31 @@ class RedisBackplane:
                 message = pack_message(self._origin, life, seq, chunk)
                 if self._dropping or self._outbox_bytes + len(message) > self.buffer:
                     # Dropped with its sequence number spent: receivers see
-                    # the gap and ask for a re-sync.
+                    # the gap and ask for a re-sync. On a room's channel
+                    # there may be no next message to show it: one is sent
+                    # when the backlog is through (_mark_holes).
                     self._drop(chunk)
+                    if channel.startswith(self._room_prefix):
+                        self._holes.add(channel)
                     continue
                 self._outbox.append((channel, message))
                 self._outbox_bytes += len(message)
         if self._wake is not None:
             self._wake.set()
+
+    def _mark_holes(self) -> bool:
+        """Send an empty message, with the next sequence number, on each room
+        channel where messages were dropped: its followers see the gap now
+        (and ask us again for the room's presence) rather than at our next
+        message there, which may never come. True if any was queued."""
+        holes, self._holes = self._holes, set()
+        for channel in holes:
+            seq = self._seq.get(channel, 0) + 1
+            self._seq[channel] = seq
+            message = pack_message(self._origin, self._stream(channel), seq, b"")
+            self._outbox.append((channel, message))
+            self._outbox_bytes += len(message)
+        return bool(holes)
 
     def _stream(self, channel: str) -> int:
         """The life under which this process numbers ``channel``'s messages."""
@@ -708,6 +728,8 @@ class RedisBackplane:
                         "redis backplane: backlog sent; %d op(s) lost", self.lost
                     )
                     self._set_state(LinkState.CONNECTED)
+                    if self._mark_holes():
+                        continue
                 if self._drained is not None:
                     self._drained.set()
                 self._wake.clear()
