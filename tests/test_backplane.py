@@ -227,18 +227,14 @@ async def test_redis_restart_loses_nothing_within_the_buffer(
         await eventually(lambda: _count(b, 2), "B still sees both")
 
 
+#: An outage buffer that a few hundred ~1 kB ops overflow.
+SMALL_BUFFER = {"WS_MAX_PUBLISH": 8192, "WS_BACKPLANE_BUFFER": 8192 + 64 * 1024}
+
+
 async def test_overflow_is_counted_and_the_view_heals(make_app: AppFactory) -> None:
     async with (
         RedisServer() as redis_server,
-        nodes(
-            make_app,
-            redis_server.url,
-            WS_MAX_PUBLISH=8192,
-            WS_BACKPLANE_BUFFER=8192 + 64 * 1024,
-        ) as [
-            (a, sa, _),
-            (b, sb, _),
-        ],
+        nodes(make_app, redis_server.url, **SMALL_BUFFER) as [(a, sa, _), (b, sb, _)],
     ):
         cb, idb = await b.connect()
         await b.ws.join(idb, "lobby")  # B follows the lobby's presence
@@ -521,12 +517,7 @@ async def test_a_leave_dropped_in_an_outage_still_reaches_the_room(
     channel: B sees the gap, asks A again, and its view loses the member."""
     async with (
         RedisServer() as redis_server,
-        nodes(
-            make_app,
-            redis_server.url,
-            WS_MAX_PUBLISH=8192,
-            WS_BACKPLANE_BUFFER=8192 + 64 * 1024,
-        ) as [(a, sa, _), (b, sb, _)],
+        nodes(make_app, redis_server.url, **SMALL_BUFFER) as [(a, sa, _), (b, sb, _)],
     ):
         ca, ida = await a.connect()
         cb, idb = await b.connect()
