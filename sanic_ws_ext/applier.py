@@ -125,7 +125,7 @@ class Applier:
     def _broadcast(self, op: Op) -> None:
         assert self._flusher is not None
         self.counters.messages_out += fan_out(
-            list(self.local.wires.values()),
+            self.local.everyone(),
             data_frame(op.payload, op.binary),
             op.exclude,
             self.config.max_backpressure,
@@ -135,8 +135,7 @@ class Applier:
         )
 
     def _group_send(self, op: Op) -> None:
-        index = self.local.rooms if op.kind is OpKind.ROOM_SEND else self.local.users
-        wires = index.get(op.target)
+        wires = self.local.of(op.kind is OpKind.ROOM_SEND, op.target)
         if not wires:
             return
         assert self._flusher is not None
@@ -145,7 +144,7 @@ class Applier:
         if (sequencer.holds or sequencer.floors) and op.kind is OpKind.ROOM_SEND:
             exclude = sequencer.hold_back(op)  # replays pending, or just sent
         self.counters.messages_out += fan_out(
-            list(wires),
+            wires,
             data_frame(op.payload, op.binary),
             exclude,
             self.config.max_backpressure,

@@ -10,6 +10,11 @@ Rules this module keeps:
   longer: :meth:`LocalIndex.remove` takes it out of every room and user set.
 - ``Connection.rooms`` and the room index always agree; a key whose set
   empties is deleted, so the indexes hold only rooms and users present here.
+- The receiver tuples (:meth:`LocalIndex.everyone`, :meth:`LocalIndex.of`)
+  are made on first use and kept until their receivers change: a sender
+  hands the same tuple to ``fan_out`` broadcast after broadcast, which then
+  knows the receivers unchanged by identity, without copying or comparing
+  them (at 100,000 connections both cost ~0.3 ms per broadcast).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ V = TypeVar("V")
 class LocalIndex:
     """Connections of this process by id, and their wires by room and user."""
 
-    __slots__ = ("conns", "rooms", "users", "wires")
+    __slots__ = ("_everyone", "_of", "conns", "rooms", "users", "wires")
 
     def __init__(self) -> None:
         self.conns: dict[str, Connection] = {}
@@ -38,25 +43,55 @@ class LocalIndex:
         self.wires: dict[str, Wire] = {}
         self.rooms: dict[str, set[Wire]] = {}
         self.users: dict[str, set[Wire]] = {}
+        self._everyone: tuple[Wire, ...] | None = None
+        # Receiver tuples of rooms and users that were sent to, by their
+        # set's key in ``rooms`` or ``users`` (a room and a user may share a
+        # name: the key is the pair).
+        self._of: dict[tuple[bool, str], tuple[Wire, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.conns)
 
+    def everyone(self) -> tuple[Wire, ...]:
+        """Every wire, in order: the same tuple until a connection comes or goes."""
+        everyone = self._everyone
+        if everyone is None:
+            everyone = self._everyone = tuple(self.wires.values())
+        return everyone
+
+    def of(self, room: bool, key: str) -> tuple[Wire, ...]:
+        """The wires in room ``key`` (``room``) or of user ``key``: the same
+        tuple until one joins or leaves it."""
+        wires = self._of.get((room, key))
+        if wires is None:
+            members = (self.rooms if room else self.users).get(key)
+            if not members:
+                return ()
+            wires = self._of[(room, key)] = tuple(members)
+        return wires
+
     def add(self, conn: Connection) -> None:
         self.conns[conn.id] = conn
         self.wires[conn.id] = conn._wire
+        self._everyone = None
         if conn.user is not None:
             self.users.setdefault(conn.user, set()).add(conn._wire)
+            self._of.pop((False, conn.user), None)
 
     def remove(self, conn: Connection) -> bool:
         """Forget ``conn`` everywhere; False if it was not here."""
         if self.conns.pop(conn.id, None) is None:
             return False
         del self.wires[conn.id]
+        self._everyone = None
+        cached = self._of
         for room in conn.rooms:
             discard_from(self.rooms, room, conn._wire)
+            if cached:
+                cached.pop((True, room), None)
         if conn.user is not None:
             discard_from(self.users, conn.user, conn._wire)
+            cached.pop((False, conn.user), None)
         return True
 
     def join(self, conn: Connection, room: str) -> bool:
@@ -68,6 +103,7 @@ class LocalIndex:
             return False
         rooms[room] = None
         self.rooms.setdefault(room, set()).add(conn._wire)
+        self._of.pop((True, room), None)
         return True
 
     def leave(self, conn: Connection, room: str) -> bool:
@@ -79,6 +115,7 @@ class LocalIndex:
         if not rooms:
             conn._rooms = None
         discard_from(self.rooms, room, conn._wire)
+        self._of.pop((True, room), None)
         return True
 
 

@@ -1162,7 +1162,7 @@ def send_key(key: str | None) -> str | None:
 
 
 def fan_out(
-    wires: list[Wire],
+    wires: Sequence[Wire],
     frame: bytes,
     exclude: Collection[str],
     limit: int | None,
@@ -1203,7 +1203,9 @@ def fan_out(
             and not volatile
             and key is None
             and exclude == run.exclude
-            and wires == run.source  # in C: identity of each element
+            # The index's receiver tuple is the same object until they
+            # change; other callers' lists compare element by element.
+            and (wires is run.source or wires == run.source)
         ):
             if limit is not None and backlog > limit >> 1:
                 flusher.behind = True

@@ -17,7 +17,7 @@ from typing import Any
 
 from sanic import Sanic
 
-from sanic_ws_ext import CloseCode
+from sanic_ws_ext import Accept, CloseCode
 from sanic_ws_ext.envelope import message_body
 from sanic_ws_ext.frames import OP_TEXT, RSV1, encode_frame
 from sanic_ws_ext.manager import ConnectionManager
@@ -96,6 +96,43 @@ async def test_who_joins_or_leaves_between_two_broadcasts_gets_only_its_share(
         assert await types(c, 3) == ["three", "four", "end"]
         for client, _ in clients:
             await client.close()
+
+
+async def test_who_connects_or_leaves_between_two_sends_gets_only_its_share(
+    make_app: AppFactory,
+) -> None:
+    """Broadcasts and sends to a user hand fan_out the index's receiver
+    tuple, kept until a connection comes or goes (LocalIndex.everyone, .of):
+    one kept past an arrival would miss the newcomer, past a departure write
+    to a closed wire."""
+    app, handlers, gone = ws_app(make_app, WS_PING_INTERVAL=None)
+
+    @handlers.verify
+    async def identify(request: Any) -> Accept | None:
+        user = request.args.get("user")
+        return Accept(user=user) if user else None
+
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        url = server.ws_url()
+        a, a_id = await connect(ws, url + "?user=ann")
+        await ws.broadcast("one")
+        await ws.send_user("ann", "u-one")
+        await ws.send_user("ann", "u-two")
+        assert run_frames(ws) == 3  # one receiver either way: one run
+        b, b_id = await connect(ws, url + "?user=ann")  # ann's second connection
+        await ws.broadcast("two")
+        await ws.send_user("ann", "u-three")
+        await ws.broadcast("three")
+        assert await types(a, 5) == ["one", "u-one", "u-two", "two", "u-three"]
+        assert await types(a, 1) == ["three"]
+        await a.close()
+        assert (await gone.get()).id == a_id
+        await ws.broadcast("four")
+        await ws.send_user("ann", "u-four")
+        await ws.send(b_id, "end")
+        assert await types(b, 6) == ["two", "u-three", "three", "four", "u-four", "end"]
+        await b.close()
 
 
 async def test_exclusions_are_part_of_what_a_run_is_for(
