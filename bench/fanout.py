@@ -18,7 +18,10 @@ the client's CPU over the burst as a share of its wall time. Servers
 interleave round by round; medians with ranges; ratios to the naive Sanic loop
 of the same round. ``client-ceiling`` is not a server: a trivial native server
 (Node's without a compiler) that sends pre-framed bytes, to show the client's
-own ceiling. The peers are listed in ``bench/peers.py``.
+own ceiling; ``client-ceiling@N`` is the native one writing the burst in
+batches of N bytes, each stamped as it is framed and written to every client
+before the next: the throughput and p99 the kernel alone allows for writes of
+that size. The peers are listed in ``bench/peers.py``.
 """
 
 from __future__ import annotations

@@ -117,6 +117,12 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
             (["node", str(server_dir / "ceiling.mjs"), "{port}"], {})
         ],
     }
+    if server.startswith("client-ceiling@"):
+        # The native ceiling writing the burst in batches of N bytes, each
+        # to every client before the next (bench/servers/ceiling.c): what
+        # the kernel alone allows at that write size, throughput and p99.
+        batch = int(server.partition("@")[2])
+        return [(_ceiling(), {"BENCH_CEILING_WRITE": str(batch)})]
     if BEFORE:
         # Run from the earlier checkout: its package first on the path.
         before = {"PYTHONPATH": BEFORE, "BENCH_CWD": BEFORE}

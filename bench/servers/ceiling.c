@@ -172,21 +172,32 @@ static size_t text_frame(char *dst, const char *payload, size_t len) {
   return head + len;
 }
 
+// With BENCH_CEILING_WRITE=N (bytes): the K messages go out in batches of
+// about N bytes, each stamped when it is framed and written to every client
+// before the next is framed, as a server that writes each socket once per
+// batch does: the kernel's cost and the latency of writes of that size,
+// with nothing of a server's own work around them.
+static size_t write_batch;
+
 static void fan_out(long k) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  double t = ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
   size_t cap = (size_t)k * 160 + 1, len = 0;
   char *all = malloc(cap);
   if (!all) die("malloc");
-  for (long i = 0; i < k; i++) {
-    char text[150];
-    int n = snprintf(text, sizeof text,
-                     "{\"type\":\"tick\",\"data\":{\"t\":%.3f,\"i\":%ld,\"pad\":\"%s\"}}", t, i,
-                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
-    len += text_frame(all + len, text, (size_t)n);
+  long i = 0;
+  while (i < k) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double t = ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+    len = 0;
+    for (; i < k && (write_batch == 0 || len < write_batch); i++) {
+      char text[150];
+      int n = snprintf(text, sizeof text,
+                       "{\"type\":\"tick\",\"data\":{\"t\":%.3f,\"i\":%ld,\"pad\":\"%s\"}}", t,
+                       i, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+      len += text_frame(all + len, text, (size_t)n);
+    }
+    for (int j = 0; j < n_open; j++) send_bytes(open_fds[j], all, len);
   }
-  for (int i = 0; i < n_open; i++) send_bytes(open_fds[i], all, len);
   free(all);
 }
 
@@ -282,6 +293,8 @@ static void on_readable(int fd) {
 }
 
 int main(int argc, char **argv) {
+  const char *batch = getenv("BENCH_CEILING_WRITE");
+  if (batch) write_batch = (size_t)atol(batch);
   if (argc < 2) {
     fprintf(stderr, "usage: ceiling PORT\n");
     return 2;
