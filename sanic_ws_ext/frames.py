@@ -60,16 +60,28 @@ _OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 _PEER_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015)))
 
 
+#: The two header bytes of every final text or binary frame of under 126
+#: bytes, by length: made once, not per frame (a third of a small frame's
+#: cost).
+_SHORT_HEADERS = {
+    op: [bytes((_FIN | op, n)) for n in range(126)] for op in (OP_TEXT, OP_BINARY)
+}
+_MEDIUM_HEADER = struct.Struct("!BBH").pack
+_LONG_HEADER = struct.Struct("!BBQ").pack
+
+
 def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """One final, unmasked frame carrying ``payload``."""
+    """One final, unmasked frame carrying ``payload`` (``opcode`` may carry
+    the RSV1 bit of a compressed frame)."""
     n = len(payload)
     if n < 126:
-        header = bytes((_FIN | opcode, n))
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", _FIN | opcode, 126, n)
-    else:
-        header = struct.pack("!BBQ", _FIN | opcode, 127, n)
-    return header + payload
+        short = _SHORT_HEADERS.get(opcode)
+        if short is not None:
+            return short[n] + payload
+        return bytes((_FIN | opcode, n)) + payload
+    if n < 1 << 16:
+        return _MEDIUM_HEADER(_FIN | opcode, 126, n) + payload
+    return _LONG_HEADER(_FIN | opcode, 127, n) + payload
 
 
 #: The heartbeat ping: empty payload, shared by every connection.

@@ -320,7 +320,8 @@ class ConnectionManager:
             self._check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.SEND, conn_id, body, binary, (), volatile, key)
-        await self._pace()
+        if self._flusher is not None and self._flusher.due():
+            await self._pace()
 
     async def broadcast(
         self,
@@ -337,7 +338,8 @@ class ConnectionManager:
             self._check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.BROADCAST, "", body, binary, exclude, volatile, key)
-        await self._pace()
+        if self._flusher is not None and self._flusher.due():
+            await self._pace()
 
     async def publish(
         self,
@@ -374,7 +376,8 @@ class ConnectionManager:
                 )
             return await self._sequencer.publish(room, spec, body, exclude)
         self._queue(OpKind.ROOM_SEND, room, body, binary, exclude, volatile, key)
-        await self._pace()
+        if self._flusher is not None and self._flusher.due():
+            await self._pace()
         return None
 
     async def history(
@@ -414,7 +417,8 @@ class ConnectionManager:
             self._check_out(type, data)
         body, binary = message_body(type, data, raw)
         self._queue(OpKind.USER_SEND, user, body, binary, exclude, volatile, key)
-        await self._pace()
+        if self._flusher is not None and self._flusher.due():
+            await self._pace()
 
     async def request(
         self, conn_id: str, type: str, data: Any = None, *, timeout: float = 10.0

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Outbox"]
 
+#: The exclusions of a send that excludes nobody: one object, not one per op.
+_NO_ONE: frozenset[str] = frozenset()
+
 
 class Outbox:
     """Makes this process's ops and hands them to the delivery backend."""
@@ -69,7 +72,7 @@ class Outbox:
             payload,
             binary,
             target,
-            frozenset(exclude) if exclude else frozenset(),
+            frozenset(exclude) if exclude else _NO_ONE,
             code,
             reason,
             self.worker,
