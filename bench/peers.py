@@ -122,6 +122,9 @@ def nodes(server: str, channel: str) -> list[tuple[list[str], dict[str, str]]]:
         # to every client before the next (bench/servers/ceiling.c): what
         # the kernel alone allows at that write size, throughput and p99.
         batch = int(server.partition("@")[2])
+        if native.build("ceiling") is None:
+            # Node's ceiling has no batches: its figure would be mislabelled.
+            raise RuntimeError(f"{server} needs the native ceiling (a C compiler)")
         return [(_ceiling(), {"BENCH_CEILING_WRITE": str(batch)})]
     if BEFORE:
         # Run from the earlier checkout: its package first on the path.

@@ -955,7 +955,9 @@ class Tracker:
         # Written by the flusher's passes, not in this one: telling every
         # room's members is work enough for one loop pass.
         return fan_out(
-            list(wires),
+            # A tuple, as the applier's: a room's messages after this may
+            # join its run (an equal tuple of the same set, same order).
+            tuple(wires),
             frame,
             (),
             self.config.max_backpressure,

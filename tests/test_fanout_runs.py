@@ -20,6 +20,7 @@ from sanic import Sanic
 from sanic_ws_ext import Accept, CloseCode
 from sanic_ws_ext.envelope import message_body
 from sanic_ws_ext.frames import OP_TEXT, RSV1, encode_frame
+from sanic_ws_ext.index import _KEEP_FROM
 from sanic_ws_ext.manager import ConnectionManager
 from sanic_ws_ext.testing import WSTestClient, serve
 
@@ -133,6 +134,52 @@ async def test_who_connects_or_leaves_between_two_sends_gets_only_its_share(
         await ws.send(b_id, "end")
         assert await types(b, 6) == ["two", "u-three", "three", "four", "u-four", "end"]
         await b.close()
+
+
+async def test_a_big_rooms_and_users_kept_receivers_follow_its_members(
+    make_app: AppFactory,
+) -> None:
+    """From _KEEP_FROM members a room's and a user's receiver tuple is kept
+    between sends (LocalIndex.of): kept past a join, a connection or a
+    departure, it would miss the newcomer or write to a wire that left."""
+    app, handlers, gone = ws_app(make_app, WS_PING_INTERVAL=None)
+
+    @handlers.verify
+    async def identify(request: Any) -> Accept | None:
+        user = request.args.get("user")
+        return Accept(user=user) if user else None
+
+    async with serve(app) as server:
+        ws = app.ctx.ws
+        url = server.ws_url() + "?user=ann"
+        first = [await connect(ws, url) for _ in range(_KEEP_FROM)]
+        for _, conn_id in first:
+            await ws.join(conn_id, "big")
+        await ws.publish("big", "one")
+        await ws.send_user("ann", "u-one")
+        assert set(ws._local._room_tuples) == {"big"}
+        assert set(ws._local._user_tuples) == {"ann"}
+        late, late_id = await connect(ws, url)  # ann's connection, not in "big"
+        await ws.send_user("ann", "u-two")
+        await ws.join(late_id, "big")
+        await ws.publish("big", "two")
+        left, left_id = first[0]
+        await ws.leave(left_id, "big")
+        await ws.publish("big", "three")
+        await ws.send(left_id, "end")
+        assert await types(left, 5) == ["one", "u-one", "u-two", "two", "end"]
+        await left.close()
+        assert (await gone.get()).id == left_id
+        # Nothing kept holds the wire that left.
+        assert left_id not in {w.conn.id for w in ws._local.of(False, "ann")}
+        await ws.send_user("ann", "u-three")
+        for client, _ in first[1:]:
+            assert await types(client, 6) == [
+                "one", "u-one", "u-two", "two", "three", "u-three"
+            ]  # fmt: skip
+        assert await types(late, 4) == ["u-two", "two", "three", "u-three"]
+        for client, _ in [*first[1:], (late, late_id)]:
+            await client.close()
 
 
 async def test_exclusions_are_part_of_what_a_run_is_for(
