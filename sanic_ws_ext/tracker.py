@@ -2,8 +2,9 @@
 
 The :class:`Tracker` keeps this process's view of the rooms with presence it
 *follows* (a :class:`~sanic_ws_ext.presence.PresenceTable` of full rooms and
-the :class:`~sanic_ws_ext.presence.Counts` of counted ones), and tells this
-process's members what changed.
+the :class:`~sanic_ws_ext.presence.Counts` of counted ones), and decides what
+this process's members are told of it (a
+:class:`~sanic_ws_ext.telling.Teller` sends it).
 
 Rules this module keeps:
 
@@ -31,7 +32,7 @@ Rules this module keeps:
   all of them), ``presence.diff`` for the others, ``presence.count`` for
   counted rooms. No timer runs while nothing changes. Members are told a
   room at a time, a few milliseconds of it per loop pass, in the order the
-  intervals ended.
+  intervals ended (telling.py).
 - An answer is cut into parts well under ``WS_MAX_PUBLISH``; a process
   dropped from the cluster, and a room no longer followed, are forgotten in
   slices, so no loop stalls for more than a few milliseconds.
@@ -40,19 +41,15 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import os
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import ujson
 
-from .envelope import encode_envelope, encode_envelope_json
-from .frames import OP_TEXT, encode_frame
 from .presence import (
     PROCESS,
     REF,
@@ -60,12 +57,11 @@ from .presence import (
     Counts,
     Diffs,
     PresenceTable,
-    RoomDiff,
     new_entry,
     peer_entry,
     wire_entry,
 )
-from .wire import fan_out
+from .telling import Teller
 
 if TYPE_CHECKING:
     from .config import WSConfig
@@ -82,10 +78,6 @@ log = logging.getLogger("sanic.root.sanic_ws_ext")
 #: Entries per slice of work between yields, and per part of an answer at
 #: most. About 100 bytes each as JSON: a part stays far under WS_MAX_PUBLISH.
 _SLICE = 2000
-
-#: Entries encoded plus members told per loop pass while telling members
-#: what changed: about 2 ms of CPU on a 2-core machine. A room is told whole.
-_TELL_WORK = 4000
 
 #: A room is followed this many beats after its last member here left.
 _LINGER_BEATS = 2
@@ -216,15 +208,16 @@ class Tracker:
         self._flusher: Flusher | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # What the intervals tell local members, a room per item, in order
-        # (_tell_some): (work done, frames sent) of each.
-        self._telling: deque[Callable[[], tuple[int, int]]] = deque()
-        self._tell_scheduled = False
+        # Sends local members what the intervals tell them.
+        self._teller = Teller(
+            config, local, counters, self.counts, joined_since=self._newcomers_of
+        )
         self._salt = os.urandom(16)
 
     def start(self, loop: asyncio.AbstractEventLoop, flusher: Flusher) -> None:
         self._loop = loop
         self._flusher = flusher
+        self._teller.start(loop, flusher)
         self.discover()
 
     def discover(self) -> None:
@@ -258,7 +251,7 @@ class Tracker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._telling.clear()
+        self._teller.stop()
         if self._discovery is not None:
             self._discovery.cancel()
         for following in self._following.values():
@@ -838,12 +831,12 @@ class Tracker:
         is taken now, at the interval's end, as the diffs are, so the next
         interval's diff follows it exactly.
         """
-        telling = self._telling
-        if telling:
+        teller = self._teller
+        if teller.busy:
             # The last interval is still being told (a pass took longer than
             # the interval, or flush() ran twice): finish it first, while
             # those who joined since are still this interval's newcomers.
-            self._tell_some(whole=True)
+            teller.tell_some(whole=True)
         newcomers, self._newcomers = self._newcomers, {}
         recount, self._recount = self._recount, set()
         rooms = self.local.rooms
@@ -859,7 +852,7 @@ class Tracker:
                 continue
             fresh = newcomers.pop(room, None)
             state = self._state(room) if fresh and rooms.get(room) else None
-            telling.append(functools.partial(self._tell_diff, diff, fresh, state))
+            teller.diff(diff, fresh, state)
         for room, fresh in newcomers.items():  # joined, nothing else changed
             if (
                 fresh
@@ -868,102 +861,20 @@ class Tracker:
                 and self.policies.presence(room) == "full"
             ):
                 state = self._state(room)
-                telling.append(functools.partial(self._tell_state, room, fresh, state))
+                teller.state(room, fresh, state)
         for room in recount:
             if room in self._newcomers:
                 self._recount.add(room)
                 continue
-            telling.append(functools.partial(self._tell_count, room))
-        if not self._tell_scheduled:
-            self._tell_some()
+            teller.count(room)
+        teller.tell()
 
-    def _tell_some(self, whole: bool = False) -> None:
-        """Tell rooms until about _TELL_WORK entries and members are done;
-        the rest in the next pass. A worker's death told all at once was one
-        callback of 15 to 27 ms (5,000 leaves to 3,300 members of one room,
-        and the small rooms they were in: bench/scale.py, issue 14).
-        ``whole``: all of it now."""
-        self._tell_scheduled = False
-        telling = self._telling
-        done = 0
-        sent = 0
-        while telling and (whole or done < _TELL_WORK):
-            try:
-                work, told = telling.popleft()()
-            except Exception:
-                # One room's failure must not stop the others being told.
-                log.exception("websocket presence: telling members failed")
-                continue
-            done += work
-            sent += told
-        self.counters.messages_out += sent
-        if telling and self._loop is not None:
-            self._tell_scheduled = True
-            self._loop.call_soon(self._tell_some)
-
-    def _members(self, room: str) -> set[Wire]:
-        """``room``'s local members who are owed what is being told: not
-        those who joined since the interval ended (the next one sends them
-        the state)."""
-        members = self.local.rooms.get(room)
-        if not members:
-            return set()
-        later = self._newcomers.get(room)
-        return members - later if later else members
-
-    def _tell_diff(
-        self, diff: RoomDiff, fresh: set[Wire] | None, state: bytes | None
-    ) -> tuple[int, int]:
-        members = self._members(diff.room)
-        if not members:
-            return 1, 0
-        sent = 0
-        others = members - fresh if fresh else members
-        if others:
-            sent += self._send(others, "presence.diff", diff.encode())
-        if fresh and state is not None:
-            sent += self._send(fresh & members, "presence.state", state)
-        return len(diff) + len(members), sent
-
-    def _tell_state(self, room: str, fresh: set[Wire], state: bytes) -> tuple[int, int]:
-        members = self._members(room)
-        return len(fresh) + 1, self._send(fresh & members, "presence.state", state)
-
-    def _tell_count(self, room: str) -> tuple[int, int]:
-        members = self.local.rooms.get(room)
-        if not members:
-            return 1, 0
-        total = self.counts.total(room)
-        data = {"room": room, "connections": total}
-        return len(members), self._send(members, "presence.count", data)
+    def _newcomers_of(self, room: str) -> set[Wire] | None:
+        """Who joined ``room`` since the last interval ended."""
+        return self._newcomers.get(room)
 
     def _state(self, room: str) -> bytes:
         return self.table.state(room)
-
-    def _send(
-        self, wires: Iterable[Wire], type_: str, data: dict[str, Any] | bytes
-    ) -> int:
-        """``data``: a dict, or JSON already encoded (diffs and states: see
-        :func:`~sanic_ws_ext.presence._by_key` for why)."""
-        assert self._flusher is not None
-        body = (
-            encode_envelope_json(type_, data)
-            if isinstance(data, bytes)
-            else encode_envelope(type_, data)
-        )
-        frame = encode_frame(OP_TEXT, body)
-        # Written by the flusher's passes, not in this one: telling every
-        # room's members is work enough for one loop pass.
-        return fan_out(
-            # A tuple, as the applier's: a room's messages after this may
-            # join its run (an equal tuple of the same set, same order).
-            tuple(wires),
-            frame,
-            (),
-            self.config.max_backpressure,
-            self._flusher,
-            account=False,
-        )
 
     def _run(self, work: Any) -> Any:
         if self._loop is None:

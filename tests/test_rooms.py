@@ -222,7 +222,7 @@ async def test_rooms_are_told_a_pass_at_a_time_and_a_late_joiner_gets_the_next_s
     least); one who joins a room while it waits its turn is not sent that
     interval's diff (it holds nothing to apply it to) but the next state,
     also when the next interval ends before the room's turn came."""
-    monkeypatch.setattr("sanic_ws_ext.tracker._TELL_WORK", 1)
+    monkeypatch.setattr("sanic_ws_ext.telling._TELL_WORK", 1)
     app, handlers = build(make_app, WS_PRESENCE_INTERVAL=3600)  # flushed by hand
     handlers.room("a", presence="full")
     handlers.room("b", presence="full")

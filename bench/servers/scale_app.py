@@ -156,6 +156,7 @@ if TRACE:
     from sanic_ws_ext.delivery.backplane import RedisBackplane
     from sanic_ws_ext.heartbeat import Heartbeat
     from sanic_ws_ext.manager import ConnectionManager
+    from sanic_ws_ext.telling import Teller
     from sanic_ws_ext.tracker import Tracker
     from sanic_ws_ext.wire import Flusher, Wire
 
@@ -167,6 +168,7 @@ if TRACE:
         (Tracker, "flush"),
         (Tracker, "_publish_changes"),
         (Tracker, "_tell_members"),
+        (Teller, "tell_some"),
         (Tracker, "apply_presence"),
         (Tracker, "apply_answer"),
         (Tracker, "answer"),
