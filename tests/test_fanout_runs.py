@@ -17,7 +17,7 @@ from typing import Any
 
 from sanic import Sanic
 
-from sanic_ws_ext import Accept, CloseCode
+from sanic_ws_ext import Accept, CloseCode, Connection
 from sanic_ws_ext.envelope import message_body
 from sanic_ws_ext.frames import OP_TEXT, RSV1, encode_frame
 from sanic_ws_ext.index import _KEEP_FROM
@@ -52,6 +52,21 @@ def run_frames(ws: ConnectionManager) -> int:
     """Frames in the flusher's open run (0: none open)."""
     run = ws._flusher.run if ws._flusher is not None else None
     return 0 if run is None else len(run.frames)
+
+
+def users_app(
+    make_app: AppFactory,
+) -> tuple[Sanic[Any, Any], asyncio.Queue[Connection]]:
+    """An app whose connections are the user ``?user=`` names, and a queue
+    of connections as they close."""
+    app, handlers, gone = ws_app(make_app, WS_PING_INTERVAL=None)
+
+    @handlers.verify
+    async def identify(request: Any) -> Accept | None:
+        user = request.args.get("user")
+        return Accept(user=user) if user else None
+
+    return app, gone
 
 
 async def test_a_send_between_broadcasts_keeps_each_clients_order(
@@ -106,13 +121,7 @@ async def test_who_connects_or_leaves_between_two_sends_gets_only_its_share(
     tuple, kept until a connection comes or goes (LocalIndex.everyone, .of):
     one kept past an arrival would miss the newcomer, past a departure write
     to a closed wire."""
-    app, handlers, gone = ws_app(make_app, WS_PING_INTERVAL=None)
-
-    @handlers.verify
-    async def identify(request: Any) -> Accept | None:
-        user = request.args.get("user")
-        return Accept(user=user) if user else None
-
+    app, gone = users_app(make_app)
     async with serve(app) as server:
         ws = app.ctx.ws
         url = server.ws_url()
@@ -142,13 +151,7 @@ async def test_a_big_rooms_and_users_kept_receivers_follow_its_members(
     """From _KEEP_FROM members a room's and a user's receiver tuple is kept
     between sends (LocalIndex.of): kept past a join, a connection or a
     departure, it would miss the newcomer or write to a wire that left."""
-    app, handlers, gone = ws_app(make_app, WS_PING_INTERVAL=None)
-
-    @handlers.verify
-    async def identify(request: Any) -> Accept | None:
-        user = request.args.get("user")
-        return Accept(user=user) if user else None
-
+    app, gone = users_app(make_app)
     async with serve(app) as server:
         ws = app.ctx.ws
         url = server.ws_url() + "?user=ann"
