@@ -205,7 +205,6 @@ class Tracker:
         self._asking: dict[str, asyncio.TimerHandle] = {}
         self._stopped = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flusher: Flusher | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # Sends local members what the intervals tell them.
@@ -216,7 +215,6 @@ class Tracker:
 
     def start(self, loop: asyncio.AbstractEventLoop, flusher: Flusher) -> None:
         self._loop = loop
-        self._flusher = flusher
         self._teller.start(loop, flusher)
         self.discover()
 

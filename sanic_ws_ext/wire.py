@@ -451,9 +451,8 @@ class Flusher:
     def due(self) -> bool:
         """Whether a sender's next await must pace (:meth:`pace`): it queued
         more than the pass limit since the loop last ran, or left a
-        receiver past half of ``WS_MAX_BACKPRESSURE``. Checked before
-        awaiting pace(): most sends need not, and two coroutines per send
-        were ~7% of a broadcast's cost."""
+        receiver past half of ``WS_MAX_BACKPRESSURE``. Senders check it
+        before awaiting pace(): most need not."""
         unyielded = self._unyielded
         return self.behind or (unyielded >= _PASS_MIN and unyielded >= self.limit())
 
