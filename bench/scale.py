@@ -426,7 +426,10 @@ async def settled(
         return all(want(f) for f in last.values())
 
     def seen() -> str:
-        keys = ("worker", "connections", "table", "big", "count", "members_big")
+        keys = (
+            "worker", "connections", "table", "big", "local_big", "count",
+            "members_big",
+        )  # fmt: skip
         return str(
             {
                 pid: {
@@ -497,7 +500,7 @@ async def cluster_round(sizes: Sizes, smoke: bool) -> dict[str, float]:
         # B's first members of big: B follows big from then on (a node holds
         # only the rooms it has members of), asking A for its part.
         first = max(1, big_b // 10)
-        await cb.open(
+        firsts = await cb.open(
             sizes, b.ws_url(), first, big=True, ready="big", **_small(sizes, half)
         )
         whole = big_a + first
@@ -523,10 +526,19 @@ async def cluster_round(sizes: Sizes, smoke: bool) -> dict[str, float]:
         out["convergence_cpu_b_after_up_s"] = cpu_b - cpu_b_up
         out["convergence_cpu_a_s"] = a.cpu() - cpu_a
 
-        # B's members: the rest of big, then the others.
+        # B's members: the rest of big, then the others. Both of B's workers
+        # get half of big: a worker holds big's presence only while it has
+        # members of it, and the kernel's accepts can leave one with none.
+        halves = (big_b // 2, big_b - big_b // 2)
+        shares = dict(zip(b.pids(), halves, strict=True))
+        landed = firsts["per_pid"]
+        quota_b = {
+            str(pid): max(0, share - int(landed.get(str(pid), 0)))
+            for pid, share in shares.items()
+        }
         await cb.open(
             sizes, b.ws_url(), big_b - first, big=True, ready="big",
-            **_small(sizes, half + first), **track,
+            quota=quota_b, **_small(sizes, half + first), **track,
         )  # fmt: skip
         await cb.open(sizes, b.ws_url(), half - big_b, **_small(sizes, half + big_b))
         await settled(
@@ -535,6 +547,10 @@ async def cluster_round(sizes: Sizes, smoke: bool) -> dict[str, float]:
             lambda f: f["big"] == m,
             sizes.timeout(sizes.total),
         )
+        if smoke or TRACE:
+            spread = {**await a.figures(light=True), **await b.figures(light=True)}
+            mine = {pid: f["local_big"] for pid, f in spread.items()}
+            print(f"  members of big by worker: {mine}", file=sys.stderr, flush=True)
         await quiet([ca, cb], sizes.timeout(sizes.total))
         for client in (ca, cb):
             views = (await client.call({"cmd": "views"}))["views"]

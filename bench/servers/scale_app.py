@@ -217,6 +217,9 @@ async def figures(reset: bool, light: bool = False) -> dict[str, Any]:
         "connections": len(ws.connections),
         "table": len(tracker.table),
         "big": tracker.table.count("big")[0],
+        # This worker's own members of big: a worker holds big's presence
+        # only while it has some.
+        "local_big": len(ws._local.rooms.get("big", ())),
         "slow_closed": ws._counters.slow_closed,
         "cpu_s": time.process_time(),
         "slowest_ms": dict(SLOWEST),
