@@ -21,7 +21,9 @@ Rules this module keeps:
   publication it numbered before, and arrives after them (one sender, in
   order): everything held back is in the answer. In one step, without
   yielding, the process sends the replay, ``room.joined`` and stops holding;
-  what arrives next is newer. No gap, no duplicate at the seam.
+  what arrives next is newer. No gap, no duplicate at the seam. Without an
+  answer (``WS_QUERY_TIMEOUT``): ``room.joined`` with no position, then what
+  was held back; nothing live is lost for want of a replay.
 - Never a 1008 for a replay: one that does not fit the client's
   backpressure limit is answered ``recovered: false``.
 
@@ -116,7 +118,10 @@ class Sequencer:
         #: Room -> connection id -> the join request holding its live
         #: publications back.
         self.holds: dict[str, dict[str, str]] = {}
-        #: Redis mode: join request -> the live publications held back from it.
+        #: Join request -> the live publications held back from it: with
+        #: Redis, those newer than its read follow the replay; in one
+        #: machine, the answer covers them, and they are sent only if no
+        #: answer comes.
         self._kept: dict[str, list[Op]] = {}
         #: Redis mode: room -> connection id -> the position its replay
         #: reached; live publications up to it are dropped for it.
@@ -226,6 +231,9 @@ class Sequencer:
             header, entries = self._answer(room, spec, since, 0, join=True)
             self._joined(conn.id, room, rid, since, header, entries)
             return
+        # Kept until the answer comes (which covers them: it left the
+        # sequencer after them), for the case that it never does.
+        self._kept[rid] = []
         _, future = self._ask(home, rid, (conn.id, room, since))
         self._publish(
             OpKind.FETCH,
@@ -237,11 +245,18 @@ class Sequencer:
         try:
             await self._wait(rid, future)
         except SequencerUnavailable:
-            # The sequencer restarts: what it kept is lost anyway. Live
-            # publications flow again; the client learns the new epoch from
-            # them.
+            # No answer (the sequencer is gone, or slower than
+            # WS_QUERY_TIMEOUT): no replay, but the live publications held
+            # back meanwhile are the client's, in order; later ones flow.
+            kept = self._kept.pop(rid, [])
             self._release(room, conn.id, rid)
-            _unknown(conn, room, since)
+            if conn.state is ConnectionState.OPEN and room in conn.rooms:
+                _unknown(conn, room, since)
+                _send_kept(conn, kept, None)
+        except BaseException:
+            self._kept.pop(rid, None)
+            self._release(room, conn.id, rid)
+            raise
 
     async def _join_redis(
         self,
@@ -288,11 +303,10 @@ class Sequencer:
         exclude = op.exclude
         held = self.holds.get(room)
         if held:
-            if self._redis is not None:
-                for rid in held.values():
-                    kept = self._kept.get(rid)
-                    if kept is not None:
-                        kept.append(op)
+            for rid in held.values():
+                kept = self._kept.get(rid)
+                if kept is not None:
+                    kept.append(op)
             exclude = exclude.union(held)
         floors = self.floors.get(room)
         if floors:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -21,10 +23,12 @@ from sanic import Sanic
 from sanic_ws_ext import ConnectionManager, SequencerUnavailable
 from sanic_ws_ext.delivery import Op, OpKind
 from sanic_ws_ext.delivery.redis_history import history_keys
-from sanic_ws_ext.history import Position
+from sanic_ws_ext.delivery.wire import frame_record
+from sanic_ws_ext.history import History, Position
 from sanic_ws_ext.index import LocalIndex
 from sanic_ws_ext.sequencer import Sequencer, _send_kept
 from sanic_ws_ext.testing import WSTestClient, serve
+from sanic_ws_ext.wire import ConnectionState
 
 from .conftest import units
 from .helpers import AppFactory
@@ -455,10 +459,12 @@ class _Wire:
 
 class _Conn:
     id = "c1"
+    state = ConnectionState.OPEN
 
     def __init__(self) -> None:
         self._wire = _Wire()
         self.sent = self._wire.sent
+        self.rooms: set[str] = set()
 
 
 def test_kept_publications_newer_than_the_read_follow_room_joined() -> None:
@@ -474,3 +480,72 @@ def test_kept_publications_newer_than_the_read_follow_room_joined() -> None:
     assert conn.sent == []  # all in the replay: the floor takes over
     assert _send_kept(cast(Any, conn), [_op(1, new)], Position(9, read)) is True
     assert len(conn.sent) == 1  # a newer epoch began after the read
+
+
+def _joining(asked: list[Op], conn: _Conn) -> tuple[Sequencer, str]:
+    """Worker slot 0 of 2 holding ``conn``, and a room slot 1 sequences;
+    what it publishes is recorded in ``asked`` (no other worker: nobody
+    answers)."""
+    local = LocalIndex()
+    local.conns[conn.id] = cast(Any, conn)
+    seq = Sequencer(
+        cast(Any, SimpleNamespace(query_timeout=0.05, max_backpressure=None)),
+        cast(Any, None),
+        local,
+        publish=lambda kind, to=None, **fields: asked.append(Op(kind, **fields)),
+        join=lambda joiner, room: cast(_Conn, joiner).rooms.add(room),
+    )
+    relay = SimpleNamespace(status=lambda: {"name": "relay", "slots": 2, "slot": 0})
+    seq.start(asyncio.get_running_loop(), cast(Any, relay))
+    room = next(r for r in map(str, range(99)) if zlib.crc32(r.encode()) % 2 == 1)
+    return seq, room
+
+
+def _live(room: str, body: bytes) -> Op:
+    """A publication of ``room`` as the sequencer relays it (no position)."""
+    return Op(OpKind.ROOM_SEND, body, target=room)
+
+
+async def test_without_an_answer_what_was_held_back_follows_room_joined() -> None:
+    """The sequencer never answers a join (it died with the question, or is
+    slower than WS_QUERY_TIMEOUT): room.joined without a position, then the
+    publications held back meanwhile, in order. None lost for want of a
+    replay; none held for ever."""
+    asked: list[Op] = []
+    conn = _Conn()
+    seq, room = _joining(asked, conn)
+    joining = asyncio.ensure_future(
+        seq.join(cast(Any, conn), room, History(size=10), None)
+    )
+    await asyncio.sleep(0)  # the join runs until it awaits the answer
+    assert [op.kind for op in asked] == [OpKind.FETCH]
+    for body in (b'{"n":1}', b'{"n":2}'):
+        assert conn.id in seq.hold_back(_live(room, body))
+    assert conn.sent == []
+    await asyncio.wait_for(joining, units(5))
+    assert b'"room.joined"' in conn.sent[0] and b'"position":null' in conn.sent[0]
+    assert [b'{"n":1}' in f for f in conn.sent[1:]] == [True, False]
+    assert b'{"n":2}' in conn.sent[2]
+    assert len(conn.sent) == 3
+    assert not seq.holds and not seq._kept
+    assert seq.hold_back(_live(room, b"3")) == frozenset()  # live again
+
+
+async def test_an_answer_covers_what_was_held_back() -> None:
+    """The answer left the sequencer after what was held back: its replay
+    has them, and they are not sent twice."""
+    asked: list[Op] = []
+    conn = _Conn()
+    seq, room = _joining(asked, conn)
+    joining = asyncio.ensure_future(
+        seq.join(cast(Any, conn), room, History(size=10), None)
+    )
+    await asyncio.sleep(0)
+    seq.hold_back(_live(room, b'{"n":1}'))
+    answer = b'{"offset":1,"epoch":"e","ok":true}\n' + frame_record(b'{"n":1}')
+    seq.apply(Op(OpKind.HISTORY, answer, reason=asked[0].reason))
+    await asyncio.wait_for(joining, units(5))
+    assert len(conn.sent) == 2
+    assert b'{"n":1}' in conn.sent[0]
+    assert b'"room.joined"' in conn.sent[1] and b'"offset":1' in conn.sent[1]
+    assert not seq.holds and not seq._kept

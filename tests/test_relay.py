@@ -21,6 +21,7 @@ from sanic_ws_ext.delivery.relay import (
     TRANSPORTS,
     WorkerRelay,
     choose_transport,
+    inbox_of,
     make_inboxes,
 )
 from sanic_ws_ext.delivery.wire import encode_op, frame_record
@@ -76,7 +77,7 @@ async def test_a_dead_senders_fragment_is_not_glued_to_the_next() -> None:
     b = WorkerRelay(inboxes, W1)
     got = Sink()
     await b.start(got)
-    writer = inboxes[1][2 + inboxes[2][1]].fileno()  # slot 1's current inbox
+    writer = inboxes[1][inbox_of(inboxes[2], 1)].fileno()  # slot 1's current inbox
     sock = socket.socket(fileno=os.dup(writer))
     head = struct.Struct("!BHI")
     # A sender (life 7) dies after the first fragment of a message...
@@ -118,6 +119,30 @@ async def test_a_restarted_peer_gets_ops_after_its_old_inbox_filled(
     await new_b.stop()
 
 
+@both
+async def test_what_a_slots_first_worker_was_sent_while_starting_reaches_it(
+    transport: str,
+) -> None:
+    """A slot's first worker replaces nobody: ops sent to it before it read
+    its inbox (a sequencer asked for a replay) are its own, not stale."""
+    inboxes = make_inboxes(2, transport)
+    a = WorkerRelay(inboxes, W0)
+    await a.start(Sink())
+    early = [
+        Op(OpKind.SEND, b"a question", target="id", origin=W0),
+        Op(OpKind.BROADCAST, b"news", origin=W0),
+    ]
+    a.deliver(early[0], to=W1)
+    a.deliver(early[1])
+    await asyncio.sleep(0)  # the pass's writes: slot 1 has no reader yet
+    b = WorkerRelay(inboxes, W1)
+    got = Sink()
+    await b.start(got)
+    assert await got.until(2) == early
+    await a.stop()
+    await b.stop()
+
+
 class Gaps:
     """Delivery events: records gaps, and re-syncs the peer as the manager would."""
 
@@ -152,7 +177,7 @@ async def test_a_datagram_the_inbox_refuses_is_a_gap_not_a_silent_hole() -> None
     await b.start(got)
     # Shrink the send buffer of slot 1's inbox (one kernel socket that every
     # sender shares) below a full datagram: the kernel refuses those whole.
-    write_end = inboxes[1][2 + inboxes[2][1]]
+    write_end = inboxes[1][inbox_of(inboxes[2], 1)]
     with socket.socket(fileno=os.dup(write_end.fileno())) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < DATAGRAM
@@ -188,7 +213,7 @@ async def test_an_inbox_closed_under_a_backlog_is_a_gap_not_a_silent_loss(
     gaps = Gaps()
     await a.start(Sink(), gaps)
     await old_b.start(Sink())
-    index = 2 + inboxes[2][1]  # slot 1's current inbox
+    index = inbox_of(inboxes[2], 1)  # slot 1's current inbox
     await old_b.stop()  # slot 1 stops reading; its inbox fills up
     for _ in range(2000):
         a.deliver(Op(OpKind.BROADCAST, b"y" * 8000, origin=W0))
@@ -249,7 +274,7 @@ async def test_a_stream_cut_short_or_garbled_is_dropped_not_misread() -> None:
     b = WorkerRelay(inboxes, W1)
     got = Sink()
     await b.start(got)
-    control = socket.socket(fileno=os.dup(inboxes[1][2 + inboxes[2][1]].fileno()))
+    control = socket.socket(fileno=os.dup(inboxes[1][inbox_of(inboxes[2], 1)].fileno()))
     # The wire: datagram head (kind, slot, life), frame length, hello.
     head, frame, hello = (struct.Struct(f) for f in ("!BHI", "!I", "!HI"))
     op = Op(OpKind.BROADCAST, b"fresh", origin=W0)
@@ -296,7 +321,7 @@ async def test_a_senders_new_stream_is_read_after_the_one_it_replaced() -> None:
     b = WorkerRelay(inboxes, W1)
     got = Sink()
     await b.start(got)
-    control = socket.socket(fileno=os.dup(inboxes[1][2 + inboxes[2][1]].fileno()))
+    control = socket.socket(fileno=os.dup(inboxes[1][inbox_of(inboxes[2], 1)].fileno()))
     head, frame, hello = (struct.Struct(f) for f in ("!BHI", "!I", "!HI"))
 
     def stream_to_b(slot: int, life: int) -> socket.socket:
@@ -335,7 +360,7 @@ async def test_a_stream_waits_for_room_in_a_full_control_inbox() -> None:
     inboxes = make_inboxes(2, "stream")
     a = WorkerRelay(inboxes, W0)
     await a.start(Sink())
-    index = 2 + inboxes[2][1]  # slot 1 has not started: this is where a writes
+    index = inbox_of(inboxes[2], 1)  # slot 1 has not started: this is where a writes
     junk = socket.socket(fileno=os.dup(inboxes[1][index].fileno()))
     junk.setblocking(False)
     filled = 0

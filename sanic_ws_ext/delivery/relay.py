@@ -30,7 +30,10 @@ Rules this module keeps:
 - Two inboxes per slot, and ``current[slot]`` (shared memory) says which one
   the live worker reads. A starting worker takes the other one and empties it
   of stale ops (or streams) first, so the process it replaces (still shutting
-  down) never takes ops meant for the new one.
+  down) never takes ops meant for the new one. The first worker of a slot
+  replaces nobody: it reads the inbox written to until then (``_UNREAD``),
+  so a question sent to it while it was starting (a history room's
+  sequencer asked for a replay) is answered, not lost.
 - Sending never blocks: a full inbox or stream (a dead or stuck worker) keeps
   ops in a bounded per-slot backlog retried when writable; past the bound
   they are dropped and counted. The unsent rest of a record a stream took in
@@ -66,6 +69,7 @@ __all__ = [
     "RelayInboxes",
     "WorkerRelay",
     "choose_transport",
+    "inbox_of",
     "make_inboxes",
     "slot_of",
     "transport_of",
@@ -77,6 +81,9 @@ DATAGRAM = 32 * 1024
 _HEAD = struct.Struct("!BHI")  # kind, sender slot, sender's life (random per process)
 _WHOLE, _FIRST, _MORE, _LAST = 0, 1, 2, 3
 _READS_PER_WAKEUP = 256
+#: ``current[slot]`` before any worker of the slot started: ops go to inbox
+#: 0 (``current & 1``), and the first worker reads them.
+_UNREAD = 2
 #: The ways between workers, in the order "auto" tries them.
 TRANSPORTS = ("seqpacket", "stream")
 # Stream transport: a datagram's length before it; the hello that comes with
@@ -183,8 +190,14 @@ def make_inboxes(slots: int, transport: str = "auto") -> RelayInboxes:
                         sock.setsockopt(socket.SOL_SOCKET, option, size)
             reads.append(MPConnection(os.dup(a.fileno())))
             writes.append(MPConnection(os.dup(b.fileno())))
-    current = get_context("spawn").RawArray("b", slots)
+    current = get_context("spawn").RawArray("b", [_UNREAD] * slots)
     return tuple(reads), tuple(writes), current
+
+
+def inbox_of(current: Any, slot: int) -> int:
+    """The index of the inbox ``slot``'s worker reads (``current``: the
+    shared array of :func:`make_inboxes`)."""
+    return slot * 2 + (int(current[slot]) & 1)
 
 
 def transport_of(inboxes: RelayInboxes) -> str:
@@ -281,11 +294,13 @@ class WorkerRelay:
         self._loop = asyncio.get_running_loop()
         self._apply = apply
         self._events = events
-        half = 1 - self._current[self.slot]
+        now = self._current[self.slot]
+        first = now == _UNREAD
+        half = 0 if first else 1 - now
         inbox = socket.socket(fileno=os.dup(self._reads[self.slot * 2 + half].fileno()))
         inbox.setblocking(False)
         stale = 0
-        while True:  # what sits in this half was meant for a dead process
+        while not first:  # what sits in this half was meant for a dead process
             try:
                 if self._stream:  # streams to it: closing them is its EOF
                     data, fds, _, _ = socket.recv_fds(inbox, _HELLO.size, 4)
@@ -448,7 +463,7 @@ class WorkerRelay:
         return [head[kind] + body for kind, body in parts]
 
     def _send(self, slot: int, datagram: bytes) -> None:
-        index = slot * 2 + self._current[slot]
+        index = inbox_of(self._current, slot)
         if self._backlog_index[slot] != index:
             # The peer restarted onto its other inbox: what we held for the
             # old one is for a dead process. Forget it; write to the new one.
@@ -497,7 +512,7 @@ class WorkerRelay:
 
     def _drain(self, slot: int) -> None:
         index = self._backlog_index[slot]
-        if index != slot * 2 + self._current[slot]:
+        if index != inbox_of(self._current, slot):
             self._forget_backlog(slot)
             return
         backlog = self._backlog[slot]
