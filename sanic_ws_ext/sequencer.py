@@ -225,35 +225,30 @@ class Sequencer:
         if self._redis is not None:
             await self._join_redis(self._redis, conn, room, spec, since, rid)
             return
-        self._join(conn, room)
-        home = self._home(room)
-        if home is None:
-            header, entries = self._answer(room, spec, since, 0, join=True)
-            self._joined(conn.id, room, rid, since, header, entries)
-            return
-        # Kept until the answer comes (which covers them: it left the
-        # sequencer after them), for the case that it never does.
-        self._kept[rid] = []
-        _, future = self._ask(home, rid, (conn.id, room, since))
-        self._publish(
-            OpKind.FETCH,
-            target=room,
-            payload=_question(since, 0, join=True),
-            reason=rid,
-            to=_name(home),
-        )
         try:
+            self._join(conn, room)
+            home = self._home(room)
+            if home is None:
+                header, entries = self._answer(room, spec, since, 0, join=True)
+                self._joined(conn.id, room, rid, since, header, entries)
+                return
+            # Kept until the answer comes (which covers them: it left the
+            # sequencer after them), for the case that it never does.
+            self._kept[rid] = []
+            _, future = self._ask(home, rid, (conn.id, room, since))
+            self._publish(
+                OpKind.FETCH,
+                target=room,
+                payload=_question(since, 0, join=True),
+                reason=rid,
+                to=_name(home),
+            )
             await self._wait(rid, future)
         except SequencerUnavailable:
-            # No answer (the sequencer is gone, or slower than
-            # WS_QUERY_TIMEOUT): no replay, but the live publications held
-            # back meanwhile are the client's, in order; later ones flow.
-            kept = self._kept.pop(rid, [])
-            self._release(room, conn.id, rid)
-            if conn.state is ConnectionState.OPEN and room in conn.rooms:
-                _unknown(conn, room, since)
-                _send_kept(conn, kept, None)
+            # The sequencer is gone, or slower than WS_QUERY_TIMEOUT.
+            self._unanswered(conn, room, since, rid)
         except BaseException:
+            self._pending.pop(rid, None)
             self._kept.pop(rid, None)
             self._release(room, conn.id, rid)
             raise
@@ -283,11 +278,7 @@ class Sequencer:
                 latest=spec.on_join if since is None else 0,
             )
         except SequencerUnavailable:
-            kept = self._kept.pop(rid, [])
-            self._release(room, conn.id, rid)
-            if conn.state is ConnectionState.OPEN and room in conn.rooms:
-                _unknown(conn, room, since)
-                _send_kept(conn, kept, None)
+            self._unanswered(conn, room, since, rid)
             return
         except BaseException:
             self._kept.pop(rid, None)
@@ -500,12 +491,30 @@ class Sequencer:
             if not _send_kept(conn, kept, reached):
                 self.floors.setdefault(room, {})[conn_id] = reached
 
-    def _release(self, room: str, conn_id: str, rid: str) -> None:
+    def _unanswered(
+        self, conn: Connection, room: str, since: Position | None, rid: str
+    ) -> None:
+        """A join's question got no answer: no replay, but ``room.joined``
+        without a position, then the live publications held back meanwhile
+        (the client's, in order); later ones flow. Unless a newer join of
+        the same connection took over the hold: its answer covers them."""
+        kept = self._kept.pop(rid, [])
+        if not self._release(room, conn.id, rid):
+            return
+        if conn.state is ConnectionState.OPEN and room in conn.rooms:
+            _unknown(conn, room, since)
+            _send_kept(conn, kept, None)
+
+    def _release(self, room: str, conn_id: str, rid: str) -> bool:
+        """Stop holding ``room``'s publications back from ``conn_id`` for
+        join ``rid``; False if that join no longer held them."""
         held = self.holds.get(room)
-        if held is not None and held.get(conn_id) == rid:
-            del held[conn_id]
-            if not held:
-                del self.holds[room]
+        if held is None or held.get(conn_id) != rid:
+            return False
+        del held[conn_id]
+        if not held:
+            del self.holds[room]
+        return True
 
     # -- upkeep ------------------------------------------------------------------------
 

@@ -549,3 +549,28 @@ async def test_an_answer_covers_what_was_held_back() -> None:
     assert b'{"n":1}' in conn.sent[0]
     assert b'"room.joined"' in conn.sent[1] and b'"offset":1' in conn.sent[1]
     assert not seq.holds and not seq._kept
+
+
+async def test_a_join_overtaken_by_a_newer_one_sends_nothing_when_unanswered() -> None:
+    """The client joined again while its first join waited: the newer join's
+    answer covers what was held back, and the older one's timeout sends no
+    stray room.joined and nothing twice."""
+    asked: list[Op] = []
+    conn = _Conn()
+    seq, room = _joining(asked, conn)
+    joins = []
+    for _ in range(2):
+        joins.append(
+            asyncio.ensure_future(
+                seq.join(cast(Any, conn), room, History(size=10), None)
+            )
+        )
+        await asyncio.sleep(0)  # each join runs until it awaits its answer
+    seq.hold_back(_live(room, b'{"n":1}'))
+    answer = b'{"offset":1,"epoch":"e","ok":true}\n' + frame_record(b'{"n":1}')
+    seq.apply(Op(OpKind.HISTORY, answer, reason=asked[1].reason))
+    await asyncio.wait_for(asyncio.gather(*joins), units(5))  # the first times out
+    assert len(conn.sent) == 2
+    assert b'{"n":1}' in conn.sent[0]
+    assert b'"room.joined"' in conn.sent[1] and b'"offset":1' in conn.sent[1]
+    assert not seq.holds and not seq._kept and not seq._pending

@@ -138,9 +138,47 @@ async def test_what_a_slots_first_worker_was_sent_while_starting_reaches_it(
     b = WorkerRelay(inboxes, W1)
     got = Sink()
     await b.start(got)
-    assert await got.until(2) == early
-    await a.stop()
-    await b.stop()
+    try:
+        assert await got.until(2) == early
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@both
+async def test_a_third_life_of_a_slot_drops_what_was_sent_to_the_first(
+    transport: str,
+) -> None:
+    """Ops sent while a slot's worker was dead wait in the inbox its next
+    life does not read; the life after that empties it unread."""
+    inboxes = make_inboxes(2, transport)
+    a = WorkerRelay(inboxes, W0)
+    await a.start(Sink())
+    first = WorkerRelay(inboxes, W1)
+    await first.start(Sink())  # reads inbox 0
+    await first.stop()
+    a.deliver(Op(OpKind.SEND, b"for the dead", target="id", origin=W0), to=W1)
+    await asyncio.sleep(0)  # the pass's writes: into inbox 0, read by nobody
+    second = WorkerRelay(inboxes, W1)
+    heard = Sink()
+    await second.start(heard)  # reads inbox 1
+    # A sender writes to each life (a stream sender learns of a restart
+    # only by writing: one that missed the second would send the third into
+    # a stream it closed, lose that pass and re-sync it).
+    hello = Op(OpKind.SEND, b"for the second", target="id", origin=W0)
+    a.deliver(hello, to=W1)
+    assert await heard.until(1) == [hello]
+    await second.stop()
+    third = WorkerRelay(inboxes, W1)
+    got = Sink()
+    await third.start(got)  # reads inbox 0, emptied first
+    try:
+        fresh = Op(OpKind.SEND, b"for the third", target="id", origin=W0)
+        a.deliver(fresh, to=W1)
+        assert await got.until(1) == [fresh]
+    finally:
+        await a.stop()
+        await third.stop()
 
 
 class Gaps:
