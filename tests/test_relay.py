@@ -146,11 +146,44 @@ async def test_what_a_slots_first_worker_was_sent_while_starting_reaches_it(
 
 
 @both
-async def test_a_third_life_of_a_slot_drops_what_was_sent_to_the_first(
+async def test_a_backlog_for_a_slot_not_started_yet_goes_to_its_first_worker(
     transport: str,
 ) -> None:
+    """More than the inbox holds, sent before the slot's first worker
+    started: the rest waits in our backlog, and is for that worker."""
+    inboxes = make_inboxes(2, transport)
+    a = WorkerRelay(inboxes, W0)
+    await a.start(Sink())
+    sent = [
+        Op(OpKind.SEND, b"%06d" % i + b"z" * 8000, target="id", origin=W0)
+        for i in range(1500)
+    ]
+    for op in sent:
+        a.deliver(op, to=W1)
+        await asyncio.sleep(0)  # one pass each: the inbox fills, then the backlog
+    assert a.status()["backlog_bytes"] > 0
+    b = WorkerRelay(inboxes, W1)
+    got = Sink()
+    await b.start(got)
+    try:
+        assert await got.until(len(sent)) == sent
+        assert a.dropped == 0
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@both
+@pytest.mark.parametrize("told", [False, True], ids=["silent", "told"])
+async def test_a_third_life_of_a_slot_drops_what_was_sent_to_the_first(
+    transport: str, told: bool
+) -> None:
     """Ops sent while a slot's worker was dead wait in the inbox its next
-    life does not read; the life after that empties it unread."""
+    life does not read; the life after that empties it unread. A sender that
+    wrote nothing to the second life (``silent``) finds the third on the
+    inbox it last wrote to, and still writes to it afresh: its stream was
+    for a dead process (it would have written into a closed one, lost that
+    pass and re-synced the peer)."""
     inboxes = make_inboxes(2, transport)
     a = WorkerRelay(inboxes, W0)
     await a.start(Sink())
@@ -162,12 +195,10 @@ async def test_a_third_life_of_a_slot_drops_what_was_sent_to_the_first(
     second = WorkerRelay(inboxes, W1)
     heard = Sink()
     await second.start(heard)  # reads inbox 1
-    # A sender writes to each life (a stream sender learns of a restart
-    # only by writing: one that missed the second would send the third into
-    # a stream it closed, lose that pass and re-sync it).
-    hello = Op(OpKind.SEND, b"for the second", target="id", origin=W0)
-    a.deliver(hello, to=W1)
-    assert await heard.until(1) == [hello]
+    if told:
+        hello = Op(OpKind.SEND, b"for the second", target="id", origin=W0)
+        a.deliver(hello, to=W1)
+        assert await heard.until(1) == [hello]
     await second.stop()
     third = WorkerRelay(inboxes, W1)
     got = Sink()
@@ -176,6 +207,7 @@ async def test_a_third_life_of_a_slot_drops_what_was_sent_to_the_first(
         fresh = Op(OpKind.SEND, b"for the third", target="id", origin=W0)
         a.deliver(fresh, to=W1)
         assert await got.until(1) == [fresh]
+        assert a.dropped == 0
     finally:
         await a.stop()
         await third.stop()

@@ -27,13 +27,16 @@ an event-loop pass go out in datagrams of at most 32 KiB.
 
 Rules this module keeps:
 
-- Two inboxes per slot, and ``current[slot]`` (shared memory) says which one
-  the live worker reads. A starting worker takes the other one and empties it
-  of stale ops (or streams) first, so the process it replaces (still shutting
-  down) never takes ops meant for the new one. The first worker of a slot
-  replaces nobody: it reads the inbox written to until then (``_UNREAD``),
-  so a question sent to it while it was starting (a history room's
-  sequencer asked for a replay) is answered, not lost.
+- Two inboxes per slot, and ``current[slot]`` (shared memory) counts the
+  slot's lives: the live worker reads inbox ``life & 1``. A starting worker
+  takes the other one and empties it of stale ops (or streams) first, so the
+  process it replaces (still shutting down) never takes ops meant for the
+  new one. The first worker of a slot replaces nobody: it reads the inbox
+  written to until then (``_UNREAD``), so a question sent to it while it was
+  starting (a history room's sequencer asked for a replay) is answered, not
+  lost. A sender compares lives, not inboxes: a peer that restarted twice
+  while we sent it nothing is back on the same inbox, yet our backlog and
+  stream were for a dead process.
 - Sending never blocks: a full inbox or stream (a dead or stuck worker) keeps
   ops in a bounded per-slot backlog retried when writable; past the bound
   they are dropped and counted. The unsent rest of a record a stream took in
@@ -82,8 +85,11 @@ _HEAD = struct.Struct("!BHI")  # kind, sender slot, sender's life (random per pr
 _WHOLE, _FIRST, _MORE, _LAST = 0, 1, 2, 3
 _READS_PER_WAKEUP = 256
 #: ``current[slot]`` before any worker of the slot started: ops go to inbox
-#: 0 (``current & 1``), and the first worker reads them.
-_UNREAD = 2
+#: 0 (``current & 1``), and the first worker (life 0) reads them.
+_UNREAD = -2
+#: Lives are counted modulo this (``current`` holds signed bytes); each
+#: restart flips the inbox.
+_LIVES = 128
 #: The ways between workers, in the order "auto" tries them.
 TRANSPORTS = ("seqpacket", "stream")
 # Stream transport: a datagram's length before it; the hello that comes with
@@ -252,7 +258,9 @@ class WorkerRelay:
         self._directed = False
         self._backlog: list[deque[bytes]] = [deque() for _ in range(self.slots)]
         self._backlog_bytes = [0] * self.slots
-        # Which inbox each slot's backlog was queued for (-1: none yet).
+        # Which life of each slot, and so which inbox, our backlog and
+        # writer are for (None, -1: none yet).
+        self._backlog_life: list[int | None] = [None] * self.slots
         self._backlog_index = [-1] * self.slots
         self._overflowed = [False] * self.slots
         # Per slot: the fd watched for writability, the pending recovery after
@@ -294,9 +302,10 @@ class WorkerRelay:
         self._loop = asyncio.get_running_loop()
         self._apply = apply
         self._events = events
-        now = self._current[self.slot]
+        now = int(self._current[self.slot])
         first = now == _UNREAD
-        half = 0 if first else 1 - now
+        life = 0 if first else (now + 1) % _LIVES
+        half = life & 1
         inbox = socket.socket(fileno=os.dup(self._reads[self.slot * 2 + half].fileno()))
         inbox.setblocking(False)
         stale = 0
@@ -313,7 +322,7 @@ class WorkerRelay:
             if not data:
                 break
             stale += 1
-        self._current[self.slot] = half
+        self._current[self.slot] = life
         self._inbox = inbox
         on_readable = self._on_control if self._stream else self._on_readable
         self._loop.add_reader(inbox.fileno(), on_readable)
@@ -463,12 +472,10 @@ class WorkerRelay:
         return [head[kind] + body for kind, body in parts]
 
     def _send(self, slot: int, datagram: bytes) -> None:
-        index = inbox_of(self._current, slot)
-        if self._backlog_index[slot] != index:
-            # The peer restarted onto its other inbox: what we held for the
-            # old one is for a dead process. Forget it; write to the new one.
-            self._forget_backlog(slot)
-            self._backlog_index[slot] = index
+        life = int(self._current[slot])
+        if self._backlog_life[slot] != life:
+            self._new_life(slot, life)
+        index = self._backlog_index[slot]
         backlog = self._backlog[slot]
         if self._overflowed[slot]:
             self.dropped += 1  # keep dropping until the peer is re-synced: no holes
@@ -510,11 +517,24 @@ class WorkerRelay:
         if len(backlog) == 1:
             self._watch(slot, index)
 
-    def _drain(self, slot: int) -> None:
-        index = self._backlog_index[slot]
-        if index != inbox_of(self._current, slot):
+    def _new_life(self, slot: int, life: int) -> None:
+        """``slot`` has a process we have not written to: write to its inbox."""
+        if not (self._backlog_life[slot] == _UNREAD and life == 0):
+            # The peer restarted, perhaps more than once and back onto the
+            # same inbox: what we held, and our stream, were for a dead
+            # process. Forget them. (Unless it is the slot's first life,
+            # reading the inbox we wrote to while it started.)
             self._forget_backlog(slot)
-            return
+        self._backlog_life[slot] = life
+        self._backlog_index[slot] = slot * 2 + (life & 1)
+
+    def _drain(self, slot: int) -> None:
+        life = int(self._current[slot])
+        if self._backlog_life[slot] != life:
+            self._new_life(slot, life)
+            if not self._backlog[slot]:
+                return  # it was for a dead process
+        index = self._backlog_index[slot]
         backlog = self._backlog[slot]
         sock = self._writers[index]
         while backlog:
