@@ -7,6 +7,7 @@ one (macOS's) runs only because it is asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -179,19 +180,20 @@ async def test_a_third_life_of_a_slot_drops_what_was_sent_to_the_first(
     transport: str, told: bool
 ) -> None:
     """Ops sent while a slot's worker was dead wait in the inbox its next
-    life does not read; the life after that empties it unread. A sender that
-    wrote nothing to the second life (``silent``) finds the third on the
-    inbox it last wrote to, and still writes to it afresh: its stream was
-    for a dead process (it would have written into a closed one, lost that
-    pass and re-synced the peer)."""
+    life does not read, and in our backlog; the life after that empties the
+    inbox unread. A sender that wrote nothing to the second life (``silent``)
+    finds the third on the inbox it last wrote to, and still drops its
+    backlog and writes afresh: both were for a dead process."""
     inboxes = make_inboxes(2, transport)
     a = WorkerRelay(inboxes, W0)
     await a.start(Sink())
     first = WorkerRelay(inboxes, W1)
     await first.start(Sink())  # reads inbox 0
     await first.stop()
-    a.deliver(Op(OpKind.SEND, b"for the dead", target="id", origin=W0), to=W1)
-    await asyncio.sleep(0)  # the pass's writes: into inbox 0, read by nobody
+    for i in range(1500):  # more than inbox 0 takes: the rest waits with us
+        a.deliver(Op(OpKind.SEND, b"dead %d" % i + b"z" * 8000, origin=W0), to=W1)
+        await asyncio.sleep(0)  # one pass each
+    assert a.status()["backlog_bytes"] > 0
     second = WorkerRelay(inboxes, W1)
     heard = Sink()
     await second.start(heard)  # reads inbox 1
@@ -206,9 +208,46 @@ async def test_a_third_life_of_a_slot_drops_what_was_sent_to_the_first(
     try:
         fresh = Op(OpKind.SEND, b"for the third", target="id", origin=W0)
         a.deliver(fresh, to=W1)
+        # What we held for the first life was sent first if at all: only
+        # ``fresh`` arrives.
         assert await got.until(1) == [fresh]
-        assert a.dropped == 0
     finally:
+        await a.stop()
+        await third.stop()
+
+
+async def test_a_stream_waiting_for_room_never_reaches_a_later_life() -> None:
+    """Our stream waits for room in the control inbox of a slot's first life,
+    which dies; two restarts later the retry must not hand that stream (and
+    what was written to it) to the third life."""
+    inboxes = make_inboxes(2, "stream")
+    a = WorkerRelay(inboxes, W0)
+    await a.start(Sink())
+    first = WorkerRelay(inboxes, W1)
+    await first.start(Sink())  # life 0, inbox 0
+    await first.stop()
+    index = inbox_of(inboxes[2], 1)
+    junk = socket.socket(fileno=os.dup(inboxes[1][index].fileno()))
+    junk.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            junk.send(b"junk")
+    a.deliver(Op(OpKind.SEND, b"for life 0", target="id", origin=W0), to=W1)
+    await asyncio.sleep(0)  # the pass's writes: the handover waits for room
+    second = WorkerRelay(inboxes, W1)
+    await second.start(Sink())
+    await second.stop()
+    third = WorkerRelay(inboxes, W1)
+    got = Sink()
+    await third.start(got)  # life 2: inbox 0 again, emptied of the junk
+    try:
+        # The retry's timer, fired now rather than waited for.
+        a._retry_handover(index)
+        fresh = Op(OpKind.SEND, b"for life 2", target="id", origin=W0)
+        a.deliver(fresh, to=W1)
+        assert await got.until(1) == [fresh]
+    finally:
+        junk.close()
         await a.stop()
         await third.stop()
 

@@ -695,10 +695,18 @@ class WorkerRelay:
         theirs.close()  # the reader holds it now (or the inbox, until read)
 
     def _retry_handover(self, index: int) -> None:
+        slot = index // 2
+        life = int(self._current[slot])
+        if self._backlog_life[slot] != life:
+            # The reader it was for is dead: a later one must never get it
+            # (forgetting closes it and cancels this, unless the first
+            # worker reads the inbox it was meant for).
+            self._new_life(slot, life)
+            if index not in self._handover:
+                return
         try:
             self._hand_over(index)
         except OSError as exc:
-            slot = index // 2
             if self._backlog_index[slot] == index:
                 self._lose(slot, exc, queued=True)
             else:
