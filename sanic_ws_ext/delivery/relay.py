@@ -200,10 +200,15 @@ def make_inboxes(slots: int, transport: str = "auto") -> RelayInboxes:
     return tuple(reads), tuple(writes), current
 
 
+def _index(slot: int, life: int) -> int:
+    """The inbox (``slot * 2 + half``) that life ``life`` of ``slot`` reads."""
+    return slot * 2 + (life & 1)
+
+
 def inbox_of(current: Any, slot: int) -> int:
     """The index of the inbox ``slot``'s worker reads (``current``: the
     shared array of :func:`make_inboxes`)."""
-    return slot * 2 + (int(current[slot]) & 1)
+    return _index(slot, int(current[slot]))
 
 
 def transport_of(inboxes: RelayInboxes) -> str:
@@ -258,10 +263,9 @@ class WorkerRelay:
         self._directed = False
         self._backlog: list[deque[bytes]] = [deque() for _ in range(self.slots)]
         self._backlog_bytes = [0] * self.slots
-        # Which life of each slot, and so which inbox, our backlog and
-        # writer are for (None, -1: none yet).
+        # Which life of each slot our backlog and writer are for (None: none
+        # yet); its inbox is _inbox_for(slot).
         self._backlog_life: list[int | None] = [None] * self.slots
-        self._backlog_index = [-1] * self.slots
         self._overflowed = [False] * self.slots
         # Per slot: the fd watched for writability, the pending recovery after
         # a failed write, and how many recoveries in a row found writes failing.
@@ -305,8 +309,8 @@ class WorkerRelay:
         now = int(self._current[self.slot])
         first = now == _UNREAD
         life = 0 if first else (now + 1) % _LIVES
-        half = life & 1
-        inbox = socket.socket(fileno=os.dup(self._reads[self.slot * 2 + half].fileno()))
+        read_end = self._reads[_index(self.slot, life)]
+        inbox = socket.socket(fileno=os.dup(read_end.fileno()))
         inbox.setblocking(False)
         stale = 0
         while not first:  # what sits in this half was meant for a dead process
@@ -327,9 +331,10 @@ class WorkerRelay:
         on_readable = self._on_control if self._stream else self._on_readable
         self._loop.add_reader(inbox.fileno(), on_readable)
         log.debug(
-            "relay slot %d reads inbox %d (%s, %d stale)",
+            "relay slot %d, life %d, reads inbox %d (%s, %d stale)",
             self.slot,
-            half,
+            life,
+            life & 1,
             self.transport,
             stale,
         )
@@ -475,7 +480,7 @@ class WorkerRelay:
         life = int(self._current[slot])
         if self._backlog_life[slot] != life:
             self._new_life(slot, life)
-        index = self._backlog_index[slot]
+        index = self._inbox_for(slot)
         backlog = self._backlog[slot]
         if self._overflowed[slot]:
             self.dropped += 1  # keep dropping until the peer is re-synced: no holes
@@ -526,7 +531,11 @@ class WorkerRelay:
             # reading the inbox we wrote to while it started.)
             self._forget_backlog(slot)
         self._backlog_life[slot] = life
-        self._backlog_index[slot] = slot * 2 + (life & 1)
+
+    def _inbox_for(self, slot: int) -> int:
+        """The inbox our backlog and writer for ``slot`` are for (-1: none)."""
+        life = self._backlog_life[slot]
+        return -1 if life is None else _index(slot, life)
 
     def _drain(self, slot: int) -> None:
         life = int(self._current[slot])
@@ -534,7 +543,7 @@ class WorkerRelay:
             self._new_life(slot, life)
             if not self._backlog[slot]:
                 return  # it was for a dead process
-        index = self._backlog_index[slot]
+        index = self._inbox_for(slot)
         backlog = self._backlog[slot]
         sock = self._writers[index]
         while backlog:
@@ -585,7 +594,7 @@ class WorkerRelay:
                 exc,
             )
         self._discard(slot)
-        self._close_writer(self._backlog_index[slot])
+        self._close_writer(self._inbox_for(slot))
         if self._recovery[slot] is None:
             assert self._loop is not None
             failures = self._failures[slot]
@@ -612,7 +621,7 @@ class WorkerRelay:
     def _forget_backlog(self, slot: int) -> None:
         self._discard(slot)
         if self._stream:  # that stream's reader is gone or going
-            self._close_writer(self._backlog_index[slot])
+            self._close_writer(self._inbox_for(slot))
         self._caught_up(slot)
 
     def _caught_up(self, slot: int) -> None:
@@ -707,7 +716,7 @@ class WorkerRelay:
         try:
             self._hand_over(index)
         except OSError as exc:
-            if self._backlog_index[slot] == index:
+            if self._inbox_for(slot) == index:
                 self._lose(slot, exc, queued=True)
             else:
                 self._close_writer(index)
